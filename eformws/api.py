@@ -1,0 +1,203 @@
+"""The HTTP API (PROTOCOL.md section 7) as a Klein app: status, broadcast and healthz; each
+route reads the request, calls one thing and answers JSON; errors become bodies in one place."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import Logger
+
+from eformws import wire
+from eformws.sessions import first_valid_session
+from eformws.sessions.credentials import bearer_token, candidates
+
+REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _json(request, status: int, body: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return wire.dumps(body)
+
+
+def _headers(request, name: bytes) -> list[str]:
+    return [v.decode("latin-1") for v in request.requestHeaders.getRawHeaders(name, [])]
+
+
+def request_candidates(request, cookie_names) -> list[str]:
+    """Session-id candidates of an HTTP request, as for a WebSocket handshake."""
+    query = [v.decode("utf-8", "replace") for v in request.args.get(b"sessionId", [])]
+    return candidates(_headers(request, b"cookie"), _headers(request, b"authorization"), query, cookie_names)
+
+
+def json_body(request, max_bytes: int) -> dict:
+    """The request body as a JSON object, or an HTTPError naming the first problem."""
+    if getattr(request, "body_too_large", False):
+        raise HTTPError(413, f"body must be at most {max_bytes} bytes")
+    raw = request.content.read() if request.content is not None else b""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise HTTPError(400, "body must be valid JSON") from None
+    if not isinstance(body, dict):
+        raise HTTPError(400, "body must be object")
+    return body
+
+
+def require(body: dict, name: str, kind: type, kind_name: str, required: bool = True) -> Any:
+    if name not in body:
+        if required:
+            raise HTTPError(400, f"body must have required property '{name}'")
+        return None
+    value = body[name]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise HTTPError(400, f"body/{name} must be {kind_name}")
+    return value
+
+
+class Api:
+    app = Klein()
+    log = Logger()
+
+    def __init__(self, hub, sessions, config):
+        self.hub = hub
+        self.sessions = sessions
+        self.api_tokens = [t.encode("utf-8") for t in config.get("auth", "api_tokens")]
+        self.broadcast_roles = frozenset(config.get("auth", "broadcast_roles"))
+        self.cookie_names = tuple(config.get("auth", "cookie_names"))
+        self.max_body_bytes = config.get("server", "max_body_bytes")
+
+    def resource(self):
+        return self.app.resource()
+
+    @app.handle_errors(HTTPError)
+    def _http_error(self, request, failure):
+        error = failure.value
+        return _json(
+            request,
+            error.status,
+            {"statusCode": error.status, "error": REASONS[error.status], "message": error.message},
+        )
+
+    @app.handle_errors
+    def _unexpected(self, request, failure):
+        status = getattr(failure.value, "code", 500)
+        if status not in REASONS:
+            status = 500
+        if status == 500:
+            self.log.failure("unexpected error in {path}", failure=failure, path=request.path)
+        return _json(request, status, {"statusCode": status, "error": REASONS[status], "message": REASONS[status]})
+
+    # -- credentials ---------------------------------------------------------
+
+    def _is_api_token(self, request) -> bool:
+        for token in bearer_token(_headers(request, b"authorization")):
+            encoded = token.encode("utf-8")
+            if any(hmac.compare_digest(encoded, known) for known in self.api_tokens):
+                return True
+        return False
+
+    @inlineCallbacks
+    def require_privileged(self, request):
+        """An API token, or a session whose role may broadcast; else 401 or 403."""
+        if self._is_api_token(request):
+            return None
+        present = request_candidates(request, self.cookie_names)
+        if not present:
+            raise HTTPError(401, "Authentication required")
+        session = yield first_valid_session(self.sessions, present)
+        if session is None:
+            raise HTTPError(401, "Authentication failed")
+        if session.role not in self.broadcast_roles:
+            raise HTTPError(403, "This session may not do that")
+        return session
+
+    # -- routes --------------------------------------------------------------
+
+    def status(self) -> dict:
+        hub = self.hub
+        return {
+            "status": "active",
+            "namespaces": {path: len(ns.connections) for path, ns in hub.namespaces.items()},
+            "total_connections": hub.connection_count(),
+            "latency_metrics": hub.latency_metrics(),
+            "timestamp": wire.js_timestamp(),
+            "rooms": {
+                path: {room: len(members) for room, members in ns.rooms.items()}
+                for path, ns in hub.namespaces.items()
+            },
+        }
+
+    @app.route("/api/websocket/status", methods=["GET"])
+    def status_route(self, request):
+        return _json(request, 200, self.status())
+
+    @app.route("/api/websocket/broadcast", methods=["POST"])
+    @inlineCallbacks
+    def broadcast_route(self, request):
+        yield self.require_privileged(request)
+        body = json_body(request, self.max_body_bytes)
+        namespace = require(body, "namespace", str, "string")
+        event = require(body, "event", str, "string")
+        data = require(body, "data", dict, "object")
+        room = require(body, "room", str, "string", required=False)
+        if not event:
+            raise HTTPError(400, "body/event must NOT have fewer than 1 characters")
+        if namespace not in self.hub.namespaces:
+            raise HTTPError(404, f"Unknown namespace: {namespace}")
+        if room is None:
+            delivered = yield self.hub.broadcast(namespace, event, data)
+            where = namespace
+        else:
+            try:
+                wire.check_room(room)
+            except wire.ClientMessageError as e:
+                raise HTTPError(400, f"body/room: {e.message}") from None
+            delivered = yield self.hub.broadcast_to_room(namespace, room, event, data)
+            where = f"{namespace}/{room}"
+        return (
+            _json(
+                request,
+                200,
+                {
+                    "success": True,
+                    "message": f"Broadcast sent to {where}",
+                    "delivered": delivered or 0,
+                    "timestamp": wire.js_timestamp(),
+                },
+            )
+        )
+
+    @app.route("/healthz", methods=["GET"])
+    @inlineCallbacks
+    def healthz_route(self, request):
+        checks = {}
+        try:
+            yield self.sessions.ping()
+            checks["session_store"] = "ok"
+        except Exception as e:
+            checks["session_store"] = f"unavailable: {type(e).__name__}"
+        healthy = all(v == "ok" for v in checks.values())
+        body = {"status": "ok" if healthy else "unavailable", "checks": checks, "timestamp": wire.js_timestamp()}
+        return _json(request, 200 if healthy else 503, body)

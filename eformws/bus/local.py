@@ -1,0 +1,27 @@
+"""The single-process bus: a published message goes straight to this process's hub, in
+the order it was published."""
+
+from twisted.internet.defer import fail, succeed
+from zope.interface import implementer
+
+from eformws.bus import IBus
+
+
+@implementer(IBus)
+class LocalBus:
+    def __init__(self):
+        self._on_message = None
+
+    def start(self, on_message):
+        self._on_message = on_message
+
+    def publish(self, message):
+        if self._on_message is None:
+            return fail(RuntimeError("bus not started"))
+        try:
+            return succeed(self._on_message(message))
+        except Exception:
+            return fail()
+
+    def stop(self):
+        self._on_message = None

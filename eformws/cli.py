@@ -1,0 +1,118 @@
+"""The `eformws` command: subcommands for operators (sessions create|list|revoke); errors
+are one line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from eformws.config import ROLES, ConfigError, load_config
+from eformws.sessions import sqlite as session_sql
+from eformws.sqlite import connect
+
+
+class CommandError(Exception):
+    pass
+
+
+def _config(args):
+    return load_config(args.config)
+
+
+def _session_db(args):
+    return connect(_config(args).get("sessions", "path"))
+
+
+def sessions_create(args) -> int:
+    config = _config(args)
+    ttl = args.ttl if args.ttl is not None else config.get("sessions", "default_ttl")
+    connection = connect(config.get("sessions", "path"))
+    try:
+        session = session_sql.create_session(connection, args.user, args.role, args.kiosk, ttl)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    finally:
+        connection.close()
+    sys.stdout.write(session.id + "\n")
+    return 0
+
+
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)) + "Z"
+
+
+def sessions_list(args) -> int:
+    connection = _session_db(args)
+    try:
+        rows = session_sql.list_sessions(connection)
+    finally:
+        connection.close()
+    now = time.time()
+    lines = [f"{'REF':<12}  {'USER':<16}  {'ROLE':<6}  {'KIOSK':<12}  {'EXPIRES':<20}  STATE"]
+    for row in rows:
+        state = "revoked" if row.revoked else ("expired" if row.expires_at <= now else "live")
+        lines.append(
+            f"{row.ref:<12}  {row.user_id:<16}  {row.role:<6}  {row.kiosk_id or '-':<12}  "
+            f"{_when(row.expires_at):<20}  {state}"
+        )
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def sessions_revoke(args) -> int:
+    connection = _session_db(args)
+    try:
+        count = session_sql.revoke_session(connection, args.id)
+    finally:
+        connection.close()
+    if not count:
+        raise CommandError("no live session matches that id or reference")
+    sys.stdout.write("revoked\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eformws", description="Operate an eformws gateway.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    sessions = commands.add_parser("sessions", help="create, list and revoke sessions")
+    actions = sessions.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def with_config(p):
+        p.add_argument("--config", metavar="FILE", help="TOML configuration (the server's); default: embedded defaults")
+        return p
+
+    create = with_config(actions.add_parser("create", help="create a session and print its id"))
+    create.add_argument("--user", required=True, help="user id the session belongs to")
+    create.add_argument("--role", required=True, choices=ROLES, help="role of the session")
+    create.add_argument("--kiosk", help="kiosk id (for kiosk sessions)")
+    create.add_argument("--ttl", type=float, help="lifetime in seconds (default: sessions.default_ttl)")
+    create.set_defaults(run=sessions_create)
+
+    listing = with_config(actions.add_parser("list", help="list sessions (by reference, never by id)"))
+    listing.set_defaults(run=sessions_list)
+
+    revoke = with_config(actions.add_parser("revoke", help="revoke a session by id or listed reference"))
+    revoke.add_argument("id", help="the session id, or the REF that `sessions list` shows")
+    revoke.set_defaults(run=sessions_revoke)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (CommandError, ConfigError) as e:
+        sys.stderr.write(f"eformws: {e}\n")
+        return 1
+    except OSError as e:
+        sys.stderr.write(f"eformws: {e.strerror or e}\n")
+        return 1
+    except Exception as e:  # the command's promise: one line, never a traceback
+        sys.stderr.write(f"eformws: {type(e).__name__}: {e}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

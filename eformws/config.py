@@ -1,0 +1,192 @@
+"""Configuration: the TOML file, `EFORMWS_*` environment variables and command-line
+overrides, merged over embedded defaults and validated key by key into a `Config`."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+ROLES = ("admin", "staff", "kiosk")
+
+
+class ConfigError(Exception):
+    """A configuration value is wrong; the message names the key and the problem."""
+
+
+def _integer(low: int, high: int) -> Callable[[str, Any], int]:
+    def check(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"{key}: must be an integer from {low} to {high}, got {value!r}")
+        return value
+
+    return check
+
+
+def _number(low: float, high: float) -> Callable[[str, Any], float]:
+    def check(key: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ConfigError(f"{key}: must be a number from {low:g} to {high:g}, got {value!r}")
+        return float(value)
+
+    return check
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: must be a non-empty string, got {value!r}")
+    return value
+
+
+def _strings(key: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{key}: must be a list of non-empty strings, got {value!r}")
+    return list(value)
+
+
+def _roles(key: str, value: Any) -> list[str]:
+    roles = _strings(key, value)
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        raise ConfigError(f"{key}: unknown role {unknown[0]!r} (roles: {', '.join(ROLES)})")
+    return roles
+
+
+def _choice(*choices: str) -> Callable[[str, Any], str]:
+    def check(key: str, value: Any) -> str:
+        if value not in choices:
+            raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
+# (section, key) -> (default, validator). etc/eformws.toml documents each of these.
+SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[str, Any], Any]]] = {
+    ("server", "host"): ("0.0.0.0", _string),
+    ("server", "port"): (3000, _integer(0, 65535)),
+    ("server", "backlog"): (1024, _integer(1, 65535)),
+    ("server", "max_connections"): (10000, _integer(1, 1_000_000)),
+    ("server", "allowed_origins"): ([], _strings),
+    ("server", "shutdown_timeout"): (5.0, _number(0, 300)),
+    ("server", "max_body_bytes"): (65536, _integer(1, 64 * 1024 * 1024)),
+    ("websocket", "max_message_bytes"): (65536, _integer(125, 64 * 1024 * 1024)),
+    ("websocket", "ping_interval"): (25.0, _number(0, 3600)),
+    ("websocket", "ping_timeout"): (10.0, _number(0.1, 3600)),
+    ("websocket", "open_handshake_timeout"): (10.0, _number(0.1, 3600)),
+    ("websocket", "close_handshake_timeout"): (5.0, _number(0.1, 3600)),
+    ("websocket", "max_rooms"): (100, _integer(1, 100_000)),
+    ("websocket", "rate_limit"): (20.0, _number(0.1, 1_000_000)),
+    ("websocket", "rate_burst"): (40, _integer(1, 1_000_000)),
+    ("websocket", "rate_limit_close_after"): (40, _integer(1, 1_000_000)),
+    ("auth", "cookie_names"): (["sessionId", "session"], _strings),
+    ("auth", "api_tokens"): ([], _strings),
+    ("auth", "broadcast_roles"): (["admin"], _roles),
+    ("auth", "restricted_roles"): (["kiosk"], _roles),
+    ("sessions", "backend"): ("sqlite", _choice("sqlite")),
+    ("sessions", "path"): ("eformws.db", _string),
+    ("sessions", "default_ttl"): (86400, _integer(1, 10 * 365 * 86400)),
+    ("log", "level"): ("info", _choice("debug", "info", "warn", "error")),
+}
+
+# The namespaces every deployment serves; [[namespaces]] tables in the file add more.
+DEFAULT_NAMESPACES = (
+    {"path": "/ws/lockers", "default_room": "locker_updates", "require_auth": True},
+    {"path": "/ws/help", "default_room": "help_requests", "require_auth": True},
+    {"path": "/ws/events", "default_room": "system_events", "require_auth": True},
+)
+
+
+@dataclass(frozen=True)
+class NamespaceConfig:
+    path: str
+    default_room: str | None = None
+    require_auth: bool = True
+    roles: tuple[str, ...] = ROLES
+
+
+@dataclass
+class Config:
+    """Validated settings: `config.get("server", "port")`, plus the namespace list."""
+
+    values: dict[tuple[str, str], Any]
+    namespaces: list[NamespaceConfig] = field(default_factory=list)
+    source: str | None = None
+
+    def get(self, section: str, key: str) -> Any:
+        return self.values[(section, key)]
+
+
+def _parse_env_value(key: str, raw: str) -> Any:
+    """Environment values are strings; read them as TOML literals where they parse."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _namespace(index: int, table: Any) -> NamespaceConfig:
+    where = f"namespaces[{index}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table, got {table!r}")
+    unknown = set(table) - {"path", "default_room", "require_auth", "roles"}
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key")
+    path = table.get("path")
+    if not isinstance(path, str) or not path.startswith("/ws/") or "/" in path[4:] or len(path) == 4:
+        raise ConfigError(f"{where}.path: must look like /ws/<name>, got {path!r}")
+    room = table.get("default_room")
+    if room is not None:
+        _string(f"{where}.default_room", room)
+    require_auth = table.get("require_auth", True)
+    if not isinstance(require_auth, bool):
+        raise ConfigError(f"{where}.require_auth: must be true or false, got {require_auth!r}")
+    roles = tuple(_roles(f"{where}.roles", table.get("roles", list(ROLES))))
+    return NamespaceConfig(path, room, require_auth, roles)
+
+
+def load_config(
+    path: str | None = None,
+    overrides: dict[tuple[str, str], Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Defaults, then the file, then `EFORMWS_<SECTION>_<KEY>`, then `overrides`."""
+    raw: dict[tuple[str, str], Any] = {}
+    namespace_tables: list[Any] = []
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                document = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        for section, table in document.items():
+            if section == "namespaces":
+                if not isinstance(table, list):
+                    raise ConfigError("namespaces: must be an array of tables ([[namespaces]])")
+                namespace_tables = table
+                continue
+            if not isinstance(table, dict):
+                raise ConfigError(f"{section}: must be a table")
+            for key, value in table.items():
+                if (section, key) not in SCHEMA:
+                    raise ConfigError(f"{section}.{key}: unknown key")
+                raw[(section, key)] = value
+    environ = os.environ if environ is None else environ
+    for (section, key) in SCHEMA:
+        name = f"EFORMWS_{section}_{key}".upper()
+        if name in environ:
+            raw[(section, key)] = _parse_env_value(name, environ[name])
+    raw.update(overrides or {})
+
+    values = {}
+    for (section, key), (default, check) in SCHEMA.items():
+        values[(section, key)] = check(f"{section}.{key}", raw.get((section, key), default))
+
+    namespaces = {ns["path"]: NamespaceConfig(**ns) for ns in DEFAULT_NAMESPACES}
+    for index, table in enumerate(namespace_tables):
+        ns = _namespace(index, table)
+        namespaces[ns.path] = ns
+    return Config(values, list(namespaces.values()), path)

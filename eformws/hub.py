@@ -1,0 +1,207 @@
+"""Namespaces, connections and rooms of this process, and `deliver()`: the one way out to
+clients, which resolves recipients through room indexes and frames each message once."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface
+
+from eformws import wire
+from eformws.config import ROLES
+from eformws.latency import LatencyWindow
+from eformws.message import Message, Target
+
+
+class IFraming(Interface):
+    """How one kind of transport turns a message into a frame it can send many times."""
+
+    def prepare(message):
+        """Return a frame for `message`, to be handed to `IConnection.send`."""
+
+
+class IConnection(Interface):
+    id = Attribute("connection id (uuid4 string)")
+    namespace = Attribute("namespace path")
+    session = Attribute("the Session, or None when anonymous")
+    rooms = Attribute("set of room names this connection is in")
+    framing = Attribute("the IFraming that makes frames for this connection")
+    closed = Attribute("Deferred that fires once the connection is closed")
+
+    def send(frame):
+        """Hand a prepared frame to the transport."""
+
+    def close(code, reason):
+        """Start closing with a WebSocket close code and reason."""
+
+    def abort():
+        """Drop the transport at once, without a closing handshake."""
+
+
+class UnknownNamespace(KeyError):
+    pass
+
+
+class Namespace:
+    """A registry entry: its connections by id, and its rooms as sets of connections."""
+
+    __slots__ = ("path", "default_room", "require_auth", "roles", "connections", "rooms")
+
+    def __init__(self, path: str, default_room: str | None, require_auth: bool, roles: Iterable[str]):
+        self.path = path
+        self.default_room = default_room
+        self.require_auth = require_auth
+        self.roles = frozenset(roles)
+        self.connections: dict[str, Any] = {}
+        self.rooms: dict[str, set] = {}
+
+
+class Hub:
+    log = Logger()
+
+    def __init__(self, latency_window: int = 1000):
+        self.namespaces: dict[str, Namespace] = {}
+        self.latency = LatencyWindow(latency_window)
+        self.bus = None
+
+    # -- registry -----------------------------------------------------------
+
+    def create_namespace(
+        self,
+        path: str,
+        require_auth: bool = False,
+        default_room: str | None = None,
+        roles: Iterable[str] = ROLES,
+    ) -> Namespace:
+        """Add a namespace (`/ws/<name>`); an existing one is returned unchanged."""
+        if not path.startswith("/ws/") or len(path) == 4 or "/" in path[4:]:
+            raise ValueError(f"namespace path must look like /ws/<name>, got {path!r}")
+        existing = self.namespaces.get(path)
+        if existing is not None:
+            return existing
+        namespace = Namespace(path, default_room, require_auth, roles)
+        self.namespaces[path] = namespace
+        return namespace
+
+    def namespace(self, path: str) -> Namespace:
+        try:
+            return self.namespaces[path]
+        except KeyError:
+            raise UnknownNamespace(path) from None
+
+    def add(self, connection) -> None:
+        self.namespace(connection.namespace).connections[connection.id] = connection
+
+    def remove(self, connection) -> None:
+        """Forget a connection and take it out of every room at once."""
+        namespace = self.namespaces.get(connection.namespace)
+        if namespace is None:
+            return
+        namespace.connections.pop(connection.id, None)
+        for room in connection.rooms:
+            members = namespace.rooms.get(room)
+            if members is not None:
+                members.discard(connection)
+                if not members:
+                    del namespace.rooms[room]
+        connection.rooms.clear()
+
+    def join(self, connection, room: str) -> None:
+        namespace = self.namespace(connection.namespace)
+        namespace.rooms.setdefault(room, set()).add(connection)
+        connection.rooms.add(room)
+
+    def leave(self, connection, room: str) -> None:
+        namespace = self.namespace(connection.namespace)
+        connection.rooms.discard(room)
+        members = namespace.rooms.get(room)
+        if members is not None:
+            members.discard(connection)
+            if not members:
+                del namespace.rooms[room]
+
+    # -- counts -------------------------------------------------------------
+
+    def connection_count(self, path: str | None = None) -> int:
+        """Connections of one namespace (0 when unknown), or of all of them."""
+        if path is None:
+            return sum(len(ns.connections) for ns in self.namespaces.values())
+        namespace = self.namespaces.get(path)
+        return len(namespace.connections) if namespace else 0
+
+    def get_connection_stats(self) -> dict:
+        return {
+            "total_connections": self.connection_count(),
+            "namespaces": {
+                path: {
+                    "connections": len(ns.connections),
+                    "rooms": {room: len(members) for room, members in ns.rooms.items()},
+                }
+                for path, ns in self.namespaces.items()
+            },
+            "latency_metrics": self.latency_metrics(),
+        }
+
+    def latency_metrics(self) -> dict:
+        return {**self.latency.percentiles(), "connection_count": self.connection_count()}
+
+    # -- the way in: publish on the bus --------------------------------------
+
+    def broadcast(self, namespace: str, event: str, data: Any) -> Deferred:
+        """Envelope B to every connection of `namespace`; fires with the local count."""
+        self.namespace(namespace)
+        envelope = wire.namespace_broadcast(event, data, namespace)
+        return self.bus.publish(Message(envelope, (Target(namespace),)))
+
+    def broadcast_to_room(self, namespace: str, room: str, event: str, data: Any) -> Deferred:
+        """Envelope C to the members of `room` in `namespace` only."""
+        self.namespace(namespace)
+        envelope = wire.room_broadcast(event, data, namespace, room)
+        return self.bus.publish(Message(envelope, (Target(namespace, rooms=(room,)),)))
+
+    def send(self, connection_id: str, event: str, data: Any) -> Deferred:
+        """Envelope A to one connection, wherever it is connected."""
+        targets = tuple(Target(path, connection_id=connection_id) for path in self.namespaces)
+        return self.bus.publish(Message(wire.direct(event, data), targets))
+
+    # -- the way out ---------------------------------------------------------
+
+    def recipients(self, target: Target) -> Iterable:
+        namespace = self.namespaces.get(target.namespace)
+        if namespace is None:
+            return ()
+        if target.connection_id is not None:
+            connection = namespace.connections.get(target.connection_id)
+            return (connection,) if connection is not None else ()
+        if target.rooms is None:
+            return list(namespace.connections.values())
+        if len(target.rooms) == 1:
+            return list(namespace.rooms.get(target.rooms[0], ()))
+        members: set = set()
+        for room in target.rooms:
+            members.update(namespace.rooms.get(room, ()))
+        return members
+
+    def deliver(self, message: Message) -> int:
+        """Send `message` to every local recipient once; return how many got it."""
+        frames: dict = {}
+        count = 0
+        for target in message.targets:
+            for connection in self.recipients(target):
+                framing = connection.framing
+                frame = frames.get(framing)
+                if frame is None:
+                    frame = frames[framing] = framing.prepare(message)
+                connection.send(frame)
+                count += 1
+        if count:
+            self.latency.record((time.time() - message.created) * 1000.0)
+        return count
+
+    def close_all(self, code: int, reason: str) -> None:
+        for namespace in self.namespaces.values():
+            for connection in list(namespace.connections.values()):
+                connection.close(code, reason)

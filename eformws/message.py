@@ -1,0 +1,62 @@
+"""What travels on the bus: an envelope, the targets it is addressed to, and its creation
+time; serialized once, and to/from JSON for transports between processes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from eformws import wire
+
+
+@dataclass(frozen=True)
+class Target:
+    """A namespace, narrowed to some rooms or to one connection (neither: all of it)."""
+
+    namespace: str
+    rooms: tuple[str, ...] | None = None
+    connection_id: str | None = None
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {"ns": self.namespace}
+        if self.rooms is not None:
+            out["rooms"] = list(self.rooms)
+        if self.connection_id is not None:
+            out["conn"] = self.connection_id
+        return out
+
+    @classmethod
+    def from_json(cls, value: dict) -> "Target":
+        rooms = value.get("rooms")
+        return cls(value["ns"], tuple(rooms) if rooms is not None else None, value.get("conn"))
+
+
+@dataclass
+class Message:
+    envelope: dict
+    targets: tuple[Target, ...]
+    created: float = field(default_factory=time.time)
+    _payload: bytes | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def payload(self) -> bytes:
+        """The envelope as compact JSON, computed once whatever the number of readers."""
+        if self._payload is None:
+            self._payload = wire.dumps(self.envelope)
+        return self._payload
+
+    def to_json(self) -> dict:
+        return {
+            "envelope": self.envelope,
+            "targets": [t.to_json() for t in self.targets],
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_json(cls, value: dict) -> "Message":
+        return cls(
+            value["envelope"],
+            tuple(Target.from_json(t) for t in value["targets"]),
+            value["created"],
+        )

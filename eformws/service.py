@@ -1,0 +1,103 @@
+"""The running gateway as one Twisted service: builds stores, bus, hub, API and site from
+a `Config`, listens on the port, and shuts down by closing every client with 1001."""
+
+from __future__ import annotations
+
+import txaio
+from twisted.application.service import MultiService
+from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.logger import Logger
+
+from eformws.api import Api
+from eformws.bus.local import LocalBus
+from eformws.hub import Hub
+from eformws.sessions.sqlite import SQLiteSessionStore
+from eformws.site import build_site
+from eformws.sqlite import SQLiteDatabase
+from eformws.websocket import (
+    CLOSE_GOING_AWAY,
+    NamespaceRoot,
+    WebSocketSettings,
+    protocol_options,
+)
+
+
+class EformService(MultiService):
+    log = Logger()
+
+    def __init__(self, config, reactor=None):
+        super().__init__()
+        self.config = config
+        # Autobahn logs handshakes (with query strings) at debug level: never below info.
+        txaio.set_global_log_level("info" if config.get("log", "level") == "debug" else config.get("log", "level"))
+        self.reactor = reactor or _default_reactor()
+        self.database = SQLiteDatabase(config.get("sessions", "path"), self.reactor)
+        self.database.setServiceParent(self)
+        self.sessions = SQLiteSessionStore(self.database)
+        self.hub = Hub()
+        for ns in config.namespaces:
+            self.hub.create_namespace(ns.path, ns.require_auth, ns.default_room, ns.roles)
+        self.bus = LocalBus()
+        self.hub.bus = self.bus
+        self.api = Api(self.hub, self.sessions, config)
+        settings = WebSocketSettings.from_config(config, self.hub, self.sessions)
+        self.site = build_site(
+            self.api.resource(),
+            NamespaceRoot(self.hub, settings, protocol_options(config)),
+            config.get("server", "max_body_bytes"),
+        )
+        self.listening_port = None
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (useful with port 0)."""
+        return self.listening_port.getHost().port
+
+    def startService(self):
+        super().startService()
+        self.bus.start(self.hub.deliver)
+        self.listening_port = self.reactor.listenTCP(
+            self.config.get("server", "port"),
+            self.site,
+            backlog=self.config.get("server", "backlog"),
+            interface=self.config.get("server", "host"),
+        )
+        self.log.info(
+            "eformws listening on {host}:{port} (namespaces: {namespaces})",
+            host=self.config.get("server", "host"),
+            port=self.port,
+            namespaces=", ".join(self.hub.namespaces),
+        )
+
+    @inlineCallbacks
+    def stopService(self):
+        """Stop accepting, close every client with 1001, wait (bounded), then stop parts."""
+        if self.listening_port is not None:
+            yield self.listening_port.stopListening()
+        yield self.close_clients(CLOSE_GOING_AWAY, "Server shutdown")
+        self.bus.stop()
+        yield super().stopService()
+        self.log.info("eformws stopped")
+
+    def close_clients(self, code: int, reason: str):
+        """Fires when every client has closed, or after `shutdown_timeout` (then drops)."""
+        connections = [c for ns in self.hub.namespaces.values() for c in ns.connections.values()]
+        if not connections:
+            return DeferredList([])
+        closed = DeferredList([c.closed for c in connections], consumeErrors=True)
+        self.hub.close_all(code, reason)
+        timeout = self.config.get("server", "shutdown_timeout")
+
+        def drop_remaining():
+            for connection in connections:
+                connection.abort()
+
+        call = self.reactor.callLater(timeout, drop_remaining)
+        closed.addBoth(lambda result: call.cancel() if call.active() else None)
+        return closed
+
+
+def _default_reactor():
+    from twisted.internet import reactor
+
+    return reactor

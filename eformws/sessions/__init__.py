@@ -1,0 +1,39 @@
+"""Sessions: who a session id belongs to (`Session`), the `ISessionStore` seam, and
+`first_valid_session`, which tries each credential candidate in order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import inlineCallbacks
+from zope.interface import Interface
+
+
+@dataclass(frozen=True)
+class Session:
+    """A live session. The id is kept for lookups only and never shown by repr."""
+
+    id: str = field(repr=False)
+    user_id: str
+    role: str
+    kiosk_id: str | None
+    expires_at: float
+
+
+class ISessionStore(Interface):
+    def lookup(session_id):
+        """Deferred firing with the `Session` when `session_id` is known, live and not
+        revoked, else None."""
+
+    def ping():
+        """Deferred that fires when the store answers (for /healthz)."""
+
+
+@inlineCallbacks
+def first_valid_session(store, candidates):
+    """The first candidate the store accepts, trying each in order; None if none."""
+    for candidate in candidates:
+        session = yield store.lookup(candidate)
+        if session is not None:
+            return session
+    return None

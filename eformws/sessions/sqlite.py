@@ -1,0 +1,135 @@
+"""The embedded session store: one SQLite table keyed by the SHA-256 of each session id,
+shared by the server (lookups off the reactor) and the `eformws sessions` command."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from zope.interface import implementer
+
+from eformws.config import ROLES
+from eformws.sessions import ISessionStore, Session
+
+MAX_SESSION_ID_LENGTH = 512
+REF_LENGTH = 12
+
+
+def create_schema(connection: sqlite3.Connection) -> None:
+    connection.execute(
+        "CREATE TABLE IF NOT EXISTS sessions ("
+        " id_hash TEXT PRIMARY KEY,"
+        " user_id TEXT NOT NULL,"
+        " role TEXT NOT NULL,"
+        " kiosk_id TEXT,"
+        " created_at REAL NOT NULL,"
+        " expires_at REAL NOT NULL,"
+        " revoked INTEGER NOT NULL DEFAULT 0)"
+    )
+
+
+def id_hash(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    """What `sessions list` shows: a reference (hash prefix), never the id itself."""
+
+    ref: str
+    user_id: str
+    role: str
+    kiosk_id: str | None
+    created_at: float
+    expires_at: float
+    revoked: bool
+
+
+def create_session(
+    connection: sqlite3.Connection,
+    user_id: str,
+    role: str,
+    kiosk_id: str | None,
+    ttl: float,
+    now: float | None = None,
+) -> Session:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    if not user_id:
+        raise ValueError("user must not be empty")
+    if ttl <= 0:
+        raise ValueError("ttl must be positive")
+    now = time.time() if now is None else now
+    session_id = secrets.token_urlsafe(32)
+    create_schema(connection)
+    connection.execute(
+        "INSERT INTO sessions (id_hash, user_id, role, kiosk_id, created_at, expires_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (id_hash(session_id), user_id, role, kiosk_id, now, now + ttl),
+    )
+    return Session(session_id, user_id, role, kiosk_id, now + ttl)
+
+
+def lookup_session(connection: sqlite3.Connection, session_id: str, now: float | None = None):
+    if not session_id or len(session_id) > MAX_SESSION_ID_LENGTH:
+        return None
+    row = connection.execute(
+        "SELECT user_id, role, kiosk_id, expires_at FROM sessions"
+        " WHERE id_hash = ? AND revoked = 0",
+        (id_hash(session_id),),
+    ).fetchone()
+    now = time.time() if now is None else now
+    if row is None or row[3] <= now:
+        return None
+    return Session(session_id, row[0], row[1], row[2], row[3])
+
+
+def list_sessions(connection: sqlite3.Connection) -> list[SessionRow]:
+    create_schema(connection)
+    rows = connection.execute(
+        "SELECT id_hash, user_id, role, kiosk_id, created_at, expires_at, revoked"
+        " FROM sessions ORDER BY created_at"
+    ).fetchall()
+    return [SessionRow(r[0][:REF_LENGTH], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+
+
+def revoke_session(connection: sqlite3.Connection, id_or_ref: str) -> int:
+    """Revoke by full session id, or by the reference `sessions list` shows; the count."""
+    create_schema(connection)
+    cursor = connection.execute(
+        "UPDATE sessions SET revoked = 1 WHERE id_hash = ? AND revoked = 0", (id_hash(id_or_ref),)
+    )
+    ref = id_or_ref.lower()
+    if cursor.rowcount or not 8 <= len(ref) <= 64 or ref.strip("0123456789abcdef"):
+        return cursor.rowcount
+    matches = connection.execute(
+        "SELECT id_hash FROM sessions WHERE id_hash LIKE ? AND revoked = 0",
+        (ref + "%",),
+    ).fetchall()
+    if len(matches) != 1:
+        return 0
+    return connection.execute(
+        "UPDATE sessions SET revoked = 1 WHERE id_hash = ?", (matches[0][0],)
+    ).rowcount
+
+
+@implementer(ISessionStore)
+class SQLiteSessionStore:
+    def __init__(self, database):
+        self._db = database
+        database.add_schema(create_schema)
+
+    def lookup(self, session_id):
+        return self._db.run(lookup_session, session_id)
+
+    def create(self, user_id, role, kiosk_id=None, ttl=86400.0):
+        return self._db.run(create_session, user_id, role, kiosk_id, ttl)
+
+    def revoke(self, id_or_ref):
+        return self._db.run(revoke_session, id_or_ref)
+
+    def ping(self):
+        return self._db.run(lambda connection: connection.execute("SELECT 1").fetchone())

@@ -1,0 +1,47 @@
+"""`twistd eformws`: the command-line options and `makeService`, which loads the
+configuration (one line and exit 1 on a bad value) and builds the gateway service."""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.python import usage
+
+from eformws.config import ConfigError, load_config
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE] [--port PORT] [--host HOST]"
+    longdesc = (
+        "Run the eformws real-time gateway. With no options it serves ws://0.0.0.0:3000 "
+        "with the embedded defaults (SQLite file eformws.db in the working directory). "
+        "Options override the configuration file, which overrides EFORMWS_* variables' "
+        "defaults; see etc/eformws.toml for every key."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (default: none, embedded defaults)."],
+        ["port", "p", None, "TCP port to listen on (server.port, default 3000; 0 picks one).", int],
+        ["host", None, None, "Interface to listen on (server.host, default 0.0.0.0)."],
+        ["sessions-db", None, None, "SQLite file of the session store (sessions.path)."],
+    ]
+
+    def overrides(self) -> dict:
+        chosen = {}
+        if self["port"] is not None:
+            chosen[("server", "port")] = self["port"]
+        if self["host"] is not None:
+            chosen[("server", "host")] = self["host"]
+        if self["sessions-db"] is not None:
+            chosen[("sessions", "path")] = self["sessions-db"]
+        return chosen
+
+
+def makeService(options):
+    from eformws.service import EformService
+
+    try:
+        config = load_config(options["config"], options.overrides())
+    except ConfigError as e:
+        sys.stderr.write(f"eformws: configuration error: {e}\n")
+        raise SystemExit(1)
+    return EformService(config)

@@ -1,0 +1,315 @@
+"""The legacy JSON WebSocket protocol (PROTOCOL.md sections 2-5): handshake checks and
+session auth, client-message dispatch and limits; one Autobahn factory per namespace."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import PreparedMessage
+from autobahn.websocket.types import ConnectionDeny
+from twisted.logger import Logger
+from twisted.web.resource import NoResource, Resource
+from zope.interface import implementer
+
+from eformws import wire
+from eformws.hub import IConnection, IFraming, Namespace
+from eformws.ratelimit import TokenBucket
+from eformws.sessions import first_valid_session
+from eformws.sessions.credentials import candidates
+
+log = Logger(namespace="eformws.websocket")
+
+CLOSE_POLICY = 1008
+CLOSE_GOING_AWAY = 1001
+
+
+@implementer(IFraming)
+class JsonFraming:
+    """Legacy clients get the envelope itself as one unmasked, uncompressed text frame."""
+
+    def prepare(self, message):
+        return PreparedMessage(message.payload, False, False, True)
+
+
+JSON_FRAMING = JsonFraming()
+
+
+@dataclass
+class WebSocketSettings:
+    """What every legacy connection needs from the configuration and the running parts."""
+
+    hub: object
+    sessions: object
+    cookie_names: tuple[str, ...]
+    allowed_origins: frozenset[str]
+    max_connections: int
+    max_rooms: int
+    rate_limit: float
+    rate_burst: int
+    rate_limit_close_after: int
+    restricted_roles: frozenset[str]
+
+    @classmethod
+    def from_config(cls, config, hub, sessions):
+        return cls(
+            hub=hub,
+            sessions=sessions,
+            cookie_names=tuple(config.get("auth", "cookie_names")),
+            allowed_origins=frozenset(config.get("server", "allowed_origins")),
+            max_connections=config.get("server", "max_connections"),
+            max_rooms=config.get("websocket", "max_rooms"),
+            rate_limit=config.get("websocket", "rate_limit"),
+            rate_burst=config.get("websocket", "rate_burst"),
+            rate_limit_close_after=config.get("websocket", "rate_limit_close_after"),
+            restricted_roles=frozenset(config.get("auth", "restricted_roles")),
+        )
+
+
+class Admission:
+    """Counts connections from handshake to close, across namespaces, against the limit."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.count = 0
+
+    def admit(self) -> bool:
+        if self.count >= self.limit:
+            return False
+        self.count += 1
+        return True
+
+    def release(self) -> None:
+        self.count -= 1
+
+
+def handshake_candidates(request, cookie_names) -> list[str]:
+    headers = request.headers
+    return candidates(
+        [headers["cookie"]] if "cookie" in headers else [],
+        [headers["authorization"]] if "authorization" in headers else [],
+        request.params.get("sessionId", []),
+        cookie_names,
+    )
+
+
+@implementer(IConnection)
+class LegacyProtocol(WebSocketServerProtocol):
+    framing = JSON_FRAMING
+
+    def __init__(self):
+        super().__init__()
+        self.id = None
+        self.session = None
+        self.rooms: set[str] = set()
+        self._refusal: str | None = None
+        self._admitted = False
+        self._registered = False
+        self._bucket: TokenBucket | None = None
+
+    @property
+    def namespace(self) -> str:
+        return self.factory.namespace.path
+
+    # -- handshake -----------------------------------------------------------
+
+    def onConnect(self, request):
+        settings = self.factory.settings
+        if settings.allowed_origins and request.origin not in settings.allowed_origins:
+            raise ConnectionDeny(403, "Origin not allowed")
+        if not self.factory.admission.admit():
+            raise ConnectionDeny(503, "Too many connections")
+        self._admitted = True
+        present = handshake_candidates(request, settings.cookie_names)
+        if not present:
+            self._authenticated(None, present)
+            return None
+        d = first_valid_session(settings.sessions, present)
+        d.addCallback(self._authenticated, present)
+        return d
+
+    def _authenticated(self, session, present) -> None:
+        namespace: Namespace = self.factory.namespace
+        if namespace.require_auth:
+            if session is None:
+                self._refusal = "Authentication failed" if present else "Authentication required"
+            elif session.role not in namespace.roles:
+                self._refusal = "Forbidden"
+        self.session = session
+        return None
+
+    def onOpen(self):
+        if self._refusal is not None:
+            log.info(
+                "refused connection on {namespace}: {reason}",
+                namespace=self.namespace,
+                reason=self._refusal,
+            )
+            self.close(CLOSE_POLICY, self._refusal)
+            return
+        settings = self.factory.settings
+        hub = settings.hub
+        self.id = str(uuid.uuid4())
+        self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
+        hub.add(self)
+        self._registered = True
+        self._send(
+            wire.direct(
+                "connection",
+                {
+                    "connectionId": self.id,
+                    "namespace": self.namespace,
+                    "authenticated": self.session is not None,
+                    "timestamp": wire.js_timestamp(),
+                },
+            )
+        )
+        default_room = self.factory.namespace.default_room
+        if default_room is not None:
+            hub.join(self, default_room)
+            self._send(wire.direct("room_joined", {"room": default_room}))
+
+    # -- IConnection -----------------------------------------------------------
+
+    def send(self, frame) -> None:
+        self.sendPreparedMessage(frame)
+
+    def close(self, code: int, reason: str) -> None:
+        """Close with any code (Autobahn's sendClose allows only 1000 and 3000-4999)."""
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"), isReply=False)
+        elif self.state in (self.STATE_CONNECTING, self.STATE_PROXY_CONNECTING):
+            self.dropConnection(abort=True)
+
+    def abort(self) -> None:
+        self.dropConnection(abort=True)
+
+    @property
+    def closed(self):
+        return self.is_closed
+
+    def _send(self, envelope: dict) -> None:
+        self.sendMessage(wire.dumps(envelope), False)
+
+    # -- client messages --------------------------------------------------------
+
+    def onMessage(self, payload, isBinary):
+        if not self._registered:
+            return
+        settings = self.factory.settings
+        if not self._bucket.take():
+            if self._bucket.refused_in_a_row >= settings.rate_limit_close_after:
+                log.info("closing connection on {namespace}: rate limit", namespace=self.namespace)
+                self.close(CLOSE_POLICY, "Rate limit exceeded")
+                return
+            self._send(wire.error("rate_limited", f"Rate limit exceeded: at most {settings.rate_limit:g} messages per second"))
+            return
+        try:
+            message = wire.parse_client_message(payload)
+            handler = self._handlers.get(message["type"])
+            if handler is None:
+                raise wire.ClientMessageError("unknown_type", f"Unknown message type: {message['type']}")
+            handler(self, message)
+        except wire.ClientMessageError as e:
+            self._send(wire.error(e.code, e.message))
+        except Exception:
+            log.failure("unexpected error handling a client message on {namespace}", namespace=self.namespace)
+            self._send(wire.error("internal_error", "Internal error"))
+
+    def _may_join(self, room: str) -> bool:
+        session = self.session
+        if session is None or session.role not in self.factory.settings.restricted_roles:
+            return True
+        return room == self.factory.namespace.default_room or (
+            session.kiosk_id is not None and room == session.kiosk_id
+        )
+
+    def _join_room(self, message: dict) -> None:
+        room = wire.room_of(message)
+        settings = self.factory.settings
+        if room not in self.rooms:
+            if not self._may_join(room):
+                raise wire.ClientMessageError("forbidden", "This session may not join that room")
+            if len(self.rooms) >= settings.max_rooms:
+                raise wire.ClientMessageError(
+                    "room_limit", f"Room limit reached: at most {settings.max_rooms} rooms per connection"
+                )
+            settings.hub.join(self, room)
+        self._send(wire.direct("room_joined", {"room": room}))
+
+    def _leave_room(self, message: dict) -> None:
+        room = wire.room_of(message)
+        self.factory.settings.hub.leave(self, room)
+        self._send(wire.direct("room_left", {"room": room}))
+
+    def _ping(self, message: dict) -> None:
+        self._send(wire.pong(wire.ping_of(message)))
+
+    _handlers = {"join_room": _join_room, "leave_room": _leave_room, "ping": _ping}
+
+    # -- end -------------------------------------------------------------------
+
+    def onClose(self, wasClean, code, reason):
+        if self._registered:
+            self._registered = False
+            self.factory.settings.hub.remove(self)
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        if self._registered:
+            self._registered = False
+            self.factory.settings.hub.remove(self)
+        if self._admitted:
+            self._admitted = False
+            self.factory.admission.release()
+
+
+class NamespaceFactory(WebSocketServerFactory):
+    protocol = LegacyProtocol
+
+    def __init__(self, namespace: Namespace, settings: WebSocketSettings, admission: Admission, options: dict):
+        super().__init__(server="eformws")
+        self.namespace = namespace
+        self.settings = settings
+        self.admission = admission
+        self.setProtocolOptions(**options)
+
+
+def protocol_options(config) -> dict:
+    """Autobahn options from the configuration: limits, pings, close behaviour."""
+    size = config.get("websocket", "max_message_bytes")
+    return {
+        "maxFramePayloadSize": size,
+        "maxMessagePayloadSize": size,
+        "autoPingInterval": config.get("websocket", "ping_interval"),
+        "autoPingTimeout": config.get("websocket", "ping_timeout"),
+        "openHandshakeTimeout": config.get("websocket", "open_handshake_timeout"),
+        "closeHandshakeTimeout": config.get("websocket", "close_handshake_timeout"),
+        "failByDrop": False,
+        "perMessageCompressionAccept": lambda offers: None,
+    }
+
+
+class NamespaceRoot(Resource):
+    """`/ws/<name>`: the namespace's WebSocket resource, or 404 for an unknown name."""
+
+    def __init__(self, hub, settings: WebSocketSettings, options: dict):
+        super().__init__()
+        self._hub = hub
+        self._settings = settings
+        self._options = options
+        self._admission = Admission(settings.max_connections)
+        self._resources: dict[str, WebSocketResource] = {}
+
+    def getChild(self, name: bytes, request):
+        path = "/ws/" + name.decode("utf-8", "replace")
+        namespace = self._hub.namespaces.get(path)
+        if namespace is None or request.postpath:
+            return NoResource("No such namespace.")
+        resource = self._resources.get(path)
+        if resource is None:
+            factory = NamespaceFactory(namespace, self._settings, self._admission, self._options)
+            resource = self._resources[path] = WebSocketResource(factory)
+        return resource

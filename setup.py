@@ -1,0 +1,29 @@
+"""Packaging for eformws; setup.py (not only pyproject) so that the twistd plugin file in
+twisted/plugins/ is installed beside Twisted's own, without an __init__.py of ours."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="eformws",
+    version="0.1.0",
+    description="Real-time gateway of the eform locker system (WebSocket, WAMP, HTTP API)",
+    python_requires=">=3.11",
+    packages=find_packages(include=["eformws", "eformws.*"]) + ["twisted.plugins"],
+    package_data={"twisted.plugins": ["eformws_plugin.py"]},
+    install_requires=[
+        "twisted>=24.3",
+        "autobahn>=24.4",
+        "klein>=23.12",
+        "treq>=23.11",
+        "txaio>=23.1",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6.100",
+            "websockets>=13",
+        ],
+    },
+    entry_points={"console_scripts": ["eformws = eformws.cli:main"]},
+)
