@@ -12,6 +12,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
 from eformws import wire
+from eformws.events import ValidationError
 from eformws.sessions import first_valid_session
 from eformws.sessions.credentials import bearer_token, candidates
 
@@ -27,11 +28,16 @@ REASONS = {
 }
 
 
+RECENT_WINDOW = 30.0  # seconds of events /api/websocket/health returns ...
+RECENT_LIMIT = 20  # ... at most this many
+
+
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, **extra):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.extra = extra
 
 
 def _json(request, status: int, body: Any) -> bytes:
@@ -80,9 +86,11 @@ class Api:
     app = Klein()
     log = Logger()
 
-    def __init__(self, hub, sessions, config):
+    def __init__(self, hub, sessions, config, events, event_store):
         self.hub = hub
         self.sessions = sessions
+        self.events = events
+        self.event_store = event_store
         self.api_tokens = [t.encode("utf-8") for t in config.get("auth", "api_tokens")]
         self.broadcast_roles = frozenset(config.get("auth", "broadcast_roles"))
         self.cookie_names = tuple(config.get("auth", "cookie_names"))
@@ -97,7 +105,7 @@ class Api:
         return _json(
             request,
             error.status,
-            {"statusCode": error.status, "error": REASONS[error.status], "message": error.message},
+            {"statusCode": error.status, "error": REASONS[error.status], "message": error.message, **error.extra},
         )
 
     @app.handle_errors
@@ -189,15 +197,57 @@ class Api:
             )
         )
 
+    @app.route("/api/websocket/events", methods=["POST"])
+    @inlineCallbacks
+    def events_route(self, request):
+        yield self.require_privileged(request)
+        body = json_body(request, self.max_body_bytes)
+        event_type = require(body, "type", str, "string")
+        require(body, "data", dict, "object")
+        try:
+            stored = yield self.events.emit(event_type, body["data"])
+        except ValidationError as e:
+            raise HTTPError(400, str(e), field=e.field) from None
+        return _json(request, 201, stored)
+
+    @app.route("/api/websocket/health", methods=["GET"])
+    @inlineCallbacks
+    def health_route(self, request):
+        present = request_candidates(request, self.cookie_names)
+        if not present:
+            raise HTTPError(401, "Authentication required")
+        session = yield first_valid_session(self.sessions, present)
+        if session is None:
+            raise HTTPError(401, "Authentication failed")
+        statistics = yield self.event_store.stats()
+        recent = yield self.event_store.recent(None, RECENT_WINDOW, RECENT_LIMIT)
+        hub = self.hub
+        return _json(
+            request,
+            200,
+            {
+                "websocket_available": True,
+                "connection_health": {
+                    "total_connections": hub.connection_count(),
+                    "namespaces": {path: len(ns.connections) for path, ns in hub.namespaces.items()},
+                    "latency_metrics": hub.latency_metrics(),
+                },
+                "event_statistics": statistics,
+                "events": recent,
+                "timestamp": wire.js_timestamp(),
+            },
+        )
+
     @app.route("/healthz", methods=["GET"])
     @inlineCallbacks
     def healthz_route(self, request):
         checks = {}
-        try:
-            yield self.sessions.ping()
-            checks["session_store"] = "ok"
-        except Exception as e:
-            checks["session_store"] = f"unavailable: {type(e).__name__}"
+        for name, store in (("session_store", self.sessions), ("event_store", self.event_store)):
+            try:
+                yield store.ping()
+                checks[name] = "ok"
+            except Exception as e:
+                checks[name] = f"unavailable: {type(e).__name__}"
         healthy = all(v == "ok" for v in checks.values())
         body = {"status": "ok" if healthy else "unavailable", "checks": checks, "timestamp": wire.js_timestamp()}
         return _json(request, 200 if healthy else 503, body)

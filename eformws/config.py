@@ -87,6 +87,13 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[str, Any], Any]]] = {
     ("sessions", "backend"): ("sqlite", _choice("sqlite")),
     ("sessions", "path"): ("eformws.db", _string),
     ("sessions", "default_ttl"): (86400, _integer(1, 10 * 365 * 86400)),
+    ("events", "store"): ("sqlite", _choice("sqlite", "memory")),
+    ("events", "path"): ("eformws.db", _string),
+    ("events", "max_events"): (100_000, _integer(1, 100_000_000)),
+    ("events", "sweep_interval"): (60.0, _number(0.01, 86400)),
+    ("events", "replay_window"): (3600.0, _number(0, 30 * 86400)),
+    ("events", "replay_limit"): (50, _integer(0, 10_000)),
+    ("events", "resume_limit"): (5000, _integer(1, 1_000_000)),
     ("log", "level"): ("info", _choice("debug", "info", "warn", "error")),
 }
 

@@ -4,16 +4,21 @@ a `Config`, listens on the port, and shuts down by closing every client with 100
 from __future__ import annotations
 
 import txaio
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.logger import Logger
 
+from eformws import emitter
 from eformws.api import Api
 from eformws.bus.local import LocalBus
+from eformws.emitter import WebSocketEvents
 from eformws.hub import Hub
 from eformws.sessions.sqlite import SQLiteSessionStore
 from eformws.site import build_site
 from eformws.sqlite import SQLiteDatabase
+from eformws.store.memory import MemoryEventStore
+from eformws.store.sqlite import SQLiteEventStore
 from eformws.websocket import (
     CLOSE_GOING_AWAY,
     NamespaceRoot,
@@ -31,22 +36,44 @@ class EformService(MultiService):
         # Autobahn logs handshakes (with query strings) at debug level: never below info.
         txaio.set_global_log_level("info" if config.get("log", "level") == "debug" else config.get("log", "level"))
         self.reactor = reactor or _default_reactor()
-        self.database = SQLiteDatabase(config.get("sessions", "path"), self.reactor)
-        self.database.setServiceParent(self)
+        self._databases: dict[str, SQLiteDatabase] = {}
+        self.database = self._database(config.get("sessions", "path"))
         self.sessions = SQLiteSessionStore(self.database)
+        self.event_store = self._event_store()
+        TimerService(config.get("events", "sweep_interval"), self._sweep).setServiceParent(self)
         self.hub = Hub()
         for ns in config.namespaces:
             self.hub.create_namespace(ns.path, ns.require_auth, ns.default_room, ns.roles)
         self.bus = LocalBus()
         self.hub.bus = self.bus
-        self.api = Api(self.hub, self.sessions, config)
-        settings = WebSocketSettings.from_config(config, self.hub, self.sessions)
+        self.events = WebSocketEvents(self.hub, self.event_store, self.bus)
+        self.api = Api(self.hub, self.sessions, config, self.events, self.event_store)
+        settings = WebSocketSettings.from_config(config, self.hub, self.sessions, self.event_store)
         self.site = build_site(
             self.api.resource(),
             NamespaceRoot(self.hub, settings, protocol_options(config)),
             config.get("server", "max_body_bytes"),
         )
         self.listening_port = None
+
+    def _database(self, path: str) -> SQLiteDatabase:
+        """One SQLiteDatabase (one thread, one connection) per file, shared by its stores."""
+        database = self._databases.get(path)
+        if database is None:
+            database = self._databases[path] = SQLiteDatabase(path, self.reactor)
+            database.setServiceParent(self)
+        return database
+
+    def _event_store(self):
+        max_events = self.config.get("events", "max_events")
+        if self.config.get("events", "store") == "memory":
+            return MemoryEventStore(max_events)
+        return SQLiteEventStore(self._database(self.config.get("events", "path")), max_events)
+
+    def _sweep(self):
+        d = self.event_store.expire()
+        d.addErrback(lambda failure: self.log.failure("event store sweep failed", failure))
+        return d
 
     @property
     def port(self) -> int:
@@ -56,6 +83,7 @@ class EformService(MultiService):
     def startService(self):
         super().startService()
         self.bus.start(self.hub.deliver)
+        emitter.install(self.events)
         self.listening_port = self.reactor.listenTCP(
             self.config.get("server", "port"),
             self.site,
@@ -76,6 +104,7 @@ class EformService(MultiService):
             yield self.listening_port.stopListening()
         yield self.close_clients(CLOSE_GOING_AWAY, "Server shutdown")
         self.bus.stop()
+        emitter.install(None)
         yield super().stopService()
         self.log.info("eformws stopped")
 

@@ -19,6 +19,7 @@ from eformws.hub import IConnection, IFraming, Namespace
 from eformws.ratelimit import TokenBucket
 from eformws.sessions import first_valid_session
 from eformws.sessions.credentials import candidates
+from eformws.store import EventFilter, Resumption
 
 log = Logger(namespace="eformws.websocket")
 
@@ -31,7 +32,9 @@ class JsonFraming:
     """Legacy clients get the envelope itself as one unmasked, uncompressed text frame."""
 
     def prepare(self, message):
-        return PreparedMessage(message.payload, False, False, True)
+        frame = PreparedMessage(message.payload, False, False, True)
+        frame.seq = message.envelope.get("seq")  # structured events carry one; for de-duplication
+        return frame
 
 
 JSON_FRAMING = JsonFraming()
@@ -51,9 +54,13 @@ class WebSocketSettings:
     rate_burst: int
     rate_limit_close_after: int
     restricted_roles: frozenset[str]
+    event_store: object
+    replay_window: float
+    replay_limit: int
+    resume_limit: int
 
     @classmethod
-    def from_config(cls, config, hub, sessions):
+    def from_config(cls, config, hub, sessions, event_store):
         return cls(
             hub=hub,
             sessions=sessions,
@@ -65,6 +72,10 @@ class WebSocketSettings:
             rate_burst=config.get("websocket", "rate_burst"),
             rate_limit_close_after=config.get("websocket", "rate_limit_close_after"),
             restricted_roles=frozenset(config.get("auth", "restricted_roles")),
+            event_store=event_store,
+            replay_window=config.get("events", "replay_window"),
+            replay_limit=config.get("events", "replay_limit"),
+            resume_limit=config.get("events", "resume_limit"),
         )
 
 
@@ -108,6 +119,8 @@ class LegacyProtocol(WebSocketServerProtocol):
         self._admitted = False
         self._registered = False
         self._bucket: TokenBucket | None = None
+        self._since = None
+        self._held: list | None = None  # frames held back while replaying or resuming
 
     @property
     def namespace(self) -> str:
@@ -122,6 +135,8 @@ class LegacyProtocol(WebSocketServerProtocol):
         if not self.factory.admission.admit():
             raise ConnectionDeny(503, "Too many connections")
         self._admitted = True
+        since = request.params.get("since")
+        self._since = since[0] if since else None
         present = handshake_candidates(request, settings.cookie_names)
         if not present:
             self._authenticated(None, present)
@@ -170,11 +185,68 @@ class LegacyProtocol(WebSocketServerProtocol):
         if default_room is not None:
             hub.join(self, default_room)
             self._send(wire.direct("room_joined", {"room": default_room}))
+            if self._since is not None:
+                self._resume(self._since)
+            elif settings.replay_limit:
+                self._replay()
+
+    # -- catching up: replay on connect, resume ------------------------------------------
+
+    def _filter(self) -> EventFilter:
+        return EventFilter(self.namespace, frozenset(self.rooms))
+
+    def _catch_up(self, query, finish) -> None:
+        """Hold live frames back while `query` runs, send what it found, then the held
+        frames it did not already cover (by seq), then whatever `finish` sends."""
+        self._held = []
+        d = query()
+        d.addCallback(self._caught_up, finish)
+        d.addErrback(self._catch_up_failed, finish)
+
+    def _caught_up(self, found, finish) -> None:
+        events = found.events if isinstance(found, Resumption) else found
+        last = 0
+        for envelope in events:
+            self.sendMessage(wire.dumps(envelope), False)
+            last = max(last, int(envelope["seq"]))
+        held, self._held = self._held or [], None
+        for frame in held:
+            seq = getattr(frame, "seq", None)
+            if seq is not None:
+                if int(seq) <= last:
+                    continue
+                last = int(seq)
+            self.send(frame)
+        if finish is not None:
+            finish(found, len(events), last)
+
+    def _catch_up_failed(self, failure, finish) -> None:
+        log.failure("event store query failed for a connection on {namespace}", failure, namespace=self.namespace)
+        self._caught_up(Resumption([], False, None) if finish else [], finish)
+
+    def _replay(self) -> None:
+        settings = self.factory.settings
+        self._catch_up(
+            lambda: settings.event_store.recent(self._filter(), settings.replay_window, settings.replay_limit),
+            None,
+        )
+
+    def _resume(self, cursor) -> None:
+        settings = self.factory.settings
+
+        def resumed(found: Resumption, count: int, last: int) -> None:
+            latest = max(int(found.latest or 0), last)
+            self._send(wire.direct("resumed", {"recovered": found.recovered, "count": count, "seq": str(latest)}))
+
+        self._catch_up(lambda: settings.event_store.since(cursor, self._filter(), settings.resume_limit), resumed)
 
     # -- IConnection -----------------------------------------------------------
 
     def send(self, frame) -> None:
-        self.sendPreparedMessage(frame)
+        if self._held is not None:
+            self._held.append(frame)
+        else:
+            self.sendPreparedMessage(frame)
 
     def close(self, code: int, reason: str) -> None:
         """Close with any code (Autobahn's sendClose allows only 1000 and 3000-4999)."""
@@ -247,7 +319,18 @@ class LegacyProtocol(WebSocketServerProtocol):
     def _ping(self, message: dict) -> None:
         self._send(wire.pong(wire.ping_of(message)))
 
-    _handlers = {"join_room": _join_room, "leave_room": _leave_room, "ping": _ping}
+    def _resume_message(self, message: dict) -> None:
+        data = message.get("data")
+        since = data.get("since") if isinstance(data, dict) else None
+        if since is None:
+            since = message.get("since")
+        if not isinstance(since, (str, int)) or isinstance(since, bool):
+            raise wire.ClientMessageError("invalid_message", "resume needs data.since, the seq of the last event seen")
+        if self._held is not None:
+            raise wire.ClientMessageError("busy", "A replay or resume is already in progress")
+        self._resume(since)
+
+    _handlers = {"join_room": _join_room, "leave_room": _leave_room, "ping": _ping, "resume": _resume_message}
 
     # -- end -------------------------------------------------------------------
 
