@@ -4,8 +4,12 @@ are one line on stderr and a non-zero exit, never a traceback."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
+import urllib.error
+import urllib.request
 
 from eformws.config import ROLES, ConfigError, load_config
 from eformws.sessions import sqlite as session_sql
@@ -72,6 +76,61 @@ def sessions_revoke(args) -> int:
     return 0
 
 
+def _gateway(args) -> tuple[str, str | None]:
+    """The gateway's base URL and the bearer credential: --url/--token, else
+    EFORMWS_URL/EFORMWS_TOKEN, else the config's port and first API token."""
+    config = _config(args)
+    url = args.url or os.environ.get("EFORMWS_URL") or f"http://127.0.0.1:{config.get('server', 'port')}"
+    tokens = config.get("auth", "api_tokens")
+    token = args.token or os.environ.get("EFORMWS_TOKEN") or (tokens[0] if tokens else None)
+    return url.rstrip("/"), token
+
+
+def _post(args, path: str, body: dict) -> dict:
+    url, token = _gateway(args)
+    if token is None:
+        raise CommandError("no credential: pass --token, set EFORMWS_TOKEN, or list auth.api_tokens in the config")
+    request = urllib.request.Request(
+        url + path,
+        data=json.dumps(body).encode("utf-8"),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.loads(e.read()).get("message", e.reason)
+        except ValueError:
+            message = e.reason
+        raise CommandError(f"{e.code}: {message}") from None
+    except urllib.error.URLError as e:
+        raise CommandError(f"cannot reach {url}: {e.reason}") from None
+
+
+def _json_argument(text: str, name: str):
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise CommandError(f"{name} is not valid JSON ({e.msg} at character {e.pos})") from None
+
+
+def emit(args) -> int:
+    stored = _post(args, "/api/websocket/events", {"type": args.type, "data": _json_argument(args.data, "--data")})
+    sys.stdout.write(json.dumps(stored, separators=(",", ":")) + "\n")
+    return 0
+
+
+def broadcast(args) -> int:
+    body = {"namespace": args.namespace, "event": args.event, "data": _json_argument(args.data, "--data")}
+    if args.room is not None:
+        body["room"] = args.room
+    answer = _post(args, "/api/websocket/broadcast", body)
+    sys.stdout.write(f"{answer['message']} ({answer['delivered']} delivered)\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eformws", description="Operate an eformws gateway.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -96,6 +155,25 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = with_config(actions.add_parser("revoke", help="revoke a session by id or listed reference"))
     revoke.add_argument("id", help="the session id, or the REF that `sessions list` shows")
     revoke.set_defaults(run=sessions_revoke)
+
+    def over_http(p):
+        with_config(p)
+        p.add_argument("--url", help="gateway base URL (default: EFORMWS_URL, else http://127.0.0.1:<server.port>)")
+        p.add_argument("--token", help="API token or admin session id (default: EFORMWS_TOKEN, else auth.api_tokens[0])")
+        p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the gateway (default 10)")
+        return p
+
+    emitting = over_http(commands.add_parser("emit", help="emit a structured event through the HTTP API"))
+    emitting.add_argument("type", help="event type, e.g. locker_state_changed")
+    emitting.add_argument("--data", required=True, help="the event's data as a JSON object")
+    emitting.set_defaults(run=emit)
+
+    broadcasting = over_http(commands.add_parser("broadcast", help="broadcast to a namespace or a room"))
+    broadcasting.add_argument("namespace", help="namespace path, e.g. /ws/lockers")
+    broadcasting.add_argument("event", help="event name (the envelope's type)")
+    broadcasting.add_argument("--data", required=True, help="the data as a JSON object")
+    broadcasting.add_argument("--room", help="only the members of this room")
+    broadcasting.set_defaults(run=broadcast)
     return parser
 
 
