@@ -204,18 +204,20 @@ class LegacyProtocol(WebSocketServerProtocol):
         d.addErrback(self._catch_up_failed, finish)
 
     def _caught_up(self, found, finish) -> None:
+        order_key = self.factory.settings.event_store.order_key
         events = found.events if isinstance(found, Resumption) else found
-        last = 0
+        last = None  # (order key, seq) of the newest event sent
         for envelope in events:
             self.sendMessage(wire.dumps(envelope), False)
-            last = max(last, int(envelope["seq"]))
+            last = (order_key(envelope["seq"]), envelope["seq"])
         held, self._held = self._held or [], None
         for frame in held:
             seq = getattr(frame, "seq", None)
             if seq is not None:
-                if int(seq) <= last:
+                key = order_key(seq)
+                if last is not None and key <= last[0]:
                     continue
-                last = int(seq)
+                last = (key, seq)
             self.send(frame)
         if finish is not None:
             finish(found, len(events), last)
@@ -234,9 +236,16 @@ class LegacyProtocol(WebSocketServerProtocol):
     def _resume(self, cursor) -> None:
         settings = self.factory.settings
 
-        def resumed(found: Resumption, count: int, last: int) -> None:
-            latest = max(int(found.latest or 0), last)
-            self._send(wire.direct("resumed", {"recovered": found.recovered, "count": count, "seq": str(latest)}))
+        def resumed(found: Resumption, count: int, last) -> None:
+            latest = found.latest
+            if last is not None and (latest is None or order_key(latest) is None or last[0] > order_key(latest)):
+                latest = last[1]
+            data = {"recovered": found.recovered, "count": count}
+            if latest is not None:
+                data["seq"] = latest
+            self._send(wire.direct("resumed", data))
+
+        order_key = settings.event_store.order_key
 
         self._catch_up(lambda: settings.event_store.since(cursor, self._filter(), settings.resume_limit), resumed)
 

@@ -33,6 +33,9 @@ class IEventStore(Interface):
     def ping():
         """Fire when the store answers (for /healthz)."""
 
+    def order_key(seq):
+        """A comparable key for one of this store's seq strings (None if not one)."""
+
 
 @dataclass(frozen=True)
 class EventFilter:
@@ -69,11 +72,11 @@ def parse_cursor(cursor) -> int | None:
     return None
 
 
-def resumption(cursor, latest: int, low_water: int, matching_after, limit: int) -> Resumption:
-    """The resume rule every store shares: a cursor of ours, not ahead of the store, not
-    behind what was deleted, and at most `limit` events missed, or `recovered` is False."""
-    since = parse_cursor(cursor)
-    latest_text = str(latest)
+def resumption(since, latest, low_water, matching_after, limit: int, latest_text: str | None = None) -> Resumption:
+    """The resume rule every store shares: `since` (an order key; None when the cursor was
+    not one of ours) not ahead of `latest`, not behind `low_water` (the newest deleted),
+    and at most `limit` events missed, or `recovered` is False."""
+    latest_text = str(latest) if latest_text is None else latest_text
     if since is None or since > latest or since < low_water:
         return Resumption([], False, latest_text)
     events = matching_after(since, limit + 1)

@@ -9,7 +9,7 @@ from collections import Counter, OrderedDict
 from twisted.internet.defer import succeed
 from zope.interface import implementer
 
-from eformws.store import IEventStore, resumption, statistics
+from eformws.store import IEventStore, parse_cursor, resumption, statistics
 
 
 @implementer(IEventStore)
@@ -44,7 +44,7 @@ class MemoryEventStore:
     def since(self, cursor, event_filter, limit):
         return succeed(
             resumption(
-                cursor,
+                parse_cursor(cursor),
                 self._seq,
                 self._low_water,
                 lambda since, n: self._matching_after(event_filter, since, n),
@@ -81,6 +81,9 @@ class MemoryEventStore:
                 values[-1][2] if values else None,
             )
         )
+
+    def order_key(self, seq):
+        return parse_cursor(seq)
 
     def ping(self):
         return succeed(None)

@@ -10,7 +10,7 @@ import time
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from eformws.store import IEventStore, resumption, statistics
+from eformws.store import IEventStore, parse_cursor, resumption, statistics
 
 
 def create_schema(connection: sqlite3.Connection) -> None:
@@ -94,7 +94,7 @@ def _since(connection, cursor, event_filter, limit):
         ).fetchall()
         return [_load(seq, text) for seq, text in rows]
 
-    return resumption(cursor, latest, low_water, matching_after, limit)
+    return resumption(parse_cursor(cursor), latest, low_water, matching_after, limit)
 
 
 def _recent(connection, event_filter, window, limit, now):
@@ -197,6 +197,9 @@ class SQLiteEventStore:
 
     def stats(self):
         return self._db.run(_stats)
+
+    def order_key(self, seq):
+        return parse_cursor(seq)
 
     def ping(self):
         return self._db.run(lambda connection: connection.execute("SELECT 1").fetchone())
