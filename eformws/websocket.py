@@ -10,6 +10,7 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.web.resource import NoResource, Resource
 from zope.interface import implementer
@@ -121,6 +122,7 @@ class LegacyProtocol(WebSocketServerProtocol):
         self._bucket: TokenBucket | None = None
         self._since = None
         self._held: list | None = None  # frames held back while replaying or resuming
+        self._closed_waiters: list[Deferred] | None = []  # None once the connection is gone
 
     @property
     def namespace(self) -> str:
@@ -269,7 +271,13 @@ class LegacyProtocol(WebSocketServerProtocol):
 
     @property
     def closed(self):
-        return self.is_closed
+        """A new Deferred that fires once the connection is gone and out of the hub.
+        (Autobahn's `is_closed` fires before `onClose`, while the hub still has it.)"""
+        if self._closed_waiters is None:
+            return succeed(self)
+        d = Deferred()
+        self._closed_waiters.append(d)
+        return d
 
     def _send(self, envelope: dict) -> None:
         self.sendMessage(wire.dumps(envelope), False)
@@ -356,6 +364,30 @@ class LegacyProtocol(WebSocketServerProtocol):
         if self._admitted:
             self._admitted = False
             self.factory.admission.release()
+        waiters, self._closed_waiters = self._closed_waiters or [], None
+        for d in waiters:
+            d.callback(self)
+
+
+class _Call:
+    def __init__(self, delayed_call):
+        self._delayed_call = delayed_call
+
+    def cancel(self) -> None:
+        if self._delayed_call.active():
+            self._delayed_call.cancel()
+
+
+class ExactTimer:
+    """Autobahn's timers (auto-ping, ping timeout, handshake timeouts) at the time asked for.
+    txaio's batched timer floors every deadline to a whole second, so a ping timeout under
+    a second can fire before the peer had any chance to answer, and pings repeat at once."""
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+
+    def call_later(self, delay, func, *args, **kwargs):
+        return _Call(self._reactor.callLater(delay, func, *args, **kwargs))
 
 
 class NamespaceFactory(WebSocketServerFactory):
@@ -363,6 +395,7 @@ class NamespaceFactory(WebSocketServerFactory):
 
     def __init__(self, namespace: Namespace, settings: WebSocketSettings, admission: Admission, options: dict):
         super().__init__(server="eformws")
+        self._batched_timer = ExactTimer(self.reactor)
         self.namespace = namespace
         self.settings = settings
         self.admission = admission

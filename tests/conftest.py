@@ -50,7 +50,7 @@ class Client:
         except ConnectionClosed:
             pass
         await asyncio.wait_for(self.connection.wait_closed(), timeout)
-        received = self.connection.close_rcvd
+        received = self.connection.protocol.close_rcvd  # websockets >= 14: on the Sans-I/O protocol
         return (received.code, received.reason) if received else (1006, "")
 
     def closed(self, timeout: float = 5.0) -> defer.Deferred:
