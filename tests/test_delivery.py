@@ -243,7 +243,7 @@ async def test_after_leave_room_room_broadcasts_no_longer_arrive(server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_client_in_several_addressed_rooms_gets_a_room_broadcast_once(server):
+async def test_room_member_gets_a_room_broadcast_and_a_namespace_broadcast_once_each(server):
     joined = await join(server, "/ws/lockers", rooms=("kiosk-1",))
     await server.hub.broadcast_to_room("/ws/lockers", "kiosk-1", "evt", {"n": 1})
     await server.hub.broadcast("/ws/lockers", "evt", {"n": 2})
