@@ -130,6 +130,16 @@ class LegacyProtocol(WebSocketServerProtocol):
 
     # -- handshake -----------------------------------------------------------
 
+    def failHandshake(self, reason, code=400, responseHeaders=None):
+        """Autobahn quotes the request line in some refusal reasons (a request line that it
+        splits differently from Twisted, e.g. at a NEL or no-break space byte), then logs the
+        reason and sends it as the HTTP reason phrase: cut it at the query string, which
+        may hold a session id."""
+        head, query, _ = reason.partition("?")
+        if query:
+            reason = head + "?<query removed>"
+        return super().failHandshake(reason, code, responseHeaders)
+
     def onConnect(self, request):
         settings = self.factory.settings
         if settings.allowed_origins and request.origin not in settings.allowed_origins:
