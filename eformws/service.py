@@ -106,6 +106,10 @@ class EformService(MultiService):
         self.bus.stop()
         emitter.install(None)
         yield super().stopService()
+        # twistd re-raises the SIGTERM/SIGINT that stopped the reactor once it has stopped,
+        # so the process would end "killed by signal"; this shutdown was orderly: exit 0.
+        if getattr(self.reactor, "_exitSignal", None) is not None:
+            self.reactor._exitSignal = None
         self.log.info("eformws stopped")
 
     def close_clients(self, code: int, reason: str):
