@@ -3,6 +3,7 @@ envelope D, addressing (namespaces and rooms, kiosk room included) and time to l
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -119,6 +120,36 @@ def timestamp(path: str, value: Any) -> str:
         if parsed is not None and "T" in value.upper() and parsed.tzinfo is not None:
             return value
     raise ValidationError(path, "an ISO 8601 timestamp with a time zone", value)
+
+
+def json_value(path: str, value: Any) -> Any:
+    """`value` as it will travel: JSON objects with string keys, arrays, strings of valid
+    Unicode, finite numbers, booleans, null. Anything else would be stored, then fail to
+    be sent (and poison every replay that includes it)."""
+    pending = [(path, value)]
+    while pending:
+        where, item = pending.pop()
+        if item is None or isinstance(item, (bool, int)):
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValidationError(where, "a finite number", item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValidationError(where, "valid Unicode text", item) from None
+        elif isinstance(item, list):
+            pending.extend((f"{where}[{index}]", element) for index, element in enumerate(item))
+        elif isinstance(item, dict):
+            for key, element in item.items():
+                if not isinstance(key, str):
+                    raise ValidationError(where, "an object with string keys", item)
+                json_value(where, key)
+                pending.append((f"{where}.{key}", element))
+        else:
+            raise ValidationError(where, "a JSON value", item)
+    return value
 
 
 @dataclass(frozen=True)
@@ -292,13 +323,14 @@ def event_type(name: Any) -> EventType:
 
 
 def prepare_data(name: str, data: Any, now: float) -> dict:
-    """Fill what the server owns (help priority default, `updated_at`), then validate."""
+    """Fill what the server owns (help priority default, `updated_at`), then validate the
+    schema and that every value can be sent as JSON."""
     if isinstance(data, dict):
         if name == "help_requested" and "priority" not in data:
             data = {**data, "priority": "medium"}
         elif name == "help_status_updated":
             data = {**data, "updated_at": wire.js_timestamp(now)}
-    return event_type(name).schema.validate("data", data)
+    return json_value("data", event_type(name).schema.validate("data", data))
 
 
 def build(name: str, data: Any, now: float | None = None) -> dict:

@@ -106,6 +106,7 @@ def make_config(tmp_path, **overrides):
         ("server", "port"): 0,
         ("server", "host"): "127.0.0.1",
         ("sessions", "path"): str(tmp_path / "eformws.db"),
+        ("events", "path"): str(tmp_path / "eformws.db"),  # else events land in the working directory and replay into later tests
     }
     values.update({tuple(key.split(".")): value for key, value in overrides.items()})
     return load_config(overrides=values, environ={})
