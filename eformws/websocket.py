@@ -216,6 +216,11 @@ class LegacyProtocol(WebSocketServerProtocol):
         d.addErrback(self._catch_up_failed, finish)
 
     def _caught_up(self, found, finish) -> None:
+        if self.state != self.STATE_OPEN:
+            # The client left (or the server is closing it) while the store answered:
+            # nothing may be sent any more, and sendMessage would raise Disconnected.
+            self._held = None
+            return
         order_key = self.factory.settings.event_store.order_key
         events = found.events if isinstance(found, Resumption) else found
         last = None  # (order key, seq) of the newest event sent

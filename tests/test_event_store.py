@@ -1,0 +1,453 @@
+"""The event stores on their own (PROTOCOL.md section 6, "Persistence and replay"): seqs,
+ordered and batched appends, TTL expiry, the size cap, statistics, the address filter of
+`since` and `recent`, the resume rule, and what the SQLite file keeps across a restart."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from eformws import events, wire
+from eformws.sqlite import SQLiteDatabase
+from eformws.store import EventFilter, addresses_of
+from eformws.store.memory import MemoryEventStore
+from eformws.store.sqlite import SQLiteEventStore
+
+T0 = 1_700_000_000.0  # the fake clock's start
+CREATED_AT = "2024-01-15T10:30:00.000Z"
+
+LOCKERS = EventFilter("/ws/lockers", frozenset({"locker_updates"}))
+HELP = EventFilter("/ws/help", frozenset({"help_requests"}))
+EVENTS = EventFilter("/ws/events", frozenset({"system_events"}))
+
+
+class Clock:
+    """A clock the test moves by hand: `clock()` is the store's time."""
+
+    def __init__(self, now: float = T0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def locker(kiosk="kiosk-1", locker_id=None, **extra) -> dict:
+    data = {"lockerId": locker_id or f"{kiosk}:12", "oldState": "closed", "newState": "open", "kioskId": kiosk}
+    data.update(extra)
+    return events.build("locker_state_changed", data, T0)
+
+
+def help_request(kiosk="kiosk-1") -> dict:
+    data = {"id": 17, "kiosk_id": kiosk, "category": "other", "status": "open",
+            "created_at": CREATED_AT, "priority": "low"}
+    return events.build("help_requested", data, T0)
+
+
+def system_status() -> dict:
+    return events.build("system_status", {"component": "gateway", "status": "online", "health_score": 90}, T0)
+
+
+def append(store, envelope, ttl=3600.0):
+    """Append with the addresses the real emit path would give the envelope."""
+    return store.append(envelope, addresses_of(events.targets_of(envelope)), ttl)
+
+
+def seqs(envelopes) -> list[int]:
+    return [int(e["seq"]) for e in envelopes]
+
+
+# -- the stores under test ------------------------------------------------------------------
+
+
+class SQLiteStores:
+    """SQLite event stores on one file under tmp_path; each `open` is a fresh start of
+    the database service, as a process restart would do it."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.databases: list[SQLiteDatabase] = []
+
+    def open(self, clock, max_events=100_000) -> SQLiteEventStore:
+        database = SQLiteDatabase(self.path)
+        database.startService()
+        self.databases.append(database)
+        return SQLiteEventStore(database, max_events, clock)
+
+    def close(self):
+        """Stop the newest running database; fires once its connection is closed."""
+        database = self.databases[-1]
+        return database.stopService() if database.running else defer.succeed(None)
+
+    def close_all(self):
+        return defer.gatherResults([d.stopService() for d in self.databases if d.running])
+
+
+@pytest.fixture
+def sqlite_stores(tmp_path):
+    stores = SQLiteStores(tmp_path / "events.db")
+    yield stores
+    pytest_twisted.blockon(stores.close_all())
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def make_store(request, tmp_path):
+    """`make_store(clock, max_events=...)`: a store of the parametrized kind."""
+    if request.param == "memory":
+        yield lambda clock, max_events=100_000: MemoryEventStore(max_events, clock)
+        return
+    stores = SQLiteStores(tmp_path / "events.db")
+    yield stores.open
+    pytest_twisted.blockon(stores.close_all())
+
+
+# -- appends ---------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_append_gets_a_higher_seq(make_store):
+    store = make_store(Clock())
+    got = []
+    for _ in range(5):
+        got.append(await append(store, locker()))
+    assert all(isinstance(e["seq"], str) for e in got)
+    numbers = seqs(got)
+    assert numbers == sorted(numbers) and len(set(numbers)) == 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_append_fires_with_a_copy_carrying_the_seq(make_store):
+    store = make_store(Clock())
+    envelope = locker()
+    stored = await append(store, envelope)
+    assert envelope["seq"] is None
+    assert stored == {**envelope, "seq": stored["seq"]}
+    assert list(stored) == list(envelope)
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_appends_made_at_once_complete_in_the_order_made(make_store):
+    store = make_store(Clock())
+    made = [locker(locker_id=f"kiosk-1:{n}") for n in range(300)]
+    completed = []
+    pending = []
+    for envelope in made:
+        d = append(store, envelope)
+        d.addCallback(lambda stored: completed.append(stored) or stored)
+        pending.append(d)
+    results = await defer.gatherResults(pending)
+    assert [e["id"] for e in completed] == [e["id"] for e in made]
+    assert [e["id"] for e in results] == [e["id"] for e in made]
+    numbers = seqs(completed)
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(made)
+    missed = await store.since("0", LOCKERS, 1000)
+    assert [e["id"] for e in missed.events] == [e["id"] for e in made]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_appends_is_written_in_few_transactions(sqlite_stores):
+    store = sqlite_stores.open(Clock())
+    database = sqlite_stores.databases[-1]
+    calls = []
+    run = database.run
+
+    def counting_run(fn, *args):
+        calls.append(fn)
+        return run(fn, *args)
+
+    database.run = counting_run
+    await defer.gatherResults([append(store, locker()) for _ in range(200)])
+    assert 1 <= len(calls) <= 3, f"{len(calls)} transactions for 200 appends made at once"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_event_comes_back_exactly_as_it_was_stored(make_store):
+    store = make_store(Clock())
+    metadata = {"note": "Kapı açık ✓ \"quoted\"", "ratio": 0.1, "big": 2**53 + 1, "nested": [None, True, {"z": 1, "a": 2}]}
+    stored = await append(store, locker(metadata=metadata))
+    [replayed] = await store.recent(LOCKERS, 3600, 10)
+    assert wire.dumps(replayed) == wire.dumps(stored)
+    [missed] = (await store.since("0", LOCKERS, 10)).events
+    assert wire.dumps(missed) == wire.dumps(stored)
+
+
+# -- expiry and the size cap -------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_expire_removes_only_the_expired_events(make_store):
+    clock = Clock()
+    store = make_store(clock)
+    short1 = await append(store, locker(), ttl=10)
+    long_ = await append(store, locker(), ttl=100)
+    short2 = await append(store, locker(), ttl=10)
+    assert await store.expire(now=T0 + 9.5) == 0
+    assert await store.expire(now=T0 + 50) == 2
+    left = await store.recent(None, 10_000, 100, now=T0 + 50)
+    assert [e["id"] for e in left] == [long_["id"]]
+    assert short1["id"] != short2["id"]
+    assert (await store.stats())["total_events"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_expire_uses_the_store_clock_when_no_time_is_given(make_store):
+    clock = Clock()
+    store = make_store(clock)
+    await append(store, locker(), ttl=10)
+    assert await store.expire() == 0
+    clock.now = T0 + 11
+    assert await store.expire() == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_size_cap_keeps_the_newest_events(make_store):
+    store = make_store(Clock(), max_events=10)
+    stored = [await append(store, locker()) for _ in range(15)]
+    await store.expire(now=T0)
+    assert (await store.stats())["total_events"] == 10
+    left = await store.recent(None, 3600, 100, now=T0)
+    assert seqs(left) == seqs(stored[5:])
+
+
+@pytest_twisted.ensureDeferred
+async def test_resume_from_before_the_size_cap_is_not_recovered(make_store):
+    store = make_store(Clock(), max_events=10)
+    stored = [await append(store, locker()) for _ in range(15)]
+    await store.expire(now=T0)
+    found = await store.since(stored[0]["seq"], LOCKERS, 1000)
+    assert (found.recovered, found.events, found.latest) == (False, [], stored[-1]["seq"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_resume_from_the_newest_deleted_event_is_recovered(make_store):
+    store = make_store(Clock(), max_events=10)
+    stored = [await append(store, locker()) for _ in range(15)]
+    await store.expire(now=T0)
+    found = await store.since(stored[4]["seq"], LOCKERS, 1000)
+    assert found.recovered is True
+    assert seqs(found.events) == seqs(stored[5:])
+
+
+@pytest_twisted.ensureDeferred
+async def test_resume_from_before_an_expired_event_is_not_recovered(make_store):
+    store = make_store(Clock())
+    first = await append(store, locker(), ttl=10)
+    await append(store, locker(), ttl=10)
+    await append(store, locker(), ttl=1000)
+    await store.expire(now=T0 + 20)
+    found = await store.since(first["seq"], LOCKERS, 1000)
+    assert (found.recovered, found.events) == (False, [])
+
+
+# -- statistics -------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_stats_count_events_by_namespace_and_type(make_store):
+    clock = Clock()
+    store = make_store(clock)
+    assert await store.stats() == {
+        "total_events": 0,
+        "events_by_namespace": {},
+        "events_by_type": {},
+        "oldest_event": None,
+        "newest_event": None,
+    }
+    await append(store, locker())
+    clock.now = T0 + 1.5
+    await append(store, locker())
+    await append(store, help_request())
+    clock.now = T0 + 7.25
+    await append(store, system_status())
+    assert await store.stats() == {
+        "total_events": 4,
+        "events_by_namespace": {"/ws/lockers": 2, "/ws/help": 1, "/ws/events": 1},
+        "events_by_type": {"locker_state_changed": 2, "help_requested": 1, "system_status": 1},
+        "oldest_event": wire.js_timestamp(T0),
+        "newest_event": wire.js_timestamp(T0 + 7.25),
+    }
+
+
+# -- the address filter ---------------------------------------------------------------------
+
+
+async def _mixed(store) -> dict:
+    """One event of each addressing kind, by name."""
+    return {
+        "locker_k1": await append(store, locker("kiosk-1")),
+        "locker_k2": await append(store, locker("kiosk-2")),
+        "help_k1": await append(store, help_request("kiosk-1")),
+        "system": await append(store, system_status()),
+    }
+
+
+FILTER_CASES = [
+    (LOCKERS, ["locker_k1", "locker_k2"]),
+    (EventFilter("/ws/lockers", frozenset({"kiosk-1"})), ["locker_k1"]),
+    (EventFilter("/ws/lockers", frozenset({"kiosk-1", "locker_updates"})), ["locker_k1", "locker_k2"]),
+    (HELP, ["help_k1"]),
+    (EventFilter("/ws/help", frozenset({"kiosk-2"})), []),
+    (EVENTS, ["locker_k1", "locker_k2", "help_k1", "system"]),
+    (EventFilter("/ws/events", frozenset({"kiosk-2"})), ["locker_k2"]),
+    (EventFilter("/ws/lockers", frozenset({"help_requests"})), []),
+    (EventFilter("/ws/custom", frozenset({"locker_updates"})), []),
+    (EventFilter("/ws/lockers", frozenset()), []),
+]
+
+
+@pytest.mark.parametrize("event_filter,expected", FILTER_CASES)
+@pytest_twisted.ensureDeferred
+async def test_since_returns_only_events_addressed_to_the_namespace_and_rooms(make_store, event_filter, expected):
+    store = make_store(Clock())
+    stored = await _mixed(store)
+    found = await store.since("0", event_filter, 100)
+    assert found.recovered is True
+    assert [e["id"] for e in found.events] == [stored[name]["id"] for name in expected]
+
+
+@pytest.mark.parametrize("event_filter,expected", FILTER_CASES)
+@pytest_twisted.ensureDeferred
+async def test_recent_returns_only_events_addressed_to_the_namespace_and_rooms(make_store, event_filter, expected):
+    store = make_store(Clock())
+    stored = await _mixed(store)
+    found = await store.recent(event_filter, 3600, 100, now=T0)
+    assert [e["id"] for e in found] == [stored[name]["id"] for name in expected]
+
+
+@pytest_twisted.ensureDeferred
+async def test_recent_without_a_filter_returns_every_event(make_store):
+    store = make_store(Clock())
+    stored = await _mixed(store)
+    found = await store.recent(None, 3600, 100, now=T0)
+    assert [e["id"] for e in found] == [e["id"] for e in stored.values()]
+
+
+# -- recent: window and limit ---------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_recent_returns_the_newest_events_up_to_the_limit_oldest_first(make_store):
+    store = make_store(Clock())
+    stored = [await append(store, locker()) for _ in range(8)]
+    stored.insert(3, await append(store, help_request()))  # not for LOCKERS: must not use up the limit
+    found = await store.recent(LOCKERS, 3600, 5, now=T0)
+    assert seqs(found) == seqs([e for e in stored if e["type"] == "locker_state_changed"][-5:])
+
+
+@pytest_twisted.ensureDeferred
+async def test_recent_leaves_out_events_older_than_the_window(make_store):
+    clock = Clock()
+    store = make_store(clock)
+    await append(store, locker())
+    clock.now = T0 + 20
+    newer = [await append(store, locker()), await append(store, locker())]
+    found = await store.recent(LOCKERS, 10, 50, now=T0 + 25)
+    assert seqs(found) == seqs(newer)
+    at_edge = await store.recent(LOCKERS, 25, 50, now=T0 + 25)
+    assert len(at_edge) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_recent_uses_the_store_clock_when_no_time_is_given(make_store):
+    clock = Clock()
+    store = make_store(clock)
+    await append(store, locker())
+    assert len(await store.recent(LOCKERS, 10, 50)) == 1
+    clock.now = T0 + 11
+    assert await store.recent(LOCKERS, 10, 50) == []
+
+
+# -- since: the resume rule -------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_since_returns_the_events_after_the_cursor_in_order(make_store):
+    store = make_store(Clock())
+    stored = [await append(store, locker()) for _ in range(6)]
+    found = await store.since(stored[2]["seq"], LOCKERS, 100)
+    assert found.recovered is True
+    assert seqs(found.events) == seqs(stored[3:])
+    assert found.latest == stored[-1]["seq"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_since_the_latest_seq_is_recovered_with_nothing_missed(make_store):
+    store = make_store(Clock())
+    stored = [await append(store, locker()) for _ in range(3)]
+    found = await store.since(stored[-1]["seq"], LOCKERS, 100)
+    assert (found.recovered, found.events, found.latest) == (True, [], stored[-1]["seq"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_since_reports_the_store_latest_seq_even_when_the_filter_matches_nothing_after(make_store):
+    store = make_store(Clock())
+    mine = await append(store, locker())
+    other = await append(store, system_status())
+    found = await store.since(mine["seq"], LOCKERS, 100)
+    assert (found.recovered, found.events, found.latest) == (True, [], other["seq"])
+
+
+@pytest.mark.parametrize("cursor", ["999999", "abc", "", "-1", "1.5", None, True, "9" * 40])
+@pytest_twisted.ensureDeferred
+async def test_since_an_unknown_cursor_is_not_recovered(make_store, cursor):
+    store = make_store(Clock())
+    stored = [await append(store, locker()) for _ in range(3)]
+    found = await store.since(cursor, LOCKERS, 100)
+    assert (found.recovered, found.events, found.latest) == (False, [], stored[-1]["seq"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_since_more_missed_than_the_limit_is_not_recovered(make_store):
+    store = make_store(Clock())
+    stored = [await append(store, locker()) for _ in range(6)]
+    assert (await store.since(stored[0]["seq"], LOCKERS, 5)).recovered is True
+    found = await store.since("0", LOCKERS, 5)
+    assert (found.recovered, found.events) == (False, [])
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_empty_store_recovers_from_seq_zero(make_store):
+    store = make_store(Clock())
+    found = await store.since("0", LOCKERS, 100)
+    assert (found.recovered, found.events, found.latest) == (True, [], "0")
+
+
+# -- SQLite: what the file keeps ----------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_events_survive_closing_and_reopening_the_database(sqlite_stores):
+    store = sqlite_stores.open(Clock())
+    stored = [await append(store, locker()), await append(store, help_request())]
+    await sqlite_stores.close()
+    reopened = sqlite_stores.open(Clock())
+    found = await reopened.since("0", EVENTS, 100)
+    assert [wire.dumps(e) for e in found.events] == [wire.dumps(e) for e in stored]
+    assert (await reopened.stats())["total_events"] == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_seq_keeps_increasing_after_a_restart_when_the_newest_rows_were_deleted(sqlite_stores):
+    store = sqlite_stores.open(Clock())
+    kept = await append(store, locker(), ttl=1000)
+    deleted = [await append(store, locker(), ttl=10) for _ in range(3)]
+    assert await store.expire(now=T0 + 20) == 3
+    await sqlite_stores.close()
+    reopened = sqlite_stores.open(Clock(T0 + 20))
+    after = await append(reopened, locker())
+    assert int(after["seq"]) > int(deleted[-1]["seq"]) > int(kept["seq"])
+    found = await reopened.since(deleted[-1]["seq"], LOCKERS, 100)
+    assert (found.recovered, seqs(found.events)) == (True, [int(after["seq"])])
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_history_lost_before_a_restart_is_still_not_recovered_after_it(sqlite_stores):
+    store = sqlite_stores.open(Clock(), max_events=3)
+    stored = [await append(store, locker()) for _ in range(6)]
+    await store.expire(now=T0)
+    await sqlite_stores.close()
+    reopened = sqlite_stores.open(Clock(), max_events=3)
+    lost = await reopened.since(stored[0]["seq"], LOCKERS, 100)
+    assert (lost.recovered, lost.events) == (False, [])
+    kept = await reopened.since(stored[2]["seq"], LOCKERS, 100)
+    assert (kept.recovered, seqs(kept.events)) == (True, seqs(stored[3:]))
