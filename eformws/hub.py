@@ -41,6 +41,18 @@ class IConnection(Interface):
         """Drop the transport at once, without a closing handshake."""
 
 
+class IEndpoint(Interface):
+    """Connections that are addressed by something other than a namespace's rooms (WAMP
+    sessions subscribe to topics): the hub counts and closes them, and asks the endpoint
+    which of them get each message it delivers."""
+
+    path = Attribute("where its clients connect, e.g. /wamp")
+    connections = Attribute("dict of connection id -> IConnection")
+
+    def recipients(message):
+        """The connections that get `message`, each once (none of them in a namespace)."""
+
+
 class UnknownNamespace(KeyError):
     pass
 
@@ -64,6 +76,7 @@ class Hub:
 
     def __init__(self, latency_window: int = 1000):
         self.namespaces: dict[str, Namespace] = {}
+        self.endpoints: dict[str, Any] = {}
         self.latency = LatencyWindow(latency_window)
         self.bus = None
 
@@ -91,6 +104,15 @@ class Hub:
             return self.namespaces[path]
         except KeyError:
             raise UnknownNamespace(path) from None
+
+    def add_endpoint(self, endpoint) -> None:
+        """Register an `IEndpoint`: its connections count, close and get messages too."""
+        self.endpoints[endpoint.path] = endpoint
+
+    def connections(self) -> Iterable:
+        """Every connection of this process: namespaces' and endpoints'."""
+        for registry in (*self.namespaces.values(), *self.endpoints.values()):
+            yield from list(registry.connections.values())
 
     def add(self, connection) -> None:
         self.namespace(connection.namespace).connections[connection.id] = connection
@@ -126,11 +148,11 @@ class Hub:
     # -- counts -------------------------------------------------------------
 
     def connection_count(self, path: str | None = None) -> int:
-        """Connections of one namespace (0 when unknown), or of all of them."""
+        """Connections of one namespace or endpoint (0 when unknown), or of all of them."""
         if path is None:
-            return sum(len(ns.connections) for ns in self.namespaces.values())
-        namespace = self.namespaces.get(path)
-        return len(namespace.connections) if namespace else 0
+            return sum(len(r.connections) for r in (*self.namespaces.values(), *self.endpoints.values()))
+        registry = self.namespaces.get(path) or self.endpoints.get(path)
+        return len(registry.connections) if registry else 0
 
     def get_connection_stats(self) -> dict:
         return {
@@ -142,6 +164,7 @@ class Hub:
                 }
                 for path, ns in self.namespaces.items()
             },
+            "endpoints": {path: {"connections": len(e.connections)} for path, e in self.endpoints.items()},
             "latency_metrics": self.latency_metrics(),
         }
 
@@ -150,17 +173,18 @@ class Hub:
 
     # -- the way in: publish on the bus --------------------------------------
 
-    def broadcast(self, namespace: str, event: str, data: Any) -> Deferred:
-        """Envelope B to every connection of `namespace`; fires with the local count."""
+    def broadcast(self, namespace: str, event: str, data: Any, meta: dict | None = None) -> Deferred:
+        """Envelope B to every connection of `namespace`; fires with the local count.
+        `meta` travels with the message untouched, for endpoints (see `Message.meta`)."""
         self.namespace(namespace)
         envelope = wire.namespace_broadcast(event, data, namespace)
-        return self.bus.publish(Message(envelope, (Target(namespace),)))
+        return self.bus.publish(Message(envelope, (Target(namespace),), meta=meta or {}))
 
-    def broadcast_to_room(self, namespace: str, room: str, event: str, data: Any) -> Deferred:
+    def broadcast_to_room(self, namespace: str, room: str, event: str, data: Any, meta: dict | None = None) -> Deferred:
         """Envelope C to the members of `room` in `namespace` only."""
         self.namespace(namespace)
         envelope = wire.room_broadcast(event, data, namespace, room)
-        return self.bus.publish(Message(envelope, (Target(namespace, rooms=(room,)),)))
+        return self.bus.publish(Message(envelope, (Target(namespace, rooms=(room,)),), meta=meta or {}))
 
     def send(self, connection_id: str, event: str, data: Any) -> Deferred:
         """Envelope A to one connection, wherever it is connected."""
@@ -197,11 +221,18 @@ class Hub:
                     frame = frames[framing] = framing.prepare(message)
                 connection.send(frame)
                 count += 1
+        for endpoint in self.endpoints.values():
+            for connection in endpoint.recipients(message):
+                framing = connection.framing
+                frame = frames.get(framing)
+                if frame is None:
+                    frame = frames[framing] = framing.prepare(message)
+                connection.send(frame)
+                count += 1
         if count:
             self.latency.record((time.time() - message.created) * 1000.0)
         return count
 
     def close_all(self, code: int, reason: str) -> None:
-        for namespace in self.namespaces.values():
-            for connection in list(namespace.connections.values()):
-                connection.close(code, reason)
+        for connection in list(self.connections()):
+            connection.close(code, reason)

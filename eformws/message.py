@@ -34,9 +34,13 @@ class Target:
 
 @dataclass
 class Message:
+    """`meta`: annotations the hub passes along untouched, for endpoints (the WAMP broker
+    keeps its publication id and publisher exclusion there); empty for most messages."""
+
     envelope: dict
     targets: tuple[Target, ...]
     created: float = field(default_factory=time.time)
+    meta: dict = field(default_factory=dict)
     _payload: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -47,11 +51,14 @@ class Message:
         return self._payload
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "envelope": self.envelope,
             "targets": [t.to_json() for t in self.targets],
             "created": self.created,
         }
+        if self.meta:
+            out["meta"] = self.meta
+        return out
 
     @classmethod
     def from_json(cls, value: dict) -> "Message":
@@ -59,4 +66,5 @@ class Message:
             value["envelope"],
             tuple(Target.from_json(t) for t in value["targets"]),
             value["created"],
+            value.get("meta") or {},
         )
