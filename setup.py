@@ -14,6 +14,7 @@ setup(
         "twisted>=24.3",
         "autobahn>=24.4",
         "klein>=23.12",
+        "msgpack>=1.0",
         "treq>=23.11",
         "txaio>=23.1",
     ],

@@ -155,6 +155,7 @@ class Api:
                 path: {room: len(members) for room, members in ns.rooms.items()}
                 for path, ns in hub.namespaces.items()
             },
+            "endpoints": {path: len(endpoint.connections) for path, endpoint in hub.endpoints.items()},
         }
 
     @app.route("/api/websocket/status", methods=["GET"])

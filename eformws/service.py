@@ -19,6 +19,7 @@ from eformws.site import build_site
 from eformws.sqlite import SQLiteDatabase
 from eformws.store.memory import MemoryEventStore
 from eformws.store.sqlite import SQLiteEventStore
+from eformws.wamp import WampRouter
 from eformws.websocket import (
     CLOSE_GOING_AWAY,
     NamespaceRoot,
@@ -49,10 +50,13 @@ class EformService(MultiService):
         self.events = WebSocketEvents(self.hub, self.event_store, self.bus)
         self.api = Api(self.hub, self.sessions, config, self.events, self.event_store)
         settings = WebSocketSettings.from_config(config, self.hub, self.sessions, self.event_store)
+        self.wamp = WampRouter.from_config(config, self.hub, self.sessions, self.events, self.api.status)
+        self.hub.add_endpoint(self.wamp)
         self.site = build_site(
             self.api.resource(),
             NamespaceRoot(self.hub, settings, protocol_options(config)),
             config.get("server", "max_body_bytes"),
+            wamp_resource=self.wamp.resource(),
         )
         self.listening_port = None
 
@@ -114,7 +118,7 @@ class EformService(MultiService):
 
     def close_clients(self, code: int, reason: str):
         """Fires when every client has closed, or after `shutdown_timeout` (then drops)."""
-        connections = [c for ns in self.hub.namespaces.values() for c in ns.connections.values()]
+        connections = list(self.hub.connections())
         if not connections:
             return DeferredList([])
         closed = DeferredList([c.closed for c in connections], consumeErrors=True)

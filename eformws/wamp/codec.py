@@ -1,0 +1,137 @@
+"""The router's serializations (`wamp.2.json`, `wamp.2.msgpack`): frames to Autobahn messages
+with each fault classified, messages to frames, and EVENT spliced around an encoded envelope."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+from autobahn.wamp.exception import InvalidUriError
+from autobahn.wamp.message import Event
+from autobahn.wamp.serializer import (
+    JsonObjectSerializer,
+    JsonSerializer,
+    MsgPackObjectSerializer,
+    MsgPackSerializer,
+    Serializer,
+)
+
+from eformws import wire
+from eformws.message import Message
+
+MAX_REASON = 200  # characters of a parser's complaint that go into an ABORT
+
+
+class Undecodable(Exception):
+    """A frame that is no valid WAMP message: a protocol violation. `str()` says why, for
+    the ABORT to the peer (it may quote the peer's data); `summary` says what, for the log."""
+
+    def __init__(self, reason: str, summary: str | None = None):
+        super().__init__(reason)
+        self.summary = summary or reason
+
+
+class BadUri(Exception):
+    """A well-formed message with an invalid URI in it; `raw` is the decoded list (so the
+    router can answer the request it belongs to)."""
+
+    def __init__(self, raw: list, reason: str):
+        super().__init__(reason)
+        self.raw = raw
+
+
+class Codec:
+    """One subprotocol: decode a frame into messages, encode a message into a frame."""
+
+    subprotocol: str
+    binary: bool
+
+    def __init__(self, serializer, objects):
+        self._serializer = serializer
+        self._objects = objects
+
+    def decode(self, payload: bytes, is_binary: bool) -> list:
+        if is_binary != self.binary:
+            kind = "binary" if is_binary else "text"
+            raise Undecodable(f"{kind} frame on subprotocol {self.subprotocol}")
+        try:
+            raws = self._objects.unserialize(payload)
+        except Exception:
+            raise Undecodable(f"invalid serialization for {self.subprotocol}") from None
+        messages = []
+        for raw in raws:
+            if type(raw) is not list or not raw or type(raw[0]) is not int:
+                raise Undecodable("a WAMP message is an array that starts with an integer type")
+            kind = Serializer.MESSAGE_TYPE_MAP.get(raw[0])
+            if kind is None:
+                raise Undecodable(f"unknown WAMP message type {raw[0]}")
+            try:
+                messages.append(kind.parse(raw))
+            except InvalidUriError as e:
+                raise BadUri(raw, str(e)[:MAX_REASON]) from None
+            except Exception as e:  # autobahn's ProtocolError, and TypeErrors of odd input
+                name = kind.__name__.upper()
+                raise Undecodable(f"invalid {name}: {str(e)[:MAX_REASON]}", f"invalid {name}") from None
+        return messages
+
+    def encode(self, message) -> bytes:
+        return self._serializer.serialize(message)[0]
+
+    def envelope(self, message: Message) -> bytes:
+        """The envelope alone, as this serialization writes it (once per message)."""
+        raise NotImplementedError
+
+    def event(self, subscription: int, publication: int, details: dict, envelope: bytes) -> bytes:
+        """EVENT `[36, subscription, publication, details, [envelope]]` around an envelope
+        from `envelope()`, byte for byte what the serializer would write for it."""
+        raise NotImplementedError
+
+
+class JsonCodec(Codec):
+    subprotocol = "wamp.2.json"
+    binary = False
+
+    def __init__(self):
+        super().__init__(JsonSerializer(), JsonObjectSerializer())
+
+    def envelope(self, message: Message) -> bytes:
+        return message.payload  # compact JSON, shared with legacy connections
+
+    def event(self, subscription, publication, details, envelope) -> bytes:
+        return b"[%d,%d,%d,%s,[%s]]" % (Event.MESSAGE_TYPE, subscription, publication, wire.dumps(details), envelope)
+
+
+def _packb(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+class MsgpackCodec(Codec):
+    subprotocol = "wamp.2.msgpack"
+    binary = True
+
+    _ARRAY_5 = b"\x95"  # fixarray of 5 elements
+    _ARRAY_1 = b"\x91"
+
+    def __init__(self):
+        super().__init__(MsgPackSerializer(), MsgPackObjectSerializer())
+
+    def envelope(self, message: Message) -> bytes:
+        return _packb(message.envelope)
+
+    def event(self, subscription, publication, details, envelope) -> bytes:
+        return b"".join(
+            (
+                self._ARRAY_5,
+                _packb(Event.MESSAGE_TYPE),
+                _packb(subscription),
+                _packb(publication),
+                _packb(details),
+                self._ARRAY_1,
+                envelope,
+            )
+        )
+
+
+def codecs() -> dict[str, Codec]:
+    """Subprotocol -> codec, in the router's order of preference."""
+    return {codec.subprotocol: codec for codec in (JsonCodec(), MsgpackCodec())}

@@ -1,0 +1,120 @@
+"""The dealer for the router's own procedures: `eform.status`, `eform.broadcast` and
+`eform.emit`, each answering RESULT or a `WampError`; clients cannot register procedures."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+
+from eformws import wire
+from eformws.events import ValidationError, json_value
+from eformws.wamp.errors import (
+    INVALID_ARGUMENT,
+    INVALID_EVENT,
+    NO_SUCH_NAMESPACE,
+    NO_SUCH_PROCEDURE,
+    NOT_AUTHORIZED,
+    WampError,
+)
+
+
+def bind(procedure: str, names: tuple[str, ...], required: int, args, kwargs) -> dict[str, Any]:
+    """Positional `args` and keyword `kwargs` bound to parameter `names`, the first
+    `required` of which must be given; anything else is `wamp.error.invalid_argument`."""
+    args = list(args or ())
+    kwargs = dict(kwargs or {})
+    signature = f"{procedure}({', '.join(names[:required])}{''.join(f', {n}=None' for n in names[required:])})"
+    if len(args) > len(names):
+        raise WampError(INVALID_ARGUMENT, f"too many arguments: {signature}")
+    bound = dict(zip(names, args))
+    for name, value in kwargs.items():
+        if name not in names:
+            raise WampError(INVALID_ARGUMENT, f"unknown argument {name!r}: {signature}")
+        if name in bound:
+            raise WampError(INVALID_ARGUMENT, f"{name} given twice: {signature}")
+        bound[name] = value
+    missing = [name for name in names[:required] if name not in bound]
+    if missing:
+        raise WampError(INVALID_ARGUMENT, f"missing argument {missing[0]!r}: {signature}")
+    return bound
+
+
+class Dealer:
+    def __init__(self, hub, events, status: Callable[[], Any], privileged_roles):
+        self._hub = hub
+        self._events = events
+        self._status = status
+        self._privileged = frozenset(privileged_roles)
+        self._procedures = {
+            "eform.status": (self.status, False),
+            "eform.broadcast": (self.broadcast, True),
+            "eform.emit": (self.emit, True),
+        }
+
+    @property
+    def procedures(self) -> list[str]:
+        return list(self._procedures)
+
+    def call(self, connection, procedure: str, args, kwargs) -> Deferred:
+        """Fires with the RESULT's args list, or fails with a `WampError` (or, for a fault
+        of ours, anything else)."""
+        entry = self._procedures.get(procedure)
+        if entry is None:
+            raise WampError(NO_SUCH_PROCEDURE, f"no procedure {procedure}")
+        handler, privileged = entry
+        if privileged and connection.session.role not in self._privileged:
+            raise WampError(NOT_AUTHORIZED, f"this session may not call {procedure}")
+        return maybeDeferred(handler, args, kwargs)
+
+    @inlineCallbacks
+    def status(self, args, kwargs):
+        bind("eform.status", (), 0, args, kwargs)
+        status = yield self._status()
+        return [status]
+
+    @inlineCallbacks
+    def broadcast(self, args, kwargs):
+        """As `POST /api/websocket/broadcast`; the result is that endpoint's 200 body."""
+        given = bind("eform.broadcast", ("namespace", "event", "data", "room"), 3, args, kwargs)
+        namespace, event, data, room = (given.get(n) for n in ("namespace", "event", "data", "room"))
+        if not isinstance(namespace, str):
+            raise WampError(INVALID_ARGUMENT, "namespace must be a string")
+        if not isinstance(event, str) or not event:
+            raise WampError(INVALID_ARGUMENT, "event must be a non-empty string")
+        if not isinstance(data, dict):
+            raise WampError(INVALID_ARGUMENT, "data must be an object")
+        try:
+            json_value("data", data)
+            if room is not None:
+                wire.check_room(room)
+        except ValidationError as e:
+            raise WampError(INVALID_ARGUMENT, str(e)) from None
+        except wire.ClientMessageError as e:
+            raise WampError(INVALID_ARGUMENT, f"room: {e.message}") from None
+        if namespace not in self._hub.namespaces:
+            raise WampError(NO_SUCH_NAMESPACE, f"Unknown namespace: {namespace}")
+        if room is None:
+            delivered = yield self._hub.broadcast(namespace, event, data)
+            where = namespace
+        else:
+            delivered = yield self._hub.broadcast_to_room(namespace, room, event, data)
+            where = f"{namespace}/{room}"
+        return [
+            {
+                "success": True,
+                "message": f"Broadcast sent to {where}",
+                "delivered": delivered or 0,
+                "timestamp": wire.js_timestamp(),
+            }
+        ]
+
+    @inlineCallbacks
+    def emit(self, args, kwargs):
+        """As `POST /api/websocket/events`; the result is the stored event (with `seq`)."""
+        given = bind("eform.emit", ("type", "data"), 2, args, kwargs)
+        try:
+            stored = yield self._events.emit(given["type"], given["data"])
+        except ValidationError as e:
+            raise WampError(INVALID_EVENT, str(e), field=e.field) from None
+        return [stored]

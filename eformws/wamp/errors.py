@@ -1,0 +1,43 @@
+"""The error and close URIs the router answers with (WAMP Basic Profile and eform's own),
+and `WampError`, which a handler raises to answer a request with ERROR."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+# ABORT / GOODBYE reasons
+NO_SUCH_REALM = "wamp.error.no_such_realm"
+NOT_AUTHORIZED = "wamp.error.not_authorized"
+AUTHENTICATION_FAILED = "wamp.error.authentication_failed"
+PROTOCOL_VIOLATION = "wamp.error.protocol_violation"
+CLOSE_REALM = "wamp.close.close_realm"
+GOODBYE_AND_OUT = "wamp.close.goodbye_and_out"
+SYSTEM_SHUTDOWN = "wamp.close.system_shutdown"
+
+# ERROR URIs
+INVALID_URI = "wamp.error.invalid_uri"
+INVALID_ARGUMENT = "wamp.error.invalid_argument"
+NO_SUCH_PROCEDURE = "wamp.error.no_such_procedure"
+NO_SUCH_SUBSCRIPTION = "wamp.error.no_such_subscription"
+NO_SUCH_REGISTRATION = "wamp.error.no_such_registration"
+INVALID_EVENT = "eform.error.invalid_event"
+NO_SUCH_NAMESPACE = "eform.error.no_such_namespace"
+INTERNAL = "eform.error.internal"
+
+MAX_ID = 2**53
+
+
+def new_id() -> int:
+    """A random id from [1, 2^53], the range WAMP ids live in (global scope ids)."""
+    return secrets.randbelow(MAX_ID) + 1
+
+
+class WampError(Exception):
+    """Answer the request with ERROR `uri`, args `[message]` and `kwargs` (when given)."""
+
+    def __init__(self, uri: str, message: str, **kwargs: Any):
+        super().__init__(message)
+        self.uri = uri
+        self.message = message
+        self.kwargs = kwargs or None

@@ -1,0 +1,89 @@
+"""`WampRouter`, the hub endpoint `/wamp`: its joined sessions (counted and closed like any
+connection), the broker that tells the hub who gets each message, the dealer, the resource."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from autobahn.twisted.resource import WebSocketResource
+from zope.interface import implementer
+
+from eformws.hub import IEndpoint
+from eformws.wamp.broker import Broker
+from eformws.wamp.codec import codecs
+from eformws.wamp.dealer import Dealer
+from eformws.wamp.framing import EventFraming
+from eformws.wamp.transport import WampFactory
+from eformws.websocket import protocol_options
+
+PATH = "/wamp"
+
+
+@implementer(IEndpoint)
+class WampRouter:
+    path = PATH
+
+    def __init__(
+        self,
+        hub,
+        sessions,
+        events,
+        status: Callable[[], Any],
+        *,
+        cookie_names=("sessionId", "session"),
+        allowed_origins=frozenset(),
+        restricted_roles=("kiosk",),
+        privileged_roles=("admin",),
+        hello_timeout: float = 10.0,
+        goodbye_timeout: float = 5.0,
+        options: dict | None = None,
+    ):
+        self.sessions = sessions
+        self.cookie_names = tuple(cookie_names)
+        self.allowed_origins = frozenset(allowed_origins)
+        self.hello_timeout = hello_timeout
+        self.goodbye_timeout = goodbye_timeout
+        self.codecs = codecs()
+        self.broker = Broker(hub, restricted_roles, privileged_roles)
+        self.dealer = Dealer(hub, events, status, privileged_roles)
+        self.framings = {name: EventFraming(codec, self.broker) for name, codec in self.codecs.items()}
+        self.connections: dict[str, Any] = {}  # joined sessions' transports by connection id
+        self._options = options or {}
+        self._resource = None
+
+    @classmethod
+    def from_config(cls, config, hub, sessions, events, status):
+        """Auth, origins, roles and WebSocket limits as the legacy namespaces have them;
+        who may publish and call the admin procedures is `auth.broadcast_roles`."""
+        return cls(
+            hub,
+            sessions,
+            events,
+            status,
+            cookie_names=config.get("auth", "cookie_names"),
+            allowed_origins=config.get("server", "allowed_origins"),
+            restricted_roles=config.get("auth", "restricted_roles"),
+            privileged_roles=config.get("auth", "broadcast_roles"),
+            hello_timeout=config.get("websocket", "open_handshake_timeout"),
+            goodbye_timeout=config.get("websocket", "close_handshake_timeout"),
+            options=protocol_options(config),
+        )
+
+    # -- IEndpoint ---------------------------------------------------------------------------
+
+    def recipients(self, message):
+        return self.broker.recipients(message)
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def joined(self, connection) -> None:
+        self.connections[connection.id] = connection
+
+    def left(self, connection) -> None:
+        self.connections.pop(connection.id, None)
+        self.broker.drop(connection)
+
+    def resource(self) -> WebSocketResource:
+        if self._resource is None:
+            self._resource = WebSocketResource(WampFactory(self, self._options))
+        return self._resource

@@ -1,0 +1,179 @@
+"""WAMP over WebSocket on `/wamp`: subprotocol negotiation (`wamp.2.json`, `wamp.2.msgpack`),
+the session cookie of the upgrade, frames in and out; each transport is a hub connection."""
+
+from __future__ import annotations
+
+import uuid
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from eformws.hub import IConnection
+from eformws.sessions.credentials import cookie_values
+from eformws.wamp.codec import BadUri, Undecodable
+from eformws.wamp.session import CLOSE_NORMAL, OPENING, RouterSession
+from eformws.websocket import ExactTimer
+
+log = Logger(namespace="eformws.wamp")
+
+
+@implementer(IConnection)
+class WampProtocol(WebSocketServerProtocol):
+    """One WebSocket connection on `/wamp`. As a hub connection it is in no room: the
+    router's broker says when it gets a message, and `send(frame)` writes its EVENTs."""
+
+    def __init__(self):
+        super().__init__()
+        self.id: str | None = None
+        self.session = None  # the eform Session, once authenticated
+        self.rooms: set[str] = set()
+        self.framing = None
+        self.cookies: list[str] = []
+        self.wamp: RouterSession | None = None
+        self._codec = None
+        self._timer = None
+        self._closed_waiters: list[Deferred] | None = []
+
+    @property
+    def namespace(self) -> str:
+        return self.factory.router.path
+
+    # -- handshake --------------------------------------------------------------------------
+
+    def failHandshake(self, reason, code=400, responseHeaders=None):
+        """Autobahn may quote the request line (query string included) in a refusal reason,
+        which it logs and sends: cut the query, it may hold a session id."""
+        head, query, _ = reason.partition("?")
+        return super().failHandshake(head + "?<query removed>" if query else reason, code, responseHeaders)
+
+    def onConnect(self, request):
+        router = self.factory.router
+        if router.allowed_origins and request.origin not in router.allowed_origins:
+            raise ConnectionDeny(403, "Origin not allowed")
+        for offered in request.protocols:
+            codec = router.codecs.get(offered)
+            if codec is not None:
+                break
+        else:
+            raise ConnectionDeny(400, f"WAMP needs the subprotocol {' or '.join(router.codecs)}")
+        self._codec = codec
+        self.framing = router.framings[offered]
+        headers = request.headers
+        self.cookies = cookie_values([headers["cookie"]] if "cookie" in headers else [], router.cookie_names)
+        return offered
+
+    def onOpen(self):
+        self.id = str(uuid.uuid4())
+        self.wamp = RouterSession(self.factory.router, self)
+        self.await_hello()
+
+    def await_hello(self) -> None:
+        """A transport without a session is closed unless one is established (HELLO to
+        WELCOME) within the open handshake timeout."""
+        timeout = self.factory.router.hello_timeout
+        self.stop_timer()
+        self._timer = self.factory.reactor.callLater(timeout, self._no_session)
+
+    def _no_session(self) -> None:
+        self._timer = None
+        if self.wamp is not None and self.wamp.state in OPENING:
+            self.close_transport(CLOSE_NORMAL, "No session in time")
+
+    def await_goodbye(self, code: int, reason: str) -> None:
+        """After the router's GOODBYE: close anyway if the answer does not come within the
+        close handshake timeout."""
+        self.stop_timer()
+        timeout = self.factory.router.goodbye_timeout
+        self._timer = self.factory.reactor.callLater(timeout, self.close_transport, code, reason)
+
+    def stop_timer(self) -> None:
+        """Stop the one timer of a transport: for a session to open, or for the answer to
+        the router's GOODBYE."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    # -- frames in and out ----------------------------------------------------------------------
+
+    def onMessage(self, payload, isBinary):
+        session = self.wamp
+        if session is None:
+            return
+        try:
+            messages = self._codec.decode(payload, isBinary)
+        except Undecodable as e:
+            session.violation(str(e), e.summary)
+            return
+        except BadUri as e:
+            session.bad_uri(e.raw, str(e))
+            return
+        for message in messages:
+            session.receive(message)
+
+    def send_message(self, message) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(self._codec.encode(message), self._codec.binary)
+
+    # -- IConnection -----------------------------------------------------------------------------
+
+    def send(self, frame) -> None:
+        if self.wamp is not None and self.wamp.established and self.state == self.STATE_OPEN:
+            for event in frame.events_for(self):
+                self.sendPreparedMessage(event)
+
+    def close(self, code: int, reason: str) -> None:
+        """End the session with GOODBYE first when there is one, then the transport."""
+        if self.wamp is not None:
+            self.wamp.goodbye(code, reason)
+        else:
+            self.close_transport(code, reason)
+
+    def close_transport(self, code: int, reason: str) -> None:
+        """Close with any code (Autobahn's sendClose allows only 1000 and 3000-4999)."""
+        self.stop_timer()
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"), isReply=False)
+        elif self.state in (self.STATE_CONNECTING, self.STATE_PROXY_CONNECTING):
+            self.dropConnection(abort=True)
+
+    def abort(self) -> None:
+        self.dropConnection(abort=True)
+
+    @property
+    def closed(self):
+        """A new Deferred that fires once the connection is gone and out of the router."""
+        if self._closed_waiters is None:
+            return succeed(self)
+        d = Deferred()
+        self._closed_waiters.append(d)
+        return d
+
+    # -- end -----------------------------------------------------------------------------------
+
+    def onClose(self, wasClean, code, reason):
+        self._gone()
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self._gone()
+        waiters, self._closed_waiters = self._closed_waiters or [], None
+        for d in waiters:
+            d.callback(self)
+
+    def _gone(self) -> None:
+        self.stop_timer()
+        if self.wamp is not None:
+            self.wamp.transport_lost()
+
+
+class WampFactory(WebSocketServerFactory):
+    protocol = WampProtocol
+
+    def __init__(self, router, options: dict):
+        super().__init__(server="eformws")
+        self._batched_timer = ExactTimer(self.reactor)
+        self.router = router
+        self.setProtocolOptions(**options)
