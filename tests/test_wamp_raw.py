@@ -1,0 +1,344 @@
+"""WAMP v2 on /wamp at the frame level (`websockets`, raw JSON and MessagePack arrays): the
+subprotocol handshake, WELCOME's announced roles, the exact EVENT shape, and protocol errors,
+each answered with ABORT or ERROR as the WAMP Basic Profile says, never with a logged error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import msgpack
+import pytest
+import pytest_twisted
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from conftest import aio
+from logcheck import logged_problems  # noqa: F401  (autouse: no error in the log)
+
+HELLO, WELCOME, ABORT, CHALLENGE, AUTHENTICATE, GOODBYE, ERROR = 1, 2, 3, 4, 5, 6, 8
+PUBLISH, SUBSCRIBE, SUBSCRIBED, UNSUBSCRIBE, EVENT, CALL, RESULT = 16, 32, 33, 34, 36, 48, 50
+ROLES = {"subscriber": {}, "publisher": {}, "caller": {}}
+
+
+_opened: list = []  # this test's raw clients, closed before its server stops
+
+
+@pytest.fixture(autouse=True)
+def close_raw_clients(start_server):
+    """Raw clients do not answer the router's GOODBYE at shutdown: close them first."""
+    yield
+    while _opened:
+        pytest_twisted.blockon(_opened.pop().close())
+
+
+async def connect(server, subprotocol="wamp.2.json"):
+    client = await server.connect("/wamp", subprotocols=[subprotocol])
+    _opened.append(client)
+    return client
+
+
+async def join(server, role="admin", subprotocol="wamp.2.json"):
+    """A raw client past HELLO, CHALLENGE, AUTHENTICATE and WELCOME; (client, WELCOME)."""
+    client = await connect(server, subprotocol)
+    sid = await server.session(role=role)
+    await client.send([HELLO, "eform", {"roles": ROLES, "authmethods": ["ticket"]}])
+    assert await client.recv() == [CHALLENGE, "ticket", {}]
+    await client.send([AUTHENTICATE, sid, {}])
+    welcome = await client.recv()
+    assert welcome[0] == WELCOME, welcome
+    return client, welcome
+
+
+async def _next_or_close(client):
+    try:
+        return "message", json.loads(await asyncio.wait_for(client.connection.recv(), 5.0))
+    except ConnectionClosed:
+        received = client.connection.protocol.close_rcvd
+        return "closed", (received.code, received.reason) if received else (1006, "")
+
+
+def next_or_close(client):
+    """("message", the next message) or ("closed", (code, reason))."""
+    return aio(_next_or_close(client))
+
+
+async def assert_aborted(client, reason: str, code: int = 1002) -> dict:
+    """The next message is ABORT `reason`, then the server closes with `code`; the ABORT's
+    details are returned."""
+    kind, message = await next_or_close(client)
+    assert kind == "message" and message[0] == ABORT and message[2] == reason, message
+    assert (await client.closed())[0] == code
+    return message[1]
+
+
+# -- the handshake --------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_upgrade_without_a_wamp_subprotocol_is_refused_400(server):
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        await server.connect("/wamp")
+    assert refused.value.response.status_code == 400
+
+
+@pytest_twisted.ensureDeferred
+async def test_upgrade_with_only_unknown_subprotocols_is_refused_400(server):
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        await server.connect("/wamp", subprotocols=["wamp.2.cbor", "mqtt"])
+    assert refused.value.response.status_code == 400
+
+
+@pytest_twisted.ensureDeferred
+async def test_upgrade_takes_the_first_subprotocol_the_client_offers(server):
+    client = await server.connect("/wamp", subprotocols=["wamp.2.msgpack", "wamp.2.json"])
+    _opened.append(client)
+    assert client.connection.subprotocol == "wamp.2.msgpack"
+
+
+@pytest_twisted.ensureDeferred
+async def test_welcome_announces_broker_and_dealer_with_supported_features_only(server):
+    _, welcome = await join(server)
+    session_id, details = welcome[1], welcome[2]
+    assert isinstance(session_id, int) and 1 <= session_id <= 2**53
+    assert details["roles"] == {
+        "broker": {"features": {"pattern_based_subscription": True, "publisher_exclusion": True}},
+        "dealer": {},
+    }
+    assert (details["realm"], details["authmethod"], details["authrole"]) == ("eform", "ticket", "admin")
+
+
+@pytest_twisted.ensureDeferred
+async def test_event_is_subscription_publication_empty_details_and_the_envelope(server):
+    client, _ = await join(server)
+    await client.send([SUBSCRIBE, 1, {}, "eform.lockers"])
+    subscribed = await client.recv()
+    assert subscribed[:2] == [SUBSCRIBED, 1]
+    await server.hub.broadcast("/ws/lockers", "maintenance", {"minutes": 5})
+    event = await client.recv()
+    assert event[0] == EVENT and event[1] == subscribed[2] and isinstance(event[2], int)
+    assert event[3] == {}
+    (envelope,) = event[4]
+    assert (envelope["type"], envelope["data"], envelope["namespace"]) == ("maintenance", {"minutes": 5}, "/ws/lockers")
+    assert len(event) == 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_msgpack_event_carries_the_same_envelope(server):
+    client = await connect(server, "wamp.2.msgpack")
+    sid = await server.session()
+    await client.send(msgpack.packb([HELLO, "eform", {"roles": ROLES, "authmethods": ["ticket"]}]))
+    assert msgpack.unpackb(await client.recv_raw()) == [CHALLENGE, "ticket", {}]
+    await client.send(msgpack.packb([AUTHENTICATE, sid, {}]))
+    assert msgpack.unpackb(await client.recv_raw())[0] == WELCOME
+    await client.send(msgpack.packb([SUBSCRIBE, 1, {"match": "prefix"}, "eform.lockers"]))
+    subscription = msgpack.unpackb(await client.recv_raw())[2]
+    await server.hub.broadcast_to_room("/ws/lockers", "kiosk-1", "door", {"open": True})
+    event = msgpack.unpackb(await client.recv_raw())
+    assert event[:2] == [EVENT, subscription] and event[3] == {"topic": "eform.lockers.kiosk-1"}
+    assert event[4][0]["data"] == {"open": True} and event[4][0]["room"] == "kiosk-1"
+
+
+# -- protocol errors: ABORT wamp.error.protocol_violation, then close ------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_before_hello_is_a_protocol_violation(server):
+    client = await connect(server)
+    await client.send([SUBSCRIBE, 1, {}, "eform.lockers"])
+    details = await assert_aborted(client, "wamp.error.protocol_violation")
+    assert details["message"] == "SUBSCRIBE before HELLO"
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalid_json_is_a_protocol_violation(server):
+    client = await connect(server)
+    await client.send("[1, 'eform'")
+    await assert_aborted(client, "wamp.error.protocol_violation")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_binary_frame_on_the_json_subprotocol_is_a_protocol_violation(server):
+    client = await connect(server)
+    await client.send(json.dumps([HELLO, "eform", {"roles": ROLES}]).encode())
+    await assert_aborted(client, "wamp.error.protocol_violation")
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalid_msgpack_is_a_protocol_violation(server):
+    client = await connect(server, "wamp.2.msgpack")
+    await client.send(b"\xc1")  # a byte MessagePack never uses
+    abort = msgpack.unpackb(await client.recv_raw())
+    assert abort[0] == ABORT and abort[2] == "wamp.error.protocol_violation"
+    assert (await client.closed())[0] == 1002
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_that_is_not_an_array_is_a_protocol_violation(server):
+    client = await connect(server)
+    await client.send({"type": "hello"})
+    await assert_aborted(client, "wamp.error.protocol_violation")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unknown_message_type_is_a_protocol_violation(server):
+    client, _ = await join(server)
+    await client.send([999, 1, {}])
+    details = await assert_aborted(client, "wamp.error.protocol_violation")
+    assert details["message"] == "unknown WAMP message type 999"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_malformed_subscribe_is_a_protocol_violation(server):
+    client, _ = await join(server)
+    await client.send([SUBSCRIBE, "one", {}, "eform.lockers"])
+    await assert_aborted(client, "wamp.error.protocol_violation")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_hello_is_a_protocol_violation(server):
+    client, _ = await join(server)
+    await client.send([HELLO, "eform", {"roles": ROLES}])
+    details = await assert_aborted(client, "wamp.error.protocol_violation")
+    assert details["message"] == "HELLO is not a message a client sends in a session"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_router_message_sent_by_a_client_is_a_protocol_violation(server):
+    client, _ = await join(server)
+    await client.send([EVENT, 1, 2, {}, []])
+    await assert_aborted(client, "wamp.error.protocol_violation")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_other_than_authenticate_after_challenge_is_a_protocol_violation(server):
+    client = await connect(server)
+    await client.send([HELLO, "eform", {"roles": ROLES, "authmethods": ["ticket"]}])
+    assert (await client.recv())[0] == CHALLENGE
+    await client.send([CALL, 1, {}, "eform.status"])
+    details = await assert_aborted(client, "wamp.error.protocol_violation")
+    assert details["message"] == "CALL instead of AUTHENTICATE"
+
+
+# -- bad URIs ---------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_invalid_realm_uri_is_aborted_invalid_uri(server):
+    client = await connect(server)
+    await client.send([HELLO, "not a realm", {"roles": ROLES}])
+    await assert_aborted(client, "wamp.error.invalid_uri", code=1000)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_invalid_topic_uri_is_an_error_and_the_session_goes_on(server):
+    client, _ = await join(server)
+    await client.send([SUBSCRIBE, 1, {}, "eform lockers"])
+    error = await client.recv()
+    assert error[:5] == [ERROR, SUBSCRIBE, 1, {}, "wamp.error.invalid_uri"]
+    await client.send([SUBSCRIBE, 2, {}, "eform.lockers"])
+    assert (await client.recv())[:2] == [SUBSCRIBED, 2]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_exact_topic_with_an_empty_component_is_invalid_uri(server):
+    client, _ = await join(server)
+    await client.send([SUBSCRIBE, 1, {}, "eform..lockers"])
+    assert (await client.recv())[:5] == [ERROR, SUBSCRIBE, 1, {}, "wamp.error.invalid_uri"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_invalid_procedure_uri_is_an_error(server):
+    client, _ = await join(server)
+    await client.send([CALL, 7, {}, "eform status"])
+    assert (await client.recv())[:5] == [ERROR, CALL, 7, {}, "wamp.error.invalid_uri"]
+
+
+# -- other refusals ------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_unsubscribing_an_unknown_subscription_is_no_such_subscription(server):
+    client, _ = await join(server)
+    await client.send([UNSUBSCRIBE, 3, 12345])
+    assert (await client.recv())[:5] == [ERROR, UNSUBSCRIBE, 3, {}, "wamp.error.no_such_subscription"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unacknowledged_refused_publish_gets_no_answer(server):
+    client, _ = await join(server, role="staff")
+    await client.send([PUBLISH, 1, {}, "eform.lockers", ["x", {}]])
+    await client.send([CALL, 2, {}, "eform.status"])
+    result = await client.recv()
+    assert result[:3] == [RESULT, 2, {}] and result[3][0]["status"] == "active"
+
+
+# -- ending sessions -------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_abort_closes_the_transport(server):
+    client, _ = await join(server)
+    await client.send([ABORT, {}, "wamp.close.normal"])
+    assert (await client.closed())[0] == 1000
+    assert server.hub.connection_count("/wamp") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dropped_transport_leaves_no_session_and_no_subscription(server):
+    client, _ = await join(server)
+    await client.send([SUBSCRIBE, 1, {"match": "prefix"}, "eform"])
+    assert (await client.recv())[:2] == [SUBSCRIBED, 1]
+    (connection,) = server.service.wamp.connections.values()
+    closed = connection.closed
+    client.connection.transport.abort()
+    await closed
+    assert server.hub.connection_count("/wamp") == 0
+    assert server.service.wamp.broker.subscription_count == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_goodbye_the_transport_carries_a_new_session(server):
+    client, welcome = await join(server)
+    await client.send([GOODBYE, {}, "wamp.close.close_realm"])
+    assert await client.recv() == [GOODBYE, {}, "wamp.close.goodbye_and_out"]
+    sid = await server.session()
+    await client.send([HELLO, "eform", {"roles": ROLES, "authmethods": ["ticket"]}])
+    assert (await client.recv())[0] == CHALLENGE
+    await client.send([AUTHENTICATE, sid, {}])
+    again = await client.recv()
+    assert again[0] == WELCOME and again[1] != welcome[1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_the_routers_goodbye_requests_are_ignored_until_the_answer(server):
+    client, _ = await join(server)
+    server.hub.close_all(1001, "Server shutdown")
+    assert await client.recv() == [GOODBYE, {"message": "Server shutdown"}, "wamp.close.system_shutdown"]
+    await client.send([CALL, 1, {}, "eform.status"])
+    await client.send([GOODBYE, {}, "wamp.close.goodbye_and_out"])
+    assert await next_or_close(client) == ("closed", (1001, "Server shutdown"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_transport_without_hello_is_closed_after_the_open_handshake_timeout(start_server):
+    server = await start_server({"websocket.open_handshake_timeout": 0.2})
+    client = await connect(server)
+    assert await next_or_close(client) == ("closed", (1000, "No session in time"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unanswered_challenge_is_closed_after_the_open_handshake_timeout(start_server):
+    server = await start_server({"websocket.open_handshake_timeout": 0.2})
+    client = await connect(server)
+    await client.send([HELLO, "eform", {"roles": ROLES, "authmethods": ["ticket"]}])
+    assert (await client.recv())[0] == CHALLENGE
+    assert await next_or_close(client) == ("closed", (1000, "No session in time"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_welcome_stops_the_open_handshake_timer(start_server):
+    server = await start_server({"websocket.open_handshake_timeout": 0.2})
+    await join(server)
+    (connection,) = server.service.wamp.connections.values()
+    assert connection._timer is None
