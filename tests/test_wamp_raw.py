@@ -220,6 +220,14 @@ async def test_a_message_other_than_authenticate_after_challenge_is_a_protocol_v
     assert details["message"] == "CALL instead of AUTHENTICATE"
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_message_over_the_size_limit_closes_1009(server):
+    client, _ = await join(server)
+    await client.send([CALL, 1, {}, "eform.status", ["x" * 70000]])
+    kind, (code, _) = await next_or_close(client)
+    assert (kind, code) == ("closed", 1009)
+
+
 # -- bad URIs ---------------------------------------------------------------------------------
 
 
