@@ -17,6 +17,7 @@ setup(
         "msgpack>=1.0",
         "treq>=23.11",
         "txaio>=23.1",
+        "txredisapi>=1.6",
     ],
     extras_require={
         "test": [

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from eformws import wire
 from eformws.events import ValidationError
+from eformws.redis import RedisUnavailable
 from eformws.sessions import first_valid_session
 from eformws.sessions.credentials import bearer_token, candidates
 
@@ -82,12 +83,23 @@ def require(body: dict, name: str, kind: type, kind_name: str, required: bool = 
     return value
 
 
+def _add_up(nodes: list[dict], field: str, paths: dict) -> dict:
+    """Per-path connection counts summed over every node's entry (every known path listed)."""
+    total = {path: 0 for path in paths}
+    for node in nodes:
+        for path, count in node.get(field, {}).items():
+            total[path] = total.get(path, 0) + count
+    return total
+
+
 class Api:
     app = Klein()
     log = Logger()
 
-    def __init__(self, hub, sessions, config, events, event_store):
+    def __init__(self, hub, sessions, config, events, event_store, bus=None, nodes=None):
         self.hub = hub
+        self.bus = bus
+        self.nodes = nodes
         self.sessions = sessions
         self.events = events
         self.event_store = event_store
@@ -106,6 +118,14 @@ class Api:
             request,
             error.status,
             {"statusCode": error.status, "error": REASONS[error.status], "message": error.message, **error.extra},
+        )
+
+    @app.handle_errors(RedisUnavailable)
+    def _redis_unavailable(self, request, failure):
+        """A store in Redis that cannot answer now: 503, try again (nothing was accepted)."""
+        self.log.warn("{path}: redis unavailable", path=request.path)
+        return _json(
+            request, 503, {"statusCode": 503, "error": REASONS[503], "message": "Redis is unreachable; try again"}
         )
 
     @app.handle_errors
@@ -143,24 +163,41 @@ class Api:
 
     # -- routes --------------------------------------------------------------
 
-    def status(self) -> dict:
+    @inlineCallbacks
+    def status(self):
+        """The status object; with several processes, counts add up their registry entries."""
         hub = self.hub
-        return {
+        namespaces = {path: len(ns.connections) for path, ns in hub.namespaces.items()}
+        endpoints = {path: len(endpoint.connections) for path, endpoint in hub.endpoints.items()}
+        nodes = None
+        if self.nodes is not None:
+            try:
+                nodes = yield self.nodes.nodes()
+            except Exception:
+                nodes = [dict(self.nodes.local(), stale=True)]  # Redis unreachable: this process only
+            namespaces = _add_up(nodes, "namespaces", namespaces)
+            endpoints = _add_up(nodes, "endpoints", endpoints)
+        body = {
             "status": "active",
-            "namespaces": {path: len(ns.connections) for path, ns in hub.namespaces.items()},
-            "total_connections": hub.connection_count(),
+            "namespaces": namespaces,
+            "total_connections": sum(namespaces.values()) + sum(endpoints.values()),
             "latency_metrics": hub.latency_metrics(),
             "timestamp": wire.js_timestamp(),
             "rooms": {
                 path: {room: len(members) for room, members in ns.rooms.items()}
                 for path, ns in hub.namespaces.items()
             },
-            "endpoints": {path: len(endpoint.connections) for path, endpoint in hub.endpoints.items()},
+            "endpoints": endpoints,
         }
+        if nodes is not None:
+            body["nodes"] = nodes
+        return body
 
     @app.route("/api/websocket/status", methods=["GET"])
+    @inlineCallbacks
     def status_route(self, request):
-        return _json(request, 200, self.status())
+        body = yield self.status()
+        return _json(request, 200, body)
 
     @app.route("/api/websocket/broadcast", methods=["POST"])
     @inlineCallbacks
@@ -248,7 +285,10 @@ class Api:
                 yield store.ping()
                 checks[name] = "ok"
             except Exception as e:
-                checks[name] = f"unavailable: {type(e).__name__}"
+                checks[name] = f"unavailable: {e}"
+        bus_healthy = getattr(self.bus, "healthy", None)  # None: the bus of one process
+        if bus_healthy is not None:
+            checks["redis_bus"] = "ok" if bus_healthy else "unavailable: redis unreachable, delivering locally and buffering"
         healthy = all(v == "ok" for v in checks.values())
         body = {"status": "ok" if healthy else "unavailable", "checks": checks, "timestamp": wire.js_timestamp()}
         return _json(request, 200 if healthy else 503, body)

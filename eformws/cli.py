@@ -24,20 +24,75 @@ def _config(args):
     return load_config(args.config)
 
 
-def _session_db(args):
-    return connect(_config(args).get("sessions", "path"))
+REDIS_CONNECT_TIMEOUT = 5.0
+
+
+def _in_redis(config, action):
+    """Run `action(store)` against the Redis session store on a reactor of our own; its
+    result, or CommandError with one line (an unreachable Redis included)."""
+    from twisted.internet.defer import inlineCallbacks
+    from twisted.internet.task import react
+
+    from eformws.redis import RedisAddress
+    from eformws.sessions.redis import RedisSessionStore
+
+    address = RedisAddress.parse(config.get("redis", "url"))
+    outcome: dict = {}
+
+    @inlineCallbacks
+    def main(reactor):
+        store = RedisSessionStore(address, config.get("redis", "prefix"), max_delay=1.0)
+        store.startService()
+        try:
+            waiting = store.connection.when_connected()
+            waiting.addTimeout(REDIS_CONNECT_TIMEOUT, reactor)
+            yield waiting
+            outcome["value"] = yield action(store)
+        except ValueError as e:
+            outcome["error"] = str(e)
+        except Exception as e:
+            if store.connection.connected:
+                outcome["error"] = f"redis answered with an error: {e}"
+            else:
+                outcome["error"] = f"cannot reach redis at {address.host}:{address.port} within {REDIS_CONNECT_TIMEOUT:g} s"
+        finally:
+            yield store.stopService()
+
+    try:
+        react(main)
+    except SystemExit:
+        pass
+    if "error" in outcome:
+        raise CommandError(outcome["error"])
+    return outcome["value"]
+
+
+def _in_sqlite(config, action):
+    connection = connect(config.get("sessions", "path"))
+    try:
+        return action(connection)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    finally:
+        connection.close()
+
+
+def _sessions(args, in_sqlite, in_redis):
+    """Run the SQLite or the Redis form of a sessions command, whichever the config uses."""
+    config = _config(args)
+    if config.get("sessions", "backend") == "redis":
+        return _in_redis(config, in_redis)
+    return _in_sqlite(config, in_sqlite)
 
 
 def sessions_create(args) -> int:
     config = _config(args)
     ttl = args.ttl if args.ttl is not None else config.get("sessions", "default_ttl")
-    connection = connect(config.get("sessions", "path"))
-    try:
-        session = session_sql.create_session(connection, args.user, args.role, args.kiosk, ttl)
-    except ValueError as e:
-        raise CommandError(str(e)) from None
-    finally:
-        connection.close()
+    session = _sessions(
+        args,
+        lambda connection: session_sql.create_session(connection, args.user, args.role, args.kiosk, ttl),
+        lambda store: store.create(args.user, args.role, args.kiosk, ttl),
+    )
     sys.stdout.write(session.id + "\n")
     return 0
 
@@ -47,11 +102,7 @@ def _when(at: float) -> str:
 
 
 def sessions_list(args) -> int:
-    connection = _session_db(args)
-    try:
-        rows = session_sql.list_sessions(connection)
-    finally:
-        connection.close()
+    rows = _sessions(args, session_sql.list_sessions, lambda store: store.list())
     now = time.time()
     lines = [f"{'REF':<12}  {'USER':<16}  {'ROLE':<6}  {'KIOSK':<12}  {'EXPIRES':<20}  STATE"]
     for row in rows:
@@ -65,11 +116,11 @@ def sessions_list(args) -> int:
 
 
 def sessions_revoke(args) -> int:
-    connection = _session_db(args)
-    try:
-        count = session_sql.revoke_session(connection, args.id)
-    finally:
-        connection.close()
+    count = _sessions(
+        args,
+        lambda connection: session_sql.revoke_session(connection, args.id),
+        lambda store: store.revoke(args.id),
+    )
     if not count:
         raise CommandError("no live session matches that id or reference")
     sys.stdout.write("revoked\n")

@@ -53,6 +53,18 @@ def _roles(key: str, value: Any) -> list[str]:
     return roles
 
 
+def _redis_url(key: str, value: Any) -> str:
+    if value == "":
+        return value
+    from eformws.redis import RedisAddress
+
+    try:
+        RedisAddress.parse(value)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{key}: {e}") from None
+    return value
+
+
 def _choice(*choices: str) -> Callable[[str, Any], str]:
     def check(key: str, value: Any) -> str:
         if value not in choices:
@@ -84,16 +96,25 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[str, Any], Any]]] = {
     ("auth", "api_tokens"): ([], _strings),
     ("auth", "broadcast_roles"): (["admin"], _roles),
     ("auth", "restricted_roles"): (["kiosk"], _roles),
-    ("sessions", "backend"): ("sqlite", _choice("sqlite")),
+    ("sessions", "backend"): ("auto", _choice("auto", "sqlite", "redis")),
     ("sessions", "path"): ("eformws.db", _string),
     ("sessions", "default_ttl"): (86400, _integer(1, 10 * 365 * 86400)),
-    ("events", "store"): ("sqlite", _choice("sqlite", "memory")),
+    ("events", "store"): ("auto", _choice("auto", "sqlite", "memory", "redis")),
     ("events", "path"): ("eformws.db", _string),
     ("events", "max_events"): (100_000, _integer(1, 100_000_000)),
     ("events", "sweep_interval"): (60.0, _number(0.01, 86400)),
     ("events", "replay_window"): (3600.0, _number(0, 30 * 86400)),
     ("events", "replay_limit"): (50, _integer(0, 10_000)),
     ("events", "resume_limit"): (5000, _integer(1, 1_000_000)),
+    ("redis", "url"): ("", _redis_url),
+    ("redis", "prefix"): ("eformws:", _string),
+    ("redis", "outage_buffer"): (10000, _integer(1, 10_000_000)),
+    ("redis", "bus_stream_length"): (100_000, _integer(100, 100_000_000)),
+    ("redis", "reconnect_initial_delay"): (0.5, _number(0.01, 60)),
+    ("redis", "reconnect_max_delay"): (10.0, _number(0.1, 600)),
+    ("redis", "node_heartbeat"): (2.0, _number(0.05, 60)),
+    ("redis", "node_ttl"): (10.0, _number(0.1, 600)),
+    ("server", "workers"): (1, _integer(1, 64)),
     ("log", "level"): ("info", _choice("debug", "info", "warn", "error")),
 }
 
@@ -153,6 +174,19 @@ def _namespace(index: int, table: Any) -> NamespaceConfig:
     return NamespaceConfig(path, room, require_auth, roles)
 
 
+def _resolve_backends(values: dict) -> None:
+    """`auto` stores are Redis when a Redis URL is set, else SQLite; Redis ones need a URL;
+    several workers need Redis to deliver between them."""
+    redis = bool(values[("redis", "url")])
+    for key in (("sessions", "backend"), ("events", "store")):
+        if values[key] == "auto":
+            values[key] = "redis" if redis else "sqlite"
+        elif values[key] == "redis" and not redis:
+            raise ConfigError(f"{key[0]}.{key[1]}: redis needs redis.url")
+    if values[("server", "workers")] > 1 and not redis:
+        raise ConfigError("server.workers: more than 1 worker needs redis.url (workers deliver to each other through Redis)")
+
+
 def load_config(
     path: str | None = None,
     overrides: dict[tuple[str, str], Any] | None = None,
@@ -191,6 +225,7 @@ def load_config(
     values = {}
     for (section, key), (default, check) in SCHEMA.items():
         values[(section, key)] = check(f"{section}.{key}", raw.get((section, key), default))
+    _resolve_backends(values)
 
     namespaces = {ns["path"]: NamespaceConfig(**ns) for ns in DEFAULT_NAMESPACES}
     for index, table in enumerate(namespace_tables):

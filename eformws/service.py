@@ -3,6 +3,9 @@ a `Config`, listens on the port, and shuts down by closing every client with 100
 
 from __future__ import annotations
 
+import os
+import socket
+
 import txaio
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
@@ -12,12 +15,17 @@ from twisted.logger import Logger
 from eformws import emitter
 from eformws.api import Api
 from eformws.bus.local import LocalBus
+from eformws.bus.redis import RedisBus
 from eformws.emitter import WebSocketEvents
 from eformws.hub import Hub
+from eformws.nodes import NodeRegistry, node_id
+from eformws.redis import RedisAddress, RedisUnavailable
+from eformws.sessions.redis import RedisSessionStore
 from eformws.sessions.sqlite import SQLiteSessionStore
 from eformws.site import build_site
 from eformws.sqlite import SQLiteDatabase
 from eformws.store.memory import MemoryEventStore
+from eformws.store.redis import RedisEventStore
 from eformws.store.sqlite import SQLiteEventStore
 from eformws.wamp import WampRouter
 from eformws.websocket import (
@@ -28,27 +36,38 @@ from eformws.websocket import (
 )
 
 
+def orderly_exit(reactor) -> None:
+    """twistd re-raises the SIGTERM/SIGINT that stopped the reactor once it has stopped, so
+    the process would end "killed by signal"; call this when the shutdown was orderly: exit 0."""
+    if getattr(reactor, "_exitSignal", None) is not None:
+        reactor._exitSignal = None
+
+
 class EformService(MultiService):
     log = Logger()
 
-    def __init__(self, config, reactor=None):
+    def __init__(self, config, reactor=None, inherited_fd: int | None = None):
         super().__init__()
         self.config = config
+        self.inherited_fd = inherited_fd
         # Autobahn logs handshakes (with query strings) at debug level: never below info.
         txaio.set_global_log_level("info" if config.get("log", "level") == "debug" else config.get("log", "level"))
         self.reactor = reactor or _default_reactor()
+        self.node_id = node_id()
+        self.redis = RedisAddress.parse(config.get("redis", "url")) if config.get("redis", "url") else None
         self._databases: dict[str, SQLiteDatabase] = {}
-        self.database = self._database(config.get("sessions", "path"))
-        self.sessions = SQLiteSessionStore(self.database)
+        self.database = None  # the sessions' SQLite database, when sessions are in SQLite
+        self.sessions = self._session_store()
         self.event_store = self._event_store()
         TimerService(config.get("events", "sweep_interval"), self._sweep).setServiceParent(self)
         self.hub = Hub()
         for ns in config.namespaces:
             self.hub.create_namespace(ns.path, ns.require_auth, ns.default_room, ns.roles)
-        self.bus = LocalBus()
+        self.bus = self._bus()
         self.hub.bus = self.bus
+        self.nodes = self._node_registry()
         self.events = WebSocketEvents(self.hub, self.event_store, self.bus)
-        self.api = Api(self.hub, self.sessions, config, self.events, self.event_store)
+        self.api = Api(self.hub, self.sessions, config, self.events, self.event_store, self.bus, self.nodes)
         settings = WebSocketSettings.from_config(config, self.hub, self.sessions, self.event_store)
         self.wamp = WampRouter.from_config(config, self.hub, self.sessions, self.events, self.api.status)
         self.hub.add_endpoint(self.wamp)
@@ -68,15 +87,65 @@ class EformService(MultiService):
             database.setServiceParent(self)
         return database
 
+    def _redis_options(self) -> dict:
+        config = self.config
+        return {
+            "initial_delay": config.get("redis", "reconnect_initial_delay"),
+            "max_delay": config.get("redis", "reconnect_max_delay"),
+        }
+
+    def _child(self, service):
+        service.setServiceParent(self)
+        return service
+
+    def _session_store(self):
+        if self.config.get("sessions", "backend") == "redis":
+            prefix = self.config.get("redis", "prefix")
+            return self._child(RedisSessionStore(self.redis, prefix, **self._redis_options()))
+        self.database = self._database(self.config.get("sessions", "path"))
+        return SQLiteSessionStore(self.database)
+
     def _event_store(self):
-        max_events = self.config.get("events", "max_events")
-        if self.config.get("events", "store") == "memory":
+        config = self.config
+        max_events = config.get("events", "max_events")
+        kind = config.get("events", "store")
+        if kind == "memory":
             return MemoryEventStore(max_events)
-        return SQLiteEventStore(self._database(self.config.get("events", "path")), max_events)
+        if kind == "redis":
+            return self._child(
+                RedisEventStore(self.redis, config.get("redis", "prefix"), max_events,
+                                config.get("redis", "outage_buffer"), **self._redis_options())
+            )
+        return SQLiteEventStore(self._database(config.get("events", "path")), max_events)
+
+    def _bus(self):
+        config = self.config
+        if self.redis is None:
+            return LocalBus()
+        return self._child(
+            RedisBus(self.redis, config.get("redis", "prefix"), self.node_id, config.get("redis", "outage_buffer"),
+                     config.get("redis", "bus_stream_length"), **self._redis_options())
+        )
+
+    def _node_registry(self):
+        config = self.config
+        if self.redis is None:
+            return None
+        return self._child(
+            NodeRegistry(self.redis, config.get("redis", "prefix"), self.node_id, self.hub,
+                         config.get("redis", "node_heartbeat"), config.get("redis", "node_ttl"),
+                         **self._redis_options())
+        )
 
     def _sweep(self):
         d = self.event_store.expire()
-        d.addErrback(lambda failure: self.log.failure("event store sweep failed", failure))
+
+        def failed(failure):
+            if failure.check(RedisUnavailable):
+                return None  # the outage is reported by /healthz; the next sweep catches up
+            self.log.failure("event store sweep failed", failure)
+
+        d.addErrback(failed)
         return d
 
     @property
@@ -88,12 +157,17 @@ class EformService(MultiService):
         super().startService()
         self.bus.start(self.hub.deliver)
         emitter.install(self.events)
-        self.listening_port = self.reactor.listenTCP(
-            self.config.get("server", "port"),
-            self.site,
-            backlog=self.config.get("server", "backlog"),
-            interface=self.config.get("server", "host"),
-        )
+        if self.inherited_fd is not None:
+            # A worker: the parent bound the socket; every worker accepts on it.
+            self.listening_port = self.reactor.adoptStreamPort(self.inherited_fd, socket.AF_INET, self.site)
+            os.close(self.inherited_fd)
+        else:
+            self.listening_port = self.reactor.listenTCP(
+                self.config.get("server", "port"),
+                self.site,
+                backlog=self.config.get("server", "backlog"),
+                interface=self.config.get("server", "host"),
+            )
         self.log.info(
             "eformws listening on {host}:{port} (namespaces: {namespaces})",
             host=self.config.get("server", "host"),
@@ -110,10 +184,7 @@ class EformService(MultiService):
         self.bus.stop()
         emitter.install(None)
         yield super().stopService()
-        # twistd re-raises the SIGTERM/SIGINT that stopped the reactor once it has stopped,
-        # so the process would end "killed by signal"; this shutdown was orderly: exit 0.
-        if getattr(self.reactor, "_exitSignal", None) is not None:
-            self.reactor._exitSignal = None
+        orderly_exit(self.reactor)
         self.log.info("eformws stopped")
 
     def close_clients(self, code: int, reason: str):

@@ -3,7 +3,6 @@ an access log that never writes a query string (it may hold a session id)."""
 
 from __future__ import annotations
 
-from twisted.web import http
 from twisted.web.iweb import IAccessLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site

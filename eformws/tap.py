@@ -23,6 +23,10 @@ class Options(usage.Options):
         ["port", "p", None, "TCP port to listen on (server.port, default 3000; 0 picks one).", int],
         ["host", None, None, "Interface to listen on (server.host, default 0.0.0.0)."],
         ["sessions-db", None, None, "SQLite file of the session store (sessions.path)."],
+        ["redis", None, None, "Redis URL, redis://host:port/db (redis.url): deliver across processes."],
+        ["workers", "w", None, "Worker processes sharing the port (server.workers; above 1 needs Redis).", int],
+        ["inherit-fd", None, None, "(internal) adopt this listening socket; set by the worker parent.", int],
+        ["worker-index", None, None, "(internal) which worker this is; set by the worker parent.", int],
     ]
 
     def overrides(self) -> dict:
@@ -33,15 +37,33 @@ class Options(usage.Options):
             chosen[("server", "host")] = self["host"]
         if self["sessions-db"] is not None:
             chosen[("sessions", "path")] = self["sessions-db"]
+        if self["redis"] is not None:
+            chosen[("redis", "url")] = self["redis"]
+        if self["workers"] is not None:
+            chosen[("server", "workers")] = self["workers"]
         return chosen
+
+    def child_arguments(self) -> list[str]:
+        """The options a worker gets from its parent (the socket comes separately)."""
+        arguments = []
+        for name in ("config", "sessions-db", "redis"):
+            if self[name] is not None:
+                arguments += [f"--{name}", str(self[name])]
+        return arguments
 
 
 def makeService(options):
     from eformws.service import EformService
+    from eformws.workers import WorkerParent, end_with_parent
 
     try:
         config = load_config(options["config"], options.overrides())
     except ConfigError as e:
         sys.stderr.write(f"eformws: configuration error: {e}\n")
         raise SystemExit(1)
+    if options["inherit-fd"] is not None:
+        end_with_parent()
+        return EformService(config, inherited_fd=options["inherit-fd"])
+    if config.get("server", "workers") > 1:
+        return WorkerParent(config, options.child_arguments())
     return EformService(config)

@@ -154,8 +154,13 @@ class LegacyProtocol(WebSocketServerProtocol):
             self._authenticated(None, present)
             return None
         d = first_valid_session(settings.sessions, present)
-        d.addCallback(self._authenticated, present)
+        d.addCallbacks(self._authenticated, self._store_unavailable, callbackArgs=(present,))
         return d
+
+    def _store_unavailable(self, failure):
+        """The session store could not answer (Redis down): refuse with 503, try again."""
+        log.warn("session store unavailable for a handshake: {error}", error=failure.getErrorMessage())
+        raise ConnectionDeny(503, "Session store unavailable")
 
     def _authenticated(self, session, present) -> None:
         namespace: Namespace = self.factory.namespace

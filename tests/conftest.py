@@ -137,3 +137,37 @@ def start_server(tmp_path):
 @pytest_twisted.async_fixture
 async def server(start_server):
     return await start_server()
+
+
+@pytest.fixture
+def spawn():
+    """`await spawn(args, cwd)` starts `twistd -n eformws <args>` (tests/processes.py)."""
+    from processes import spawning
+
+    yield from spawning()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """The suite's Redis: EFORMWS_TEST_REDIS_URL (scripts/test starts one), else a
+    redis-server of the suite's own. Tests keep apart by key prefix (`redis_prefix`)."""
+    import os
+
+    url = os.environ.get("EFORMWS_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    from processes import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    pytest_twisted.blockon(defer.ensureDeferred(server.start()))
+    yield server.url
+    pytest_twisted.blockon(defer.ensureDeferred(server.stop()))
+
+
+@pytest.fixture
+def redis_prefix():
+    """A key prefix no other test uses."""
+    import uuid
+
+    return f"test-{uuid.uuid4().hex[:12]}:"

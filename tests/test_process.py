@@ -1,213 +1,29 @@
 """The gateway as operators run it: real `twistd -n eformws` processes and the `eformws`
 command (PROTOCOL.md section 3 "Shutdown", section 2 on logs, section 7 /healthz).
 
-Processes are spawned through the reactor (never blocking it): a ProcessProtocol collects
-their output as it comes, fires a Deferred when a log line appears, and another when the
-process ends. Every wait is on one of those Deferreds, bounded by a timeout."""
+Processes are spawned through the reactor (never blocking it); see tests/processes.py."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import secrets
-import signal
-import sys
-from pathlib import Path
 
 import pytest
 import pytest_twisted
 import treq
-import websockets
-from twisted.internet import defer, protocol
-from twisted.internet.utils import getProcessOutputAndValue
 
-from conftest import Client, aio
 from eformws.sessions.sqlite import lookup_session
 from eformws.sqlite import connect
-
-BIN = Path(sys.executable).parent
-TWISTD = str(BIN / "twistd")
-EFORMWS = str(BIN / "eformws")
-TIMEOUT = 30.0
-LISTENING = r"eformws listening on 127\.0\.0\.1:(\d+)"
-SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{32,}$")
-
-
-def _reactor():
-    from twisted.internet import reactor  # the asyncio reactor pytest-twisted installed
-
-    return reactor
-
-
-def environment() -> dict:
-    """This environment without EFORMWS_* settings, with unbuffered Python output."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EFORMWS_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def run(executable: str, *args: str, cwd: Path) -> defer.Deferred:
-    """Run a command to its end; fires with (stdout text, stderr text, exit code)."""
-    d = getProcessOutputAndValue(executable, args, env=environment(), path=str(cwd), reactor=_reactor())
-    d.addTimeout(TIMEOUT, _reactor())
-    d.addCallback(lambda r: (r[0].decode("utf-8", "replace"), r[1].decode("utf-8", "replace"), r[2]))
-    return d
-
-
-def eformws(*args: str, cwd: Path) -> defer.Deferred:
-    return run(EFORMWS, *args, cwd=cwd)
-
-
-class Process(protocol.ProcessProtocol):
-    """A running process: its output so far, `line(pattern)` and `ended()` Deferreds."""
-
-    def __init__(self):
-        self.out = b""
-        self.err = b""
-        self._lines: list[tuple[re.Pattern, defer.Deferred]] = []
-        self._end = None  # (exit code, signal) once ended
-        self._ended: list[defer.Deferred] = []
-
-    @property
-    def log(self) -> str:
-        return (self.out + self.err).decode("utf-8", "replace")
-
-    def outReceived(self, data):
-        self.out += data
-        self._match()
-
-    def errReceived(self, data):
-        self.err += data
-
-    def _match(self):
-        text = self.out.decode("utf-8", "replace")
-        for entry in list(self._lines):
-            pattern, d = entry
-            found = pattern.search(text)
-            if found:
-                self._lines.remove(entry)
-                if not d.called:
-                    d.callback(found)
-
-    def line(self, pattern: str) -> defer.Deferred:
-        """Fires with the match once `pattern` appears on stdout."""
-        d = defer.Deferred()
-        if self._end is not None:
-            found = re.search(pattern, self.out.decode("utf-8", "replace"))
-            return defer.succeed(found) if found else defer.fail(AssertionError(f"ended without {pattern!r}:\n{self.log}"))
-        self._lines.append((re.compile(pattern), d))
-        self._match()
-        d.addTimeout(TIMEOUT, _reactor())
-        return d
-
-    def ended(self) -> defer.Deferred:
-        """Fires with (exit code, signal) once the process has ended."""
-        if self._end is not None:
-            return defer.succeed(self._end)
-        d = defer.Deferred()
-        self._ended.append(d)
-        d.addTimeout(TIMEOUT, _reactor())
-        return d
-
-    def processEnded(self, reason):
-        self._end = (reason.value.exitCode, reason.value.signal)
-        for _, d in self._lines:
-            if not d.called:
-                d.errback(AssertionError(f"process ended ({self._end}) before the line:\n{self.log}"))
-        self._lines = []
-        for d in self._ended:
-            if not d.called:
-                d.callback(self._end)
-        self._ended = []
-
-    def signal(self, name: str) -> None:
-        self.transport.signalProcess(name)
-
-
-class Gateway:
-    """A `twistd -n eformws` process that has logged its listening line."""
-
-    def __init__(self, process: Process, port: int):
-        self.process = process
-        self.port = port
-
-    def http(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def connect(self, path: str, **kwargs) -> defer.Deferred:
-        d = aio(websockets.connect(f"ws://127.0.0.1:{self.port}{path}", max_size=None, **kwargs))
-        d.addCallback(Client)
-        return d
-
-    async def join(self, path: str, session_id: str) -> Client:
-        client = await self.connect(f"{path}?sessionId={session_id}")
-        connection = await client.recv()
-        assert connection["type"] == "connection", connection
-        assert connection["data"]["authenticated"] is True
-        joined = await client.recv()
-        assert joined["type"] == "room_joined", joined
-        return client
-
-
-@pytest.fixture
-def spawn():
-    """`await spawn(args, cwd)` starts `twistd -n eformws <args>` and waits for its listening
-    line; whatever is still running at the end of the test is killed."""
-    processes: list[Process] = []
-
-    def start(args, cwd: Path) -> Process:
-        process = Process()
-        argv = [TWISTD, "-n", "eformws", *args]
-        _reactor().spawnProcess(process, TWISTD, argv, env=environment(), path=str(cwd))
-        processes.append(process)
-        return process
-
-    async def start_gateway(args, cwd: Path) -> Gateway:
-        process = start(args, cwd)
-        found = await process.line(LISTENING)
-        return Gateway(process, int(found.group(1)))
-
-    start_gateway.raw = start
-    yield start_gateway
-    for process in processes:
-        if process._end is None:
-            process.signal("KILL")
-            pytest_twisted.blockon(process.ended())
-
-
-def write_config(directory: Path, text: str = "") -> Path:
-    """A TOML file putting sessions and events in `directory`, plus `text`."""
-    path = directory / "eformws.toml"
-    path.write_text(
-        "[server]\n"
-        'host = "127.0.0.1"\n'
-        "port = 0\n"
-        "[sessions]\n"
-        f"path = {json.dumps(str(directory / 'sessions.db'))}\n"
-        "[events]\n"
-        f"path = {json.dumps(str(directory / 'events.db'))}\n" + text
-    )
-    return path
-
-
-async def create_session(cwd: Path, config: Path, user="alice", role="admin") -> str:
-    out, err, code = await eformws("sessions", "create", "--user", user, "--role", role, "--config", str(config), cwd=cwd)
-    assert code == 0, err
-    return out.strip()
-
-
-async def refused(client) -> tuple[int, str]:
-    """(code, reason) of a connection the server closed before sending any message."""
-    from websockets.exceptions import ConnectionClosed
-
-    with pytest.raises(ConnectionClosed):
-        message = await client.recv()
-        pytest.fail(f"refused connection got a message first: {message!r}")
-    return await client.closed()
-
-
-# -- twistd plugin ------------------------------------------------------------------
+from processes import (
+    SESSION_ID,
+    TIMEOUT,
+    TWISTD,
+    create_session,
+    eformws,
+    refused,
+    run,
+    write_config,
+)
 
 
 @pytest_twisted.ensureDeferred

@@ -1,5 +1,6 @@
 """Sessions: who a session id belongs to (`Session`), the `ISessionStore` seam, and
-`first_valid_session`, which tries each credential candidate in order."""
+`first_valid_session`, which tries each credential candidate in order, and the rules
+every store applies to a new session."""
 
 from __future__ import annotations
 
@@ -27,6 +28,18 @@ class ISessionStore(Interface):
 
     def ping():
         """Deferred that fires when the store answers (for /healthz)."""
+
+
+def check_new_session(user_id: str, role: str, ttl: float) -> None:
+    """ValueError naming what is wrong with a session about to be created."""
+    from eformws.config import ROLES
+
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    if not user_id:
+        raise ValueError("user must not be empty")
+    if ttl <= 0:
+        raise ValueError("ttl must be positive")
 
 
 @inlineCallbacks

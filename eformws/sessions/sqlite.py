@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 from zope.interface import implementer
 
-from eformws.config import ROLES
-from eformws.sessions import ISessionStore, Session
+from eformws.sessions import ISessionStore, Session, check_new_session
 
 MAX_SESSION_ID_LENGTH = 512
 REF_LENGTH = 12
@@ -56,12 +55,7 @@ def create_session(
     ttl: float,
     now: float | None = None,
 ) -> Session:
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-    if not user_id:
-        raise ValueError("user must not be empty")
-    if ttl <= 0:
-        raise ValueError("ttl must be positive")
+    check_new_session(user_id, role, ttl)
     now = time.time() if now is None else now
     session_id = secrets.token_urlsafe(32)
     create_schema(connection)
@@ -96,14 +90,22 @@ def list_sessions(connection: sqlite3.Connection) -> list[SessionRow]:
     return [SessionRow(r[0][:REF_LENGTH], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
 
 
+def as_reference(id_or_ref: str) -> str | None:
+    """The text as a hash prefix `sessions list` could have shown, else None."""
+    ref = id_or_ref.lower()
+    if not 8 <= len(ref) <= 64 or ref.strip("0123456789abcdef"):
+        return None
+    return ref
+
+
 def revoke_session(connection: sqlite3.Connection, id_or_ref: str) -> int:
     """Revoke by full session id, or by the reference `sessions list` shows; the count."""
     create_schema(connection)
     cursor = connection.execute(
         "UPDATE sessions SET revoked = 1 WHERE id_hash = ? AND revoked = 0", (id_hash(id_or_ref),)
     )
-    ref = id_or_ref.lower()
-    if cursor.rowcount or not 8 <= len(ref) <= 64 or ref.strip("0123456789abcdef"):
+    ref = as_reference(id_or_ref)
+    if cursor.rowcount or ref is None:
         return cursor.rowcount
     matches = connection.execute(
         "SELECT id_hash FROM sessions WHERE id_hash LIKE ? AND revoked = 0",

@@ -1,0 +1,134 @@
+"""Sessions in Redis, where the panel can write them: key `<prefix>session:<sha256 of the
+id>` holding JSON {user_id, role, kiosk_id?, expires_at, revoked?}; see docs/operations.md."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import inlineCallbacks
+from zope.interface import implementer
+
+from eformws.config import ROLES
+from eformws.redis import RedisConnection
+from eformws.sessions import ISessionStore, Session, check_new_session
+from eformws.sessions.sqlite import MAX_SESSION_ID_LENGTH, REF_LENGTH, SessionRow, as_reference, id_hash
+
+SCAN_COUNT = 500
+
+
+def session_record(user_id: str, role: str, kiosk_id: str | None, created_at: float, expires_at: float) -> str:
+    record = {"user_id": user_id, "role": role, "created_at": created_at, "expires_at": expires_at}
+    if kiosk_id is not None:
+        record["kiosk_id"] = kiosk_id
+    return json.dumps(record, separators=(",", ":"))
+
+
+def _record(text) -> dict | None:
+    """The stored JSON object when it has the required fields of the right types, else None."""
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+        record["expires_at"] = float(record["expires_at"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    kiosk_id = record.get("kiosk_id")
+    if not isinstance(record.get("user_id"), str) or record.get("role") not in ROLES:
+        return None
+    if not (kiosk_id is None or isinstance(kiosk_id, str)):
+        return None
+    return record
+
+
+def parse_record(session_id: str, text, now: float) -> Session | None:
+    """A live Session from a stored record; None for anything missing, malformed or over."""
+    record = _record(text)
+    if record is None or record.get("revoked") or record["expires_at"] <= now:
+        return None
+    return Session(session_id, record["user_id"], record["role"], record.get("kiosk_id"), record["expires_at"])
+
+
+@implementer(ISessionStore)
+class RedisSessionStore(MultiService):
+    def __init__(self, address, prefix: str, initial_delay: float = 0.5, max_delay: float = 10.0, clock=time.time):
+        super().__init__()
+        self.prefix = prefix
+        self._clock = clock
+        self.connection = RedisConnection(address, "session store", initial_delay, max_delay)
+        self.connection.setServiceParent(self)
+
+    def _key(self, hashed: str) -> str:
+        return f"{self.prefix}session:{hashed}"
+
+    @inlineCallbacks
+    def lookup(self, session_id):
+        if not session_id or len(session_id) > MAX_SESSION_ID_LENGTH:
+            return None
+        text = yield self.connection.command("GET", self._key(id_hash(session_id)))
+        return parse_record(session_id, text, self._clock())
+
+    @inlineCallbacks
+    def create(self, user_id, role, kiosk_id=None, ttl=86400.0):
+        check_new_session(user_id, role, ttl)
+        session_id = secrets.token_urlsafe(32)
+        now = self._clock()
+        yield self.connection.command(
+            "SET", self._key(id_hash(session_id)), session_record(user_id, role, kiosk_id, now, now + ttl),
+            "PX", max(1, int(ttl * 1000)),
+        )
+        return Session(session_id, user_id, role, kiosk_id, now + ttl)
+
+    @inlineCallbacks
+    def _hashes(self, pattern: str) -> list[str]:
+        """The hashes of every session key matching `pattern` (SCAN, never KEYS)."""
+        found, cursor, head = set(), "0", len(self._key(""))
+        while True:
+            cursor, keys = yield self.connection.command("SCAN", cursor, "MATCH", self._key(pattern), "COUNT", SCAN_COUNT)
+            found.update(key[head:] for key in keys)
+            if str(cursor) == "0":
+                return sorted(found)
+
+    @inlineCallbacks
+    def list(self) -> list[SessionRow]:
+        """Every stored session by reference (hash prefix), oldest first."""
+        hashes = yield self._hashes("*")
+        rows = []
+        for start in range(0, len(hashes), SCAN_COUNT):
+            chunk = hashes[start:start + SCAN_COUNT]
+            texts = yield self.connection.command("MGET", *[self._key(h) for h in chunk])
+            for hashed, text in zip(chunk, texts):
+                record = _record(text)
+                if record is not None:
+                    rows.append(SessionRow(
+                        hashed[:REF_LENGTH], record["user_id"], record["role"], record.get("kiosk_id"),
+                        float(record.get("created_at", 0.0)), record["expires_at"], bool(record.get("revoked")),
+                    ))
+        return sorted(rows, key=lambda row: row.created_at)
+
+    @inlineCallbacks
+    def revoke(self, id_or_ref):
+        """Mark revoked by full id, or by a reference that matches exactly one live session;
+        the count. The key keeps its expiry, so the record goes when it would have."""
+        keys = [self._key(id_hash(id_or_ref))]
+        ref = as_reference(id_or_ref)
+        if ref is not None:
+            matches = yield self._hashes(ref + "*")
+            keys.append(self._key(matches[0]) if len(matches) == 1 else None)
+        for key in keys:
+            if key is None:
+                continue
+            record = _record((yield self.connection.command("GET", key)))
+            if record is None or record.get("revoked"):
+                continue
+            record["revoked"] = True
+            written = yield self.connection.command(
+                "SET", key, json.dumps(record, separators=(",", ":")), "XX", "KEEPTTL"
+            )
+            return 1 if written else 0
+        return 0
+
+    def ping(self):
+        return self.connection.command("PING")

@@ -1,0 +1,453 @@
+"""Several processes through a real Redis (PROTOCOL.md section 8): real `twistd -n eformws`
+processes sharing the suite's redis-server (a prefix of their own each test), clients on
+each; `--workers N`; and a Redis of the test's own that stops and comes back mid-stream."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import uuid
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import defer
+from websockets.exceptions import ConnectionClosed
+
+from processes import TIMEOUT, Gateway, RedisServer, create_session, eformws, write_config
+
+TOKEN = "redis-test-token"
+LOCKERS, EVENTS = "/ws/lockers", "/ws/events"
+READING = r"redis bus reading"
+
+
+def redis_config(directory, url: str, prefix: str, text: str = ""):
+    directory.mkdir(exist_ok=True)
+    return write_config(
+        directory,
+        f'[auth]\napi_tokens = ["{TOKEN}"]\n'
+        f"[redis]\nurl = {json.dumps(url)}\nprefix = {json.dumps(prefix)}\n"
+        "reconnect_initial_delay = 0.05\nreconnect_max_delay = 0.5\n"
+        "node_heartbeat = 0.2\nnode_ttl = 2.0\n" + text,
+    )
+
+
+async def start_gateway(spawn, directory, url, prefix, text=""):
+    """A gateway process that reads the Redis bus (so it hears every later message)."""
+    config = redis_config(directory, url, prefix, text)
+    gateway = await spawn(["--config", str(config)], directory)
+    await gateway.process.line(READING)
+    gateway.config = config
+    return gateway
+
+
+async def gateways(spawn, tmp_path, url, prefix, count=2):
+    return [await start_gateway(spawn, tmp_path / f"node{i}", url, prefix) for i in range(count)]
+
+
+async def post(gateway, path, body):
+    response = await treq.post(
+        gateway.http(path), data=json.dumps(body).encode(), persistent=False,
+        headers={b"Authorization": [f"Bearer {TOKEN}".encode()], b"Content-Type": [b"application/json"]},
+    )
+    return response.code, await treq.json_content(response)
+
+
+async def get(gateway, path, session_id=None):
+    headers = {b"Authorization": [f"Bearer {session_id}".encode()]} if session_id else {}
+    response = await treq.get(gateway.http(path), headers=headers, persistent=False)
+    return response.code, await treq.json_content(response)
+
+
+def locker(n: int, kiosk="kiosk-1") -> dict:
+    return {"lockerId": f"{kiosk}:{n}", "oldState": "closed", "newState": "open", "kioskId": kiosk}
+
+
+async def emit(gateway, n: int) -> dict:
+    status, body = await post(gateway, "/api/websocket/events", {"type": "locker_state_changed", "data": locker(n)})
+    assert status == 201, body
+    return body
+
+
+async def broadcast(gateway, event, data, namespace=LOCKERS, room=None):
+    body = {"namespace": namespace, "event": event, "data": data}
+    if room is not None:
+        body["room"] = room
+    status, answer = await post(gateway, "/api/websocket/broadcast", body)
+    assert status == 200, answer
+    return answer
+
+
+async def until_marker(client, producer, namespace=LOCKERS, room=None) -> list:
+    """What `client` gets before a marker broadcast made on `producer` now: one producer's
+    messages arrive in order everywhere, so anything sent before is in the list."""
+    marker = f"marker-{uuid.uuid4().hex}"
+    await broadcast(producer, marker, {}, namespace, room)
+    got = []
+    while True:
+        message = await client.recv(timeout=TIMEOUT)
+        if message["type"] == marker:
+            return got
+        if not message["type"].startswith("marker-"):  # other clients' markers reach this one too
+            got.append(message)
+
+
+def seq_key(seq: str) -> tuple[int, int]:
+    ms, n = seq.split("-")
+    return int(ms), int(n)
+
+
+async def next_message(client) -> dict:
+    """The next message that is not a marker broadcast."""
+    while True:
+        message = await client.recv(timeout=TIMEOUT)
+        if not message["type"].startswith("marker-"):
+            return message
+
+
+# -- delivery across processes -------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_created_in_redis_by_the_cli_is_accepted_by_both_processes(tmp_path, spawn, redis_url, redis_prefix):
+    a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
+    session_id = await create_session(tmp_path, a.config, role="staff")
+    for gateway in (a, b):
+        client = await gateway.join(LOCKERS, session_id)
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_revoking_a_redis_session_with_the_cli_makes_every_process_refuse_it(tmp_path, spawn, redis_url, redis_prefix):
+    a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
+    session_id = await create_session(tmp_path, a.config)
+    out, err, code = await eformws("sessions", "revoke", session_id, "--config", str(a.config), cwd=tmp_path)
+    assert (out, code) == ("revoked\n", 0), err
+    for gateway in (a, b):
+        client = await gateway.connect(f"{LOCKERS}?sessionId={session_id}")
+        assert await client.closed() == (1008, "Authentication failed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_broadcast_on_one_process_reaches_clients_on_both_exactly_once(tmp_path, spawn, redis_url, redis_prefix):
+    a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
+    session_id = await create_session(tmp_path, a.config)
+    clients = [await a.join(LOCKERS, session_id), await b.join(LOCKERS, session_id)]
+    answer = await broadcast(a, "maintenance", {"minutes": 5})
+    for client in clients:
+        got = await until_marker(client, a)
+        assert [(m["type"], m["data"]) for m in got] == [("maintenance", {"minutes": 5})]
+    assert answer["delivered"] >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_room_broadcast_reaches_only_room_members_on_every_process(tmp_path, spawn, redis_url, redis_prefix):
+    a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
+    session_id = await create_session(tmp_path, a.config)
+    members = [await a.join(LOCKERS, session_id), await b.join(LOCKERS, session_id)]
+    outsiders = [await a.join(LOCKERS, session_id), await b.join(LOCKERS, session_id)]
+    for member in members:
+        await member.send({"type": "join_room", "data": {"room": "kiosk-7"}})
+        assert (await member.recv())["type"] == "room_joined"
+    await broadcast(b, "door", {"open": True}, room="kiosk-7")
+    for member in members:
+        got = await until_marker(member, b)
+        assert [(m["type"], m["room"]) for m in got] == [("door", "kiosk-7")]
+    for outsider in outsiders:
+        assert await until_marker(outsider, b) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_of_one_producer_reach_the_other_process_once_each_in_emit_order(tmp_path, spawn, redis_url, redis_prefix):
+    a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
+    session_id = await create_session(tmp_path, a.config)
+    client = await b.join(EVENTS, session_id)
+    emitted = [await emit(a, n) for n in range(30)]
+    got = await until_marker(client, a, EVENTS)
+    assert [m["seq"] for m in got] == [e["seq"] for e in emitted]
+    assert [m["data"]["lockerId"] for m in got] == [f"kiosk-1:{n}" for n in range(30)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_emits_on_two_processes_each_reach_every_client_exactly_once(tmp_path, spawn, redis_url, redis_prefix):
+    a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
+    session_id = await create_session(tmp_path, a.config)
+    clients = [await a.join(EVENTS, session_id), await b.join(EVENTS, session_id)]
+    stored = await defer.gatherResults(
+        [defer.ensureDeferred(emit(gateway, n)) for n in range(20) for gateway in (a, b)]
+    )
+    for client in clients:
+        got = await until_marker(client, a, EVENTS)
+        got += await until_marker(client, b, EVENTS)
+        assert sorted(m["seq"] for m in got) == sorted(e["seq"] for e in stored)
+
+
+@pytest_twisted.ensureDeferred
+async def test_seqs_are_shared_by_every_process_and_increase(tmp_path, spawn, redis_url, redis_prefix):
+    a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
+    seqs = [(await emit(gateway, n))["seq"] for n in range(6) for gateway in (a, b)]
+    keys = [seq_key(seq) for seq in seqs]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+
+
+@pytest_twisted.ensureDeferred
+async def test_resume_on_the_other_process_sends_exactly_the_missed_events(tmp_path, spawn, redis_url, redis_prefix):
+    a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
+    session_id = await create_session(tmp_path, a.config)
+    client = await a.join(LOCKERS, session_id)
+    seen = await emit(a, 0)
+    assert (await client.recv())["seq"] == seen["seq"]
+    await client.close()
+    missed = [await emit(a, n) for n in range(1, 6)]
+    again = await b.connect(f"{LOCKERS}?sessionId={session_id}&since={seen['seq']}")
+    messages = [await again.recv() for _ in range(2 + len(missed) + 1)]
+    assert [m["type"] for m in messages[:2]] == ["connection", "room_joined"]
+    assert [m.get("seq") for m in messages[2:-1]] == [e["seq"] for e in missed]
+    assert messages[-1]["type"] == "resumed" and messages[-1]["data"]["recovered"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_replay_on_connect_is_the_same_on_every_process(tmp_path, spawn, redis_url, redis_prefix):
+    a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
+    session_id = await create_session(tmp_path, a.config)
+    emitted = [await emit(a, n) for n in range(3)]
+    for gateway in (a, b):
+        client = await gateway.join(LOCKERS, session_id)
+        replay = [await client.recv() for _ in emitted]
+        assert [m["seq"] for m in replay] == [e["seq"] for e in emitted]
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_counts_connections_of_every_process_and_lists_each_node(tmp_path, spawn, redis_url, redis_prefix):
+    a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
+    session_id = await create_session(tmp_path, a.config)
+    clients = [await a.join(LOCKERS, session_id), await b.join(LOCKERS, session_id), await b.join(EVENTS, session_id)]
+    expected = {"/ws/lockers": 2, "/ws/events": 1, "/ws/help": 0}
+    status = await wait_for_status(a, lambda s: s["namespaces"] == expected)
+    assert status["total_connections"] == 3
+    nodes = sorted(status["nodes"], key=lambda n: n["connections"])
+    assert [n["connections"] for n in nodes] == [1, 2]
+    assert all(set(n) >= {"id", "connections", "last_seen"} for n in nodes)
+    assert len({n["id"] for n in nodes}) == 2
+    for client in clients:
+        await client.close()
+
+
+async def wait_for_status(gateway, condition, attempts=100):
+    """The status once `condition` holds: other nodes' entries change on their heartbeat
+    (0.2 s here), so ask again after each heartbeat, up to `attempts` times."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    status = None
+    for _ in range(attempts):
+        code, status = await get(gateway, "/api/websocket/status")
+        assert code == 200, status
+        if condition(status):
+            return status
+        await deferLater(reactor, 0.2, lambda: None)
+    raise AssertionError(f"status never matched: {status}")
+
+
+# -- WAMP across processes ----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_emit_on_one_process_reaches_a_wamp_subscriber_on_the_other(tmp_path, spawn, redis_url, redis_prefix):
+    from test_wamp import open_peer, subscribe, within
+
+    a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
+    peer = open_peer(a, "msgpack", ticket=await create_session(tmp_path, a.config))
+    await within(peer.joined)
+    inbox, _ = await subscribe(peer, "eform.lockers.locker_updates")
+    stored = await emit(b, 1)
+    envelope, details = await inbox.next()
+    assert envelope == stored
+    assert details.topic == "eform.lockers.locker_updates"
+    peer.leave()
+    await within(peer.gone)
+
+
+@pytest_twisted.ensureDeferred
+async def test_admin_wamp_publish_on_one_process_reaches_legacy_clients_on_the_other(tmp_path, spawn, redis_url, redis_prefix):
+    from autobahn.wamp.types import PublishOptions
+
+    from test_wamp import open_peer, within
+
+    a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
+    session_id = await create_session(tmp_path, a.config)
+    legacy = await b.join(LOCKERS, session_id)
+    peer = open_peer(a, "json", ticket=session_id)
+    await within(peer.joined)
+    await within(peer.publish("eform.lockers", "notice", {"minutes": 5}, options=PublishOptions(acknowledge=True)))
+    got = await until_marker(legacy, a)
+    assert [(m["type"], m["data"]) for m in got] == [("notice", {"minutes": 5})]
+    peer.leave()
+    await within(peer.gone)
+
+
+# -- workers ----------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_more_than_one_worker_without_redis_stops_with_one_line(tmp_path, spawn):
+    config = write_config(tmp_path)
+    process = spawn.raw(["--config", str(config), "--workers", "2"], tmp_path)
+    code, _ = await process.ended()
+    assert code == 1
+    lines = process.err.decode().strip().splitlines()
+    assert lines == ["eformws: configuration error: server.workers: more than 1 worker needs redis.url "
+                     "(workers deliver to each other through Redis)"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_share_one_port_and_a_killed_worker_is_restarted(tmp_path, spawn, redis_url, redis_prefix):
+    config = redis_config(tmp_path, redis_url, redis_prefix)
+    parent = spawn.raw(["--config", str(config), "--workers", "2"], tmp_path)
+    port = int((await parent.line(r"eformws listening on 127\.0\.0\.1:(\d+) with 2 workers")).group(1))
+    gateway = Gateway(parent, port)
+    await wait_for_status(gateway, lambda s: len(s.get("nodes", ())) == 2)
+    session_id = await create_session(tmp_path, config)
+    clients = []
+    while True:  # the kernel hands each connection to one worker: get some on both
+        clients.append(await gateway.join(LOCKERS, session_id))
+        status = await wait_for_status(gateway, lambda s: s["total_connections"] == len(clients))
+        if all(node["connections"] for node in status["nodes"]) or len(clients) >= 40:
+            break
+    counts = {worker_pid(node): node["connections"] for node in status["nodes"]}
+    killed, survivor = sorted(counts)
+
+    mark = parent.mark
+    os.kill(killed, signal.SIGKILL)
+    await parent.line(r"worker \d ended", after=mark)
+    await parent.line(r"started worker \d", after=mark)
+    await wait_for_status(gateway, lambda s: len(s["nodes"]) == 2 and killed not in map(worker_pid, s["nodes"]))
+    await broadcast(gateway, "after-restart", {})
+    reached = 0
+    for client in clients:
+        try:
+            message = await client.recv(timeout=TIMEOUT)
+        except ConnectionClosed:
+            continue
+        assert message["type"] == "after-restart"
+        reached += 1
+    assert reached == counts[survivor]
+    fresh = await gateway.join(LOCKERS, session_id)
+    await fresh.close()
+
+    parent.signal("TERM")
+    assert await parent.ended() == (0, None)
+    for pid in counts:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def worker_pid(node: dict) -> int:
+    """The pid in a node id (host-pid-suffix)."""
+    return int(node["id"].rsplit("-", 2)[1])
+
+
+# -- Redis outage -----------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_outage_keeps_local_delivery_answers_503_and_loses_nothing(tmp_path, spawn, redis_prefix):
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    try:
+        a, b = await gateways(spawn, tmp_path, redis.url, redis_prefix)
+        session_id = await create_session(tmp_path, a.config)
+        on_a, on_b = await a.join(EVENTS, session_id), await b.join(EVENTS, session_id)
+        before = [await emit(a, n) for n in range(5)]
+        for client in (on_a, on_b):
+            assert [m["seq"] for m in await until_marker(client, a, EVENTS)] == [e["seq"] for e in before]
+
+        marks = (a.process.mark, b.process.mark)
+        await redis.stop()
+        await a.process.line(r"redis bus writer connection lost", after=marks[0])
+        code, health = await get(a, "/healthz")
+        assert code == 503 and health["status"] == "unavailable"
+        assert any("redis" in name or "redis" in str(value) for name, value in health["checks"].items()), health
+
+        # Broadcasts go on locally at once; events wait for Redis, which numbers them.
+        await broadcast(a, "during-outage", {"n": 1}, EVENTS)
+        assert (await next_message(on_a))["type"] == "during-outage"
+        pending = [defer.ensureDeferred(emit(a, n)) for n in range(5, 15)]
+        code, _ = await get(a, "/api/websocket/health", session_id)
+        assert code == 503
+
+        await redis.start()
+        during = sorted(await defer.gatherResults(pending), key=lambda e: seq_key(e["seq"]))  # seq = store order
+        expected_b = ["during-outage"] + [e["seq"] for e in during]
+        got_b = await until_marker(on_b, a, EVENTS)
+        assert [m["seq"] if m["type"] == "locker_state_changed" else m["type"] for m in got_b] == expected_b
+        got_a = await until_marker(on_a, a, EVENTS)
+        assert [m["seq"] for m in got_a] == [e["seq"] for e in during]
+
+        resumed = await b.connect(f"{EVENTS}?sessionId={session_id}&since={before[-1]['seq']}")
+        messages = [await resumed.recv() for _ in range(2 + len(during) + 1)]
+        assert [m.get("seq") for m in messages[2:-1]] == [e["seq"] for e in during]
+        assert messages[-1]["data"]["recovered"] is True
+        for gateway in (a, b):
+            code, health = await get(gateway, "/healthz")
+            assert code == 200, health
+    finally:
+        await redis.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_handshake_while_redis_sessions_are_unreachable_is_refused_with_503(tmp_path, spawn, redis_prefix):
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    try:
+        a = await start_gateway(spawn, tmp_path / "node", redis.url, redis_prefix)
+        session_id = await create_session(tmp_path, a.config)
+        mark = a.process.mark
+        await redis.stop()
+        await a.process.line(r"redis session store connection lost", after=mark)
+        from websockets.exceptions import InvalidStatus
+
+        try:
+            await a.connect(f"{LOCKERS}?sessionId={session_id}")
+        except InvalidStatus as e:
+            assert e.response.status_code == 503
+        else:
+            raise AssertionError("the handshake was accepted without a session store")
+        status, body = await post(a, "/api/websocket/broadcast", {"namespace": LOCKERS, "event": "x", "data": {}})
+        assert status == 200, body  # an API token needs no store
+        response = await treq.post(
+            a.http("/api/websocket/broadcast"), persistent=False,
+            data=json.dumps({"namespace": LOCKERS, "event": "x", "data": {}}).encode(),
+            headers={b"Authorization": [f"Bearer {session_id}".encode()], b"Content-Type": [b"application/json"]},
+        )
+        body = await treq.json_content(response)
+        assert (response.code, body["message"]) == (503, "Redis is unreachable; try again")
+        assert session_id not in a.process.log
+    finally:
+        await redis.stop()
+
+
+# -- the command -------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_cli_sessions_list_shows_redis_sessions_by_reference(tmp_path, redis_url, redis_prefix):
+    config = redis_config(tmp_path, redis_url, redis_prefix)
+    session_id = await create_session(tmp_path, config, user="carol", role="kiosk")
+    out, err, code = await eformws("sessions", "list", "--config", str(config), cwd=tmp_path)
+    assert code == 0, err
+    assert session_id not in out
+    assert re.search(r"^[0-9a-f]{12}\s+carol\s+kiosk\s+.*\blive$", out, re.M), out
+
+
+@pytest_twisted.ensureDeferred
+async def test_cli_with_unreachable_redis_fails_with_one_line(tmp_path, redis_prefix):
+    from processes import free_port
+
+    config = redis_config(tmp_path, f"redis://127.0.0.1:{free_port()}/0", redis_prefix)
+    out, err, code = await eformws("sessions", "list", "--config", str(config), cwd=tmp_path)
+    assert code == 1 and out == ""
+    assert re.fullmatch(r"eformws: cannot reach redis at 127\.0\.0\.1:\d+ within 5 s\n", err), err
