@@ -132,6 +132,7 @@ class NamespaceConfig:
     default_room: str | None = None
     require_auth: bool = True
     roles: tuple[str, ...] = ROLES
+    echo: bool = False  # test configurations only: send every message back (Autobahn Testsuite)
 
 
 @dataclass
@@ -158,7 +159,7 @@ def _namespace(index: int, table: Any) -> NamespaceConfig:
     where = f"namespaces[{index}]"
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: must be a table, got {table!r}")
-    unknown = set(table) - {"path", "default_room", "require_auth", "roles"}
+    unknown = set(table) - {"path", "default_room", "require_auth", "roles", "echo"}
     if unknown:
         raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key")
     path = table.get("path")
@@ -171,7 +172,10 @@ def _namespace(index: int, table: Any) -> NamespaceConfig:
     if not isinstance(require_auth, bool):
         raise ConfigError(f"{where}.require_auth: must be true or false, got {require_auth!r}")
     roles = tuple(_roles(f"{where}.roles", table.get("roles", list(ROLES))))
-    return NamespaceConfig(path, room, require_auth, roles)
+    echo = table.get("echo", False)
+    if not isinstance(echo, bool):
+        raise ConfigError(f"{where}.echo: must be true or false, got {echo!r}")
+    return NamespaceConfig(path, room, require_auth, roles, echo)
 
 
 def _resolve_backends(values: dict) -> None:

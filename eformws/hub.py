@@ -60,10 +60,12 @@ class UnknownNamespace(KeyError):
 class Namespace:
     """A registry entry: its connections by id, and its rooms as sets of connections."""
 
-    __slots__ = ("path", "default_room", "require_auth", "roles", "connections", "rooms")
+    __slots__ = ("path", "default_room", "require_auth", "roles", "connections", "rooms", "echo")
 
-    def __init__(self, path: str, default_room: str | None, require_auth: bool, roles: Iterable[str]):
+    def __init__(self, path: str, default_room: str | None, require_auth: bool, roles: Iterable[str],
+                 echo: bool = False):
         self.path = path
+        self.echo = echo  # sends every client message back as it came (test configurations only)
         self.default_room = default_room
         self.require_auth = require_auth
         self.roles = frozenset(roles)
@@ -88,6 +90,7 @@ class Hub:
         require_auth: bool = False,
         default_room: str | None = None,
         roles: Iterable[str] = ROLES,
+        echo: bool = False,
     ) -> Namespace:
         """Add a namespace (`/ws/<name>`); an existing one is returned unchanged."""
         if not path.startswith("/ws/") or len(path) == 4 or "/" in path[4:]:
@@ -95,7 +98,7 @@ class Hub:
         existing = self.namespaces.get(path)
         if existing is not None:
             return existing
-        namespace = Namespace(path, default_room, require_auth, roles)
+        namespace = Namespace(path, default_room, require_auth, roles, echo)
         self.namespaces[path] = namespace
         return namespace
 

@@ -62,7 +62,7 @@ class EformService(MultiService):
         TimerService(config.get("events", "sweep_interval"), self._sweep).setServiceParent(self)
         self.hub = Hub()
         for ns in config.namespaces:
-            self.hub.create_namespace(ns.path, ns.require_auth, ns.default_room, ns.roles)
+            self.hub.create_namespace(ns.path, ns.require_auth, ns.default_room, ns.roles, ns.echo)
         self.bus = self._bus()
         self.hub.bus = self.bus
         self.nodes = self._node_registry()

@@ -187,6 +187,8 @@ class LegacyProtocol(WebSocketServerProtocol):
         self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
         hub.add(self)
         self._registered = True
+        if self.factory.namespace.echo:
+            return  # an echo says nothing of its own
         self._send(
             wire.direct(
                 "connection",
@@ -306,6 +308,9 @@ class LegacyProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload, isBinary):
         if not self._registered:
+            return
+        if self.factory.namespace.echo:
+            self.sendMessage(payload, isBinary)
             return
         settings = self.factory.settings
         if not self._bucket.take():
