@@ -65,6 +65,14 @@ def _redis_url(key: str, value: Any) -> str:
     return value
 
 
+def _field_paths(key: str, value: Any) -> list[str]:
+    paths = _strings(key, value)
+    for path in paths:
+        if not path or any(not part for part in path.split(".")):
+            raise ConfigError(f"{key}: each must be a field name or a dotted path like metadata.ownerKey, got {path!r}")
+    return paths
+
+
 def _choice(*choices: str) -> Callable[[str, Any], str]:
     def check(key: str, value: Any) -> str:
         if value not in choices:
@@ -88,6 +96,7 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[str, Any], Any]]] = {
     ("websocket", "ping_timeout"): (10.0, _number(0.1, 3600)),
     ("websocket", "open_handshake_timeout"): (10.0, _number(0.1, 3600)),
     ("websocket", "close_handshake_timeout"): (5.0, _number(0.1, 3600)),
+    ("websocket", "max_unsent_bytes"): (1_048_576, _integer(16_384, 1 << 30)),
     ("websocket", "max_rooms"): (100, _integer(1, 100_000)),
     ("websocket", "rate_limit"): (20.0, _number(0.1, 1_000_000)),
     ("websocket", "rate_burst"): (40, _integer(1, 1_000_000)),
@@ -96,9 +105,11 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[str, Any], Any]]] = {
     ("auth", "api_tokens"): ([], _strings),
     ("auth", "broadcast_roles"): (["admin"], _roles),
     ("auth", "restricted_roles"): (["kiosk"], _roles),
+    ("auth", "sensitive_roles"): (["admin", "staff"], _roles),
     ("sessions", "backend"): ("auto", _choice("auto", "sqlite", "redis")),
     ("sessions", "path"): ("eformws.db", _string),
     ("sessions", "default_ttl"): (86400, _integer(1, 10 * 365 * 86400)),
+    ("sessions", "recheck_interval"): (30.0, _number(0.05, 86400)),
     ("events", "store"): ("auto", _choice("auto", "sqlite", "memory", "redis")),
     ("events", "path"): ("eformws.db", _string),
     ("events", "max_events"): (100_000, _integer(1, 100_000_000)),
@@ -106,6 +117,7 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[str, Any], Any]]] = {
     ("events", "replay_window"): (3600.0, _number(0, 30 * 86400)),
     ("events", "replay_limit"): (50, _integer(0, 10_000)),
     ("events", "resume_limit"): (5000, _integer(1, 1_000_000)),
+    ("events", "sensitive_fields"): (["user_contact", "metadata.ownerKey", "note"], _field_paths),
     ("redis", "url"): ("", _redis_url),
     ("redis", "prefix"): ("eformws:", _string),
     ("redis", "outage_buffer"): (10000, _integer(1, 10_000_000)),

@@ -14,6 +14,7 @@ from eformws import wire
 from eformws.config import ROLES
 from eformws.latency import LatencyWindow
 from eformws.message import Message, Target
+from eformws.sensitive import Redactor
 
 
 class IFraming(Interface):
@@ -29,6 +30,7 @@ class IConnection(Interface):
     session = Attribute("the Session, or None when anonymous")
     rooms = Attribute("set of room names this connection is in")
     framing = Attribute("the IFraming that makes frames for this connection")
+    sees_sensitive = Attribute("whether its role may see sensitive fields (else it gets them removed)")
     closed = Attribute("Deferred that fires once the connection is closed")
 
     def send(frame):
@@ -76,7 +78,8 @@ class Namespace:
 class Hub:
     log = Logger()
 
-    def __init__(self, latency_window: int = 1000):
+    def __init__(self, latency_window: int = 1000, redactor: Redactor | None = None):
+        self.redactor = redactor or Redactor(())
         self.namespaces: dict[str, Namespace] = {}
         self.endpoints: dict[str, Any] = {}
         self.latency = LatencyWindow(latency_window)
@@ -213,28 +216,30 @@ class Hub:
         return members
 
     def deliver(self, message: Message) -> int:
-        """Send `message` to every local recipient once; return how many got it."""
+        """Send `message` to every local recipient once; return how many got it. Each
+        distinct (framing, audience) gets one frame: roles that may not see sensitive
+        fields share the redacted one."""
         frames: dict = {}
         count = 0
         for target in message.targets:
             for connection in self.recipients(target):
-                framing = connection.framing
-                frame = frames.get(framing)
-                if frame is None:
-                    frame = frames[framing] = framing.prepare(message)
-                connection.send(frame)
+                connection.send(self._frame(frames, message, connection))
                 count += 1
         for endpoint in self.endpoints.values():
             for connection in endpoint.recipients(message):
-                framing = connection.framing
-                frame = frames.get(framing)
-                if frame is None:
-                    frame = frames[framing] = framing.prepare(message)
-                connection.send(frame)
+                connection.send(self._frame(frames, message, connection))
                 count += 1
         if count:
             self.latency.record((time.time() - message.created) * 1000.0)
         return count
+
+    def _frame(self, frames: dict, message: Message, connection):
+        view = message if connection.sees_sensitive else message.redacted(self.redactor)
+        key = (connection.framing, view is message)
+        frame = frames.get(key)
+        if frame is None:
+            frame = frames[key] = connection.framing.prepare(view)
+        return frame
 
     def close_all(self, code: int, reason: str) -> None:
         for connection in list(self.connections()):

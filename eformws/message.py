@@ -42,6 +42,17 @@ class Message:
     created: float = field(default_factory=time.time)
     meta: dict = field(default_factory=dict)
     _payload: bytes | None = field(default=None, repr=False, compare=False)
+    _redacted: "Message | None" = field(default=None, repr=False, compare=False)
+
+    def redacted(self, redactor) -> "Message":
+        """This message as roles that may not see sensitive fields get it: itself when it
+        has none, else a copy (made once, then kept)."""
+        if self._redacted is None:
+            envelope = redactor.redact(self.envelope)
+            self._redacted = self if envelope is self.envelope else Message(
+                envelope, self.targets, self.created, self.meta
+            )
+        return self._redacted
 
     @property
     def payload(self) -> bytes:

@@ -17,9 +17,11 @@ from eformws.api import Api
 from eformws.bus.local import LocalBus
 from eformws.bus.redis import RedisBus
 from eformws.emitter import WebSocketEvents
+from eformws.expiry import SessionWatch
 from eformws.hub import Hub
 from eformws.nodes import NodeRegistry, node_id
 from eformws.redis import RedisAddress, RedisUnavailable
+from eformws.sensitive import Redactor
 from eformws.sessions.redis import RedisSessionStore
 from eformws.sessions.sqlite import SQLiteSessionStore
 from eformws.site import build_site
@@ -60,7 +62,7 @@ class EformService(MultiService):
         self.sessions = self._session_store()
         self.event_store = self._event_store()
         TimerService(config.get("events", "sweep_interval"), self._sweep).setServiceParent(self)
-        self.hub = Hub()
+        self.hub = Hub(redactor=Redactor(config.get("events", "sensitive_fields")))
         for ns in config.namespaces:
             self.hub.create_namespace(ns.path, ns.require_auth, ns.default_room, ns.roles, ns.echo)
         self.bus = self._bus()
@@ -71,6 +73,7 @@ class EformService(MultiService):
         settings = WebSocketSettings.from_config(config, self.hub, self.sessions, self.event_store)
         self.wamp = WampRouter.from_config(config, self.hub, self.sessions, self.events, self.api.status)
         self.hub.add_endpoint(self.wamp)
+        SessionWatch(self.hub, self.sessions, config.get("sessions", "recheck_interval")).setServiceParent(self)
         self.site = build_site(
             self.api.resource(),
             NamespaceRoot(self.hub, settings, protocol_options(config)),

@@ -16,6 +16,7 @@ from twisted.web.resource import NoResource, Resource
 from zope.interface import implementer
 
 from eformws import wire
+from eformws.flow import CLOSE_TRY_AGAIN_LATER, SLOW_CONSUMER, SlowConsumerGuard
 from eformws.hub import IConnection, IFraming, Namespace
 from eformws.ratelimit import TokenBucket
 from eformws.sessions import first_valid_session
@@ -59,6 +60,8 @@ class WebSocketSettings:
     replay_window: float
     replay_limit: int
     resume_limit: int
+    max_unsent_bytes: int
+    sensitive_roles: frozenset[str]
 
     @classmethod
     def from_config(cls, config, hub, sessions, event_store):
@@ -77,6 +80,8 @@ class WebSocketSettings:
             replay_window=config.get("events", "replay_window"),
             replay_limit=config.get("events", "replay_limit"),
             resume_limit=config.get("events", "resume_limit"),
+            max_unsent_bytes=config.get("websocket", "max_unsent_bytes"),
+            sensitive_roles=frozenset(config.get("auth", "sensitive_roles")),
         )
 
 
@@ -123,6 +128,8 @@ class LegacyProtocol(WebSocketServerProtocol):
         self._since = None
         self._held: list | None = None  # frames held back while replaying or resuming
         self._closed_waiters: list[Deferred] | None = []  # None once the connection is gone
+        self._guard: SlowConsumerGuard | None = None
+        self.sees_sensitive = False
 
     @property
     def namespace(self) -> str:
@@ -185,6 +192,8 @@ class LegacyProtocol(WebSocketServerProtocol):
         hub = settings.hub
         self.id = str(uuid.uuid4())
         self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
+        self._guard = SlowConsumerGuard(settings.max_unsent_bytes)
+        self.sees_sensitive = self.session is not None and self.session.role in settings.sensitive_roles
         hub.add(self)
         self._registered = True
         if self.factory.namespace.echo:
@@ -231,8 +240,9 @@ class LegacyProtocol(WebSocketServerProtocol):
         order_key = self.factory.settings.event_store.order_key
         events = found.events if isinstance(found, Resumption) else found
         last = None  # (order key, seq) of the newest event sent
+        redact = None if self.sees_sensitive else self.factory.settings.hub.redactor.redact
         for envelope in events:
-            self.sendMessage(wire.dumps(envelope), False)
+            self.sendMessage(wire.dumps(redact(envelope) if redact else envelope), False)
             last = (order_key(envelope["seq"]), envelope["seq"])
         held, self._held = self._held or [], None
         for frame in held:
@@ -278,8 +288,11 @@ class LegacyProtocol(WebSocketServerProtocol):
     def send(self, frame) -> None:
         if self._held is not None:
             self._held.append(frame)
-        else:
+        elif not self._guard.tripped:
             self.sendPreparedMessage(frame)
+            if self._guard.wrote(self.transport, len(frame.payloadHybi)):
+                log.info("closing a slow consumer on {namespace}", namespace=self.namespace)
+                self.close(CLOSE_TRY_AGAIN_LATER, SLOW_CONSUMER)
 
     def close(self, code: int, reason: str) -> None:
         """Close with any code (Autobahn's sendClose allows only 1000 and 3000-4999)."""

@@ -14,7 +14,13 @@ from zope.interface import implementer
 from eformws.config import ROLES
 from eformws.redis import RedisConnection
 from eformws.sessions import ISessionStore, Session, check_new_session
-from eformws.sessions.sqlite import MAX_SESSION_ID_LENGTH, REF_LENGTH, SessionRow, as_reference, id_hash
+from eformws.sessions.sqlite import (
+    MAX_SESSION_ID_LENGTH,
+    REF_LENGTH,
+    SessionRow,
+    as_reference,
+    id_hash,
+)
 
 SCAN_COUNT = 500
 

@@ -36,6 +36,8 @@ class WampRouter:
         privileged_roles=("admin",),
         hello_timeout: float = 10.0,
         goodbye_timeout: float = 5.0,
+        max_unsent_bytes: int = 1_048_576,
+        sensitive_roles=("admin", "staff"),
         options: dict | None = None,
     ):
         self.sessions = sessions
@@ -43,6 +45,8 @@ class WampRouter:
         self.allowed_origins = frozenset(allowed_origins)
         self.hello_timeout = hello_timeout
         self.goodbye_timeout = goodbye_timeout
+        self.max_unsent_bytes = max_unsent_bytes
+        self.sensitive_roles = frozenset(sensitive_roles)
         self.codecs = codecs()
         self.broker = Broker(hub, restricted_roles, privileged_roles)
         self.dealer = Dealer(hub, events, status, privileged_roles)
@@ -66,6 +70,8 @@ class WampRouter:
             privileged_roles=config.get("auth", "broadcast_roles"),
             hello_timeout=config.get("websocket", "open_handshake_timeout"),
             goodbye_timeout=config.get("websocket", "close_handshake_timeout"),
+            max_unsent_bytes=config.get("websocket", "max_unsent_bytes"),
+            sensitive_roles=config.get("auth", "sensitive_roles"),
             options=protocol_options(config),
         )
 

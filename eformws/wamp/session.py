@@ -175,6 +175,7 @@ class RouterSession:
 
     def _welcome(self, session, method: str) -> None:
         self.connection.session = session
+        self.connection.sees_sensitive = session.role in self.router.sensitive_roles
         self.id = new_id()
         self.state = ESTABLISHED
         self.connection.stop_timer()

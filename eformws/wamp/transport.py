@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from eformws.flow import CLOSE_TRY_AGAIN_LATER, SLOW_CONSUMER, SlowConsumerGuard
 from eformws.hub import IConnection
 from eformws.sessions.credentials import cookie_values
 from eformws.wamp.codec import BadUri, Undecodable
@@ -36,6 +37,8 @@ class WampProtocol(WebSocketServerProtocol):
         self._codec = None
         self._timer = None
         self._closed_waiters: list[Deferred] | None = []
+        self._guard: SlowConsumerGuard | None = None
+        self.sees_sensitive = False
 
     @property
     def namespace(self) -> str:
@@ -67,6 +70,7 @@ class WampProtocol(WebSocketServerProtocol):
 
     def onOpen(self):
         self.id = str(uuid.uuid4())
+        self._guard = SlowConsumerGuard(self.factory.router.max_unsent_bytes)
         self.wamp = RouterSession(self.factory.router, self)
         self.await_hello()
 
@@ -120,9 +124,14 @@ class WampProtocol(WebSocketServerProtocol):
     # -- IConnection -----------------------------------------------------------------------------
 
     def send(self, frame) -> None:
-        if self.wamp is not None and self.wamp.established and self.state == self.STATE_OPEN:
+        if self.wamp is not None and self.wamp.established and self.state == self.STATE_OPEN and not self._guard.tripped:
+            size = 0
             for event in frame.events_for(self):
                 self.sendPreparedMessage(event)
+                size += len(event.payloadHybi)
+            if self._guard.wrote(self.transport, size):
+                log.info("closing a slow wamp consumer")
+                self.close_transport(CLOSE_TRY_AGAIN_LATER, SLOW_CONSUMER)
 
     def close(self, code: int, reason: str) -> None:
         """End the session with GOODBYE first when there is one, then the transport."""
