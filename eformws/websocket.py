@@ -102,6 +102,12 @@ class Admission:
         self.count -= 1
 
 
+def origin_allowed(allowed: frozenset[str], origin: str | None) -> bool:
+    """An empty allow-list allows every origin. A handshake without `Origin` is not from a
+    browser (kiosks, services, the CLI) and cannot be a cross-site request: allowed too."""
+    return not allowed or origin is None or origin in allowed
+
+
 def handshake_candidates(request, cookie_names) -> list[str]:
     headers = request.headers
     return candidates(
@@ -149,7 +155,7 @@ class LegacyProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request):
         settings = self.factory.settings
-        if settings.allowed_origins and request.origin not in settings.allowed_origins:
+        if not origin_allowed(settings.allowed_origins, request.origin):
             raise ConnectionDeny(403, "Origin not allowed")
         if not self.factory.admission.admit():
             raise ConnectionDeny(503, "Too many connections")

@@ -80,6 +80,21 @@ async def test_origin_in_allow_list_is_accepted(start_server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_handshake_without_origin_is_accepted_with_an_allow_list(start_server):
+    server = await start_server({"server.allowed_origins": ["https://panel.example"]})
+    session_id = await server.session()
+    client, _ = await open_connection(server, session_id)  # websockets sends no Origin unless told
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_handshake_without_origin_still_needs_a_valid_session(start_server):
+    server = await start_server({"server.allowed_origins": ["https://panel.example"]})
+    client = await server.connect(f"{LOCKERS}?sessionId=forged")
+    assert await client.closed() == (1008, "Authentication failed")
+
+
+@pytest_twisted.ensureDeferred
 async def test_default_config_accepts_any_origin(server):
     session_id = await server.session()
     client, _ = await open_connection(server, session_id, origin="https://anywhere.example")

@@ -16,7 +16,7 @@ from eformws.hub import IConnection
 from eformws.sessions.credentials import cookie_values
 from eformws.wamp.codec import BadUri, Undecodable
 from eformws.wamp.session import CLOSE_NORMAL, OPENING, RouterSession
-from eformws.websocket import ExactTimer
+from eformws.websocket import ExactTimer, origin_allowed
 
 log = Logger(namespace="eformws.wamp")
 
@@ -54,7 +54,7 @@ class WampProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request):
         router = self.factory.router
-        if router.allowed_origins and request.origin not in router.allowed_origins:
+        if not origin_allowed(router.allowed_origins, request.origin):
             raise ConnectionDeny(403, "Origin not allowed")
         for offered in request.protocols:
             codec = router.codecs.get(offered)
