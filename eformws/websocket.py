@@ -105,7 +105,7 @@ class Admission:
 def origin_allowed(allowed: frozenset[str], origin: str | None) -> bool:
     """An empty allow-list allows every origin. A handshake without `Origin` is not from a
     browser (kiosks, services, the CLI) and cannot be a cross-site request: allowed too."""
-    return not allowed or origin is None or origin in allowed
+    return not allowed or not origin or origin in allowed
 
 
 def handshake_candidates(request, cookie_names) -> list[str]:
