@@ -7,17 +7,18 @@ import time
 
 
 class TokenBucket:
-    __slots__ = ("rate", "burst", "tokens", "updated", "refused_in_a_row")
+    __slots__ = ("rate", "burst", "tokens", "updated", "refused_in_a_row", "clock")
 
     def __init__(self, rate: float, burst: int, clock=time.monotonic):
         self.rate = rate
         self.burst = float(burst)
         self.tokens = float(burst)
+        self.clock = clock
         self.updated = clock()
         self.refused_in_a_row = 0
 
     def take(self, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
         if self.tokens >= 1.0:
