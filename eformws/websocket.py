@@ -12,7 +12,8 @@ from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
-from twisted.web.resource import NoResource, Resource
+from twisted.web.pages import notFound
+from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from eformws import wire
@@ -476,7 +477,7 @@ class NamespaceRoot(Resource):
         path = "/ws/" + name.decode("utf-8", "replace")
         namespace = self._hub.namespaces.get(path)
         if namespace is None or request.postpath:
-            return NoResource("No such namespace.")
+            return notFound("No such namespace", "There is no WebSocket namespace at this path.")
         resource = self._resources.get(path)
         if resource is None:
             factory = NamespaceFactory(namespace, self._settings, self._admission, self._options)
