@@ -33,6 +33,12 @@ def _number(low: float, high: float) -> Callable[[str, Any], float]:
     return check
 
 
+def _boolean(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: must be true or false, got {value!r}")
+    return value
+
+
 def _string(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key}: must be a non-empty string, got {value!r}")
@@ -127,6 +133,7 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[str, Any], Any]]] = {
     ("redis", "node_heartbeat"): (2.0, _number(0.05, 60)),
     ("redis", "node_ttl"): (10.0, _number(0.1, 600)),
     ("server", "workers"): (1, _integer(1, 64)),
+    ("metrics", "enabled"): (True, _boolean),
     ("log", "level"): ("info", _choice("debug", "info", "warn", "error")),
 }
 

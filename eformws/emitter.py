@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, inlineCallbacks
 
-from eformws import events
+from eformws import events, metrics
 from eformws.message import Message
 from eformws.store import addresses_of
 
@@ -39,8 +39,11 @@ class WebSocketEvents:
     @inlineCallbacks
     def _store_and_publish(self, envelope: dict, created: float):
         targets = events.targets_of(envelope)
-        stored = yield self.store.append(envelope, addresses_of(targets), events.ttl_of(envelope["type"]))
+        stored = yield metrics.timed(
+            self.store.append(envelope, addresses_of(targets), events.ttl_of(envelope["type"])), "event_store", "append"
+        )
         yield self.bus.publish(Message(stored, targets, created))
+        metrics.events_emitted.labels(stored["type"]).inc()
         return stored
 
     # -- PROTOCOL.md section 6, the named emits ------------------------------------

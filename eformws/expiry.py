@@ -9,6 +9,8 @@ from twisted.application.internet import TimerService
 from twisted.internet.defer import FirstError, gatherResults, inlineCallbacks
 from twisted.logger import Logger
 
+from eformws import metrics
+
 log = Logger(namespace="eformws.expiry")
 
 CLOSE_POLICY = 1008
@@ -59,6 +61,7 @@ class SessionWatch(TimerService):
             for connection in by_session[session_id]:
                 connection.close(CLOSE_POLICY, SESSION_EXPIRED)
                 closed += 1
+        metrics.session_expiry_closes.inc(closed)
         if closed:
             log.info("closed {count} connections whose session expired or was revoked", count=closed)
         return closed

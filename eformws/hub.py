@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
-from eformws import wire
+from eformws import metrics, wire
 from eformws.config import ROLES
 from eformws.latency import LatencyWindow
 from eformws.message import Message, Target
@@ -230,7 +230,10 @@ class Hub:
                 connection.send(self._frame(frames, message, connection))
                 count += 1
         if count:
-            self.latency.record((time.time() - message.created) * 1000.0)
+            seconds = time.time() - message.created
+            self.latency.record(seconds * 1000.0)
+            metrics.delivery_latency.observe(seconds)
+            metrics.messages_sent.inc(count)
         return count
 
     def _frame(self, frames: dict, message: Message, connection):

@@ -12,7 +12,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.logger import Logger
 
-from eformws import emitter
+from eformws import emitter, metrics
 from eformws.api import Api
 from eformws.bus.local import LocalBus
 from eformws.bus.redis import RedisBus
@@ -20,7 +20,7 @@ from eformws.emitter import WebSocketEvents
 from eformws.expiry import SessionWatch
 from eformws.hub import Hub
 from eformws.nodes import NodeRegistry, node_id
-from eformws.redis import RedisAddress, RedisUnavailable
+from eformws.redis import RedisAddress, RedisConnection, RedisUnavailable
 from eformws.sensitive import Redactor
 from eformws.sessions.redis import RedisSessionStore
 from eformws.sessions.sqlite import SQLiteSessionStore
@@ -74,13 +74,27 @@ class EformService(MultiService):
         self.wamp = WampRouter.from_config(config, self.hub, self.sessions, self.events, self.api.status)
         self.hub.add_endpoint(self.wamp)
         SessionWatch(self.hub, self.sessions, config.get("sessions", "recheck_interval")).setServiceParent(self)
+        self.metrics = metrics.ServiceCollector(self.hub, self._redis_connections())
+        mounted = {b"metrics": metrics.MetricsResource()} if config.get("metrics", "enabled") else {}
         self.site = build_site(
             self.api.resource(),
             NamespaceRoot(self.hub, settings, protocol_options(config)),
             config.get("server", "max_body_bytes"),
             wamp_resource=self.wamp.resource(),
+            mounted=mounted,
         )
         self.listening_port = None
+
+    def _redis_connections(self) -> list[RedisConnection]:
+        """Every Redis connection among this service's parts (for the metrics)."""
+        found, pending = [], list(self)
+        while pending:
+            service = pending.pop()
+            if isinstance(service, RedisConnection):
+                found.append(service)
+            elif isinstance(service, MultiService):
+                pending.extend(service)
+        return found
 
     def _database(self, path: str) -> SQLiteDatabase:
         """One SQLiteDatabase (one thread, one connection) per file, shared by its stores."""
@@ -158,6 +172,7 @@ class EformService(MultiService):
 
     def startService(self):
         super().startService()
+        metrics.REGISTRY.register(self.metrics)
         self.bus.start(self.hub.deliver)
         emitter.install(self.events)
         if self.inherited_fd is not None:
@@ -186,6 +201,7 @@ class EformService(MultiService):
         yield self.close_clients(CLOSE_GOING_AWAY, "Server shutdown")
         self.bus.stop()
         emitter.install(None)
+        metrics.REGISTRY.unregister(self.metrics)
         yield super().stopService()
         orderly_exit(self.reactor)
         self.log.info("eformws stopped")

@@ -37,20 +37,25 @@ class BoundedRequest(Request):
 
 
 class Root(Resource):
-    """`/ws/<name>` to the namespace registry; `/wamp` to the WAMP router; every other path
-    to the HTTP API, which routes on the whole path."""
+    """`/ws/<name>` to the namespace registry; `/wamp` to the WAMP router; other mounted
+    resources by their first path segment (`/metrics`, the console); every other path to
+    the HTTP API, which routes on the whole path."""
 
-    def __init__(self, api_resource, namespaces_resource, wamp_resource=None):
+    def __init__(self, api_resource, namespaces_resource, wamp_resource=None, mounted=None):
         super().__init__()
         self._api = api_resource
         self._namespaces = namespaces_resource
         self._wamp = wamp_resource
+        self._mounted = dict(mounted or {})
 
     def getChildWithDefault(self, name, request):
         if name == b"ws":
             return self._namespaces
         if name == b"wamp" and self._wamp is not None and not request.postpath:
             return self._wamp
+        mounted = self._mounted.get(name)
+        if mounted is not None:
+            return mounted
         request.postpath.insert(0, request.prepath.pop())
         return self._api
 
@@ -58,12 +63,13 @@ class Root(Resource):
         return self._api.render(request)
 
 
-def build_site(api_resource, namespaces_resource, max_body_bytes: int, wamp_resource=None) -> Site:
+def build_site(api_resource, namespaces_resource, max_body_bytes: int, wamp_resource=None, mounted=None) -> Site:
+    """`mounted`: {b"segment": resource} served beside the API (`/metrics`, the console)."""
     class SiteRequest(BoundedRequest):
         pass
 
     SiteRequest.max_body_bytes = max_body_bytes
-    site = Site(Root(api_resource, namespaces_resource, wamp_resource), logFormatter=access_line)
+    site = Site(Root(api_resource, namespaces_resource, wamp_resource, mounted), logFormatter=access_line)
     site.requestFactory = SiteRequest
     site.displayTracebacks = False
     return site

@@ -16,7 +16,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from eformws import wire
+from eformws import metrics, wire
 from eformws.flow import CLOSE_TRY_AGAIN_LATER, SLOW_CONSUMER, SlowConsumerGuard
 from eformws.hub import IConnection, IFraming, Namespace
 from eformws.ratelimit import TokenBucket
@@ -25,6 +25,8 @@ from eformws.sessions.credentials import candidates
 from eformws.store import EventFilter, Resumption
 
 log = Logger(namespace="eformws.websocket")
+
+RECEIVED = metrics.messages_received.labels(metrics.WEBSOCKET)
 
 CLOSE_POLICY = 1008
 CLOSE_GOING_AWAY = 1001
@@ -167,13 +169,14 @@ class LegacyProtocol(WebSocketServerProtocol):
         if not present:
             self._authenticated(None, present)
             return None
-        d = first_valid_session(settings.sessions, present)
+        d = metrics.timed(first_valid_session(settings.sessions, present), "session_store", "lookup")
         d.addCallbacks(self._authenticated, self._store_unavailable, callbackArgs=(present,))
         return d
 
     def _store_unavailable(self, failure):
         """The session store could not answer (Redis down): refuse with 503, try again."""
         log.warn("session store unavailable for a handshake: {error}", error=failure.getErrorMessage())
+        metrics.auth_failures.labels(metrics.WEBSOCKET, "store_unavailable").inc()
         raise ConnectionDeny(503, "Session store unavailable")
 
     def _authenticated(self, session, present) -> None:
@@ -181,8 +184,10 @@ class LegacyProtocol(WebSocketServerProtocol):
         if namespace.require_auth:
             if session is None:
                 self._refusal = "Authentication failed" if present else "Authentication required"
+                metrics.auth_failures.labels(metrics.WEBSOCKET, "invalid" if present else "missing").inc()
             elif session.role not in namespace.roles:
                 self._refusal = "Forbidden"
+                metrics.auth_failures.labels(metrics.WEBSOCKET, "forbidden").inc()
         self.session = session
         return None
 
@@ -269,8 +274,12 @@ class LegacyProtocol(WebSocketServerProtocol):
 
     def _replay(self) -> None:
         settings = self.factory.settings
+        metrics.replays.inc()
         self._catch_up(
-            lambda: settings.event_store.recent(self._filter(), settings.replay_window, settings.replay_limit),
+            lambda: metrics.timed(
+                settings.event_store.recent(self._filter(), settings.replay_window, settings.replay_limit),
+                "event_store", "recent",
+            ),
             None,
         )
 
@@ -281,6 +290,7 @@ class LegacyProtocol(WebSocketServerProtocol):
             latest = found.latest
             if last is not None and (latest is None or order_key(latest) is None or last[0] > order_key(latest)):
                 latest = last[1]
+            metrics.resumes.labels("true" if found.recovered else "false").inc()
             data = {"recovered": found.recovered, "count": count}
             if latest is not None:
                 data["seq"] = latest
@@ -288,7 +298,12 @@ class LegacyProtocol(WebSocketServerProtocol):
 
         order_key = settings.event_store.order_key
 
-        self._catch_up(lambda: settings.event_store.since(cursor, self._filter(), settings.resume_limit), resumed)
+        self._catch_up(
+            lambda: metrics.timed(
+                settings.event_store.since(cursor, self._filter(), settings.resume_limit), "event_store", "since"
+            ),
+            resumed,
+        )
 
     # -- IConnection -----------------------------------------------------------
 
@@ -298,6 +313,7 @@ class LegacyProtocol(WebSocketServerProtocol):
         elif not self._guard.tripped:
             self.sendPreparedMessage(frame)
             if self._guard.wrote(self.transport, len(frame.payloadHybi)):
+                metrics.slow_consumer_closes.labels(metrics.WEBSOCKET).inc()
                 log.info("closing a slow consumer on {namespace}", namespace=self.namespace)
                 self.close(CLOSE_TRY_AGAIN_LATER, SLOW_CONSUMER)
 
@@ -329,6 +345,7 @@ class LegacyProtocol(WebSocketServerProtocol):
     def onMessage(self, payload, isBinary):
         if not self._registered:
             return
+        RECEIVED.inc()
         if self.factory.namespace.echo:
             self.sendMessage(payload, isBinary)
             return
@@ -393,6 +410,9 @@ class LegacyProtocol(WebSocketServerProtocol):
         self._resume(since)
 
     _handlers = {"join_room": _join_room, "leave_room": _leave_room, "ping": _ping, "resume": _resume_message}
+
+    def onAutoPong(self, ping_sent, ping_seq, pong_received, pong_rtt, payload):
+        metrics.ping_rtt.observe((pong_received - ping_sent) / 1e9)
 
     # -- end -------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from autobahn.wamp.role import RoleBrokerFeatures, RoleDealerFeatures
 from twisted.internet.defer import inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 
+from eformws import metrics
 from eformws.sessions import first_valid_session
 from eformws.wamp import errors
 from eformws.wamp.errors import WampError, new_id
@@ -143,6 +144,7 @@ class RouterSession:
                 if found is not None:
                     self._welcome(found, "cookie")
                     return
+        metrics.auth_failures.labels(metrics.WAMP, "missing").inc()
         self._abort(errors.NOT_AUTHORIZED, "Authentication failed: offer ticket (a session id) or send a session cookie")
 
     def _ticket(self, ticket: str) -> None:
@@ -155,6 +157,7 @@ class RouterSession:
         if self.state != AUTHENTICATING:
             return
         if found is None:
+            metrics.auth_failures.labels(metrics.WAMP, "invalid").inc()
             self._abort(errors.NOT_AUTHORIZED, "Authentication failed")
         else:
             self._welcome(found, "ticket")
@@ -167,6 +170,7 @@ class RouterSession:
         def unavailable(failure):
             log.warn("session store unavailable for a wamp session: {error}", error=failure.getErrorMessage())
             if self.state == AUTHENTICATING:
+                metrics.auth_failures.labels(metrics.WAMP, "store_unavailable").inc()
                 self._abort(errors.AUTHENTICATION_FAILED, "Session store unavailable, try again")
             return None
 

@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from eformws import metrics
 from eformws.flow import CLOSE_TRY_AGAIN_LATER, SLOW_CONSUMER, SlowConsumerGuard
 from eformws.hub import IConnection
 from eformws.sessions.credentials import cookie_values
@@ -19,6 +20,7 @@ from eformws.wamp.session import CLOSE_NORMAL, OPENING, RouterSession
 from eformws.websocket import ExactTimer, origin_allowed
 
 log = Logger(namespace="eformws.wamp")
+RECEIVED = metrics.messages_received.labels(metrics.WAMP)
 
 
 @implementer(IConnection)
@@ -106,6 +108,7 @@ class WampProtocol(WebSocketServerProtocol):
         session = self.wamp
         if session is None:
             return
+        RECEIVED.inc()
         try:
             messages = self._codec.decode(payload, isBinary)
         except Undecodable as e:
@@ -131,6 +134,7 @@ class WampProtocol(WebSocketServerProtocol):
                 size += len(event.payloadHybi)
             if self._guard.wrote(self.transport, size):
                 log.info("closing a slow wamp consumer")
+                metrics.slow_consumer_closes.labels(metrics.WAMP).inc()
                 self.close_transport(CLOSE_TRY_AGAIN_LATER, SLOW_CONSUMER)
 
     def close(self, code: int, reason: str) -> None:
@@ -159,6 +163,9 @@ class WampProtocol(WebSocketServerProtocol):
         d = Deferred()
         self._closed_waiters.append(d)
         return d
+
+    def onAutoPong(self, ping_sent, ping_seq, pong_received, pong_rtt, payload):
+        metrics.ping_rtt.observe((pong_received - ping_sent) / 1e9)
 
     # -- end -----------------------------------------------------------------------------------
 

@@ -1,0 +1,123 @@
+"""`GET /metrics` (Prometheus text exposition): the names, and that each figure moves when
+what it counts happens, as a scraper would see it."""
+
+from __future__ import annotations
+
+import pytest_twisted
+import treq
+from prometheus_client.parser import text_string_to_metric_families
+
+LOCKERS = "/ws/lockers"
+LOCKER = {"lockerId": "kiosk-1:1", "oldState": "closed", "newState": "open", "kioskId": "kiosk-1"}
+
+
+async def scrape(server) -> dict:
+    """{(sample name, frozenset of labels): value} of one scrape."""
+    response = await treq.get(server.http("/metrics"), persistent=False)
+    assert response.code == 200
+    assert response.headers.getRawHeaders(b"content-type")[0].startswith(b"text/plain")
+    text = (await response.content()).decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_metric_names_follow_prometheus_conventions(server):
+    samples = await scrape(server)
+    names = {name for name, _ in samples}
+    assert {"eformws_connections", "eformws_rooms", "eformws_delivery_latency_seconds_count",
+            "eformws_ping_rtt_seconds_count", "eformws_messages_sent_total", "eformws_replays_total"} <= names
+    assert all(name.startswith("eformws_") for name in names if not name.startswith(("python_", "process_")))
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_gauge_counts_each_namespace_and_transport(server):
+    session_id = await server.session()
+    clients = [await server.join(LOCKERS, session_id) for _ in range(3)]
+    samples = await scrape(server)
+    assert value(samples, "eformws_connections", namespace=LOCKERS, transport="websocket") == 3
+    assert value(samples, "eformws_connections", namespace="/wamp", transport="wamp") == 0
+    for client in clients:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_broadcast_moves_messages_sent_and_the_delivery_latency_histogram(server):
+    client = await server.join(LOCKERS, await server.session())
+    before = await scrape(server)
+    await server.hub.broadcast(LOCKERS, "notice", {})
+    await client.recv()
+    after = await scrape(server)
+    assert value(after, "eformws_messages_sent_total") - value(before, "eformws_messages_sent_total") == 1
+    assert (value(after, "eformws_delivery_latency_seconds_count")
+            - value(before, "eformws_delivery_latency_seconds_count")) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_messages_are_counted_by_transport(server):
+    client = await server.join(LOCKERS, await server.session())
+    before = await scrape(server)
+    await client.send({"type": "ping", "data": {}})
+    await client.recv()
+    after = await scrape(server)
+    name = "eformws_messages_received_total"
+    assert value(after, name, transport="websocket") - value(before, name, transport="websocket") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_sessions_are_counted_by_reason(server):
+    before = await scrape(server)
+    client = await server.connect(f"{LOCKERS}?sessionId=forged")
+    await client.closed()
+    client = await server.connect(LOCKERS)
+    await client.closed()
+    after = await scrape(server)
+    name = "eformws_auth_failures_total"
+    for reason in ("invalid", "missing"):
+        assert (value(after, name, transport="websocket", reason=reason)
+                - value(before, name, transport="websocket", reason=reason)) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_resumes_are_counted_by_whether_they_recovered(server):
+    stored = await server.service.events.emit("locker_state_changed", LOCKER)
+    before = await scrape(server)
+    session_id = await server.session()
+    client = await server.connect(f"{LOCKERS}?sessionId={session_id}&since={stored['seq']}")
+    while (await client.recv())["type"] != "resumed":
+        pass
+    after = await scrape(server)
+    name = "eformws_resumes_total"
+    assert value(after, name, recovered="true") - value(before, name, recovered="true") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_emitted_events_are_counted_by_type_with_the_store_latency(server):
+    before = await scrape(server)
+    await server.service.events.emit("locker_state_changed", LOCKER)
+    after = await scrape(server)
+    assert (value(after, "eformws_events_emitted_total", type="locker_state_changed")
+            - value(before, "eformws_events_emitted_total", type="locker_state_changed")) == 1
+    name = "eformws_store_latency_seconds_count"
+    assert (value(after, name, store="event_store", operation="append")
+            - value(before, name, store="event_store", operation="append")) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_redis_there_is_no_redis_gauge(server):
+    samples = await scrape(server)
+    assert not any(name == "eformws_redis_up" for name, _ in samples)
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_can_be_turned_off(start_server):
+    server = await start_server({"metrics.enabled": False})
+    response = await treq.get(server.http("/metrics"), persistent=False)
+    assert response.code == 404
