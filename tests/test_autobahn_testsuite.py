@@ -1,0 +1,124 @@
+"""WebSocket protocol compliance: the echo namespace the Autobahn Testsuite talks to, and the
+suite itself (scripts/autobahn-testsuite, cases 1-10) run against a real `twistd eformws`."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet.utils import getProcessOutputAndValue
+
+from conftest import Server
+from processes import environment, write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "autobahn-testsuite"
+SUITE_TIMEOUT = 1200.0  # building the Python 2.7 virtualenv (first run) plus the suite: ~40 s here
+CASES_1_TO_10 = 301  # autobahntestsuite 0.8.2: sections 1-7, 9 and 10 (section 8 has no cases)
+
+ECHO_CONFIG = """
+[[namespaces]]
+path = "/ws/echo"
+require_auth = false
+echo = true
+"""
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+@pytest.fixture
+def start_echo_server(tmp_path):
+    """`await start_echo_server()`: a server from a TOML file with the echo namespace."""
+    from eformws.config import load_config
+    from eformws.service import EformService
+
+    started = []
+
+    async def start() -> Server:
+        path = write_config(tmp_path, ECHO_CONFIG)
+        service = EformService(load_config(str(path), environ={}))
+        service.startService()
+        started.append(service)
+        return Server(service)
+
+    yield start
+    for service in started:
+        if service.running:
+            pytest_twisted.blockon(service.stopService())
+
+
+@pytest_twisted.ensureDeferred
+async def test_echo_namespace_sends_nothing_first_and_echoes_text_and_binary_as_they_came(start_echo_server):
+    from eformws.websocket import LegacyProtocol
+
+    server = await start_echo_server()
+    client = await server.connect("/ws/echo")
+    # A protocol message is not answered (no pong): it comes back as it was sent. Being the
+    # first message received, it also shows that the server said nothing on open.
+    ping = json.dumps({"type": "ping", "data": {"timestamp": "t"}})
+    await client.send(ping)
+    assert await client.recv_raw() == ping
+    text = "héllo \U0001f600 " * 1000
+    await client.send(text)
+    assert await client.recv_raw() == text
+    binary = bytes(range(256)) * 40
+    await client.send(binary)
+    echoed = await client.recv_raw()
+    assert isinstance(echoed, bytes) and echoed == binary
+    # The same protocol class as the real namespaces serves it.
+    (connection,) = server.hub.connections()
+    assert type(connection) is LegacyProtocol and connection.namespace == "/ws/echo"
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_permessage_deflate_offer_is_declined_so_suite_cases_12_and_13_are_not_run(start_echo_server):
+    server = await start_echo_server()
+    client = await server.connect("/ws/echo", compression="deflate")  # offers permessage-deflate
+    assert "permessage-deflate" in client.connection.request.headers["Sec-WebSocket-Extensions"]
+    assert "Sec-WebSocket-Extensions" not in client.connection.response.headers
+    await client.send("x" * 10000)
+    assert await client.recv_raw() == "x" * 10000
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_autobahn_testsuite_cases_1_to_10_have_no_failed_and_no_non_strict_case(tmp_path):
+    """The CI hook of scripts/autobahn-testsuite (docs/reliability.md). Without a Python 2.7
+    it fails, unless AUTOBAHN_SKIP_WITHOUT_PY2=1 is set: then it is skipped."""
+    bash = shutil.which("bash")
+    reports = tmp_path / "reports"
+    env = environment()
+    env.setdefault("AUTOBAHN_TIMEOUT", "900")
+    d = getProcessOutputAndValue(
+        bash, [str(SCRIPT), "--reports", str(reports)], env=env, path=str(ROOT), reactor=_reactor()
+    )
+    d.addTimeout(SUITE_TIMEOUT, _reactor())
+    out, err, code = await d
+    out, err = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    if code == 0 and "no Python 2.7 interpreter" in err:
+        pytest.skip(err.strip())
+    assert code == 0, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
+
+    counts = dict(re.findall(r"^  (OK|NON-STRICT|INFORMATIONAL|FAILED|UNIMPLEMENTED) +(\d+)$", out, re.MULTILINE))
+    assert set(counts) == {"OK", "NON-STRICT", "INFORMATIONAL", "FAILED", "UNIMPLEMENTED"}, out
+    counts = {behavior: int(count) for behavior, count in counts.items()}
+    assert counts["FAILED"] == 0 and counts["NON-STRICT"] == 0, out
+    assert counts["UNIMPLEMENTED"] == 0, out
+    assert re.search(rf"^autobahn-testsuite: {CASES_1_TO_10} cases in \d+s; eformws exited 0;", out, re.MULTILINE), out
+    assert counts["OK"] + counts["INFORMATIONAL"] == CASES_1_TO_10, out
+    assert "cases 12-13 (permessage-deflate) not run" in out
+    assert "passed (0 FAILED, 0 NON-STRICT)" in out
+    # Every case the suite ran is in its report, and each was really played against eformws.
+    index = json.loads((reports / "index.json").read_text())["eformws"]
+    assert len(index) == CASES_1_TO_10
+    first = json.loads((reports / index["1.1.1"]["reportfile"]).read_text())
+    assert "Server: eformws" in first["httpResponse"]
