@@ -33,6 +33,12 @@ def _number(low: float, high: float) -> Callable[[str, Any], float]:
     return check
 
 
+def _optional_string(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: must be a string, got {value!r}")
+    return value
+
+
 def _boolean(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{key}: must be true or false, got {value!r}")
@@ -133,6 +139,8 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[str, Any], Any]]] = {
     ("redis", "node_heartbeat"): (2.0, _number(0.05, 60)),
     ("redis", "node_ttl"): (10.0, _number(0.1, 600)),
     ("server", "workers"): (1, _integer(1, 64)),
+    ("server", "tls_certificate"): ("", _optional_string),
+    ("server", "tls_private_key"): ("", _optional_string),
     ("metrics", "enabled"): (True, _boolean),
     ("log", "level"): ("info", _choice("debug", "info", "warn", "error")),
 }
@@ -206,6 +214,8 @@ def _resolve_backends(values: dict) -> None:
             values[key] = "redis" if redis else "sqlite"
         elif values[key] == "redis" and not redis:
             raise ConfigError(f"{key[0]}.{key[1]}: redis needs redis.url")
+    if bool(values[("server", "tls_certificate")]) != bool(values[("server", "tls_private_key")]):
+        raise ConfigError("server.tls_certificate: TLS needs both server.tls_certificate and server.tls_private_key")
     if values[("server", "workers")] > 1 and not redis:
         raise ConfigError("server.workers: more than 1 worker needs redis.url (workers deliver to each other through Redis)")
 

@@ -11,11 +11,13 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from eformws import emitter, metrics
 from eformws.api import Api
 from eformws.bus.local import LocalBus
 from eformws.bus.redis import RedisBus
+from eformws.console import mounted as console_resources
 from eformws.emitter import WebSocketEvents
 from eformws.expiry import SessionWatch
 from eformws.hub import Hub
@@ -29,6 +31,7 @@ from eformws.sqlite import SQLiteDatabase
 from eformws.store.memory import MemoryEventStore
 from eformws.store.redis import RedisEventStore
 from eformws.store.sqlite import SQLiteEventStore
+from eformws.tls import tls_options
 from eformws.wamp import WampRouter
 from eformws.websocket import (
     CLOSE_GOING_AWAY,
@@ -76,6 +79,7 @@ class EformService(MultiService):
         SessionWatch(self.hub, self.sessions, config.get("sessions", "recheck_interval")).setServiceParent(self)
         self.metrics = metrics.ServiceCollector(self.hub, self._redis_connections())
         mounted = {b"metrics": metrics.MetricsResource()} if config.get("metrics", "enabled") else {}
+        mounted.update(console_resources())  # /console, and / redirected there
         self.site = build_site(
             self.api.resource(),
             NamespaceRoot(self.hub, settings, protocol_options(config)),
@@ -84,6 +88,8 @@ class EformService(MultiService):
             mounted=mounted,
         )
         self.listening_port = None
+        certificate = config.get("server", "tls_certificate")
+        self.tls = tls_options(certificate, config.get("server", "tls_private_key")) if certificate else None
 
     def _redis_connections(self) -> list[RedisConnection]:
         """Every Redis connection among this service's parts (for the metrics)."""
@@ -175,20 +181,22 @@ class EformService(MultiService):
         metrics.REGISTRY.register(self.metrics)
         self.bus.start(self.hub.deliver)
         emitter.install(self.events)
+        factory = self.site if self.tls is None else TLSMemoryBIOFactory(self.tls, False, self.site)
         if self.inherited_fd is not None:
             # A worker: the parent bound the socket; every worker accepts on it.
-            self.listening_port = self.reactor.adoptStreamPort(self.inherited_fd, socket.AF_INET, self.site)
+            self.listening_port = self.reactor.adoptStreamPort(self.inherited_fd, socket.AF_INET, factory)
             os.close(self.inherited_fd)
         else:
             self.listening_port = self.reactor.listenTCP(
                 self.config.get("server", "port"),
-                self.site,
+                factory,
                 backlog=self.config.get("server", "backlog"),
                 interface=self.config.get("server", "host"),
             )
         self.log.info(
-            "eformws listening on {host}:{port} (namespaces: {namespaces})",
+            "eformws listening on {host}:{port}{tls} (namespaces: {namespaces})",
             host=self.config.get("server", "host"),
+            tls=" with TLS" if self.tls is not None else "",
             port=self.port,
             namespaces=", ".join(self.hub.namespaces),
         )

@@ -24,6 +24,8 @@ class Options(usage.Options):
         ["host", None, None, "Interface to listen on (server.host, default 0.0.0.0)."],
         ["sessions-db", None, None, "SQLite file of the session store (sessions.path)."],
         ["redis", None, None, "Redis URL, redis://host:port/db (redis.url): deliver across processes."],
+        ["tls-certificate", None, None, "PEM certificate chain: serve wss:// and https:// (server.tls_certificate)."],
+        ["tls-private-key", None, None, "PEM private key of that certificate (server.tls_private_key)."],
         ["workers", "w", None, "Worker processes sharing the port (server.workers; above 1 needs Redis).", int],
         ["inherit-fd", None, None, "(internal) adopt this listening socket; set by the worker parent.", int],
         ["worker-index", None, None, "(internal) which worker this is; set by the worker parent.", int],
@@ -41,12 +43,16 @@ class Options(usage.Options):
             chosen[("redis", "url")] = self["redis"]
         if self["workers"] is not None:
             chosen[("server", "workers")] = self["workers"]
+        if self["tls-certificate"] is not None:
+            chosen[("server", "tls_certificate")] = self["tls-certificate"]
+        if self["tls-private-key"] is not None:
+            chosen[("server", "tls_private_key")] = self["tls-private-key"]
         return chosen
 
     def child_arguments(self) -> list[str]:
         """The options a worker gets from its parent (the socket comes separately)."""
         arguments = []
-        for name in ("config", "sessions-db", "redis"):
+        for name in ("config", "sessions-db", "redis", "tls-certificate", "tls-private-key"):
             if self[name] is not None:
                 arguments += [f"--{name}", str(self[name])]
         return arguments
@@ -54,16 +60,19 @@ class Options(usage.Options):
 
 def makeService(options):
     from eformws.service import EformService
+    from eformws.tls import tls_options
     from eformws.workers import WorkerParent, end_with_parent
 
     try:
         config = load_config(options["config"], options.overrides())
+        if options["inherit-fd"] is not None:
+            end_with_parent()
+            return EformService(config, inherited_fd=options["inherit-fd"])
+        if config.get("server", "workers") > 1:
+            if config.get("server", "tls_certificate"):
+                tls_options(config.get("server", "tls_certificate"), config.get("server", "tls_private_key"))
+            return WorkerParent(config, options.child_arguments())
+        return EformService(config)
     except ConfigError as e:
         sys.stderr.write(f"eformws: configuration error: {e}\n")
         raise SystemExit(1)
-    if options["inherit-fd"] is not None:
-        end_with_parent()
-        return EformService(config, inherited_fd=options["inherit-fd"])
-    if config.get("server", "workers") > 1:
-        return WorkerParent(config, options.child_arguments())
-    return EformService(config)

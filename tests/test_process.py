@@ -5,15 +5,13 @@ Processes are spawned through the reactor (never blocking it); see tests/process
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 
 import pytest
 import pytest_twisted
 import treq
-
-from eformws.sessions.sqlite import lookup_session
-from eformws.sqlite import connect
 from processes import (
     SESSION_ID,
     TIMEOUT,
@@ -24,6 +22,9 @@ from processes import (
     run,
     write_config,
 )
+
+from eformws.sessions.sqlite import lookup_session
+from eformws.sqlite import connect
 
 
 @pytest_twisted.ensureDeferred
@@ -221,3 +222,23 @@ async def test_session_id_in_query_never_appears_in_server_log(tmp_path, spawn):
     assert "refused connection on /ws/lockers: Authentication failed" in log  # connections are logged...
     for secret in (session_id, unknown):
         assert secret not in log  # ... but never with their session id
+
+
+@pytest_twisted.ensureDeferred
+async def test_json_logger_writes_one_json_object_per_line_with_fields(tmp_path):
+    from processes import Process, environment
+    from twisted.internet import reactor
+
+    config = write_config(tmp_path)
+    process = Process()
+    argv = [TWISTD, "--logger=eformws.logs.json_observer", "-n", "eformws", "--config", str(config)]
+    reactor.spawnProcess(process, TWISTD, argv, env=environment(), path=str(tmp_path))
+    found = await process.line(r'"text":"eformws listening on 127\.0\.0\.1:(\d+)')
+    response = await treq.get(f"http://127.0.0.1:{found.group(1)}/healthz", persistent=False)
+    assert response.code == 200  # the reactor runs: its signal handlers are in place
+    process.signal("TERM")
+    assert await process.ended() == (0, None), process.log
+    records = [json.loads(line) for line in process.out.decode().splitlines() if line.strip()]
+    listening = next(r for r in records if r["text"].startswith("eformws listening on"))
+    assert listening["level"] == "info" and listening["host"] == "127.0.0.1" and isinstance(listening["port"], int)
+    assert all({"time", "level", "namespace", "text"} <= set(r) for r in records)
