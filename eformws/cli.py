@@ -182,6 +182,14 @@ def broadcast(args) -> int:
     return 0
 
 
+def demo(args) -> int:
+    """`twistd -n eformws --demo` in this process's place (so Ctrl-C reaches the server)."""
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    arguments = [twistd, "--pidfile=", "-n", "eformws", "--demo", "--port", str(args.port), "--host", args.host]
+    os.execv(twistd, arguments)
+    return 1  # not reached
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eformws", description="Operate an eformws gateway.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -225,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     broadcasting.add_argument("--data", required=True, help="the data as a JSON object")
     broadcasting.add_argument("--room", help="only the members of this room")
     broadcasting.set_defaults(run=broadcast)
+
+    demoing = commands.add_parser("demo", help="run a demo gateway: admin session printed, events generated")
+    demoing.add_argument("--port", type=int, default=3000, help="port to listen on (default 3000; 0 picks one)")
+    demoing.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1: this machine only)")
+    demoing.set_defaults(run=demo)
     return parser
 
 

@@ -18,6 +18,10 @@ class Options(usage.Options):
         "Options override the configuration file, which overrides EFORMWS_* variables' "
         "defaults; see etc/eformws.toml for every key."
     )
+    optFlags = [
+        ["demo", None, "Demo: a throw-away store, an admin session printed on start, and a generator of "
+         "realistic events (see also `eformws demo`)."],
+    ]
     optParameters = [
         ["config", "c", None, "TOML configuration file (default: none, embedded defaults)."],
         ["port", "p", None, "TCP port to listen on (server.port, default 3000; 0 picks one).", int],
@@ -64,6 +68,8 @@ def makeService(options):
     from eformws.workers import WorkerParent, end_with_parent
 
     try:
+        if options["demo"]:
+            return _demo(options)
         config = load_config(options["config"], options.overrides())
         if options["inherit-fd"] is not None:
             end_with_parent()
@@ -76,3 +82,14 @@ def makeService(options):
     except ConfigError as e:
         sys.stderr.write(f"eformws: configuration error: {e}\n")
         raise SystemExit(1)
+
+
+def _demo(options):
+    import tempfile
+
+    from eformws.demo import DemoService, demo_config, demo_session
+
+    config = demo_config(options.overrides(), options["config"], tempfile.mkdtemp(prefix="eformws-demo-"))
+    if config.get("server", "workers") > 1:
+        raise ConfigError("server.workers: the demo runs one process")
+    return DemoService(config, demo_session(config))
