@@ -4,9 +4,9 @@ and generates realistic events that a client of /ws/events sees arriving."""
 from __future__ import annotations
 
 import pytest_twisted
+from processes import Gateway
 
 from eformws.demo import DemoGenerator
-from processes import Gateway
 
 
 @pytest_twisted.ensureDeferred
