@@ -9,7 +9,7 @@ setup(
     description="Real-time gateway of the eform locker system (WebSocket, WAMP, HTTP API)",
     python_requires=">=3.11",
     packages=find_packages(include=["eformws", "eformws.*"]) + ["twisted.plugins"],
-    package_data={"twisted.plugins": ["eformws_plugin.py"]},
+    package_data={"twisted.plugins": ["eformws_plugin.py"], "eformws.console": ["static/*"]},
     install_requires=[
         "twisted>=24.3",
         "autobahn>=24.4",
@@ -26,6 +26,7 @@ setup(
             "pytest-twisted>=1.14",
             "hypothesis>=6.100",
             "websockets>=13",
+            "playwright>=1.45",  # drives Debian's chromium (scripts/test installs it); no browser download
         ],
     },
     entry_points={"console_scripts": ["eformws = eformws.cli:main"]},
