@@ -27,6 +27,10 @@ setup(
             "hypothesis>=6.100",
             "websockets>=13",
             "playwright>=1.45",  # drives Debian's chromium (scripts/test installs it); no browser download
+            "schemathesis>=4.32,<5",
+            "openapi-spec-validator>=0.7",
+            "jsonschema>=4.18",
+            "pyyaml>=6",
         ],
     },
     entry_points={"console_scripts": ["eformws = eformws.cli:main"]},

@@ -12,7 +12,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
 from eformws import wire
-from eformws.events import ValidationError
+from eformws.events import ValidationError, json_value
 from eformws.redis import RedisUnavailable
 from eformws.sessions import first_valid_session
 from eformws.sessions.credentials import bearer_token, candidates
@@ -69,7 +69,18 @@ def json_body(request, max_bytes: int) -> dict:
         raise HTTPError(400, "body must be valid JSON") from None
     if not isinstance(body, dict):
         raise HTTPError(400, "body must be object")
+    if wire.may_nest_deeper_than(raw) and wire.nested_deeper_than(body):
+        # Deeper bodies parse, then fail to encode (a 500 at delivery) near the recursion limit.
+        raise HTTPError(400, f"body must not nest arrays and objects more than {wire.MAX_DEPTH} levels deep")
     return body
+
+
+def _printable(value: Any) -> Any:
+    """Error text that quotes the request (an unknown namespace, a field name) may hold a
+    lone surrogate, which UTF-8 cannot carry: such characters are written as `\\udXXX`."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 def require(body: dict, name: str, kind: type, kind_name: str, required: bool = True) -> Any:
@@ -114,10 +125,11 @@ class Api:
     @app.handle_errors(HTTPError)
     def _http_error(self, request, failure):
         error = failure.value
+        extra = {name: _printable(value) for name, value in error.extra.items()}
         return _json(
             request,
             error.status,
-            {"statusCode": error.status, "error": REASONS[error.status], "message": error.message, **error.extra},
+            {"statusCode": error.status, "error": REASONS[error.status], "message": _printable(error.message), **extra},
         )
 
     @app.handle_errors(RedisUnavailable)
@@ -210,6 +222,13 @@ class Api:
         room = require(body, "room", str, "string", required=False)
         if not event:
             raise HTTPError(400, "body/event must NOT have fewer than 1 characters")
+        try:
+            # What cannot be framed (NaN, Infinity, 1e400, lone surrogates) was accepted, then
+            # failed when framed: a 500 with listeners, dropped without. eform.broadcast checks too.
+            json_value("body/event", event)
+            json_value("body/data", data)
+        except ValidationError as e:
+            raise HTTPError(400, str(e)) from None
         if namespace not in self.hub.namespaces:
             raise HTTPError(404, f"Unknown namespace: {namespace}")
         if room is None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_ROOM_LENGTH = 128
+MAX_DEPTH = 128  # arrays and objects inside one another, in a client message or an API body
 
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
@@ -65,13 +66,66 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_client_message(payload: bytes) -> dict:
-    """One JSON object with a string `type`, or `ClientMessageError(invalid_message)`."""
+def _finite_float(text: str) -> float:
+    """A number literal too large for a float (`1e400`) would become infinity: refused."""
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def sendable(value: Any) -> bool:
+    """Whether `value` can be written as a frame: `dumps` refuses lone surrogates, which a
+    `\\ud800` escape in JSON text gives and `json.loads` lets through."""
     try:
-        message = json.loads(payload, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
+        dumps(value)
+    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return False
+    return True
+
+
+def nested_deeper_than(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether arrays and objects sit more than `limit` levels inside one another (walked
+    without recursion). Deeper values parse, then fail to encode near the interpreter's
+    recursion limit, at a depth that depends on the stack: refused before anything else."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
+
+
+def may_nest_deeper_than(text, limit: int = MAX_DEPTH) -> bool:
+    """Cheap bound first: no more brackets and braces than `limit`, no deeper nesting."""
+    if isinstance(text, str):
+        return text.count("[") + text.count("{") > limit
+    return text.count(b"[") + text.count(b"{") > limit
+
+
+def parse_client_message(payload: bytes) -> dict:
+    """One JSON object with a string `type`, or `ClientMessageError(invalid_message)`.
+    Binary frames are UTF-8 like text (no UTF-16, no byte-order mark, no encoded
+    surrogates). Not a message either: text that is not valid Unicode (a lone surrogate
+    escape) and nesting deeper than MAX_DEPTH; either could never be sent back (a room, a
+    type, a ping's timestamp), nor listed in status."""
+    try:
+        text = bytes(payload).decode("utf-8") if not isinstance(payload, str) else payload
+        message = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise ClientMessageError("invalid_message", "Invalid message format") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ClientMessageError("invalid_message", "Invalid message format")
+    if may_nest_deeper_than(text) and nested_deeper_than(message):
+        raise ClientMessageError("invalid_message", "Invalid message format")
+    if "\\u" in text and not sendable(message):
         raise ClientMessageError("invalid_message", "Invalid message format")
     return message
 
@@ -103,6 +157,8 @@ def check_room(room: Any) -> str:
         raise ClientMessageError("invalid_room", f"Room must be at most {MAX_ROOM_LENGTH} characters")
     if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in room):
         raise ClientMessageError("invalid_room", "Room must not contain control characters")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in room):
+        raise ClientMessageError("invalid_room", "Room must be valid Unicode text")
     return room
 
 
