@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 import treq
+from conftest import aio
 from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 
-from conftest import aio
 from eformws.console import content_security_policy
 
 try:  # the browser tests say what is missing (tests/test_console.py::_playwright)
@@ -171,10 +171,16 @@ class Recorder:
         page.on("request", lambda request: self.urls.append(request.url))
         page.on("websocket", lambda socket: self.urls.append(socket.url))
         page.on("pageerror", lambda error: self.errors.append(str(error)))
-        page.on("console", lambda message: self.errors.append(message.text) if "Content Security Policy" in message.text else None)
+        page.on("console", self.console)
+
+    def console(self, message):
+        if "Content Security Policy" in message.text:
+            self.errors.append(message.text)
 
     def observe(self, event):
-        self.lines.append(formatEvent(event) if event.get("log_format") else " ".join(map(str, event.get("message", ()))))
+        if event.get("log_format"):
+            self.lines.append(formatEvent(event))
+        self.lines.extend(str(part) for part in event.get("message", ()))
         if event.get("log_io"):
             self.lines.append(event["log_io"])
 
