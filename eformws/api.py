@@ -11,7 +11,7 @@ from klein import Klein
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
-from eformws import wire
+from eformws import metrics, wire
 from eformws.events import ValidationError, json_value
 from eformws.redis import RedisUnavailable
 from eformws.sessions import first_valid_session
@@ -112,6 +112,7 @@ class Api:
         self.bus = bus
         self.nodes = nodes
         self.sessions = sessions
+        self.sensitive_roles = frozenset(config.get("auth", "sensitive_roles"))
         self.events = events
         self.event_store = event_store
         self.api_tokens = [t.encode("utf-8") for t in config.get("auth", "api_tokens")]
@@ -159,17 +160,30 @@ class Api:
         return False
 
     @inlineCallbacks
+    def require_session(self, request):
+        """The request's valid session; else 401 (counted in the auth-failure metric)."""
+        present = request_candidates(request, self.cookie_names)
+        if not present:
+            metrics.auth_failures.labels(metrics.HTTP, "missing").inc()
+            raise HTTPError(401, "Authentication required")
+        try:
+            session = yield metrics.timed(first_valid_session(self.sessions, present), "session_store", "lookup")
+        except RedisUnavailable:
+            metrics.auth_failures.labels(metrics.HTTP, "store_unavailable").inc()
+            raise
+        if session is None:
+            metrics.auth_failures.labels(metrics.HTTP, "invalid").inc()
+            raise HTTPError(401, "Authentication failed")
+        return session
+
+    @inlineCallbacks
     def require_privileged(self, request):
         """An API token, or a session whose role may broadcast; else 401 or 403."""
         if self._is_api_token(request):
             return None
-        present = request_candidates(request, self.cookie_names)
-        if not present:
-            raise HTTPError(401, "Authentication required")
-        session = yield first_valid_session(self.sessions, present)
-        if session is None:
-            raise HTTPError(401, "Authentication failed")
+        session = yield self.require_session(request)
         if session.role not in self.broadcast_roles:
+            metrics.auth_failures.labels(metrics.HTTP, "forbidden").inc()
             raise HTTPError(403, "This session may not do that")
         return session
 
@@ -270,15 +284,12 @@ class Api:
     @app.route("/api/websocket/health", methods=["GET"])
     @inlineCallbacks
     def health_route(self, request):
-        present = request_candidates(request, self.cookie_names)
-        if not present:
-            raise HTTPError(401, "Authentication required")
-        session = yield first_valid_session(self.sessions, present)
-        if session is None:
-            raise HTTPError(401, "Authentication failed")
+        session = yield self.require_session(request)
         statistics = yield self.event_store.stats()
         recent = yield self.event_store.recent(None, RECENT_WINDOW, RECENT_LIMIT)
         hub = self.hub
+        if session.role not in self.sensitive_roles:
+            recent = [hub.redactor.redact(envelope) for envelope in recent]
         return _json(
             request,
             200,

@@ -121,3 +121,18 @@ async def test_metrics_can_be_turned_off(start_server):
     server = await start_server({"metrics.enabled": False})
     response = await treq.get(server.http("/metrics"), persistent=False)
     assert response.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_http_credentials_are_counted_by_reason(server):
+    before = await scrape(server)
+    body = b'{"namespace":"/ws/lockers","event":"x","data":{}}'
+    kiosk = await server.session(role="kiosk", kiosk="kiosk-1")
+    for headers in ({}, {b"Authorization": [b"Bearer forged"]}, {b"Authorization": [f"Bearer {kiosk}".encode()]}):
+        response = await treq.post(server.http("/api/websocket/broadcast"), data=body, headers=headers, persistent=False)
+        await response.content()
+    after = await scrape(server)
+    name = "eformws_auth_failures_total"
+    for reason in ("missing", "invalid", "forbidden"):
+        assert (value(after, name, transport="http", reason=reason)
+                - value(before, name, transport="http", reason=reason)) == 1

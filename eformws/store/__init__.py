@@ -67,7 +67,7 @@ def parse_cursor(cursor) -> int | None:
     """A seq cursor of this store's own form (a decimal string), else None."""
     if isinstance(cursor, int) and not isinstance(cursor, bool):
         return cursor if cursor >= 0 else None
-    if isinstance(cursor, str) and cursor.isdigit() and len(cursor) <= 19:
+    if isinstance(cursor, str) and cursor.isascii() and cursor.isdigit() and len(cursor) <= 19:
         return int(cursor)
     return None
 

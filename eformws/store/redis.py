@@ -22,7 +22,7 @@ SCAN_BATCH = 500
 
 def stream_id_key(seq) -> tuple[int, int] | None:
     """Order key of a Redis Stream id `<ms>-<n>`; None for anything else."""
-    if not isinstance(seq, str):
+    if not isinstance(seq, str) or not seq.isascii():
         return None
     ms, sep, n = seq.partition("-")
     if not sep or not ms.isdigit() or not n.isdigit() or len(ms) > 20 or len(n) > 20:
