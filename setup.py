@@ -32,6 +32,13 @@ setup(
             "jsonschema>=4.18",
             "pyyaml>=6",
         ],
+        "bench": [
+            "uvloop>=0.19",
+            "python-socketio>=5.11",
+            "aiohttp>=3.9",
+            "matplotlib>=3.8",
+            "py-spy>=0.3.14",
+        ],
     },
     entry_points={"console_scripts": ["eformws = eformws.cli:main"]},
 )
