@@ -1,5 +1,5 @@
-"""The `eformws` command: subcommands for operators (sessions create|list|revoke); errors
-are one line on stderr and a non-zero exit, never a traceback."""
+"""The `eformws` command: subcommands for operators (sessions, emit, broadcast, status, tail,
+check-config); errors are one line on stderr and a non-zero exit, never a traceback."""
 
 from __future__ import annotations
 
@@ -137,27 +137,42 @@ def _gateway(args) -> tuple[str, str | None]:
     return url.rstrip("/"), token
 
 
-def _post(args, path: str, body: dict) -> dict:
+def _request(args, method: str, path: str, body: dict | None = None, credential: bool = True) -> dict:
+    """One HTTP call to the gateway; its JSON answer, or CommandError with one line."""
     url, token = _gateway(args)
-    if token is None:
-        raise CommandError("no credential: pass --token, set EFORMWS_TOKEN, or list auth.api_tokens in the config")
-    request = urllib.request.Request(
-        url + path,
-        data=json.dumps(body).encode("utf-8"),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        method="POST",
-    )
+    headers = {}
+    if credential:
+        if token is None:
+            raise CommandError("no credential: pass --token, set EFORMWS_TOKEN, or list auth.api_tokens in the config")
+        headers["Authorization"] = f"Bearer {token}"
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode("utf-8")
+        headers["Content-Type"] = "application/json"
+    try:
+        request = urllib.request.Request(url + path, data=data, headers=headers, method=method)
+    except ValueError:
+        raise CommandError(f"not a gateway URL: {url!r} (like http://127.0.0.1:3000)") from None
     try:
         with urllib.request.urlopen(request, timeout=args.timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as e:
         try:
             message = json.loads(e.read()).get("message", e.reason)
-        except ValueError:
+        except (ValueError, AttributeError):
             message = e.reason
         raise CommandError(f"{e.code}: {message}") from None
     except urllib.error.URLError as e:
-        raise CommandError(f"cannot reach {url}: {e.reason}") from None
+        reason = "timed out" if isinstance(e.reason, TimeoutError) else e.reason
+        raise CommandError(f"cannot reach {url}: {reason}") from None
+    except TimeoutError:
+        raise CommandError(f"{url} did not answer within {args.timeout:g} s") from None
+    except ValueError:
+        raise CommandError(f"{url} did not answer with JSON: is it an eformws gateway?") from None
+
+
+def _post(args, path: str, body: dict) -> dict:
+    return _request(args, "POST", path, body)
 
 
 def _json_argument(text: str, name: str):
@@ -190,8 +205,191 @@ def demo(args) -> int:
     return 1  # not reached
 
 
+def _table(headers: list[str], rows: list[list], right: frozenset[int] = frozenset()) -> list[str]:
+    """Columns padded to their widest cell; the columns in `right` aligned right."""
+    cells = [headers] + [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        padded = [cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(row)]
+        lines.append("  ".join(padded).rstrip())
+    return lines
+
+
+def _milliseconds(value) -> str:
+    return f"{value:g} ms" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def format_status(body: dict, url: str) -> str:
+    """GET /api/websocket/status as tables a person reads: connections by namespace and
+    endpoint, room sizes, the deployment's processes (with Redis), delivery latency."""
+    lines = [
+        f"gateway      {url}",
+        f"status       {body.get('status', '?')}",
+        f"connections  {body.get('total_connections', '?')}",
+        f"as of        {body.get('timestamp', '?')}",
+        "",
+    ]
+    paths = [[path, "namespace", count] for path, count in (body.get("namespaces") or {}).items()]
+    paths += [[path, "endpoint", count] for path, count in (body.get("endpoints") or {}).items()]
+    lines += _table(["PATH", "KIND", "CONNECTIONS"], paths, right=frozenset({2}))
+    rooms = [
+        [path, room, size]
+        for path, sizes in (body.get("rooms") or {}).items()
+        for room, size in sorted(sizes.items(), key=lambda item: (-item[1], item[0]))
+    ]
+    lines.append("")
+    lines += _table(["NAMESPACE", "ROOM", "MEMBERS"], rooms, right=frozenset({2})) if rooms else ["no rooms"]
+    nodes = body.get("nodes")
+    if nodes is not None:
+        lines.append("")
+        rows = [
+            [str(node.get("id", "?")) + (" (stale)" if node.get("stale") else ""), node.get("connections", "?"),
+             node.get("last_seen", "?")]
+            for node in nodes
+        ]
+        lines += _table(["NODE", "CONNECTIONS", "LAST SEEN"], rows, right=frozenset({1})) if rows else ["no nodes"]
+    latency = body.get("latency_metrics") or {}
+    lines.append("")
+    lines.append(
+        "latency      "
+        + "   ".join(f"{name} {_milliseconds(latency[name])}" for name in ("median", "p95", "p99") if name in latency)
+        + "   (message created to handed to the last recipient)"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def status(args) -> int:
+    body = _request(args, "GET", "/api/websocket/status", credential=False)
+    if not isinstance(body, dict):
+        raise CommandError("the status answer is not a JSON object: is this an eformws gateway?")
+    if args.json:
+        sys.stdout.write(json.dumps(body, separators=(",", ":"), ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(format_status(body, _gateway(args)[0]))
+    return 0
+
+
+def check_config(args) -> int:
+    """Load FILE as `twistd eformws --config FILE` would (EFORMWS_* variables included)."""
+    load_config(args.file)
+    sys.stdout.write("ok\n")
+    return 0
+
+
+class _Tail:
+    """`eformws tail`: every event one JSON line on stdout; notices on stderr."""
+
+    def __init__(self, client, quiet: bool):
+        self.client = client
+        self.quiet = quiet
+        self.connections = 0
+        self.resumed_now = None
+        self.stdout_gone = False
+        self.error: str | None = None
+        client.on("*", self.event)
+        client.on_connect(self.connected)
+        client.on_disconnect(self.disconnected)
+        client.on_resumed(self.resumed)
+
+    def notice(self, text: str) -> None:
+        if not self.quiet:
+            sys.stderr.write(f"eformws: {text}\n")
+            sys.stderr.flush()
+
+    def event(self, envelope: dict) -> None:
+        if self.stdout_gone:
+            return
+        line = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False) + "\n"
+        try:
+            sys.stdout.buffer.write(line.encode("utf-8"))
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:  # the reader (| head) is gone: end quietly
+            self.stdout_gone = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            self.client.close()
+        except OSError as e:  # a full disk, say: say so and end
+            self.stdout_gone = True
+            self.error = f"cannot write the output: {e.strerror or e}"
+            self.client.close()
+
+    def connected(self, connection: dict) -> None:
+        self.connections += 1
+        rooms = ", ".join(sorted(self.client.rooms)) or "none"
+        what = "tailing" if self.connections == 1 else "reconnected to"
+        text = f"{what} {self.client.namespace} (rooms: {rooms})"
+        resumed, self.resumed_now = self.resumed_now, None
+        if resumed is not None and resumed.recovered:
+            text += f"; resumed {resumed.count} events since the last one shown"
+        elif resumed is not None:
+            text += (
+                "; EVENTS WERE MISSED and cannot be resumed (recovered: false: too old, too many, "
+                "or the store was reset)"
+            )
+        self.notice(text)
+
+    def disconnected(self, disconnect) -> None:
+        if disconnect.reconnect_in is None:
+            return
+        what = "connection lost" if disconnect.was_connected else "cannot connect"
+        self.notice(f"{what} ({disconnect.reason}); retrying in {disconnect.reconnect_in:.1f} s")
+
+    def resumed(self, resumed) -> None:
+        self.resumed_now = resumed  # said with the connection (on_connect comes next)
+
+
+def tail(args) -> int:
+    from twisted.internet.task import react
+
+    from eformws.client import ClientError, EformClient
+
+    url, _ = _gateway(args)
+    session_id = args.session or os.environ.get("EFORMWS_SESSION") or None
+    rooms = args.room or []
+    try:
+        client = EformClient(
+            url, args.namespace, session_id, rooms=rooms, default_room=not rooms, since=args.since,
+            replay=not args.no_replay, max_delay=args.max_delay, connect_timeout=args.timeout,
+        )
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    outcome: dict = {}
+
+    async def main(reactor):
+        shown = _Tail(client, args.quiet)
+        reactor.addSystemEventTrigger("before", "shutdown", client.close)  # Ctrl-C, SIGTERM
+        client.connect()
+        try:
+            await client.when_closed()
+        except ClientError as e:
+            outcome["error"] = str(e)
+            if session_id is None and "Authentication required" in str(e):
+                outcome["error"] += " (pass --session or set EFORMWS_SESSION)"
+        except Exception as e:  # react would log it where nobody reads, and exit 1 silently
+            outcome["error"] = f"{type(e).__name__}: {e}"
+        if shown.error is not None:
+            outcome["error"] = shown.error
+
+    try:
+        react(main)
+    except SystemExit:
+        pass
+    if "error" in outcome:
+        raise CommandError(outcome["error"])
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line too (subcommands' parsers are of this class as well)."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="eformws", description="Operate an eformws gateway.")
+    parser = _Parser(prog="eformws", description="Operate an eformws gateway.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     sessions = commands.add_parser("sessions", help="create, list and revoke sessions")
@@ -234,6 +432,46 @@ def build_parser() -> argparse.ArgumentParser:
     broadcasting.add_argument("--room", help="only the members of this room")
     broadcasting.set_defaults(run=broadcast)
 
+    def gateway_url(p):
+        with_config(p)
+        p.add_argument("--url", help="gateway base URL (default: EFORMWS_URL, else http://127.0.0.1:<server.port>)")
+        p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the gateway (default 10)")
+        p.set_defaults(token=None)
+        return p
+
+    showing = gateway_url(commands.add_parser(
+        "status", help="connections, rooms, processes and latency of a running gateway",
+        description="A readable summary of GET /api/websocket/status: connections by namespace and endpoint, "
+                    "room sizes, the deployment's processes (with Redis) and delivery latency percentiles.",
+    ))
+    showing.add_argument("--json", action="store_true", help="print the status object as one line of JSON")
+    showing.set_defaults(run=status)
+
+    tailing = gateway_url(commands.add_parser(
+        "tail", help="print a namespace's live events, one JSON line each, across reconnections",
+        description="Print every event of NS as one JSON line on stdout, reconnecting after a network blip "
+                    "and resuming from the last event shown (no gap, no duplicate; a gap that cannot be "
+                    "recovered is said on stderr). Ctrl-C ends it (exit 0).",
+    ))
+    tailing.add_argument("namespace", metavar="NS", help="namespace path, e.g. /ws/lockers")
+    tailing.add_argument("--room", action="append", metavar="R",
+                         help="only this room's events (repeat for several); default: the namespace's default room")
+    tailing.add_argument("--session", help="session id (default: EFORMWS_SESSION; the variable keeps it out of ps)")
+    tailing.add_argument("--since", metavar="SEQ", help="start after this seq (what the last run showed)")
+    tailing.add_argument("--no-replay", action="store_true", help="without --since: skip the recent events the gateway replays")
+    tailing.add_argument("--max-delay", type=float, default=30.0, metavar="SECONDS",
+                         help="longest wait between reconnection attempts (default 30)")
+    tailing.add_argument("-q", "--quiet", action="store_true", help="no notices on stderr (errors still)")
+    tailing.set_defaults(run=tail)
+
+    checking = commands.add_parser(
+        "check-config", help="validate a configuration file: ok, or the first wrong key",
+        description="Load FILE as `twistd eformws --config FILE` does (EFORMWS_* variables included): "
+                    "print ok and exit 0, or the error naming the key and exit 1.",
+    )
+    checking.add_argument("file", metavar="FILE", help="TOML configuration file")
+    checking.set_defaults(run=check_config)
+
     demoing = commands.add_parser("demo", help="run a demo gateway: admin session printed, events generated")
     demoing.add_argument("--port", type=int, default=3000, help="port to listen on (default 3000; 0 picks one)")
     demoing.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1: this machine only)")
@@ -241,8 +479,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dash_ids(argv: list[str]) -> list[str]:
+    """Session ids are URL-safe base64 and may begin with "-", which argparse would take for
+    an option: after `sessions revoke`, a token that is none of its options goes behind "--"."""
+    if argv[:2] != ["sessions", "revoke"] or "--" in argv:
+        return argv
+    rest, ids, value_next = [], [], False
+    for token in argv[2:]:
+        if value_next or not token.startswith("-") or token in ("-h", "--help") or token.startswith("--config"):
+            rest.append(token)
+            value_next = token == "--config"
+        else:
+            ids.append(token)
+    return argv[:2] + rest + (["--", *ids] if ids else [])
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_dash_ids(list(sys.argv[1:] if argv is None else argv)))
     try:
         return args.run(args)
     except (CommandError, ConfigError) as e:
@@ -251,6 +504,9 @@ def main(argv=None) -> int:
     except OSError as e:
         sys.stderr.write(f"eformws: {e.strerror or e}\n")
         return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("eformws: interrupted\n")
+        return 130
     except Exception as e:  # the command's promise: one line, never a traceback
         sys.stderr.write(f"eformws: {type(e).__name__}: {e}\n")
         return 1

@@ -1,0 +1,416 @@
+"""The `eformws` command's gateway subcommands as an operator runs them (status, tail,
+check-config, emit, broadcast, --help): real processes against real gateways."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import pytest_twisted
+import treq
+from processes import (
+    EFORMWS,
+    TIMEOUT,
+    Process,
+    create_session,
+    environment,
+    write_config,
+)
+from twisted.internet import defer, reactor
+from twisted.internet.utils import getProcessOutputAndValue
+
+TOKEN = "cli-test-token"
+LOCKERS = "/ws/lockers"
+
+
+# -- harness -----------------------------------------------------------------------------
+
+
+def cli(*args: str, cwd, env: dict | None = None) -> defer.Deferred:
+    """Run `eformws ARGS` to its end (EFORMWS_* only as `env` gives them); fires with
+    (stdout, stderr, exit code)."""
+    d = getProcessOutputAndValue(EFORMWS, args, env={**environment(), **(env or {})}, path=str(cwd), reactor=reactor)
+    d.addTimeout(TIMEOUT, reactor)
+    d.addCallback(lambda r: (r[0].decode("utf-8", "replace"), r[1].decode("utf-8", "replace"), r[2]))
+    return d
+
+
+def one_line_error(err: str) -> bool:
+    return len(err.splitlines()) == 1 and err.endswith("\n") and err.startswith("eformws") and "Traceback" not in err
+
+
+class Tail(Process):
+    """A running `eformws tail`: its stdout as JSON lines, waits on stderr notices too."""
+
+    def __init__(self):
+        super().__init__()
+        self._count_waiters: list[tuple[int, defer.Deferred]] = []
+        self._err_waiters: list[tuple[re.Pattern, int, defer.Deferred]] = []
+
+    @property
+    def events(self) -> list[dict]:
+        return [json.loads(line) for line in self.out.decode("utf-8").splitlines()]
+
+    def outReceived(self, data):
+        super().outReceived(data)
+        lines = self.out.count(b"\n")
+        for entry in list(self._count_waiters):
+            if lines >= entry[0]:
+                self._count_waiters.remove(entry)
+                entry[1].callback(self.events[: entry[0]])
+
+    def printed(self, n: int) -> defer.Deferred:
+        """Fires with the first `n` events once that many lines are on stdout."""
+        d = defer.Deferred()
+        self._count_waiters.append((n, d))
+        self.outReceived(b"")
+        d.addTimeout(TIMEOUT, reactor, onTimeoutCancel=lambda *_: self._timed_out(f"{n} lines"))
+        return d
+
+    @property
+    def mark_err(self) -> int:
+        return len(self.err)
+
+    def errReceived(self, data):
+        super().errReceived(data)
+        for entry in list(self._err_waiters):
+            pattern, after, d = entry
+            if pattern.search(self.err[after:].decode("utf-8", "replace")):
+                self._err_waiters.remove(entry)
+                d.callback(None)
+
+    def said(self, pattern: str, after: int = 0) -> defer.Deferred:
+        """Fires once `pattern` is on stderr (past byte `after`)."""
+        d = defer.Deferred()
+        self._err_waiters.append((re.compile(pattern), after, d))
+        self.errReceived(b"")
+        d.addTimeout(TIMEOUT, reactor, onTimeoutCancel=lambda *_: self._timed_out(pattern))
+        return d
+
+    def _timed_out(self, what):
+        raise AssertionError(f"tail never showed {what!r}:\n{self.log}")
+
+
+@pytest.fixture
+def tails():
+    """`tails(args, cwd, env)` starts `eformws tail ARGS`; still running at the end: killed."""
+    started: list[Tail] = []
+
+    def start(args, cwd, env=None) -> Tail:
+        process = Tail()
+        reactor.spawnProcess(process, EFORMWS, [EFORMWS, "tail", *args], env={**environment(), **(env or {})}, path=str(cwd))
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process._end is None:
+            process.signal("KILL")
+            pytest_twisted.blockon(process.ended())
+
+
+def emit(server, n: int, kiosk="kiosk-1"):
+    return server.service.events.emit_locker_state_changed(f"{kiosk}:{n}", "closed", "open", kiosk)
+
+
+async def emit_over_http(gateway, n: int) -> dict:
+    response = await treq.post(
+        gateway.http("/api/websocket/events"),
+        json={"type": "locker_state_changed",
+              "data": {"lockerId": f"kiosk-1:{n}", "oldState": "closed", "newState": "open", "kioskId": "kiosk-1"}},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        persistent=False,
+    )
+    assert response.code == 201
+    return await response.json()
+
+
+# -- help and usage --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["sessions"], ["sessions", "create"], ["sessions", "list"], ["sessions", "revoke"], ["emit"], ["broadcast"],
+     ["status"], ["tail"], ["check-config"]],
+    ids=lambda command: " ".join(command) or "eformws",
+)
+@pytest_twisted.ensureDeferred
+async def test_every_command_has_help(tmp_path, command):
+    out, err, code = await cli(*command, "--help", cwd=tmp_path)
+    assert code == 0, err
+    assert out.startswith("usage: " + " ".join(["eformws", *command])), out
+    if not command:
+        for name in ("sessions", "emit", "broadcast", "status", "tail", "check-config"):
+            assert re.search(rf"^\s+{name}\s", out, re.M), name
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_usage_error_is_one_line_naming_the_problem_and_exit_2(tmp_path):
+    out, err, code = await cli("tail", cwd=tmp_path)
+    assert (out, code) == ("", 2)
+    assert one_line_error(err), err
+    assert "NS" in err and "eformws tail --help" in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_revoke_reads_an_id_that_begins_with_a_dash_as_the_id(tmp_path):
+    config = write_config(tmp_path)
+    await create_session(tmp_path, config)
+    for args in (["-" + "a" * 42, "--config", str(config)], ["--config", str(config), "-" + "b" * 42]):
+        out, err, code = await cli("sessions", "revoke", *args, cwd=tmp_path)
+        assert (out, err, code) == ("", "eformws: no live session matches that id or reference\n", 1)
+
+
+# -- status ------------------------------------------------------------------------------------
+
+
+async def busy_server(start_server):
+    """A server with 2 lockers clients (one in room kiosk-1), 1 help client, a delivery made."""
+    server = await start_server()
+    session_id = await server.session()
+    lockers = [await server.join(LOCKERS, session_id) for _ in range(2)]
+    await server.join("/ws/help", session_id)
+    await lockers[0].send({"type": "join_room", "room": "kiosk-1"})
+    assert (await lockers[0].recv())["type"] == "room_joined"
+    await server.hub.broadcast(LOCKERS, "notice", {})
+    await lockers[0].recv()
+    return server
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_prints_connections_rooms_and_latency_as_tables(tmp_path, start_server):
+    server = await busy_server(start_server)
+    out, err, code = await cli("status", "--url", server.http(""), cwd=tmp_path)
+    assert code == 0, err
+    assert re.search(r"^connections\s+3$", out, re.M), out
+    assert re.search(r"^PATH\s+KIND\s+CONNECTIONS$", out, re.M), out
+    assert re.search(r"^/ws/lockers\s+namespace\s+2$", out, re.M), out
+    assert re.search(r"^/ws/help\s+namespace\s+1$", out, re.M), out
+    assert re.search(r"^/ws/events\s+namespace\s+0$", out, re.M), out
+    assert re.search(r"^/wamp\s+endpoint\s+0$", out, re.M), out
+    assert re.search(r"^/ws/lockers\s+locker_updates\s+2$", out, re.M), out
+    assert re.search(r"^/ws/lockers\s+kiosk-1\s+1$", out, re.M), out
+    assert re.search(r"^latency\s+median [\d.]+ ms\s+p95 [\d.]+ ms\s+p99 [\d.]+ ms", out, re.M), out
+    assert "NODE" not in out  # one process without Redis: no nodes
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_json_is_the_status_object_on_one_line(tmp_path, start_server):
+    server = await busy_server(start_server)
+    out, err, code = await cli("status", "--json", "--url", server.http(""), cwd=tmp_path)
+    assert code == 0, err
+    assert len(out.splitlines()) == 1
+    status = json.loads(out)
+    response = await treq.get(server.http("/api/websocket/status"), persistent=False)
+    expected = await response.json()
+    assert list(status) == list(expected)
+    assert status["namespaces"] == expected["namespaces"] == {LOCKERS: 2, "/ws/help": 1, "/ws/events": 0}
+    assert status["rooms"][LOCKERS] == {"locker_updates": 2, "kiosk-1": 1}
+    assert set(status["latency_metrics"]) >= {"median", "p95", "p99"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_lists_each_node_of_a_deployment_with_redis(tmp_path, start_server, redis_url, redis_prefix):
+    server = await start_server({"redis.url": redis_url, "redis.prefix": redis_prefix})
+    for part in (server.service.sessions, server.service.nodes):
+        await part.connection.when_connected()
+    await server.join(LOCKERS, await server.session())
+    out, err, code = await cli("status", "--url", server.http(""), cwd=tmp_path)
+    assert code == 0, err
+    assert re.search(r"^NODE\s+CONNECTIONS\s+LAST SEEN$", out, re.M), out
+    assert re.search(rf"^{re.escape(server.service.node_id)}\s+\d+\s+\d{{4}}-", out, re.M), out
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_of_a_gateway_that_is_not_there_is_one_line_and_exit_1(tmp_path):
+    from processes import free_port
+
+    out, err, code = await cli("status", "--url", f"http://127.0.0.1:{free_port()}", cwd=tmp_path)
+    assert (out, code) == ("", 1)
+    assert one_line_error(err), err
+    assert "cannot reach http://127.0.0.1:" in err
+
+
+# -- tail ----------------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_tail_prints_each_event_as_one_json_line_and_ctrl_c_ends_it_with_0(tmp_path, start_server, tails):
+    server = await start_server()
+    session_id = await server.session()
+    tail = tails([LOCKERS, "--url", server.http(""), "--no-replay"], tmp_path, env={"EFORMWS_SESSION": session_id})
+    await tail.said(r"tailing /ws/lockers \(rooms: locker_updates\)")
+    stored = [await emit(server, n) for n in range(5)]
+    await server.hub.broadcast(LOCKERS, "maintenance", {"minutes": 5})
+    printed = await tail.printed(6)
+    assert printed[:5] == stored
+    assert printed[5]["type"] == "maintenance" and printed[5]["data"] == {"minutes": 5}
+    assert all(line == json.dumps(e, separators=(",", ":"), ensure_ascii=False)
+               for line, e in zip(tail.out.decode().splitlines(), printed))
+    tail.signal("INT")
+    assert await tail.ended() == (0, None)
+    assert session_id not in tail.log and "Traceback" not in tail.log
+
+
+@pytest_twisted.ensureDeferred
+async def test_tail_with_a_room_prints_only_that_rooms_events(tmp_path, start_server, tails):
+    server = await start_server()
+    session_id = await server.session()
+    tail = tails([LOCKERS, "--room", "kiosk-7", "--url", server.http(""), "--session", session_id], tmp_path)
+    await tail.said(r"tailing /ws/lockers \(rooms: kiosk-7\)")
+    stored = [await emit(server, n, kiosk) for n, kiosk in enumerate(["kiosk-1", "kiosk-7", "kiosk-2", "kiosk-7"])]
+    assert await tail.printed(2) == [stored[1], stored[3]]
+    await server.hub.broadcast_to_room(LOCKERS, "kiosk-7", "marker", {})
+    assert (await tail.printed(3))[2]["type"] == "marker"
+    tail.signal("INT")
+    assert await tail.ended() == (0, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tail_survives_a_gateway_restart_and_prints_every_event_once_in_order(tmp_path, spawn, tails):
+    config = write_config(tmp_path, f'[auth]\napi_tokens = ["{TOKEN}"]\n')
+    session_id = await create_session(tmp_path, config)
+    gateway = await spawn(["--config", str(config)], tmp_path)
+    port = str(gateway.port)
+    tail = tails([LOCKERS, "--url", gateway.http(""), "--max-delay", "0.5"], tmp_path, env={"EFORMWS_SESSION": session_id})
+    await tail.said(r"tailing /ws/lockers")
+    emitted = [await emit_over_http(gateway, n) for n in range(10)]
+    await tail.printed(10)
+    lost = tail.mark_err
+    gateway.process.signal("TERM")
+    assert await gateway.process.ended() == (0, None)
+    await tail.said(r"connection lost \(Server shutdown\); retrying in", after=lost)
+    # While nothing listens on the port, another process on the same files stores events.
+    elsewhere = await spawn(["--config", str(config)], tmp_path)
+    emitted += [await emit_over_http(elsewhere, n) for n in range(10, 110)]
+    elsewhere.process.signal("TERM")
+    assert await elsewhere.process.ended() == (0, None)
+    back = await spawn(["--config", str(config), "--port", port], tmp_path)
+    emitted += [await emit_over_http(back, n) for n in range(110, 130)]  # while tail reconnects
+    printed = await tail.printed(len(emitted))
+    assert [e["seq"] for e in printed] == [e["seq"] for e in emitted]
+    assert printed == emitted
+    await tail.said(r"reconnected to /ws/lockers \(rooms: locker_updates\); resumed \d+ events", after=lost)
+    live = await emit_over_http(back, 999)
+    assert (await tail.printed(len(emitted) + 1))[-1] == live
+    tail.signal("INT")
+    assert await tail.ended() == (0, None)
+    assert tail.out.decode().count("\n") == len(emitted) + 1
+    assert session_id not in tail.log and "Traceback" not in tail.log
+
+
+@pytest_twisted.ensureDeferred
+async def test_tail_without_a_session_says_how_to_give_one_in_one_line_and_exit_1(tmp_path, start_server, tails):
+    server = await start_server()
+    tail = tails([LOCKERS, "--url", server.http("")], tmp_path)
+    assert await tail.ended() == (1, None)
+    err = tail.err.decode()
+    assert tail.out == b""
+    assert one_line_error(err.splitlines()[-1] + "\n"), err
+    assert "Authentication required" in err and "EFORMWS_SESSION" in err
+    assert "Traceback" not in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_tail_with_an_unknown_session_is_refused_without_printing_it(tmp_path, start_server, tails):
+    server = await start_server()
+    unknown = "f" * 43
+    tail = tails([LOCKERS, "--url", server.http(""), "--quiet"], tmp_path, env={"EFORMWS_SESSION": unknown})
+    assert await tail.ended() == (1, None)
+    err = tail.err.decode()
+    assert one_line_error(err), err
+    assert "Authentication failed" in err and unknown not in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_tail_of_an_unknown_namespace_is_one_line_and_exit_1(tmp_path, start_server, tails):
+    server = await start_server()
+    tail = tails(["/ws/nope", "--url", server.http(""), "--quiet"], tmp_path, env={"EFORMWS_SESSION": await server.session()})
+    assert await tail.ended() == (1, None)
+    assert one_line_error(tail.err.decode()), tail.log
+    assert "404" in tail.err.decode()
+
+
+# -- check-config ------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_check_config_of_a_good_file_prints_ok_and_exits_0(tmp_path):
+    config = write_config(tmp_path, '[auth]\napi_tokens = ["x"]\n[[namespaces]]\npath = "/ws/custom"\n')
+    assert await cli("check-config", str(config), cwd=tmp_path) == ("ok\n", "", 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_check_config_of_the_documented_example_prints_ok(tmp_path):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "etc" / "eformws.toml"
+    assert await cli("check-config", str(example), cwd=tmp_path) == ("ok\n", "", 0)
+
+
+@pytest.mark.parametrize(
+    "text,names",
+    [
+        ("[server]\nprot = 3000\n", ["server.prot", "unknown key"]),
+        ('[server]\nport = "abc"\n', ["server.port", "'abc'"]),
+        ('[[namespaces]]\npath = "lockers"\n', ["namespaces[0].path"]),
+        ("[server\n", ["not valid TOML"]),
+    ],
+    ids=["unknown key", "bad value", "bad namespace", "not toml"],
+)
+@pytest_twisted.ensureDeferred
+async def test_check_config_of_a_bad_file_is_one_line_naming_the_key_and_exit_1(tmp_path, text, names):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    out, err, code = await cli("check-config", str(path), cwd=tmp_path)
+    assert (out, code) == ("", 1)
+    assert one_line_error(err), err
+    for name in names:
+        assert name in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_check_config_applies_the_environment_as_the_server_would(tmp_path):
+    config = write_config(tmp_path)
+    out, err, code = await cli("check-config", str(config), cwd=tmp_path, env={"EFORMWS_SERVER_PORT": "99999"})
+    assert (out, code) == ("", 1)
+    assert "server.port" in err and "99999" in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_check_config_of_a_missing_file_is_one_line_and_exit_1(tmp_path):
+    out, err, code = await cli("check-config", str(tmp_path / "nope.toml"), cwd=tmp_path)
+    assert (out, code) == ("", 1)
+    assert one_line_error(err), err
+    assert "cannot read" in err
+
+
+# -- emit and broadcast -------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_emit_prints_the_stored_event_and_broadcast_says_how_many_got_it(tmp_path, start_server):
+    server = await start_server({"auth.api_tokens": [TOKEN]})
+    client = await server.join(LOCKERS, await server.session())
+    data = {"lockerId": "kiosk-1:3", "oldState": "closed", "newState": "open", "kioskId": "kiosk-1"}
+    out, err, code = await cli("emit", "locker_state_changed", "--data", json.dumps(data), "--url", server.http(""),
+                               "--token", TOKEN, cwd=tmp_path)
+    assert code == 0, err
+    stored = json.loads(out)
+    assert await client.recv() == stored and stored["data"] == data
+    out, err, code = await cli("broadcast", LOCKERS, "maintenance", "--data", '{"minutes":5}', "--url", server.http(""),
+                               cwd=tmp_path, env={"EFORMWS_TOKEN": TOKEN})
+    assert (out, err, code) == ("Broadcast sent to /ws/lockers (1 delivered)\n", "", 0)
+    assert (await client.recv())["type"] == "maintenance"
+
+
+@pytest_twisted.ensureDeferred
+async def test_emit_of_an_invalid_event_is_the_servers_message_in_one_line(tmp_path, start_server):
+    server = await start_server({"auth.api_tokens": [TOKEN]})
+    data = {"lockerId": "kiosk-1:3", "oldState": "shut", "newState": "open", "kioskId": "kiosk-1"}
+    out, err, code = await cli("emit", "locker_state_changed", "--data", json.dumps(data), "--url", server.http(""),
+                               "--token", TOKEN, cwd=tmp_path)
+    assert (out, code) == ("", 1)
+    assert one_line_error(err), err
+    assert "400" in err and "data.oldState" in err
