@@ -517,3 +517,11 @@ async def test_session_id_is_not_echoed_when_autobahn_refuses_the_request_line(s
     answer = await aio(raw_handshake(server.port, target))
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     assert session_id.encode() not in answer
+
+
+def test_new_session_ids_never_start_with_a_dash():
+    from eformws.sessions import new_session_id
+
+    ids = [new_session_id() for _ in range(2000)]  # about 31 of 2000 would, drawn plainly
+    assert not any(session_id.startswith("-") for session_id in ids)
+    assert len(set(ids)) == len(ids) and all(len(session_id) == 43 for session_id in ids)

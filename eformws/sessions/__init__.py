@@ -4,6 +4,7 @@ every store applies to a new session."""
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import inlineCallbacks
@@ -28,6 +29,15 @@ class ISessionStore(Interface):
 
     def ping():
         """Deferred that fires when the store answers (for /healthz)."""
+
+
+def new_session_id() -> str:
+    """256 random bits, URL-safe base64; never starting with `-`, which a command line
+    would take for an option."""
+    while True:
+        session_id = secrets.token_urlsafe(32)
+        if not session_id.startswith("-"):
+            return session_id
 
 
 def check_new_session(user_id: str, role: str, ttl: float) -> None:

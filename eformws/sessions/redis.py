@@ -4,7 +4,6 @@ id>` holding JSON {user_id, role, kiosk_id?, expires_at, revoked?}; see docs/ope
 from __future__ import annotations
 
 import json
-import secrets
 import time
 
 from twisted.application.service import MultiService
@@ -13,7 +12,7 @@ from zope.interface import implementer
 
 from eformws.config import ROLES
 from eformws.redis import RedisConnection
-from eformws.sessions import ISessionStore, Session, check_new_session
+from eformws.sessions import ISessionStore, Session, check_new_session, new_session_id
 from eformws.sessions.sqlite import (
     MAX_SESSION_ID_LENGTH,
     REF_LENGTH,
@@ -79,7 +78,7 @@ class RedisSessionStore(MultiService):
     @inlineCallbacks
     def create(self, user_id, role, kiosk_id=None, ttl=86400.0):
         check_new_session(user_id, role, ttl)
-        session_id = secrets.token_urlsafe(32)
+        session_id = new_session_id()
         now = self._clock()
         yield self.connection.command(
             "SET", self._key(id_hash(session_id)), session_record(user_id, role, kiosk_id, now, now + ttl),

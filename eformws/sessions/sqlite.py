@@ -4,14 +4,13 @@ shared by the server (lookups off the reactor) and the `eformws sessions` comman
 from __future__ import annotations
 
 import hashlib
-import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
 
 from zope.interface import implementer
 
-from eformws.sessions import ISessionStore, Session, check_new_session
+from eformws.sessions import ISessionStore, Session, check_new_session, new_session_id
 
 MAX_SESSION_ID_LENGTH = 512
 REF_LENGTH = 12
@@ -57,7 +56,7 @@ def create_session(
 ) -> Session:
     check_new_session(user_id, role, ttl)
     now = time.time() if now is None else now
-    session_id = secrets.token_urlsafe(32)
+    session_id = new_session_id()
     create_schema(connection)
     connection.execute(
         "INSERT INTO sessions (id_hash, user_id, role, kiosk_id, created_at, expires_at)"
