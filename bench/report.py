@@ -83,16 +83,20 @@ def machine_block(line: dict) -> str:
 def render(chosen: dict, preliminary: bool) -> str:
     parts = []
     if preliminary:
-        parts.append("> **Preliminary**: small-N validation runs of the harness, taken while other test suites "
+        parts.append("> **Preliminary**: validation runs of the harness, taken while other agents' test suites "
                      "were running on the same 2-core machine. The numbers are noisy and are not the issue's "
-                     "figures; the full runs replace this section.")
+                     "figures; a run of `python -m bench all` on a quiet machine replaces this section.")
     lines = list(chosen.values())
     if lines:
         parts.append("Machine:\n\n" + machine_block(lines[-1]))
     fanout = sorted((l for l in lines if l["scenario"] == "fanout"), key=lambda l: l["n"])
     if fanout:
         rows = [r for l in fanout for r in latency_rows(l)]
-        parts.append(f"### fanout: N clients on `/ws/lockers`, {fanout[0]['servers']['eformws']['broadcasts'] if 'eformws' in fanout[0]['servers'] else ''} broadcasts\n\n"
+        first = fanout[0]
+        repeat = first.get("repeat", 1)
+        per_run = next(iter(first["servers"].values()))["broadcasts"] // repeat
+        runs = f", median of {repeat} runs per server (delivered: all runs)" if repeat > 1 else ""
+        parts.append(f"### fanout: N clients on `/ws/lockers`, {per_run} broadcasts{runs}\n\n"
                      + table(["N", "server", "p50 ms", "p95 ms", "p99 ms", "max ms", "server CPU s", "delivered"], rows)
                      + "\n\n![fan-out latency against N](performance-fanout.png)")
     rooms = [l for l in lines if l["scenario"] == "rooms"]
@@ -180,15 +184,20 @@ def plot(chosen: dict, path: Path = PLOT) -> bool:
 
 
 def write_report(results: Path, quick: bool = False, doc: Path = DOC) -> None:
+    """Rewrite `doc` between the markers (a new page when it has none) and the plot beside
+    it (`performance-fanout.png` in the same folder)."""
     chosen = latest(results)
     preliminary = quick or any(l.get("quick") for l in chosen.values())
     body = render(chosen, preliminary)
-    text = doc.read_text() if doc.exists() else f"# Performance\n\n{START}\n{END}\n"
+    text = doc.read_text() if doc.exists() else ""
+    if START not in text:
+        text = f"{text or '# Performance'}\n\n{START}\n{END}\n"
     head, _, rest = text.partition(START)
     _, _, tail = rest.partition(END)
     doc.write_text(f"{head}{START}\n{body}\n{END}{tail}")
-    plotted = plot(chosen)
-    print(f"wrote {doc}" + (f" and {PLOT}" if plotted else " (no plot: matplotlib missing or no fanout)"))
+    image = doc.parent / PLOT.name
+    plotted = plot(chosen, image)
+    print(f"wrote {doc}" + (f" and {image}" if plotted else " (no plot: matplotlib missing or no fanout)"))
 
 
 if __name__ == "__main__":

@@ -352,6 +352,7 @@ class Bench:
                 await pool.reset()
                 http = Http(server.port, S.API_TOKEN)
                 total = room_count * rounds
+                profiler = Profiler(self.args.profile, f"rooms-{kind}", server.pid)
                 cpu0, start = server.cpu(), time.time()
                 errors = 0
                 for i in range(total):
@@ -362,6 +363,7 @@ class Bench:
                 sent = time.time() - start
                 got = await pool.collect(rounds, timeout=max(10.0, n / 500.0))
                 elapsed, cpu = time.time() - start, server.cpu() - cpu0
+                profile = profiler.stop()
                 http.close()
                 results[kind] = {
                     "n": n, "rooms": room_count, "messages": total, "connected": conn["connected"],
@@ -371,6 +373,8 @@ class Bench:
                     "messages_per_s": round(total / sent, 1), "server_cpu_s": round(cpu, 3),
                     "elapsed_s": round(elapsed, 3),
                 }
+                if profile is not None:
+                    results[kind]["profile"] = profile
             finally:
                 await pool.close()
                 self.stop(server)
@@ -534,7 +538,7 @@ async def amain(args) -> int:
             elif scenario == "report":
                 from bench.report import write_report
 
-                write_report(Path(args.out), quick=args.quick)
+                write_report(Path(args.out), quick=args.quick, doc=args.doc)
             else:
                 raise SystemExit(f"unknown scenario {scenario!r}")
     finally:
@@ -569,7 +573,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backlog", type=int, default=4096, help="listen backlog of every server")
     parser.add_argument("--settle", type=float, default=1.0)
     parser.add_argument("--profile", type=Path, default=None,
-                        help="directory: py-spy record each server during fanout, connect and emit (needs the bench extra)")
+                        help="directory: py-spy record each server during fanout, rooms, connect and emit (needs the bench extra)")
+    parser.add_argument("--doc", type=Path, default=HERE.parent / "docs" / "performance.md",
+                        help="page whose results section `report` rewrites (the plot goes beside it)")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (servers' logs and stores)")
     parser.add_argument("--out", default=str(DEFAULT_RESULTS), help="results file (JSON lines, appended)")
     args = parser.parse_args(argv)
