@@ -150,7 +150,7 @@ def render(chosen: dict, preliminary: bool) -> str:
     return "\n\n".join(parts)
 
 
-def plot(chosen: dict, path: Path = PLOT) -> bool:
+def plot(chosen: dict, path: Path = PLOT, preliminary: bool = False) -> bool:
     fanout = sorted((l for l in chosen.values() if l["scenario"] == "fanout"), key=lambda l: l["n"])
     if not fanout:
         return False
@@ -175,7 +175,7 @@ def plot(chosen: dict, path: Path = PLOT) -> bool:
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    quick = any(l.get("quick") for l in fanout)
+    quick = preliminary or any(l.get("quick") for l in fanout)
     fig.suptitle("eformws vs bare Autobahn (floor) vs python-socketio (peer)" + (" — preliminary" if quick else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -196,7 +196,7 @@ def write_report(results: Path, quick: bool = False, doc: Path = DOC) -> None:
     _, _, tail = rest.partition(END)
     doc.write_text(f"{head}{START}\n{body}\n{END}{tail}")
     image = doc.parent / PLOT.name
-    plotted = plot(chosen, image)
+    plotted = plot(chosen, image, preliminary)
     print(f"wrote {doc}" + (f" and {image}" if plotted else " (no plot: matplotlib missing or no fanout)"))
 
 
