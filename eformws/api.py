@@ -13,9 +13,10 @@ from twisted.logger import Logger
 
 from eformws import metrics, wire
 from eformws.events import ValidationError, json_value
+from eformws.origins import origin_allowed
 from eformws.redis import RedisUnavailable
 from eformws.sessions import first_valid_session
-from eformws.sessions.credentials import bearer_token, candidates
+from eformws.sessions.credentials import bearer_token, candidates, cookie_values
 
 REASONS = {
     400: "Bad Request",
@@ -118,6 +119,7 @@ class Api:
         self.api_tokens = [t.encode("utf-8") for t in config.get("auth", "api_tokens")]
         self.broadcast_roles = frozenset(config.get("auth", "broadcast_roles"))
         self.cookie_names = tuple(config.get("auth", "cookie_names"))
+        self.allowed_origins = frozenset(config.get("server", "allowed_origins"))
         self.max_body_bytes = config.get("server", "max_body_bytes")
 
     def resource(self):
@@ -182,10 +184,27 @@ class Api:
         if self._is_api_token(request):
             return None
         session = yield self.require_session(request)
+        if session.id in cookie_values(_headers(request, b"cookie"), self.cookie_names):
+            self._refuse_cross_site(request)
         if session.role not in self.broadcast_roles:
             metrics.auth_failures.labels(metrics.HTTP, "forbidden").inc()
             raise HTTPError(403, "This session may not do that")
         return session
+
+    def _refuse_cross_site(self, request) -> None:
+        """A browser sends the session cookie with any site's form post: a cookie-authenticated
+        change must be JSON (which a cross-site page cannot send without a CORS preflight,
+        never granted here) and, with an allow-list, come from an allowed origin."""
+        content_type = (_headers(request, b"content-type") or [""])[0].split(";")[0].strip().lower()
+        if content_type != "application/json":
+            metrics.auth_failures.labels(metrics.HTTP, "cross_site").inc()
+            raise HTTPError(403, "A request authenticated by a cookie must send Content-Type: application/json")
+        origin = (_headers(request, b"origin") or [""])[0]
+        host = (_headers(request, b"host") or [""])[0]
+        same_origin = origin.partition("://")[2] == host
+        if not same_origin and not origin_allowed(self.allowed_origins, origin):
+            metrics.auth_failures.labels(metrics.HTTP, "cross_site").inc()
+            raise HTTPError(403, "Origin not allowed")
 
     # -- routes --------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from zope.interface import implementer
 from eformws import metrics, wire
 from eformws.flow import CLOSE_TRY_AGAIN_LATER, SLOW_CONSUMER, SlowConsumerGuard
 from eformws.hub import IConnection, IFraming, Namespace
+from eformws.origins import origin_allowed
 from eformws.ratelimit import TokenBucket
 from eformws.sessions import first_valid_session
 from eformws.sessions.credentials import candidates
@@ -103,12 +104,6 @@ class Admission:
 
     def release(self) -> None:
         self.count -= 1
-
-
-def origin_allowed(allowed: frozenset[str], origin: str | None) -> bool:
-    """An empty allow-list allows every origin. A handshake without `Origin` is not from a
-    browser (kiosks, services, the CLI) and cannot be a cross-site request: allowed too."""
-    return not allowed or not origin or origin in allowed
 
 
 def handshake_candidates(request, cookie_names) -> list[str]:
@@ -478,6 +473,7 @@ def protocol_options(config) -> dict:
         "openHandshakeTimeout": config.get("websocket", "open_handshake_timeout"),
         "closeHandshakeTimeout": config.get("websocket", "close_handshake_timeout"),
         "failByDrop": False,
+        "allowNullOrigin": True,  # `Origin: null` (sandboxed frames, file: pages): the allow-list decides
         "perMessageCompressionAccept": lambda offers: None,
     }
 

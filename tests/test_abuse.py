@@ -519,12 +519,19 @@ async def test_allowed_origin_sent_twice_with_a_foreign_one_is_http_403(start_se
 
 
 @pytest_twisted.ensureDeferred
-async def test_null_origin_is_refused_even_without_an_allow_list(server):
-    # Autobahn refuses `Origin: null` (sandboxed frames, file: pages) itself, with 400,
-    # before eformws sees the request; nothing of the request is echoed.
+async def test_null_origin_is_accepted_without_an_allow_list(server):
+    # `Origin: null` (sandboxed frames, file: pages) is one more origin: an empty list allows all.
+    client = await server.connect(LOCKERS + query(await server.session()), origin="null")
+    assert (await client.recv())["type"] == "connection"
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_null_origin_is_refused_403_by_an_allow_list_without_it(start_server):
+    server = await start_server({"server.allowed_origins": [PANEL]})
     session_id = await server.session()
     answer = await aio(raw_exchange(server.port, upgrade_request(LOCKERS + query(session_id), {"Origin": "null"})))
-    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert answer.startswith(b"HTTP/1.1 403 "), answer
     assert session_id.encode() not in answer
 
 
@@ -675,7 +682,7 @@ async def test_no_log_line_or_response_of_any_abuse_holds_a_session_id_or_an_api
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     # Origins.
     assert await ws(gateway, LOCKERS + query(admin), origin="https://evil.example") == 403
-    assert await ws(gateway, LOCKERS + query(admin), origin="null") == 400
+    assert await ws(gateway, LOCKERS + query(admin), origin="null") == 403
     # Connection flood: the limit is 5.
     holders = [await gateway.connect(LOCKERS + query(admin), origin=PANEL) for _ in range(5)]
     for holder in holders:

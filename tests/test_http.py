@@ -417,3 +417,49 @@ async def test_no_response_contains_a_session_id(start_server):
             for name, values in answer.headers.getAllRawHeaders():
                 assert all(secret.encode() not in v for v in values), (name, values)
     await client.close()
+
+
+# -- cross-site requests: a session cookie is sent with any site's form post -----------------------
+
+
+def cookie(session_id: str) -> dict:
+    return {"Cookie": f"sessionId={session_id}"}
+
+
+BODY = {"namespace": "/ws/lockers", "event": "notice", "data": {}}
+
+
+@pytest_twisted.ensureDeferred
+async def test_cookie_authenticated_broadcast_that_is_not_json_is_403(server):
+    admin = await server.session(role="admin")
+    answer = await broadcast(server, BODY, {**cookie(admin), "Content-Type": "text/plain"})
+    assert (answer.code, answer.json) == (403, error_body(
+        403, "Forbidden", "A request authenticated by a cookie must send Content-Type: application/json"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_cookie_authenticated_json_broadcast_is_accepted(server):
+    admin = await server.session(role="admin")
+    assert (await broadcast(server, BODY, cookie(admin))).code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_bearer_authenticated_broadcast_needs_no_json_content_type(server):
+    admin = await server.session(role="admin")
+    assert (await broadcast(server, BODY, {**bearer(admin), "Content-Type": "text/plain"})).code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_cookie_authenticated_broadcast_from_an_origin_outside_the_allow_list_is_403(start_server):
+    server = await start_server({"server.allowed_origins": ["https://panel.example"]})
+    admin = await server.session(role="admin")
+    answer = await broadcast(server, BODY, {**cookie(admin), "Origin": "https://evil.example"})
+    assert (answer.code, answer.json["message"]) == (403, "Origin not allowed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_cookie_authenticated_broadcast_from_its_own_origin_is_accepted_with_an_allow_list(start_server):
+    server = await start_server({"server.allowed_origins": ["https://panel.example"]})
+    admin = await server.session(role="admin")
+    answer = await broadcast(server, BODY, {**cookie(admin), "Origin": f"http://127.0.0.1:{server.port}"})
+    assert answer.code == 200

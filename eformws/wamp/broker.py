@@ -11,7 +11,15 @@ from eformws import wire
 from eformws.events import ValidationError, json_value
 from eformws.message import Message
 from eformws.wamp.errors import INVALID_ARGUMENT, NOT_AUTHORIZED, WampError, new_id
-from eformws.wamp.topics import EXACT, PREFIX_MATCH, WILDCARD, Topic, target_of, topics_of, wildcard_matches
+from eformws.wamp.topics import (
+    EXACT,
+    PREFIX_MATCH,
+    WILDCARD,
+    Topic,
+    target_of,
+    topics_of,
+    wildcard_matches,
+)
 
 META = "wamp"  # the key of this broker's annotations in `Message.meta`
 

@@ -14,10 +14,11 @@ from zope.interface import implementer
 from eformws import metrics
 from eformws.flow import CLOSE_TRY_AGAIN_LATER, SLOW_CONSUMER, SlowConsumerGuard
 from eformws.hub import IConnection
+from eformws.origins import origin_allowed
 from eformws.sessions.credentials import cookie_values
 from eformws.wamp.codec import BadUri, Undecodable
 from eformws.wamp.session import CLOSE_NORMAL, OPENING, RouterSession
-from eformws.websocket import ExactTimer, origin_allowed
+from eformws.websocket import ExactTimer
 
 log = Logger(namespace="eformws.wamp")
 RECEIVED = metrics.messages_received.labels(metrics.WAMP)
