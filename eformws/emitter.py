@@ -18,6 +18,9 @@ def _present(**fields) -> dict:
     return {name: value for name, value in fields.items() if value is not None}
 
 
+_EMITTED: dict = {}  # the events_emitted counter of each type, looked up once
+
+
 class WebSocketEvents:
     def __init__(self, hub, store, bus):
         self.hub = hub
@@ -43,7 +46,10 @@ class WebSocketEvents:
             self.store.append(envelope, addresses_of(targets), events.ttl_of(envelope["type"])), "event_store", "append"
         )
         yield self.bus.publish(Message(stored, targets, created))
-        metrics.events_emitted.labels(stored["type"]).inc()
+        counter = _EMITTED.get(stored["type"])
+        if counter is None:
+            counter = _EMITTED[stored["type"]] = metrics.events_emitted.labels(stored["type"])
+        counter.inc()
         return stored
 
     # -- PROTOCOL.md section 6, the named emits ------------------------------------

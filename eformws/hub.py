@@ -75,6 +75,31 @@ class Namespace:
         self.rooms: dict[str, set] = {}
 
 
+class _Frames:
+    """The frames of one message, made on first need per (framing, audience). Recipients
+    mostly share both, so the last answer is kept at hand."""
+
+    __slots__ = ("message", "redactor", "frames", "last_framing", "last_sees", "last_frame")
+
+    def __init__(self, message: Message, redactor):
+        self.message = message
+        self.redactor = redactor
+        self.frames: dict = {}
+        self.last_framing = self.last_sees = self.last_frame = None
+
+    def for_connection(self, connection):
+        framing, sees = connection.framing, connection.sees_sensitive
+        if framing is self.last_framing and sees is self.last_sees:
+            return self.last_frame
+        view = self.message if sees else self.message.redacted(self.redactor)
+        key = (framing, view is self.message)  # nothing to redact: both audiences share a frame
+        frame = self.frames.get(key)
+        if frame is None:
+            frame = self.frames[key] = framing.prepare(view)
+        self.last_framing, self.last_sees, self.last_frame = framing, sees, frame
+        return frame
+
+
 class Hub:
     log = Logger()
 
@@ -219,15 +244,15 @@ class Hub:
         """Send `message` to every local recipient once; return how many got it. Each
         distinct (framing, audience) gets one frame: roles that may not see sensitive
         fields share the redacted one."""
-        frames: dict = {}
+        frames = _Frames(message, self.redactor)
         count = 0
         for target in message.targets:
             for connection in self.recipients(target):
-                connection.send(self._frame(frames, message, connection))
+                connection.send(frames.for_connection(connection))
                 count += 1
         for endpoint in self.endpoints.values():
             for connection in endpoint.recipients(message):
-                connection.send(self._frame(frames, message, connection))
+                connection.send(frames.for_connection(connection))
                 count += 1
         if count:
             seconds = time.time() - message.created
@@ -235,14 +260,6 @@ class Hub:
             metrics.delivery_latency.observe(seconds)
             metrics.messages_sent.inc(count)
         return count
-
-    def _frame(self, frames: dict, message: Message, connection):
-        view = message if connection.sees_sensitive else message.redacted(self.redactor)
-        key = (connection.framing, view is message)
-        frame = frames.get(key)
-        if frame is None:
-            frame = frames[key] = connection.framing.prepare(view)
-        return frame
 
     def close_all(self, code: int, reason: str) -> None:
         for connection in list(self.connections()):

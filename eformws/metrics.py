@@ -56,10 +56,15 @@ store_latency = Histogram(
 WEBSOCKET, WAMP, HTTP = "websocket", "wamp", "http"
 
 
+_store_latency_children: dict = {}
+
+
 def timed(d, store: str, operation: str):
     """`d` (a Deferred from a store), observing how long it took to answer."""
     started = time.perf_counter()
-    child = store_latency.labels(store, operation)
+    child = _store_latency_children.get((store, operation))
+    if child is None:
+        child = _store_latency_children[(store, operation)] = store_latency.labels(store, operation)
 
     def observe(result):
         child.observe(time.perf_counter() - started)

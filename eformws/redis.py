@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
 from twisted.logger import Logger
 
 log = Logger(namespace="eformws.redis")
@@ -50,7 +50,7 @@ class RedisConnection(Service):
     while disconnected instead of waiting; `on_connected` callbacks run on each (re)connect."""
 
     def __init__(self, address: RedisAddress, name: str, initial_delay: float, max_delay: float,
-                 reply_timeout: float | None = 10.0):
+                 reply_timeout: float | None = 10.0, startup_wait: float = 5.0):
         self.address = address
         self.name = name
         self.initial_delay = initial_delay
@@ -62,6 +62,8 @@ class RedisConnection(Service):
         self.on_disconnected: list = []
         self.last_error: str | None = "not connected yet"
         self._waiting: list[Deferred] = []
+        self._ever_connected = False
+        self.startup_wait = startup_wait
 
     @property
     def connected(self) -> bool:
@@ -100,6 +102,7 @@ class RedisConnection(Service):
         if self.last_error is not None:
             log.info("redis {name} connected to {host}:{port}", name=self.name, host=self.address.host, port=self.address.port)
         self.last_error = None
+        self._ever_connected = True
         for callback in list(self.on_connected):
             callback(conn)
         waiting, self._waiting = self._waiting, []
@@ -126,9 +129,30 @@ class RedisConnection(Service):
         """The reply; RedisUnavailable at once while disconnected, or when the connection
         is lost (or times out) before the reply, so callers handle one outage error."""
         if not self.connected:
-            return fail(RedisUnavailable(f"redis {self.name}: {self.last_error}"))
+            if self._ever_connected or not self.running:
+                return fail(RedisUnavailable(f"redis {self.name}: {self.last_error}"))
+            return self._after_first_connection(args, kwargs)
         d = self.handler.execute_command(*args, **kwargs)
         d.addErrback(self._lost)
+        return d
+
+    def _after_first_connection(self, args, kwargs):
+        """At start-up (never connected yet) a command waits up to `startup_wait` for the
+        first connection rather than failing: a process that has just started (a restarted
+        worker) would otherwise refuse its first clients while Redis is fine."""
+        from twisted.internet import reactor
+
+        d = self.when_connected()
+        d.addTimeout(self.startup_wait, reactor)
+
+        def run(_):
+            return self.command(*args, **kwargs)
+
+        def unavailable(failure):
+            failure.trap(TimeoutError, CancelledError)
+            raise RedisUnavailable(f"redis {self.name}: {self.last_error}")
+
+        d.addCallbacks(run, unavailable)
         return d
 
     def _lost(self, failure):

@@ -69,7 +69,11 @@ def build_site(api_resource, namespaces_resource, max_body_bytes: int, wamp_reso
         pass
 
     SiteRequest.max_body_bytes = max_body_bytes
-    site = Site(Root(api_resource, namespaces_resource, wamp_resource, mounted), logFormatter=access_line)
+    site = Site(
+        Root(api_resource, namespaces_resource, wamp_resource, mounted),
+        logFormatter=access_line,
+        parsePOSTFormSubmission=False,  # the API reads JSON bodies: no form parsing per POST
+    )
     site.requestFactory = SiteRequest
     site.displayTracebacks = False
     return site

@@ -306,7 +306,10 @@ class LegacyProtocol(WebSocketServerProtocol):
         if self._held is not None:
             self._held.append(frame)
         elif not self._guard.tripped:
-            self.sendPreparedMessage(frame)
+            if self._perMessageCompress is None and not self.send_queue and self.state == self.STATE_OPEN:
+                self.transport.write(frame.payloadHybi)  # what sendPreparedMessage does, minus its per-frame debug log
+            else:
+                self.sendPreparedMessage(frame)
             if self._guard.wrote(self.transport, len(frame.payloadHybi)):
                 metrics.slow_consumer_closes.labels(metrics.WEBSOCKET).inc()
                 log.info("closing a slow consumer on {namespace}", namespace=self.namespace)

@@ -596,3 +596,16 @@ async def test_malformed_frame_closes_only_its_own_connection(server, frame, cod
     assert (got["type"], got["data"]) == ("after", {"n": 1})
     await assert_got_nothing(bystander)
     await bystander.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_autobahn_state_the_direct_frame_write_relies_on_is_there(server):
+    # LegacyProtocol.send writes prepared frames to the transport itself when Autobahn has
+    # nothing queued and no compression; an Autobahn that renames these must fail here.
+    session_id = await server.session()
+    client = await server.join("/ws/lockers", session_id)
+    (connection,) = server.hub.namespaces["/ws/lockers"].connections.values()
+    assert connection._perMessageCompress is None
+    assert len(connection.send_queue) == 0
+    await server.hub.broadcast("/ws/lockers", "direct", {"n": 1})
+    assert (await client.recv())["data"] == {"n": 1}

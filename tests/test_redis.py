@@ -387,11 +387,15 @@ async def test_redis_outage_keeps_local_delivery_answers_503_and_loses_nothing(t
         got_a = await until_marker(on_a, a, EVENTS)
         assert [m["seq"] for m in got_a] == [e["seq"] for e in during]
 
+        # Each connection to Redis comes back on its own backoff: B's session store too.
+        await b.process.line(r"redis session store connected", after=marks[1])
         resumed = await b.connect(f"{EVENTS}?sessionId={session_id}&since={before[-1]['seq']}")
         messages = [await resumed.recv() for _ in range(2 + len(during) + 1)]
         assert [m.get("seq") for m in messages[2:-1]] == [e["seq"] for e in during]
         assert messages[-1]["data"]["recovered"] is True
-        for gateway in (a, b):
+        for gateway, mark in zip((a, b), marks):
+            for name in ("bus writer", "bus reader", "event store", "session store", "node registry"):
+                await gateway.process.line(f"redis {name} connected", after=mark)
             code, health = await get(gateway, "/healthz")
             assert code == 200, health
     finally:
@@ -451,3 +455,57 @@ async def test_cli_with_unreachable_redis_fails_with_one_line(tmp_path, redis_pr
     out, err, code = await eformws("sessions", "list", "--config", str(config), cwd=tmp_path)
     assert code == 1 and out == ""
     assert re.fullmatch(r"eformws: cannot reach redis at 127\.0\.0\.1:\d+ within 5 s\n", err), err
+
+
+# -- the connection itself --------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_command_before_the_first_connection_waits_for_it(tmp_path):
+    from eformws.redis import RedisAddress, RedisConnection
+
+    redis = RedisServer(tmp_path)
+    connection = RedisConnection(RedisAddress.parse(redis.url), "test", 0.05, 0.2)
+    connection.startService()
+    try:
+        answer = connection.command("PING")  # Redis is not even started yet
+        await redis.start()
+        assert await answer == "PONG"
+    finally:
+        await connection.stopService()
+        await redis.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_command_fails_with_redis_unavailable_when_redis_never_came(tmp_path):
+    from eformws.redis import RedisAddress, RedisConnection, RedisUnavailable
+    from processes import free_port
+
+    connection = RedisConnection(RedisAddress.parse(f"redis://127.0.0.1:{free_port()}/0"), "test", 0.05, 0.2,
+                                 startup_wait=0.3)
+    connection.startService()
+    try:
+        with pytest.raises(RedisUnavailable):
+            await connection.command("PING")
+    finally:
+        await connection.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_command_fails_at_once_during_an_outage_after_a_connection(tmp_path):
+    from eformws.redis import RedisAddress, RedisConnection, RedisUnavailable
+
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    connection = RedisConnection(RedisAddress.parse(redis.url), "test", 5.0, 10.0, startup_wait=60.0)
+    connection.startService()
+    try:
+        await connection.when_connected()
+        lost = defer.Deferred()
+        connection.on_disconnected.append(lambda: lost.called or lost.callback(None))
+        await redis.stop()
+        await lost
+        with pytest.raises(RedisUnavailable):
+            await connection.command("PING")  # at once: the startup wait (60 s) is not used
+    finally:
+        await connection.stopService()
