@@ -21,6 +21,7 @@ from eformws.flow import CLOSE_TRY_AGAIN_LATER, SLOW_CONSUMER, SlowConsumerGuard
 from eformws.hub import IConnection, IFraming, Namespace
 from eformws.origins import origin_allowed
 from eformws.ratelimit import TokenBucket
+from eformws.replay import EventFrames, RecentEvents
 from eformws.sessions import first_valid_session
 from eformws.sessions.credentials import candidates
 from eformws.store import EventFilter, Resumption
@@ -66,6 +67,8 @@ class WebSocketSettings:
     resume_limit: int
     max_unsent_bytes: int
     sensitive_roles: frozenset[str]
+    replay: RecentEvents
+    frames: EventFrames
 
     @classmethod
     def from_config(cls, config, hub, sessions, event_store):
@@ -86,6 +89,8 @@ class WebSocketSettings:
             resume_limit=config.get("events", "resume_limit"),
             max_unsent_bytes=config.get("websocket", "max_unsent_bytes"),
             sensitive_roles=frozenset(config.get("auth", "sensitive_roles")),
+            replay=RecentEvents(event_store, hub, config.get("events", "replay_window"), config.get("events", "replay_limit")),
+            frames=EventFrames(hub.redactor),
         )
 
 
@@ -247,9 +252,9 @@ class LegacyProtocol(WebSocketServerProtocol):
         order_key = self.factory.settings.event_store.order_key
         events = found.events if isinstance(found, Resumption) else found
         last = None  # (order key, seq) of the newest event sent
-        redact = None if self.sees_sensitive else self.factory.settings.hub.redactor.redact
+        frames = self.factory.settings.frames
         for envelope in events:
-            self.sendMessage(wire.dumps(redact(envelope) if redact else envelope), False)
+            self._write(frames.frame(envelope, self.sees_sensitive))
             last = (order_key(envelope["seq"]), envelope["seq"])
         held, self._held = self._held or [], None
         for frame in held:
@@ -270,13 +275,7 @@ class LegacyProtocol(WebSocketServerProtocol):
     def _replay(self) -> None:
         settings = self.factory.settings
         metrics.replays.inc()
-        self._catch_up(
-            lambda: metrics.timed(
-                settings.event_store.recent(self._filter(), settings.replay_window, settings.replay_limit),
-                "event_store", "recent",
-            ),
-            None,
-        )
+        self._catch_up(lambda: metrics.timed(settings.replay.recent(self._filter()), "event_store", "recent"), None)
 
     def _resume(self, cursor) -> None:
         settings = self.factory.settings
@@ -305,7 +304,12 @@ class LegacyProtocol(WebSocketServerProtocol):
     def send(self, frame) -> None:
         if self._held is not None:
             self._held.append(frame)
-        elif not self._guard.tripped:
+        else:
+            self._write(frame)
+
+    def _write(self, frame) -> None:
+        """A prepared frame to the peer, unless it was found to be a slow consumer."""
+        if not self._guard.tripped:
             if self._perMessageCompress is None and not self.send_queue and self.state == self.STATE_OPEN:
                 self.transport.write(frame.payloadHybi)  # what sendPreparedMessage does, minus its per-frame debug log
             else:

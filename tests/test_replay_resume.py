@@ -629,3 +629,33 @@ async def test_a_replay_or_resume_that_finishes_after_the_client_left_logs_no_er
     finally:
         globalLogPublisher.removeObserver(observe)
     assert [(e.get("log_format"), e["log_failure"].getErrorMessage()) for e in failures] == []
+
+
+# -- many connections at once ------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_connects_asks_the_store_for_the_replay_once(start):
+    server = await start()
+    session_id = await server.session()
+    stored = [await emit(server, n=n) for n in range(3)]
+    store = server.service.event_store
+    asked = []
+    original = store.recent
+    store.recent = lambda *args, **kwargs: asked.append(args) or original(*args, **kwargs)
+    clients = [await server.join(LOCKERS, session_id) for _ in range(10)]
+    for client in clients:
+        assert [m["seq"] for m in [await client.recv() for _ in stored]] == [e["seq"] for e in stored]
+    assert len(asked) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_event_delivered_after_a_shared_replay_is_in_the_next_connections_replay(start):
+    server = await start()
+    session_id = await server.session()
+    first = await emit(server, n=1)
+    early = await server.join(LOCKERS, session_id)
+    assert (await early.recv())["seq"] == first["seq"]
+    second = await emit(server, n=2)
+    late = await server.join(LOCKERS, session_id)
+    assert [(await late.recv())["seq"] for _ in range(2)] == [first["seq"], second["seq"]]
