@@ -14,9 +14,8 @@ import uuid
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-
 from conftest import aio
+from twisted.internet import reactor
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 

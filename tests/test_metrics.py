@@ -136,3 +136,61 @@ async def test_refused_http_credentials_are_counted_by_reason(server):
     for reason in ("missing", "invalid", "forbidden"):
         assert (value(after, name, transport="http", reason=reason)
                 - value(before, name, transport="http", reason=reason)) == 1
+
+
+async def scrape_until(server, condition, attempts=100):
+    """Scrape again, a heartbeat apart, until `condition(samples)` holds (for figures that
+    move on the server's own timers, like its pings)."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    for _ in range(attempts):
+        samples = await scrape(server)
+        if condition(samples):
+            return samples
+        await deferLater(reactor, 0.05, lambda: None)
+    raise AssertionError("the metric never moved")
+
+
+@pytest_twisted.ensureDeferred
+async def test_ping_round_trips_are_observed(start_server):
+    server = await start_server({"websocket.ping_interval": 0.1})
+    before = value(await scrape(server), "eformws_ping_rtt_seconds_count")
+    await server.join(LOCKERS, await server.session())
+    await scrape_until(server, lambda s: value(s, "eformws_ping_rtt_seconds_count") > before)
+
+
+@pytest_twisted.ensureDeferred
+async def test_replays_on_connect_are_counted(server):
+    await server.service.events.emit("locker_state_changed", LOCKER)
+    before = value(await scrape(server), "eformws_replays_total")
+    client = await server.join(LOCKERS, await server.session())
+    await client.recv()  # the replayed event
+    assert value(await scrape(server), "eformws_replays_total") - before == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_rooms_gauge_counts_rooms_in_use(server):
+    client = await server.join(LOCKERS, await server.session())
+    await client.send({"type": "join_room", "data": {"room": "kiosk-9"}})
+    await client.recv()
+    assert value(await scrape(server), "eformws_rooms", namespace=LOCKERS) == 2  # locker_updates, kiosk-9
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_expiry_closes_are_counted(start_server):
+    server = await start_server({"sessions.recheck_interval": 0.1})
+    before = value(await scrape(server), "eformws_session_expiry_closes_total")
+    client = await server.join(LOCKERS, await server.session(ttl=0.3))
+    await client.closed(timeout=5)
+    assert value(await scrape(server), "eformws_session_expiry_closes_total") - before == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_redis_connection_reports_its_state(start_server, redis_url, redis_prefix):
+    server = await start_server({"redis.url": redis_url, "redis.prefix": redis_prefix})
+    names = ("bus writer", "bus reader", "event store", "session store", "node registry")
+    samples = await scrape_until(
+        server, lambda s: all(value(s, "eformws_redis_up", connection=name) == 1 for name in names)
+    )
+    assert {dict(labels)["connection"] for name, labels in samples if name == "eformws_redis_up"} == set(names)

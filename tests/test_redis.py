@@ -13,10 +13,16 @@ import uuid
 import pytest
 import pytest_twisted
 import treq
+from processes import (
+    TIMEOUT,
+    Gateway,
+    RedisServer,
+    create_session,
+    eformws,
+    write_config,
+)
 from twisted.internet import defer
 from websockets.exceptions import ConnectionClosed
-
-from processes import TIMEOUT, Gateway, RedisServer, create_session, eformws, write_config
 
 TOKEN = "redis-test-token"
 LOCKERS, EVENTS = "/ws/lockers", "/ws/events"
@@ -274,7 +280,6 @@ async def test_emit_on_one_process_reaches_a_wamp_subscriber_on_the_other(tmp_pa
 @pytest_twisted.ensureDeferred
 async def test_admin_wamp_publish_on_one_process_reaches_legacy_clients_on_the_other(tmp_path, spawn, redis_url, redis_prefix):
     from autobahn.wamp.types import PublishOptions
-
     from test_wamp import open_peer, within
 
     a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
@@ -478,8 +483,9 @@ async def test_a_command_before_the_first_connection_waits_for_it(tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_a_command_fails_with_redis_unavailable_when_redis_never_came(tmp_path):
-    from eformws.redis import RedisAddress, RedisConnection, RedisUnavailable
     from processes import free_port
+
+    from eformws.redis import RedisAddress, RedisConnection, RedisUnavailable
 
     connection = RedisConnection(RedisAddress.parse(f"redis://127.0.0.1:{free_port()}/0"), "test", 0.05, 0.2,
                                  startup_wait=0.3)

@@ -10,16 +10,18 @@ import os
 import socket
 
 import pytest_twisted
+from conftest import aio
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from conftest import aio
+from eformws import metrics
 from eformws.flow import unsent_bytes
 
 LOCKERS = "/ws/lockers"
 LIMIT = 128 * 1024
 HEALTHY = 200
 BROADCASTS = 2000
+SLOW_CLOSES = metrics.slow_consumer_closes.labels(metrics.WEBSOCKET)._value
 PAYLOAD = "x" * 400  # each broadcast is about 500 bytes on the wire: 1 MB for the stalled client
 
 
@@ -104,6 +106,7 @@ async def drain(client, count: int) -> int:
 @pytest_twisted.ensureDeferred
 async def test_stalled_client_is_closed_1013_while_200_healthy_clients_get_every_broadcast(start_server):
     server = await start_server({"websocket.max_unsent_bytes": LIMIT, "websocket.close_handshake_timeout": 60.0})
+    closes_before = SLOW_CLOSES.get()
     session_id = await server.session(role="staff")
     healthy = [await server.join(LOCKERS, session_id) for _ in range(HEALTHY)]
     stalled = await aio(StalledClient.connect(server.port, f"{LOCKERS}?sessionId={session_id}"))
@@ -119,6 +122,7 @@ async def test_stalled_client_is_closed_1013_while_200_healthy_clients_get_every
     counts = [await d for d in readers]
     assert counts == [BROADCASTS] * HEALTHY
     assert await aio(asyncio.wait_for(stalled.close_code(), 10)) == 1013
+    assert SLOW_CLOSES.get() - closes_before == 1  # the eformws_slow_consumer_closes_total counter
     # measured after each quarter of the limit written: at most 1.25 x the limit and a message
     assert LIMIT < most_unsent <= LIMIT + LIMIT // 4 + 1024
 
