@@ -31,7 +31,6 @@ def _in_redis(config, action):
     """Run `action(store)` against the Redis session store on a reactor of our own; its
     result, or CommandError with one line (an unreachable Redis included)."""
     from twisted.internet.defer import inlineCallbacks
-    from twisted.internet.task import react
 
     from eformws.redis import RedisAddress
     from eformws.sessions.redis import RedisSessionStore
@@ -58,13 +57,21 @@ def _in_redis(config, action):
         finally:
             yield store.stopService()
 
+    return _react(main, outcome)
+
+
+def _react(main, outcome: dict):
+    """Run `main(reactor)` on a reactor of this command's own; the `value` it left in
+    `outcome`, or CommandError with the one-line `error` it left there."""
+    from twisted.internet.task import react
+
     try:
         react(main)
     except SystemExit:
         pass
     if "error" in outcome:
         raise CommandError(outcome["error"])
-    return outcome["value"]
+    return outcome.get("value")
 
 
 def _in_sqlite(config, action):
@@ -340,7 +347,6 @@ class _Tail:
 
 
 def tail(args) -> int:
-    from twisted.internet.task import react
 
     from eformws.client import ClientError, EformClient
 
@@ -371,12 +377,7 @@ def tail(args) -> int:
         if shown.error is not None:
             outcome["error"] = shown.error
 
-    try:
-        react(main)
-    except SystemExit:
-        pass
-    if "error" in outcome:
-        raise CommandError(outcome["error"])
+    _react(main, outcome)
     return 0
 
 

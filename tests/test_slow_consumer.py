@@ -64,31 +64,29 @@ class StalledClient:
         self.writer.write(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
         await self.writer.drain()
 
+    async def _frame(self) -> tuple[int, bytes]:
+        """The next frame the server sent (unmasked, unfragmented): (opcode, payload)."""
+        first = await self.reader.readexactly(2)
+        length = first[1] & 0x7F
+        if length == 126:
+            length = int.from_bytes(await self.reader.readexactly(2), "big")
+        elif length == 127:
+            length = int.from_bytes(await self.reader.readexactly(8), "big")
+        return first[0] & 0x0F, await self.reader.readexactly(length)
+
     async def read_text(self) -> str:
-        """The next text frame's payload (unmasked, unfragmented, as the server sends)."""
+        """The next text frame's payload."""
         while True:
-            first = await self.reader.readexactly(2)
-            length = first[1] & 0x7F
-            if length == 126:
-                length = int.from_bytes(await self.reader.readexactly(2), "big")
-            elif length == 127:
-                length = int.from_bytes(await self.reader.readexactly(8), "big")
-            payload = await self.reader.readexactly(length)
-            if first[0] & 0x0F == 0x1:
+            opcode, payload = await self._frame()
+            if opcode == 0x1:
                 return payload.decode()
 
     async def close_code(self) -> int:
         """Read what the server sent, up to its close frame: the close code."""
         self.reader._transport.resume_reading()
         while True:
-            first = await self.reader.readexactly(2)
-            length = first[1] & 0x7F
-            if length == 126:
-                length = int.from_bytes(await self.reader.readexactly(2), "big")
-            elif length == 127:
-                length = int.from_bytes(await self.reader.readexactly(8), "big")
-            payload = await self.reader.readexactly(length)
-            if first[0] & 0x0F == 0x8:
+            opcode, payload = await self._frame()
+            if opcode == 0x8:
                 return int.from_bytes(payload[:2], "big")
 
 
