@@ -60,6 +60,26 @@ class Client:
     def close(self) -> defer.Deferred:
         return aio(self.connection.close())
 
+    async def _flood(self, frames):
+        for frame in frames:
+            try:
+                await self.connection.send(frame)
+            except ConnectionClosed:
+                break
+        replies = []
+        try:
+            while True:
+                replies.append(json.loads(await asyncio.wait_for(self.connection.recv(), 5)))
+        except ConnectionClosed:
+            pass
+        received = self.connection.protocol.close_rcvd
+        return replies, ((received.code, received.reason) if received else (1006, ""))
+
+    def flood(self, frames) -> defer.Deferred:
+        """Send every frame without waiting, then read until the server closes; fires with
+        (the replies as JSON, (close code, reason))."""
+        return aio(self._flood(frames))
+
 
 class Server:
     def __init__(self, service):

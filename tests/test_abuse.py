@@ -431,23 +431,6 @@ async def test_flood_of_unauthenticated_handshakes_past_the_limit_is_refused_503
 RATE = {"websocket.rate_limit": 1, "websocket.rate_burst": 5, "websocket.rate_limit_close_after": 10}
 
 
-async def flood(client, frames) -> tuple[list[dict], tuple[int, str]]:
-    """Send every frame without waiting, then read until the server closes."""
-    for frame in frames:
-        try:
-            await client.connection.send(frame)
-        except ConnectionClosed:
-            break
-    replies = []
-    try:
-        while True:
-            replies.append(json.loads(await asyncio.wait_for(client.connection.recv(), 5)))
-    except ConnectionClosed:
-        pass
-    received = client.connection.protocol.close_rcvd
-    return replies, ((received.code, received.reason) if received else (1006, ""))
-
-
 @pytest_twisted.ensureDeferred
 async def test_message_flood_is_closed_1008_while_a_calm_client_is_served_as_usual(start_server):
     server = await start_server(RATE)
@@ -456,7 +439,7 @@ async def test_message_flood_is_closed_1008_while_a_calm_client_is_served_as_usu
     calm = await server.connect(LOCKERS + query(session_id))
     await accepted(flooder)
     await accepted(calm)
-    replies, close = await aio(flood(flooder, [json.dumps({"type": "ping"})] * 200))
+    replies, close = await flooder.flood([json.dumps({"type": "ping"})] * 200)
     assert close == (REFUSED, "Rate limit exceeded")
     assert [r["data"]["code"] for r in replies if r["type"] == "error"] == ["rate_limited"] * 9
     await calm.send({"type": "ping", "data": {"timestamp": "calm"}})
@@ -474,7 +457,7 @@ async def test_flood_of_invalid_frames_is_rate_limited_like_any_other(start_serv
     session_id = await server.session()
     client = await server.connect(LOCKERS + query(session_id))
     await accepted(client)
-    replies, close = await aio(flood(client, ["not json"] * 100))
+    replies, close = await client.flood(["not json"] * 100)
     codes = [r["data"]["code"] for r in replies]
     assert codes == ["invalid_message"] * 5 + ["rate_limited"] * 9, codes
     assert close == (REFUSED, "Rate limit exceeded")
@@ -568,7 +551,7 @@ class Transcript:
             self.add(response.status_code, response.reason_phrase, response.body or b"",
                      *[f"{name}: {value}" for name, value in response.headers.raw_items()])
             return response.status_code
-        replies, close = await aio(flood(client, [json.dumps(m) for m in send]) if send else read_to_close(client))
+        replies, close = await (client.flood([json.dumps(m) for m in send]) if send else aio(read_to_close(client)))
         self.add(*[json.dumps(r) for r in replies], *close)
         return close
 

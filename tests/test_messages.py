@@ -10,7 +10,6 @@ import uuid
 
 import pytest
 import pytest_twisted
-from websockets.exceptions import ConnectionClosed
 
 from conftest import aio
 
@@ -373,29 +372,12 @@ async def test_staff_session_may_join_any_kiosk_room(server):
 RATE = {"websocket.rate_limit": 1, "websocket.rate_burst": 5, "websocket.rate_limit_close_after": 10}
 
 
-async def _send_all_then_read_until_closed(client, messages):
-    """Send every message without waiting, then read replies until the server closes."""
-    for message in messages:
-        try:
-            await client.connection.send(json.dumps(message))
-        except ConnectionClosed:
-            break
-    replies = []
-    try:
-        while True:
-            replies.append(json.loads(await asyncio.wait_for(client.connection.recv(), 5)))
-    except ConnectionClosed:
-        pass
-    received = client.connection.protocol.close_rcvd
-    return replies, ((received.code, received.reason) if received else (1006, ""))
-
-
 @pytest_twisted.ensureDeferred
 async def test_message_burst_past_the_rate_limit_gets_rate_limited_then_close_1008(start_server):
     server = await start_server(RATE)
     client = await lockers_client(server)
     pings = [{"type": "ping", "data": {"timestamp": n}} for n in range(40)]
-    replies, close = await aio(_send_all_then_read_until_closed(client, pings))
+    replies, close = await client.flood([json.dumps(m) for m in pings])
     kinds = [r["type"] for r in replies]
     # The burst is answered, then each message over it gets `rate_limited`, then the
     # sustained excess (10 refusals in a row) closes the connection.
