@@ -133,16 +133,16 @@ def make_config(tmp_path, **overrides):
 
 
 @pytest.fixture
-def start_server(tmp_path):
-    """`await start_server({"section.key": value})` starts a server; stopped after the test."""
+def start_service():
+    """`await start_service(config)`: an eformws service of that Config, started and
+    listening; stopped after the test."""
     # Imported here: Klein installs the default reactor on import, and pytest-twisted
     # must install the asyncio reactor first.
     from eformws.service import EformService
 
     started: list[EformService] = []
 
-    async def start(overrides: dict | None = None) -> Server:
-        config = make_config(tmp_path, **(overrides or {}))
+    async def start(config) -> Server:
         service = EformService(config)
         service.startService()
         started.append(service)
@@ -152,6 +152,28 @@ def start_server(tmp_path):
     for service in started:
         if service.running:
             pytest_twisted.blockon(service.stopService())
+
+
+@pytest.fixture
+def start_server(tmp_path, start_service):
+    """`await start_server({"section.key": value})` starts a server; stopped after the test."""
+
+    def start(overrides: dict | None = None):
+        return start_service(make_config(tmp_path, **(overrides or {})))
+
+    return start
+
+
+@pytest.fixture
+def start_configured(tmp_path, start_service):
+    """`await start_configured(toml_text)`: a server built from a real TOML configuration file
+    (loopback, port 0, SQLite in `tmp_path`, plus `toml_text`); stopped after the test."""
+    from processes import write_config
+
+    def start(extra_toml: str = ""):
+        return start_service(load_config(str(write_config(tmp_path, extra_toml)), environ={}))
+
+    return start
 
 
 @pytest_twisted.async_fixture

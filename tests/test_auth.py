@@ -14,10 +14,10 @@ import time
 
 import pytest
 import pytest_twisted
+from conftest import aio
 from twisted.logger import formatEvent, globalLogPublisher
 from websockets.exceptions import ConnectionClosed
 
-from conftest import Server, aio
 from eformws.sessions.sqlite import create_session
 
 REFUSED = 1008
@@ -67,38 +67,6 @@ default_room = "ops_room"
 require_auth = true
 roles = ["admin"]
 """
-
-
-@pytest.fixture
-def start_configured(tmp_path):
-    """`await start_configured(toml_text)`: a server built from a real TOML configuration file
-    (loopback, port 0, SQLite in `tmp_path`, plus `toml_text`); stopped after the test."""
-    from eformws.config import load_config
-    from eformws.service import EformService
-
-    started = []
-
-    async def start(extra_toml: str) -> Server:
-        path = tmp_path / "eformws.toml"
-        database = tmp_path / "eformws.db"
-        path.write_text(
-            "[server]\n"
-            'host = "127.0.0.1"\n'
-            "port = 0\n"
-            "[sessions]\n"
-            f'path = "{database}"\n'
-            "[events]\n"
-            f'path = "{database}"\n' + extra_toml
-        )
-        service = EformService(load_config(str(path), environ={}))
-        service.startService()
-        started.append(service)
-        return Server(service)
-
-    yield start
-    for service in started:
-        if service.running:
-            pytest_twisted.blockon(service.stopService())
 
 
 # -- where the session id comes from ------------------------------------------------

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from processes import environment
 from twisted.internet.utils import getProcessOutputAndValue
-
-from conftest import Server
-from processes import environment, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "autobahn-testsuite"
@@ -35,24 +33,9 @@ def _reactor():
 
 
 @pytest.fixture
-def start_echo_server(tmp_path):
+def start_echo_server(start_configured):
     """`await start_echo_server()`: a server from a TOML file with the echo namespace."""
-    from eformws.config import load_config
-    from eformws.service import EformService
-
-    started = []
-
-    async def start() -> Server:
-        path = write_config(tmp_path, ECHO_CONFIG)
-        service = EformService(load_config(str(path), environ={}))
-        service.startService()
-        started.append(service)
-        return Server(service)
-
-    yield start
-    for service in started:
-        if service.running:
-            pytest_twisted.blockon(service.stopService())
+    return lambda: start_configured(ECHO_CONFIG)
 
 
 @pytest_twisted.ensureDeferred
