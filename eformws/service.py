@@ -35,6 +35,7 @@ from eformws.tls import tls_options
 from eformws.wamp import WampRouter
 from eformws.websocket import (
     CLOSE_GOING_AWAY,
+    Admission,
     NamespaceRoot,
     WebSocketSettings,
     protocol_options,
@@ -74,7 +75,8 @@ class EformService(MultiService):
         self.events = WebSocketEvents(self.hub, self.event_store, self.bus)
         self.api = Api(self.hub, self.sessions, config, self.events, self.event_store, self.bus, self.nodes)
         settings = WebSocketSettings.from_config(config, self.hub, self.sessions, self.event_store)
-        self.wamp = WampRouter.from_config(config, self.hub, self.sessions, self.events, self.api.status)
+        admission = Admission(config.get("server", "max_connections"))  # legacy namespaces and /wamp together
+        self.wamp = WampRouter.from_config(config, self.hub, self.sessions, self.events, self.api.status, admission)
         self.hub.add_endpoint(self.wamp)
         SessionWatch(self.hub, self.sessions, config.get("sessions", "recheck_interval")).setServiceParent(self)
         self.metrics = metrics.ServiceCollector(self.hub, self._redis_connections())
@@ -82,7 +84,7 @@ class EformService(MultiService):
         mounted.update(console_resources())  # /console, and / redirected there
         self.site = build_site(
             self.api.resource(),
-            NamespaceRoot(self.hub, settings, protocol_options(config)),
+            NamespaceRoot(self.hub, settings, protocol_options(config), admission),
             config.get("server", "max_body_bytes"),
             wamp_resource=self.wamp.resource(),
             mounted=mounted,

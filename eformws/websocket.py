@@ -95,7 +95,8 @@ class WebSocketSettings:
 
 
 class Admission:
-    """Counts connections from handshake to close, across namespaces, against the limit."""
+    """Counts connections from handshake to close, across namespaces and `/wamp`, against
+    `server.max_connections`."""
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -488,12 +489,12 @@ def protocol_options(config) -> dict:
 class NamespaceRoot(Resource):
     """`/ws/<name>`: the namespace's WebSocket resource, or 404 for an unknown name."""
 
-    def __init__(self, hub, settings: WebSocketSettings, options: dict):
+    def __init__(self, hub, settings: WebSocketSettings, options: dict, admission: Admission | None = None):
         super().__init__()
         self._hub = hub
         self._settings = settings
         self._options = options
-        self._admission = Admission(settings.max_connections)
+        self._admission = admission or Admission(settings.max_connections)
         self._resources: dict[str, WebSocketResource] = {}
 
     def getChild(self, name: bytes, request):

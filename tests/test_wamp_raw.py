@@ -350,3 +350,40 @@ async def test_welcome_stops_the_open_handshake_timer(start_server):
     await join(server)
     (connection,) = server.service.wamp.connections.values()
     assert connection._timer is None
+
+
+# -- limits shared with the legacy namespaces ------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_wamp_handshakes_count_against_the_connection_limit_with_the_namespaces(start_server):
+    server = await start_server({"server.max_connections": 2})
+    legacy = await server.join("/ws/lockers", await server.session())
+    await connect(server)
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        await server.connect("/wamp", subprotocols=["wamp.2.json"])
+    assert refused.value.response.status_code == 503
+    await legacy.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_calls_over_the_rate_limit_get_error_rate_limited(start_server):
+    server = await start_server({"websocket.rate_limit": 1, "websocket.rate_burst": 2,
+                                 "websocket.rate_limit_close_after": 100})
+    client, _ = await join(server)
+    for request in (1, 2, 3):
+        await client.send([CALL, request, {}, "eform.status"])
+    answers = [await client.recv() for _ in range(3)]
+    assert [answer[0] for answer in answers] == [RESULT, RESULT, ERROR]
+    assert answers[2][:5] == [ERROR, CALL, 3, {}, "eform.error.rate_limited"]
+    assert answers[2][5] == ["Rate limit exceeded: at most 1 messages per second"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sustained_wamp_flood_is_closed_1008_rate_limit_exceeded(start_server):
+    server = await start_server({"websocket.rate_limit": 1, "websocket.rate_burst": 2,
+                                 "websocket.rate_limit_close_after": 5})
+    client, _ = await join(server)
+    replies, close = await client.flood([json.dumps([CALL, n, {}, "eform.status"]) for n in range(1, 30)])
+    assert [reply[0] for reply in replies] == [RESULT, RESULT] + [ERROR] * 4
+    assert close == (1008, "Rate limit exceeded")

@@ -24,6 +24,7 @@ NO_SUCH_REGISTRATION = "wamp.error.no_such_registration"
 INVALID_EVENT = "eform.error.invalid_event"
 NO_SUCH_NAMESPACE = "eform.error.no_such_namespace"
 INTERNAL = "eform.error.internal"
+RATE_LIMITED = "eform.error.rate_limited"
 
 MAX_ID = 2**53
 

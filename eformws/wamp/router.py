@@ -38,6 +38,10 @@ class WampRouter:
         goodbye_timeout: float = 5.0,
         max_unsent_bytes: int = 1_048_576,
         sensitive_roles=("admin", "staff"),
+        admission=None,
+        rate_limit: float = 20.0,
+        rate_burst: int = 40,
+        rate_limit_close_after: int = 40,
         options: dict | None = None,
     ):
         self.sessions = sessions
@@ -47,6 +51,10 @@ class WampRouter:
         self.goodbye_timeout = goodbye_timeout
         self.max_unsent_bytes = max_unsent_bytes
         self.sensitive_roles = frozenset(sensitive_roles)
+        self.admission = admission
+        self.rate_limit = rate_limit
+        self.rate_burst = rate_burst
+        self.rate_limit_close_after = rate_limit_close_after
         self.codecs = codecs()
         self.broker = Broker(hub, restricted_roles, privileged_roles)
         self.dealer = Dealer(hub, events, status, privileged_roles)
@@ -56,7 +64,7 @@ class WampRouter:
         self._resource = None
 
     @classmethod
-    def from_config(cls, config, hub, sessions, events, status):
+    def from_config(cls, config, hub, sessions, events, status, admission=None):
         """Auth, origins, roles and WebSocket limits as the legacy namespaces have them;
         who may publish and call the admin procedures is `auth.broadcast_roles`."""
         return cls(
@@ -72,6 +80,10 @@ class WampRouter:
             goodbye_timeout=config.get("websocket", "close_handshake_timeout"),
             max_unsent_bytes=config.get("websocket", "max_unsent_bytes"),
             sensitive_roles=config.get("auth", "sensitive_roles"),
+            admission=admission,
+            rate_limit=config.get("websocket", "rate_limit"),
+            rate_burst=config.get("websocket", "rate_burst"),
+            rate_limit_close_after=config.get("websocket", "rate_limit_close_after"),
             options=protocol_options(config),
         )
 

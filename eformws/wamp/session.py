@@ -23,6 +23,7 @@ ROUTER_ROLES = {
 AUTH_PROVIDER = "eformws"
 
 CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
 CLOSE_PROTOCOL_ERROR = 1002
 SHUTDOWN_CODES = (1001, 1012)
 
@@ -81,8 +82,10 @@ class RouterSession:
             handler = self._requests.get(type(message))
             if handler is None:
                 self.violation(f"{_name(message)} is not a message a client sends in a session")
-            else:
+            elif isinstance(message, wamp.Goodbye) or self.connection.bucket.take():
                 handler(self, message)
+            else:
+                self._rate_limited(message)
         elif self.state == CLOSING:
             if isinstance(message, wamp.Goodbye):  # the answer to ours: now close
                 code, reason = self._close
@@ -91,6 +94,21 @@ class RouterSession:
             # anything else after our GOODBYE is ignored, as the spec says
         elif self.state == AUTHENTICATING:
             self.violation(f"{_name(message)} before WELCOME")
+
+    def _rate_limited(self, message) -> None:
+        """Over the inbound rate limit (as on the legacy namespaces): a request that gets an
+        answer gets ERROR `eform.error.rate_limited`, the rest is dropped; past
+        `websocket.rate_limit_close_after` refusals in a row the transport closes 1008."""
+        router = self.router
+        if self.connection.bucket.refused_in_a_row >= router.rate_limit_close_after:
+            log.info("closing a wamp session: rate limit", connection=self.connection.id)
+            self._end(CLOSED)
+            self.connection.close_transport(CLOSE_POLICY, "Rate limit exceeded")
+            return
+        answered = isinstance(message, (wamp.Call, wamp.Subscribe, wamp.Unsubscribe, wamp.Register, wamp.Unregister))
+        if answered or (isinstance(message, wamp.Publish) and message.acknowledge):
+            text = f"Rate limit exceeded: at most {router.rate_limit:g} messages per second"
+            self._send(wamp.Error(message.MESSAGE_TYPE, message.request, errors.RATE_LIMITED, args=[text]))
 
     def bad_uri(self, raw: list, reason: str) -> None:
         """A message the decoder refused for an invalid URI: ERROR for a request that can

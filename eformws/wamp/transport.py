@@ -15,6 +15,7 @@ from eformws import metrics
 from eformws.flow import CLOSE_TRY_AGAIN_LATER, SLOW_CONSUMER, SlowConsumerGuard
 from eformws.hub import IConnection
 from eformws.origins import origin_allowed
+from eformws.ratelimit import TokenBucket
 from eformws.sessions.credentials import cookie_values
 from eformws.wamp.codec import BadUri, Undecodable
 from eformws.wamp.session import CLOSE_NORMAL, OPENING, RouterSession
@@ -42,6 +43,8 @@ class WampProtocol(WebSocketServerProtocol):
         self._closed_waiters: list[Deferred] | None = []
         self._guard: SlowConsumerGuard | None = None
         self.sees_sensitive = False
+        self._admitted = False
+        self.bucket: TokenBucket | None = None
 
     @property
     def namespace(self) -> str:
@@ -65,6 +68,10 @@ class WampProtocol(WebSocketServerProtocol):
                 break
         else:
             raise ConnectionDeny(400, f"WAMP needs the subprotocol {' or '.join(router.codecs)}")
+        if router.admission is not None:
+            if not router.admission.admit():
+                raise ConnectionDeny(503, "Too many connections")
+            self._admitted = True
         self._codec = codec
         self.framing = router.framings[offered]
         headers = request.headers
@@ -73,7 +80,9 @@ class WampProtocol(WebSocketServerProtocol):
 
     def onOpen(self):
         self.id = str(uuid.uuid4())
-        self._guard = SlowConsumerGuard(self.factory.router.max_unsent_bytes)
+        router = self.factory.router
+        self._guard = SlowConsumerGuard(router.max_unsent_bytes)
+        self.bucket = TokenBucket(router.rate_limit, router.rate_burst)
         self.wamp = RouterSession(self.factory.router, self)
         self.await_hello()
 
@@ -176,6 +185,9 @@ class WampProtocol(WebSocketServerProtocol):
     def connectionLost(self, reason):
         super().connectionLost(reason)
         self._gone()
+        if self._admitted:
+            self._admitted = False
+            self.factory.router.admission.release()
         waiters, self._closed_waiters = self._closed_waiters or [], None
         for d in waiters:
             d.callback(self)
