@@ -122,8 +122,53 @@ def handshake_candidates(request, cookie_names) -> list[str]:
     )
 
 
+class GatewayProtocol(WebSocketServerProtocol):
+    """What every WebSocket connection of the gateway shares (legacy namespaces and WAMP):
+    handshake refusals without the query string, closing with any code, and `closed`."""
+
+    def __init__(self):
+        super().__init__()
+        self._closed_waiters: list[Deferred] | None = []  # None once the connection is gone
+
+    def failHandshake(self, reason, code=400, responseHeaders=None):
+        """Autobahn quotes the request line in some refusal reasons (a request line that it
+        splits differently from Twisted, e.g. at a NEL or no-break space byte), then logs the
+        reason and sends it as the HTTP reason phrase: cut it at the query string, which
+        may hold a session id."""
+        head, query, _ = reason.partition("?")
+        if query:
+            reason = head + "?<query removed>"
+        return super().failHandshake(reason, code, responseHeaders)
+
+    def close_with(self, code: int, reason: str) -> None:
+        """Close with any code (Autobahn's sendClose allows only 1000 and 3000-4999)."""
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"), isReply=False)
+        elif self.state in (self.STATE_CONNECTING, self.STATE_PROXY_CONNECTING):
+            self.dropConnection(abort=True)
+
+    def abort(self) -> None:
+        self.dropConnection(abort=True)
+
+    @property
+    def closed(self):
+        """A new Deferred that fires once the connection is gone and out of the hub.
+        (Autobahn's `is_closed` fires before `onClose`, while the hub still has it.)"""
+        if self._closed_waiters is None:
+            return succeed(self)
+        d = Deferred()
+        self._closed_waiters.append(d)
+        return d
+
+    def _gone_for_good(self) -> None:
+        """Fire `closed`: call last in connectionLost, once out of every registry."""
+        waiters, self._closed_waiters = self._closed_waiters or [], None
+        for d in waiters:
+            d.callback(self)
+
+
 @implementer(IConnection)
-class LegacyProtocol(WebSocketServerProtocol):
+class LegacyProtocol(GatewayProtocol):
     framing = JSON_FRAMING
 
     def __init__(self):
@@ -137,7 +182,6 @@ class LegacyProtocol(WebSocketServerProtocol):
         self._bucket: TokenBucket | None = None
         self._since = None
         self._held: list | None = None  # frames held back while replaying or resuming
-        self._closed_waiters: list[Deferred] | None = []  # None once the connection is gone
         self._guard: SlowConsumerGuard | None = None
         self.sees_sensitive = False
 
@@ -146,16 +190,6 @@ class LegacyProtocol(WebSocketServerProtocol):
         return self.factory.namespace.path
 
     # -- handshake -----------------------------------------------------------
-
-    def failHandshake(self, reason, code=400, responseHeaders=None):
-        """Autobahn quotes the request line in some refusal reasons (a request line that it
-        splits differently from Twisted, e.g. at a NEL or no-break space byte), then logs the
-        reason and sends it as the HTTP reason phrase: cut it at the query string, which
-        may hold a session id."""
-        head, query, _ = reason.partition("?")
-        if query:
-            reason = head + "?<query removed>"
-        return super().failHandshake(reason, code, responseHeaders)
 
     def onConnect(self, request):
         settings = self.factory.settings
@@ -321,24 +355,7 @@ class LegacyProtocol(WebSocketServerProtocol):
                 self.close(CLOSE_TRY_AGAIN_LATER, SLOW_CONSUMER)
 
     def close(self, code: int, reason: str) -> None:
-        """Close with any code (Autobahn's sendClose allows only 1000 and 3000-4999)."""
-        if self.state == self.STATE_OPEN:
-            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"), isReply=False)
-        elif self.state in (self.STATE_CONNECTING, self.STATE_PROXY_CONNECTING):
-            self.dropConnection(abort=True)
-
-    def abort(self) -> None:
-        self.dropConnection(abort=True)
-
-    @property
-    def closed(self):
-        """A new Deferred that fires once the connection is gone and out of the hub.
-        (Autobahn's `is_closed` fires before `onClose`, while the hub still has it.)"""
-        if self._closed_waiters is None:
-            return succeed(self)
-        d = Deferred()
-        self._closed_waiters.append(d)
-        return d
+        self.close_with(code, reason)
 
     def _send(self, envelope: dict) -> None:
         self.sendMessage(wire.dumps(envelope), False)
@@ -432,9 +449,7 @@ class LegacyProtocol(WebSocketServerProtocol):
         if self._admitted:
             self._admitted = False
             self.factory.admission.release()
-        waiters, self._closed_waiters = self._closed_waiters or [], None
-        for d in waiters:
-            d.callback(self)
+        self._gone_for_good()
 
 
 class _Call:

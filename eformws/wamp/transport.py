@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import uuid
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -19,14 +18,14 @@ from eformws.ratelimit import TokenBucket
 from eformws.sessions.credentials import cookie_values
 from eformws.wamp.codec import BadUri, Undecodable
 from eformws.wamp.session import CLOSE_NORMAL, OPENING, RouterSession
-from eformws.websocket import ExactTimer
+from eformws.websocket import ExactTimer, GatewayProtocol
 
 log = Logger(namespace="eformws.wamp")
 RECEIVED = metrics.messages_received.labels(metrics.WAMP)
 
 
 @implementer(IConnection)
-class WampProtocol(WebSocketServerProtocol):
+class WampProtocol(GatewayProtocol):
     """One WebSocket connection on `/wamp`. As a hub connection it is in no room: the
     router's broker says when it gets a message, and `send(frame)` writes its EVENTs."""
 
@@ -40,7 +39,6 @@ class WampProtocol(WebSocketServerProtocol):
         self.wamp: RouterSession | None = None
         self._codec = None
         self._timer = None
-        self._closed_waiters: list[Deferred] | None = []
         self._guard: SlowConsumerGuard | None = None
         self.sees_sensitive = False
         self._admitted = False
@@ -51,12 +49,6 @@ class WampProtocol(WebSocketServerProtocol):
         return self.factory.router.path
 
     # -- handshake --------------------------------------------------------------------------
-
-    def failHandshake(self, reason, code=400, responseHeaders=None):
-        """Autobahn may quote the request line (query string included) in a refusal reason,
-        which it logs and sends: cut the query, it may hold a session id."""
-        head, query, _ = reason.partition("?")
-        return super().failHandshake(head + "?<query removed>" if query else reason, code, responseHeaders)
 
     def onConnect(self, request):
         router = self.factory.router
@@ -155,27 +147,8 @@ class WampProtocol(WebSocketServerProtocol):
             self.close_transport(code, reason)
 
     def close_transport(self, code: int, reason: str) -> None:
-        """Close with any code (Autobahn's sendClose allows only 1000 and 3000-4999)."""
         self.stop_timer()
-        if self.state == self.STATE_OPEN:
-            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"), isReply=False)
-        elif self.state in (self.STATE_CONNECTING, self.STATE_PROXY_CONNECTING):
-            self.dropConnection(abort=True)
-
-    def abort(self) -> None:
-        self.dropConnection(abort=True)
-
-    @property
-    def closed(self):
-        """A new Deferred that fires once the connection is gone and out of the router."""
-        if self._closed_waiters is None:
-            return succeed(self)
-        d = Deferred()
-        self._closed_waiters.append(d)
-        return d
-
-    def onAutoPong(self, ping_sent, ping_seq, pong_received, pong_rtt, payload):
-        metrics.ping_rtt.observe((pong_received - ping_sent) / 1e9)
+        self.close_with(code, reason)
 
     # -- end -----------------------------------------------------------------------------------
 
@@ -188,9 +161,7 @@ class WampProtocol(WebSocketServerProtocol):
         if self._admitted:
             self._admitted = False
             self.factory.router.admission.release()
-        waiters, self._closed_waiters = self._closed_waiters or [], None
-        for d in waiters:
-            d.callback(self)
+        self._gone_for_good()
 
     def _gone(self) -> None:
         self.stop_timer()
