@@ -79,7 +79,7 @@ class RouterSession:
             else:
                 self.violation(f"{_name(message)} instead of AUTHENTICATE")
         elif self.state == ESTABLISHED:
-            handler = self._requests.get(type(message))
+            handler = self._handlers.get(type(message))
             if handler is None:
                 self.violation(f"{_name(message)} is not a message a client sends in a session")
             elif isinstance(message, wamp.Goodbye) or self.connection.bucket.take():
@@ -267,7 +267,7 @@ class RouterSession:
         self._end(WAITING)
         self.connection.await_hello()
 
-    _requests = {
+    _handlers = {
         wamp.Subscribe: _subscribe,
         wamp.Unsubscribe: _unsubscribe,
         wamp.Publish: _publish,
