@@ -14,7 +14,10 @@ from twisted.logger import Logger
 from eformws import metrics, wire
 from eformws.events import ValidationError, json_value
 from eformws.origins import origin_allowed
+from eformws.emitter import check_idempotency_key
 from eformws.redis import RedisUnavailable
+from eformws.store import IdempotencyConflict
+from eformws.store.redis import EmitTimeout, EmitUnconfirmed
 from eformws.sessions import first_valid_session
 from eformws.sessions.credentials import bearer_token, candidates, cookie_values
 
@@ -24,6 +27,7 @@ REASONS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    409: "Conflict",
     413: "Payload Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -137,11 +141,12 @@ class Api:
 
     @app.handle_errors(RedisUnavailable)
     def _redis_unavailable(self, request, failure):
-        """A store in Redis that cannot answer now: 503, try again (nothing was accepted)."""
-        self.log.warn("{path}: redis unavailable", path=request.path)
-        return _json(
-            request, 503, {"statusCode": 503, "error": REASONS[503], "message": "Redis is unreachable; try again"}
-        )
+        """A store in Redis that cannot answer now: 503, try again. An emit that could not be
+        written in time says so (and whether it may have been stored) in its own words."""
+        error = failure.value
+        self.log.warn("{path}: redis unavailable ({error})", path=request.path, error=type(error).__name__)
+        message = str(error) if isinstance(error, (EmitTimeout, EmitUnconfirmed)) else "Redis is unreachable; try again"
+        return _json(request, 503, {"statusCode": 503, "error": REASONS[503], "message": message})
 
     @app.handle_errors
     def _unexpected(self, request, failure):
@@ -291,14 +296,25 @@ class Api:
     @inlineCallbacks
     def events_route(self, request):
         yield self.require_privileged(request)
+        keys = _headers(request, b"idempotency-key")
+        if len(keys) > 1:
+            raise HTTPError(400, "Idempotency-Key must be given once")
+        try:
+            key = check_idempotency_key(keys[0]) if keys else None
+        except ValueError as e:
+            raise HTTPError(400, str(e)) from None
         body = json_body(request, self.max_body_bytes)
         event_type = require(body, "type", str, "string")
         require(body, "data", dict, "object")
         try:
-            stored = yield self.events.emit(event_type, body["data"])
+            appended = yield self.events.append(event_type, body["data"], key)
         except ValidationError as e:
             raise HTTPError(400, str(e), field=e.field) from None
-        return _json(request, 201, stored)
+        except IdempotencyConflict:
+            raise HTTPError(409, "Idempotency-Key was already used for a different event") from None
+        if appended.replayed:
+            request.setHeader(b"Idempotent-Replayed", b"true")
+        return _json(request, 201, appended.envelope)
 
     @app.route("/api/websocket/health", methods=["GET"])
     @inlineCallbacks
@@ -337,7 +353,12 @@ class Api:
                 checks[name] = f"unavailable: {e}"
         bus_healthy = getattr(self.bus, "healthy", None)  # None: the bus of one process
         if bus_healthy is not None:
-            checks["redis_bus"] = "ok" if bus_healthy else "unavailable: redis unreachable, delivering locally and buffering"
+            refused = getattr(self.bus, "write_error", None)
+            checks["redis_bus"] = (
+                "ok" if bus_healthy
+                else f"unavailable: redis refuses writes ({refused}), delivering locally and buffering" if refused
+                else "unavailable: redis unreachable, delivering locally and buffering"
+            )
         healthy = all(v == "ok" for v in checks.values())
         body = {"status": "ok" if healthy else "unavailable", "checks": checks, "timestamp": wire.js_timestamp()}
         return _json(request, 200 if healthy else 503, body)

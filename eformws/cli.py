@@ -332,7 +332,7 @@ class _Tail:
         elif resumed is not None:
             text += (
                 "; EVENTS WERE MISSED and cannot be resumed (recovered: false: too old, too many, "
-                "or the store was reset)"
+                "or another event log); the recent events still held follow"
             )
         self.notice(text)
 
@@ -355,7 +355,7 @@ def tail(args) -> int:
     rooms = args.room or []
     try:
         client = EformClient(
-            url, args.namespace, session_id, rooms=rooms, default_room=not rooms, since=args.since,
+            url, args.namespace, session_id, rooms=rooms, default_room=not rooms, since=args.since, epoch=args.epoch,
             replay=not args.no_replay, max_delay=args.max_delay, connect_timeout=args.timeout,
         )
     except ValueError as e:
@@ -459,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="only this room's events (repeat for several); default: the namespace's default room")
     tailing.add_argument("--session", help="session id (default: EFORMWS_SESSION; the variable keeps it out of ps)")
     tailing.add_argument("--since", metavar="SEQ", help="start after this seq (what the last run showed)")
+    tailing.add_argument("--epoch", metavar="EPOCH",
+                         help="with --since: the epoch of that seq (from the same line), so that a reset event log is told")
     tailing.add_argument("--no-replay", action="store_true", help="without --since: skip the recent events the gateway replays")
     tailing.add_argument("--max-delay", type=float, default=30.0, metavar="SECONDS",
                          help="longest wait between reconnection attempts (default 30)")

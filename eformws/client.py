@@ -35,9 +35,6 @@ CONTROL_TYPES = frozenset({"connection", "room_joined", "room_left", "pong", "re
 FINAL_CLOSE_REASONS = frozenset({"Authentication required", "Authentication failed", "Forbidden", "Session expired"})
 FINAL_HTTP_STATUSES = frozenset({400, 401, 403, 404})
 CLOSE_POLICY = 1008
-# A `since` that is no store's seq: the server then sends nothing (no replay either) and
-# answers `resumed` with recovered false and the store's latest seq (docs/events.md).
-NOT_A_SEQ = "none"
 RATE_LIMITED_RETRY = 0.25  # seconds before a request refused `rate_limited` is sent again
 
 
@@ -53,17 +50,18 @@ def backoff_delay(attempt: int, initial: float = INITIAL_DELAY, maximum: float =
 
 
 def seq_order(seq) -> tuple:
-    """A sort key for seqs of either store: "42" (SQLite) and "1732540800123-0" (Redis
-    stream ids) compare as numbers, part by part; anything else after them, as text."""
+    """A sort key for seqs: decimal integers (within one epoch) compare as numbers; anything
+    else (not a seq of this gateway) after them, as text."""
     text = str(seq)
-    parts = text.split("-")
-    if all(part.isdigit() for part in parts):
-        return (0, tuple(int(part) for part in parts))
+    if text.isascii() and text.isdigit():
+        return (0, int(text))
     return (1, text)
 
 
-def websocket_url(base: str, namespace: str, since: str | None = None) -> str:
-    """`ws://host:port/ws/<name>[?since=...]` from a base URL (ws, wss, http or https)."""
+def websocket_url(base: str, namespace: str, since: str | None = None, epoch: str | None = None,
+                  replay: bool = True) -> str:
+    """`ws://host:port/ws/<name>[?since=...[&epoch=...]]` (or `?replay=false`) from a base URL
+    (ws, wss, http or https)."""
     parts = urlsplit(base)
     scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
     if scheme is None or not parts.hostname:
@@ -73,6 +71,10 @@ def websocket_url(base: str, namespace: str, since: str | None = None) -> str:
     url = f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}{namespace}"
     if since is not None:
         url += "?since=" + quote(str(since), safe="")
+        if epoch is not None:
+            url += "&epoch=" + quote(str(epoch), safe="")
+    elif not replay:
+        url += "?replay=false"
     return url
 
 
@@ -117,11 +119,12 @@ class Resumed:
 
     recovered: bool  # False: events were missed and cannot be sent; reload the state
     count: int  # events delivered while catching up (missed, and live ones meanwhile)
-    seq: str | None  # the cursor the client resumes from next time
+    seq: str | None  # the cursor the client resumes from next time ...
+    epoch: str | None = None  # ... and the event log it belongs to
 
 
 class _Seen:
-    """The seqs of the last `size` events delivered: duplicates are dropped."""
+    """The (epoch, seq) of the last `size` events delivered: duplicates are dropped."""
 
     def __init__(self, size: int):
         self.size = size
@@ -152,9 +155,10 @@ class _Link:
     requests (one outstanding at a time, so an `error` answers the one sent), and the
     events held back while the connection catches up."""
 
-    def __init__(self, client: EformClient, url_since: str | None):
+    def __init__(self, client: EformClient, url_since: tuple[str, str | None] | None):
         self.client = client
-        self.url_since = url_since
+        self.url_since = url_since  # (seq, epoch) resumed by ?since=, or None
+        self.replayed = False  # whether the server replays recent events to this connection
         self.protocol: _ClientProtocol | None = None
         self.opened = False
         self.gone = False
@@ -188,8 +192,9 @@ class _Link:
     def leave(self, room: str) -> Deferred:
         return self.request({"type": "leave_room", "data": {"room": room}}, _answer("room_left", room))
 
-    def resume(self, since: str) -> Deferred:
-        return self.request({"type": "resume", "data": {"since": since}}, lambda m: m["type"] == "resumed")
+    def resume(self, since: str, epoch: str | None) -> Deferred:
+        data = {"since": since} if epoch is None else {"since": since, "epoch": epoch}
+        return self.request({"type": "resume", "data": data}, lambda m: m["type"] == "resumed")
 
     def _next(self) -> None:
         if self._current is None and self._queue and not self.gone:
@@ -300,6 +305,7 @@ class EformClient:
         rooms=(),
         default_room: bool = True,
         since: str | None = None,
+        epoch: str | None = None,
         replay: bool = True,
         initial_delay: float = INITIAL_DELAY,
         max_delay: float = MAX_DELAY,
@@ -324,6 +330,7 @@ class EformClient:
         self._in_default = default_room
         self._default_name: str | None = None
         self._cursor = None if since is None else str(since)
+        self._epoch = None if since is None or epoch is None else str(epoch)
         self._resume_pending = since is not None  # report the first catching up too
         self._replay = replay
         self._backoff = (initial_delay, max_delay, factor)
@@ -381,8 +388,14 @@ class EformClient:
 
     @property
     def last_seq(self) -> str | None:
-        """The cursor: where the next resume starts (persist it to resume across restarts)."""
+        """The cursor: where the next resume starts (persist it, with `last_epoch`, to resume
+        across restarts of your process)."""
         return self._cursor
+
+    @property
+    def last_epoch(self) -> str | None:
+        """The epoch of `last_seq`: the event log it counts in."""
+        return self._epoch
 
     @property
     def rooms(self) -> frozenset[str]:
@@ -483,14 +496,16 @@ class EformClient:
 
     # -- connecting ---------------------------------------------------------------
 
-    def _url_since(self) -> str | None:
-        """What the next connection puts in `?since=`: the cursor to resume the default
-        room from, NOT_A_SEQ for no replay, or None for the server's replay."""
-        if not self._in_default:
-            return NOT_A_SEQ
-        if self._cursor is not None:
-            return self._cursor
-        return None if self._replay else NOT_A_SEQ
+    def _url_since(self) -> tuple[str, str | None] | None:
+        """What the next connection resumes the default room from with `?since=`: the
+        cursor, or None."""
+        if self._in_default and self._cursor is not None:
+            return self._cursor, self._epoch
+        return None
+
+    def _wants_replay(self) -> bool:
+        """Only a first connection in the default room, unless `replay=False`."""
+        return self._replay and self._in_default and self._cursor is None
 
     def _endpoint(self, url: str):
         import ipaddress
@@ -524,7 +539,8 @@ class EformClient:
         self._retry = None
         self._state = "connecting"
         link = self._link = _Link(self, self._url_since())
-        url = websocket_url(self.url, self.namespace, link.url_since)
+        link.replayed = link.url_since is None and self._wants_replay()
+        url = websocket_url(self.url, self.namespace, *(link.url_since or (None, None)), replay=link.replayed)
         headers = {"Authorization": f"Bearer {self._session_id}"} if self._session_id else {}
         factory = WebSocketClientFactory(url, headers=headers, useragent="eformws-client", reactor=self._reactor)
         factory.protocol = _ClientProtocol
@@ -684,11 +700,12 @@ class EformClient:
     def _deliver(self, envelope: dict) -> bool:
         seq = envelope.get("seq")
         if seq is not None:
-            seq = str(seq)
-            if seq in self._seen:
+            seq, epoch = str(seq), envelope.get("epoch")
+            key = f"{epoch} {seq}"
+            if key in self._seen:
                 return False
-            self._seen.add(seq)
-            self._cursor = seq
+            self._seen.add(key)
+            self._cursor, self._epoch = seq, epoch
         callbacks = self._handlers.get(envelope["type"], []) + self._handlers.get("*", [])
         for callback in callbacks:
             self._call(callback, envelope, what=f"the {envelope['type']!r} event")
@@ -734,19 +751,20 @@ class EformClient:
                         await link.join(room)
                     except ServerError as e:
                         self._refused_room(room, e)
-            answers = []
+            answers = []  # (resumed's data, whether it answers the client's own cursor)
             if link.url_resumed is not None:
-                answers.append((link.url_since, link.url_resumed))
-            cursor = self._cursor
-            covered = {default} if (default is not None and link.url_since == cursor) else set()
-            if cursor is not None and link.joined - covered:
-                answer = await link.resume(cursor)
-                answers.append((cursor, answer.get("data") if isinstance(answer.get("data"), dict) else {}))
-            elif cursor is None and not link.buffer and not any(a.get("seq") for _, a in answers) and link.joined:
-                # Nothing seen yet: learn the store's position, so that what is emitted
-                # during a later outage can be resumed. Not reported: nothing was missed.
-                answer = await link.resume(NOT_A_SEQ)
-                answers.append((NOT_A_SEQ, answer.get("data") if isinstance(answer.get("data"), dict) else {}))
+                answers.append((link.url_resumed, True))
+            start = link.connection or {}
+            covered = {default} if link.url_since is not None else set()
+            if self._cursor is not None and link.joined - covered:
+                answer = await link.resume(self._cursor, self._epoch)
+                answers.append((answer.get("data") if isinstance(answer.get("data"), dict) else {}, True))
+            elif link.replayed and start.get("seq") is not None:
+                # Resuming from where this connection started finds nothing new, and is
+                # answered only once the server's replay is sent (`busy` until then): all
+                # of the replay is then held here, to be delivered in order.
+                answer = await link.resume(start["seq"], start.get("epoch"))
+                answers.append((answer.get("data") if isinstance(answer.get("data"), dict) else {}, False))
         except _LinkLost:
             return
         self._established(link, answers)
@@ -763,26 +781,34 @@ class EformClient:
         link.established = True
         self._state = "connected"
         self._attempts = 0
-        real = [data for since, data in answers if since != NOT_A_SEQ]
-        recovered = all(data.get("recovered") is True for data in real)
-        positions = [str(data["seq"]) for _, data in answers if data.get("seq") is not None]
-        newest = max(positions, key=seq_order) if positions else None
+        reported = [data for data, own in answers if own]
+        answers = [data for data, _ in answers]
+        recovered = all(data.get("recovered") is True for data in answers)
+        start = link.connection or {}
+        epoch = start.get("epoch")
         if not recovered:
-            # The history is broken here (too old, too many, or the store was reset and
-            # counts from 1 again): resume from where the server says, forget old seqs.
+            # The history is broken here (too old, too many, or another event log): what
+            # the server sent instead is delivered, old seqs are forgotten.
             self._seen = _Seen(self._seen.size)
-            self._cursor = newest
+            self._cursor = self._epoch = None
         held = sorted(link.buffer.values(), key=lambda e: seq_order(e["seq"]))
         link.buffer = {}
         count = sum(1 for envelope in held if self._deliver(envelope))
-        if newest is not None and (self._cursor is None or seq_order(newest) > seq_order(self._cursor)):
-            self._cursor = newest
+        # Where the server says live delivery goes on from, when beyond the last event: the
+        # cursor moves there (in the connection's event log).
+        positions = [str(data["seq"]) for data in answers if data.get("seq") is not None and data.get("epoch") == epoch]
+        if start.get("seq") is not None:
+            positions.append(str(start["seq"]))
+        if positions:
+            newest = max(positions, key=seq_order)
+            if self._cursor is None or self._epoch != epoch or seq_order(newest) > seq_order(self._cursor):
+                self._cursor, self._epoch = newest, epoch
         log.info("{namespace}: connected; rooms {rooms}", namespace=self.namespace, rooms=sorted(self.rooms))
-        if real or self._resume_pending:
+        if reported or self._resume_pending:
             self._resume_pending = False
             if not recovered:
                 log.warn("{namespace}: events were missed and cannot be resumed", namespace=self.namespace)
-            resumed = Resumed(recovered, count, self._cursor)
+            resumed = Resumed(recovered, count, self._cursor, self._epoch)
             for callback in list(self._on["resumed"]):
                 if self._state == "connected":
                     self._call(callback, resumed, what="resumed")

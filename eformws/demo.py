@@ -132,6 +132,9 @@ class DemoService(MultiService):
 
     def startService(self):
         super().startService()
+        self.gateway.ready.addCallback(lambda _: self._announce() if self.running else None)
+
+    def _announce(self):
         host = "localhost"
         port = self.gateway.port
         self.stream.write(

@@ -1,16 +1,19 @@
-"""`WebSocketEvents`, the public Python API: validated emits (validate -> store -> bus) and
-the hub's broadcasts; and module-level functions that reach the running gateway."""
+"""`WebSocketEvents`, the public Python API: validated emits (validate -> append to the event
+log, whose feed delivers them) and the hub's broadcasts; and module-level functions that
+reach the running gateway."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, inlineCallbacks
+from twisted.internet.defer import Deferred, fail
 
 from eformws import events, metrics
-from eformws.message import Message
-from eformws.store import addresses_of
+from eformws.deferreds import shielded
+from eformws.store import Idempotency, addresses_of, fingerprint
+
+MAX_KEY_LENGTH = 255
 
 
 def _present(**fields) -> dict:
@@ -18,67 +21,94 @@ def _present(**fields) -> dict:
     return {name: value for name, value in fields.items() if value is not None}
 
 
+def check_idempotency_key(key: Any) -> str:
+    """An Idempotency-Key: 1 to 255 visible ASCII characters; else ValueError saying so."""
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_LENGTH or not all("!" <= c <= "~" for c in key):
+        raise ValueError(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} visible ASCII characters")
+    return key
+
+
 _EMITTED: dict = {}  # the events_emitted counter of each type, looked up once
 
 
 class WebSocketEvents:
-    def __init__(self, hub, store, bus):
+    def __init__(self, hub, store, bus, idempotency_window: float = 600.0):
         self.hub = hub
         self.store = store
         self.bus = bus
+        self.idempotency_window = idempotency_window
 
     # -- the generic path (HTTP, WAMP, the helpers below) ---------------------------
 
-    def emit(self, event_type: str, data: Any) -> Deferred:
-        """Validate, store, publish; fire with the stored envelope D (with `seq`).
-        An invalid event fails with `events.ValidationError`; nothing is stored."""
+    def emit(self, event_type: str, data: Any, idempotency_key: str | None = None) -> Deferred:
+        """Validate and append to the event log; fire with the stored envelope D (with `seq`
+        and `epoch`) once it is in the log, from which every process delivers it. An invalid
+        event fails with `events.ValidationError`, nothing stored. With `idempotency_key`, a
+        repeat within `events.idempotency_window` fires with the first stored envelope."""
+        d = self.append(event_type, data, idempotency_key)
+        d.addCallback(lambda appended: appended.envelope)
+        return d
+
+    def append(self, event_type: str, data: Any, idempotency_key: str | None = None) -> Deferred:
+        """`emit`, firing with the store's `Appended` (which says whether it was a repeat);
+        ValueError for a malformed key, `IdempotencyConflict` for a key used for another event."""
         created = time.time()
         try:
+            idempotency = None
+            if idempotency_key is not None:
+                idempotency = Idempotency(check_idempotency_key(idempotency_key), fingerprint(event_type, data),
+                                          self.idempotency_window)
             envelope = events.build(event_type, data, created)
-        except events.ValidationError:
+        except (events.ValidationError, ValueError):
             return fail()
-        return self._store_and_publish(envelope, created)
-
-    @inlineCallbacks
-    def _store_and_publish(self, envelope: dict, created: float):
         targets = events.targets_of(envelope)
-        stored = yield metrics.timed(
-            self.store.append(envelope, addresses_of(targets), events.ttl_of(envelope["type"])), "event_store", "append"
+        d = metrics.timed(
+            self.store.append(envelope, addresses_of(targets), events.ttl_of(envelope["type"]), idempotency),
+            "event_store", "append",
         )
-        yield self.bus.publish(Message(stored, targets, created))
-        counter = _EMITTED.get(stored["type"])
-        if counter is None:
-            counter = _EMITTED[stored["type"]] = metrics.events_emitted.labels(stored["type"])
-        counter.inc()
-        return stored
+        d.addCallback(self._counted)
+        return shielded(d)  # a caller that gives up (an HTTP client gone) never stops an append half-way
+
+    @staticmethod
+    def _counted(appended):
+        if not appended.replayed:
+            kind = appended.envelope["type"]
+            counter = _EMITTED.get(kind)
+            if counter is None:
+                counter = _EMITTED[kind] = metrics.events_emitted.labels(kind)
+            counter.inc()
+        return appended
 
     # -- PROTOCOL.md section 6, the named emits ------------------------------------
 
-    def emit_locker_state_changed(self, locker_id, old_state, new_state, kiosk_id, *, user_id=None, reason=None, metadata=None):
+    def emit_locker_state_changed(self, locker_id, old_state, new_state, kiosk_id, *, user_id=None, reason=None,
+                                  metadata=None, idempotency_key=None):
         data = {"lockerId": locker_id, "oldState": old_state, "newState": new_state, "kioskId": kiosk_id}
         data.update(_present(userId=user_id, reason=reason, metadata=metadata))
-        return self.emit("locker_state_changed", data)
+        return self.emit("locker_state_changed", data, idempotency_key)
 
-    def emit_help_requested(self, help_request: dict, priority: str | None = None):
+    def emit_help_requested(self, help_request: dict, priority: str | None = None, *, idempotency_key=None):
         """`priority` wins over the request's own; neither given: `medium`."""
         if not isinstance(help_request, dict):
             return fail(events.ValidationError("data", "an object", help_request))
         data = dict(help_request)
         data["priority"] = priority or help_request.get("priority") or "medium"
-        return self.emit("help_requested", data)
+        return self.emit("help_requested", data, idempotency_key)
 
-    def emit_help_status_updated(self, id, old_status, new_status, *, agent_id=None, resolution_notes=None):
+    def emit_help_status_updated(self, id, old_status, new_status, *, agent_id=None, resolution_notes=None,
+                                 idempotency_key=None):
         data = {"id": id, "old_status": old_status, "new_status": new_status}
         data.update(_present(agent_id=agent_id, resolution_notes=resolution_notes))
-        return self.emit("help_status_updated", data)
+        return self.emit("help_status_updated", data, idempotency_key)
 
-    def emit_command_applied(self, command: dict, result: dict):
-        return self.emit("command_applied", {"command": command, "result": result})
+    def emit_command_applied(self, command: dict, result: dict, *, idempotency_key=None):
+        return self.emit("command_applied", {"command": command, "result": result}, idempotency_key)
 
-    def emit_system_status(self, component, status, health_score, *, metrics=None, message=None, details=None):
+    def emit_system_status(self, component, status, health_score, *, metrics=None, message=None, details=None,
+                           idempotency_key=None):
         data = {"component": component, "status": status, "health_score": health_score}
         data.update(_present(metrics=metrics, message=message, details=details))
-        return self.emit("system_status", data)
+        return self.emit("system_status", data, idempotency_key)
 
     # -- the hub's broadcasts, on the same object ------------------------------------
 

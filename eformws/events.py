@@ -334,13 +334,14 @@ def prepare_data(name: str, data: Any, now: float) -> dict:
 
 
 def build(name: str, data: Any, now: float | None = None) -> dict:
-    """Validate and return envelope D without its `seq` (the store assigns it)."""
+    """Validate and return envelope D without its `seq` and `epoch` (the store assigns them)."""
     now = time.time() if now is None else now
     kind = event_type(name)
     checked = prepare_data(name, data, now)
     return {
         "id": str(uuid.uuid4()),
         "seq": None,
+        "epoch": None,
         "type": name,
         "timestamp": wire.js_timestamp(now),
         "namespace": kind.namespace,

@@ -108,7 +108,7 @@ class Hub:
         self.namespaces: dict[str, Namespace] = {}
         self.endpoints: dict[str, Any] = {}
         self.latency = LatencyWindow(latency_window)
-        self.event_generation = 0  # structured events delivered so far (replay answers change with it)
+        self.position = None  # the event log's Position this process has delivered through
         self.bus = None
 
     # -- registry -----------------------------------------------------------
@@ -245,8 +245,6 @@ class Hub:
         """Send `message` to every local recipient once; return how many got it. Each
         distinct (framing, audience) gets one frame: roles that may not see sensitive
         fields share the redacted one."""
-        if "seq" in message.envelope:
-            self.event_generation += 1
         frames = _Frames(message, self.redactor)
         count = 0
         for target in message.targets:

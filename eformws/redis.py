@@ -1,8 +1,9 @@
 """Connections to Redis (txredisapi): the URL, a reconnecting command connection with capped
-exponential backoff and jitter, its state for /healthz, and a key prefix for one deployment."""
+exponential backoff and jitter, its state for /healthz, Lua scripts, and the settings check."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -16,6 +17,65 @@ log = Logger(namespace="eformws.redis")
 
 class RedisUnavailable(ConnectionError):
     """Redis does not answer now; the caller keeps going and retries later."""
+
+
+# Error replies after which the command did not run and may be sent again later: out of
+# memory (maxmemory with noeviction), loading its data after a restart, a script running,
+# a replica that refuses writes.
+RETRYABLE_REPLIES = ("OOM", "LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "NOREPLICAS")
+
+
+def retryable_reply(error: BaseException) -> bool:
+    """Whether `error` is a Redis error reply for a command that did not run (see above)."""
+    import txredisapi
+
+    return isinstance(error, txredisapi.ResponseError) and str(error).startswith(RETRYABLE_REPLIES)
+
+
+class Script:
+    """A Lua script run with EVALSHA, loaded with EVAL the first time Redis does not know it.
+    Scripts start with `#!lua` (no flags): Redis then refuses the whole script, before it
+    runs, while it is over `maxmemory`, so a script writes everything or nothing."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
+
+    def run(self, connection: "RedisConnection", keys, args):
+        keys, args = list(keys), list(args)
+        d = connection.command("EVALSHA", self.sha, len(keys), *keys, *args)
+
+        def unknown(failure):
+            import txredisapi
+
+            if failure.check(txredisapi.ResponseError) and str(failure.value).startswith("NOSCRIPT"):
+                return connection.command("EVAL", self.source, len(keys), *keys, *args)
+            return failure
+
+        d.addErrback(unknown)
+        return d
+
+
+DURABILITY_ADVICE = "docs/operations.md, 'Redis settings'"
+
+
+def durability_warnings(settings: dict) -> list[str]:
+    """What in Redis's `CONFIG GET` answers can lose accepted events or sessions."""
+    warnings = []
+    policy = settings.get("maxmemory-policy")
+    if policy is not None and policy != "noeviction":
+        warnings.append(
+            f"maxmemory-policy is {policy}: Redis may evict sessions and the event log under memory "
+            "pressure; set noeviction (emits then fail with 503 instead of losing data)"
+        )
+    if settings.get("appendonly") == "no":
+        warnings.append(
+            "appendonly is no: a Redis restart loses the event log and the sessions (clients then "
+            "resume with recovered:false); set appendonly yes"
+        )
+    elif settings.get("appendonly") == "yes" and settings.get("appendfsync") == "no":
+        warnings.append("appendfsync is no: a Redis crash can lose accepted events; use everysec or always")
+    return warnings
 
 
 @dataclass(frozen=True)
@@ -169,3 +229,26 @@ class RedisConnection(Service):
         d = self.factory.disconnect()
         d.addErrback(lambda _: None)
         return d
+
+
+def check_durability(connection: RedisConnection):
+    """Log one warning for each Redis setting that can lose accepted data (where Redis lets
+    us read its settings: managed services often refuse CONFIG). Fires with the warnings."""
+    from twisted.internet.defer import ensureDeferred
+
+    async def check():
+        settings: dict = {}
+        try:
+            for name in ("maxmemory-policy", "appendonly", "appendfsync"):
+                reply = await connection.command("CONFIG", "GET", name)
+                settings.update(zip(reply[::2], reply[1::2]))
+        except Exception as e:
+            log.info("could not read Redis's settings ({error}); check them by hand: {advice}",
+                     error=type(e).__name__, advice=DURABILITY_ADVICE)
+            return []
+        warnings = durability_warnings(settings)
+        for warning in warnings:
+            log.warn("redis: {warning} ({advice})", warning=warning, advice=DURABILITY_ADVICE)
+        return warnings
+
+    return ensureDeferred(check())

@@ -10,12 +10,14 @@ from autobahn.websocket.protocol import PreparedMessage
 from twisted.internet.defer import Deferred, succeed
 
 from eformws import wire
+from eformws.store import log_position
 
 
 class RecentEvents:
-    """`recent(filter)` as the store answers it, shared: an answer (or a query in flight) is
-    reused while no structured event has been delivered since (`hub.event_generation`) and
-    for at most `max_age` seconds, so a reconnect storm costs one query per filter."""
+    """`recent(filter)` up to this process's position, as the store answers it, shared: an
+    answer (or a query in flight) is reused while the position is the same (no structured
+    event delivered since) and for at most `max_age` seconds, so a reconnect storm costs
+    one query per filter."""
 
     def __init__(self, store, hub, window: float, limit: int, max_age: float = 1.0, clock=time.monotonic):
         self.store = store
@@ -29,7 +31,8 @@ class RecentEvents:
     def recent(self, event_filter) -> Deferred:
         now = self._clock()
         entry = self._entries.get(event_filter)
-        if entry is not None and entry[0] == self.hub.event_generation and now - entry[1] < self.max_age:
+        position = self.hub.position
+        if entry is not None and entry[0] == position and now - entry[1] < self.max_age:
             if entry[3] is None:
                 return succeed(entry[2])
             waiter = Deferred()
@@ -38,9 +41,9 @@ class RecentEvents:
         if len(self._entries) > 1000:
             self._entries.clear()
         waiters: list[Deferred] = []
-        entry = [self.hub.event_generation, now, None, waiters]
+        entry = [position, now, None, waiters]
         self._entries[event_filter] = entry
-        d = self.store.recent(event_filter, self.window, self.limit)
+        d = self.store.recent(event_filter, self.window, self.limit, None, position)
 
         def answered(events):
             entry[2], entry[3] = events, None
@@ -74,7 +77,7 @@ class EventFrames:
         if frame is None:
             view = envelope if sees_sensitive else self.redactor.redact(envelope)
             frame = PreparedMessage(wire.dumps(view), False, False, True)
-            frame.seq = envelope.get("seq")
+            frame.position = log_position(envelope)
             self._frames[key] = frame
             if len(self._frames) > self.size:
                 self._frames.popitem(last=False)

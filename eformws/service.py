@@ -19,7 +19,9 @@ from eformws.bus.local import LocalBus
 from eformws.bus.redis import RedisBus
 from eformws.console import mounted as console_resources
 from eformws.emitter import WebSocketEvents
+from eformws.deferreds import shielded
 from eformws.expiry import SessionWatch
+from eformws.feed import EventFeed
 from eformws.hub import Hub
 from eformws.nodes import NodeRegistry, node_id
 from eformws.redis import RedisAddress, RedisConnection, RedisUnavailable
@@ -40,6 +42,9 @@ from eformws.websocket import (
     WebSocketSettings,
     protocol_options,
 )
+
+
+LISTEN_WAIT = 5.0  # seconds the start waits for the event log's position before listening anyway
 
 
 def orderly_exit(reactor) -> None:
@@ -72,7 +77,9 @@ class EformService(MultiService):
         self.bus = self._bus()
         self.hub.bus = self.bus
         self.nodes = self._node_registry()
-        self.events = WebSocketEvents(self.hub, self.event_store, self.bus)
+        self.events = WebSocketEvents(self.hub, self.event_store, self.bus, config.get("events", "idempotency_window"))
+        self.feed = EventFeed(self.hub, self.event_store)
+        self.ready = None  # fires once listening
         self.api = Api(self.hub, self.sessions, config, self.events, self.event_store, self.bus, self.nodes)
         settings = WebSocketSettings.from_config(config, self.hub, self.sessions, self.event_store)
         admission = Admission(config.get("server", "max_connections"))  # legacy namespaces and /wamp together
@@ -139,7 +146,8 @@ class EformService(MultiService):
         if kind == "redis":
             return self._child(
                 RedisEventStore(self.redis, config.get("redis", "prefix"), max_events,
-                                config.get("redis", "outage_buffer"), **self._redis_options())
+                                config.get("redis", "outage_buffer"), config.get("redis", "emit_timeout"),
+                                **self._redis_options())
             )
         return SQLiteEventStore(self._database(config.get("events", "path")), max_events)
 
@@ -179,10 +187,18 @@ class EformService(MultiService):
         return self.listening_port.getHost().port
 
     def startService(self):
+        """Start the parts, follow the event log, and listen once its position is known (at
+        most `LISTEN_WAIT` seconds later: without it, handshakes are refused with 503)."""
         super().startService()
         metrics.REGISTRY.register(self.metrics)
         self.bus.start(self.hub.deliver)
         emitter.install(self.events)
+        following = shielded(self.feed.start())
+        following.addTimeout(LISTEN_WAIT, self.reactor)
+        following.addErrback(lambda _: None)
+        self.ready = following.addCallback(lambda _: self._listen() if self.running else None)
+
+    def _listen(self):
         factory = self.site if self.tls is None else TLSMemoryBIOFactory(self.tls, False, self.site)
         if self.inherited_fd is not None:
             # A worker: the parent bound the socket; every worker accepts on it.
@@ -202,6 +218,7 @@ class EformService(MultiService):
             port=self.port,
             namespaces=", ".join(self.hub.namespaces),
         )
+        return self
 
     @inlineCallbacks
     def stopService(self):

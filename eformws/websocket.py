@@ -24,7 +24,7 @@ from eformws.ratelimit import TokenBucket
 from eformws.replay import EventFrames, RecentEvents
 from eformws.sessions import first_valid_session
 from eformws.sessions.credentials import candidates
-from eformws.store import EventFilter, Resumption
+from eformws.store import EventFilter, Position, Resumption, log_position, parse_cursor
 
 log = Logger(namespace="eformws.websocket")
 
@@ -40,7 +40,7 @@ class JsonFraming:
 
     def prepare(self, message):
         frame = PreparedMessage(message.payload, False, False, True)
-        frame.seq = message.envelope.get("seq")  # structured events carry one; for de-duplication
+        frame.position = log_position(message.envelope)  # structured events carry one
         return frame
 
 
@@ -180,8 +180,10 @@ class LegacyProtocol(GatewayProtocol):
         self._admitted = False
         self._registered = False
         self._bucket: TokenBucket | None = None
-        self._since = None
+        self._since = None  # (seq, epoch) of ?since= and &epoch=
+        self._wants_replay = True  # ?replay=false: none
         self._held: list | None = None  # frames held back while replaying or resuming
+        self._cursor: Position | None = None  # the newest structured event this client has (sent or resumed past)
         self._guard: SlowConsumerGuard | None = None
         self.sees_sensitive = False
 
@@ -198,8 +200,14 @@ class LegacyProtocol(GatewayProtocol):
         if not self.factory.admission.admit():
             raise ConnectionDeny(503, "Too many connections")
         self._admitted = True
+        if settings.hub.position is None:
+            # The event log has not answered since this process started: where this client
+            # starts could not be told, so come back in a moment.
+            raise ConnectionDeny(503, "Event log unavailable")
         since = request.params.get("since")
-        self._since = since[0] if since else None
+        epoch = request.params.get("epoch")
+        self._since = (since[0], epoch[0] if epoch else None) if since else None
+        self._wants_replay = request.params.get("replay", ["true"])[0] not in ("false", "0")
         present = handshake_candidates(request, settings.cookie_names)
         if not present:
             self._authenticated(None, present)
@@ -243,26 +251,29 @@ class LegacyProtocol(GatewayProtocol):
         self.sees_sensitive = self.session is not None and self.session.role in settings.sensitive_roles
         hub.add(self)
         self._registered = True
+        # From here on every structured event this process delivers reaches this client
+        # live: everything after this position, nothing up to it.
+        self._cursor = hub.position
         if self.factory.namespace.echo:
             return  # an echo says nothing of its own
-        self._send(
-            wire.direct(
-                "connection",
-                {
-                    "connectionId": self.id,
-                    "namespace": self.namespace,
-                    "authenticated": self.session is not None,
-                    "timestamp": wire.js_timestamp(),
-                },
-            )
-        )
+        connection = {
+            "connectionId": self.id,
+            "namespace": self.namespace,
+            "authenticated": self.session is not None,
+            "timestamp": wire.js_timestamp(),
+        }
+        if self._cursor is not None:
+            connection["epoch"] = self._cursor.epoch
+            if self._since is None:
+                connection["seq"] = str(self._cursor.seq)
+        self._send(wire.direct("connection", connection))
         default_room = self.factory.namespace.default_room
         if default_room is not None:
             hub.join(self, default_room)
             self._send(wire.direct("room_joined", {"room": default_room}))
             if self._since is not None:
-                self._resume(self._since)
-            elif settings.replay_limit:
+                self._resume(*self._since)
+            elif settings.replay_limit and self._wants_replay:
                 self._replay()
 
     # -- catching up: replay on connect, resume ------------------------------------------
@@ -271,8 +282,8 @@ class LegacyProtocol(GatewayProtocol):
         return EventFilter(self.namespace, frozenset(self.rooms))
 
     def _catch_up(self, query, finish) -> None:
-        """Hold live frames back while `query` runs, send what it found, then the held
-        frames it did not already cover (by seq), then whatever `finish` sends."""
+        """Hold live frames back while `query` runs (what it answers ends where live delivery
+        began), send what it found, then every held frame, then whatever `finish` sends."""
         self._held = []
         d = query()
         d.addCallback(self._caught_up, finish)
@@ -284,24 +295,15 @@ class LegacyProtocol(GatewayProtocol):
             # nothing may be sent any more, and sendMessage would raise Disconnected.
             self._held = None
             return
-        order_key = self.factory.settings.event_store.order_key
         events = found.events if isinstance(found, Resumption) else found
-        last = None  # (order key, seq) of the newest event sent
         frames = self.factory.settings.frames
         for envelope in events:
             self._write(frames.frame(envelope, self.sees_sensitive))
-            last = (order_key(envelope["seq"]), envelope["seq"])
         held, self._held = self._held or [], None
         for frame in held:
-            seq = getattr(frame, "seq", None)
-            if seq is not None:
-                key = order_key(seq)
-                if last is not None and key <= last[0]:
-                    continue
-                last = (key, seq)
-            self.send(frame)
+            self._send_live(frame)
         if finish is not None:
-            finish(found, len(events), last)
+            finish(found, len(events))
 
     def _catch_up_failed(self, failure, finish) -> None:
         log.failure("event store query failed for a connection on {namespace}", failure, namespace=self.namespace)
@@ -312,27 +314,49 @@ class LegacyProtocol(GatewayProtocol):
         metrics.replays.inc()
         self._catch_up(lambda: metrics.timed(settings.replay.recent(self._filter()), "event_store", "recent"), None)
 
-    def _resume(self, cursor) -> None:
+    def _resume(self, cursor, epoch=None) -> None:
+        """Resume from `cursor` (of `epoch`): the events after it up to where this client's
+        live delivery began; when that cannot be done, the replay a new connection gets,
+        and `resumed` says recovered false."""
         settings = self.factory.settings
+        start = settings.hub.position  # everything after it reaches this client live (held meanwhile)
 
-        def resumed(found: Resumption, count: int, last) -> None:
-            latest = found.latest
-            if last is not None and (latest is None or order_key(latest) is None or last[0] > order_key(latest)):
-                latest = last[1]
+        def query():
+            d = metrics.timed(
+                settings.event_store.since(cursor, epoch, self._filter(), settings.resume_limit, start),
+                "event_store", "since",
+            )
+            d.addCallback(recovered_or_replay)
+            return d
+
+        def recovered_or_replay(found: Resumption):
+            if found.recovered:
+                since, current = parse_cursor(cursor), self._cursor
+                if current is not None and since is not None and since > current.seq:
+                    self._cursor = Position(current.epoch, since)  # the client has up to there
+                return found
+            if not settings.replay_limit:
+                return found
+            d = metrics.timed(settings.replay.recent(self._filter()), "event_store", "recent")
+            d.addCallback(lambda replayed: Resumption(replayed, False, found.latest))
+            return d
+
+        def resumed(found: Resumption, count: int) -> None:
             metrics.resumes.labels("true" if found.recovered else "false").inc()
             data = {"recovered": found.recovered, "count": count}
-            if latest is not None:
-                data["seq"] = latest
+            position = self._cursor
+            current = settings.hub.position
+            if position is not None and current is not None and current.epoch == position.epoch \
+                    and current.seq > position.seq:
+                position = self._cursor = current  # every event up to it reached this client, or was not its
+            if position is None:
+                position = found.latest
+            if position is not None:
+                data["seq"] = str(position.seq)
+                data["epoch"] = position.epoch
             self._send(wire.direct("resumed", data))
 
-        order_key = settings.event_store.order_key
-
-        self._catch_up(
-            lambda: metrics.timed(
-                settings.event_store.since(cursor, self._filter(), settings.resume_limit), "event_store", "since"
-            ),
-            resumed,
-        )
+        self._catch_up(query, resumed)
 
     # -- IConnection -----------------------------------------------------------
 
@@ -340,7 +364,18 @@ class LegacyProtocol(GatewayProtocol):
         if self._held is not None:
             self._held.append(frame)
         else:
-            self._write(frame)
+            self._send_live(frame)
+
+    def _send_live(self, frame) -> None:
+        """A frame delivered live; a structured event this client already has (it resumed
+        past it) is not sent again."""
+        position = frame.position
+        if position is not None:
+            cursor = self._cursor
+            if cursor is not None and position.epoch == cursor.epoch and position.seq <= cursor.seq:
+                return
+            self._cursor = position
+        self._write(frame)
 
     def _write(self, frame) -> None:
         """A prepared frame to the peer, unless it was found to be a slow consumer."""
@@ -420,14 +455,16 @@ class LegacyProtocol(GatewayProtocol):
 
     def _resume_message(self, message: dict) -> None:
         data = message.get("data")
-        since = data.get("since") if isinstance(data, dict) else None
-        if since is None:
-            since = message.get("since")
+        data = data if isinstance(data, dict) else {}
+        since = data.get("since", message.get("since"))
+        epoch = data.get("epoch", message.get("epoch"))
         if not isinstance(since, (str, int)) or isinstance(since, bool):
             raise wire.ClientMessageError("invalid_message", "resume needs data.since, the seq of the last event seen")
+        if epoch is not None and not isinstance(epoch, str):
+            raise wire.ClientMessageError("invalid_message", "resume's data.epoch must be a string (the epoch of since)")
         if self._held is not None:
             raise wire.ClientMessageError("busy", "A replay or resume is already in progress")
-        self._resume(since)
+        self._resume(since, epoch)
 
     _handlers = {"join_room": _join_room, "leave_room": _leave_room, "ping": _ping, "resume": _resume_message}
 

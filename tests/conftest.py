@@ -146,6 +146,7 @@ def start_service():
         service = EformService(config)
         service.startService()
         started.append(service)
+        await service.ready  # listening
         return Server(service)
 
     yield start

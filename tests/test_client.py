@@ -347,7 +347,9 @@ async def test_recovered_false_is_reported_when_the_missed_events_are_gone_and_l
     await server.service.event_store.expire()  # the cap deletes what the client would resume from
     clock.advance(disconnect.reconnect_in)
     resumed = await w.resumes.next()
-    assert (resumed.recovered, resumed.count, resumed.seq) == (False, 0, missed[-1]["seq"])
+    # What is still held is replayed instead: the newest events, as to a new connection.
+    assert (resumed.recovered, resumed.count, resumed.seq) == (False, 10, missed[-1]["seq"])
+    assert w.events.values[1:] == missed[-10:]
     assert w.client.last_seq == missed[-1]["seq"]
     live = await emit(server, 99)
     assert await w.events.next() == live
@@ -372,9 +374,11 @@ async def test_after_the_event_store_was_reset_new_events_with_old_seqs_are_stil
     assert [e["seq"] for e in renewed] == ["1", "2"]
     clock.advance(disconnect.reconnect_in)
     resumed = await w.resumes.next()
-    assert (resumed.recovered, resumed.seq) == (False, "2")  # the cursor was ahead of the new store
+    # Another event log (a new epoch): not recovered; what it holds is replayed instead.
+    assert (resumed.recovered, resumed.count, resumed.seq, resumed.epoch) == (False, 2, "2", renewed[-1]["epoch"])
+    assert renewed[-1]["epoch"] != seen[-1]["epoch"]
     live = [await emit(second, n) for n in range(3)]  # seqs 3, 4, 5: delivered before, as other events
-    assert await w.events.reach(len(seen) + 3) == seen + live
+    assert await w.events.reach(len(seen) + 2 + 3) == seen + renewed + live
     assert w.client.last_seq == "5"
 
 

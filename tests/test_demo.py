@@ -55,8 +55,8 @@ async def test_every_generated_event_passes_validation(server):
     emitted = []
     original = server.service.events.emit
 
-    def emit(event_type, data):
-        d = original(event_type, data)
+    def emit(event_type, data, idempotency_key=None):
+        d = original(event_type, data, idempotency_key)
         emitted.append(d)
         return d
 

@@ -17,7 +17,7 @@ from eformws import wire
 from eformws.events import ValidationError
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-ENVELOPE_KEYS = ["id", "seq", "type", "timestamp", "namespace", "room", "version", "data"]
+ENVELOPE_KEYS = ["id", "seq", "epoch", "type", "timestamp", "namespace", "room", "version", "data"]
 
 LOCKERS, HELP, EVENTS = "/ws/lockers", "/ws/help", "/ws/events"
 DEFAULT_ROOM = {LOCKERS: "locker_updates", HELP: "help_requests", EVENTS: "system_events"}

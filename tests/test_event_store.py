@@ -1,6 +1,7 @@
-"""The event stores on their own (PROTOCOL.md section 6, "Persistence and replay"): seqs,
-ordered and batched appends, TTL expiry, the size cap, statistics, the address filter of
-`since` and `recent`, the resume rule, and what the SQLite file keeps across a restart."""
+"""The event stores on their own (docs/events.md, "Persistence, replay and resume"), each of
+memory, SQLite and Redis: seqs and epochs, ordered and batched appends, TTL expiry, the size
+cap, statistics, the address filter of `since` and `recent`, the resume rule, idempotency
+keys, following the log, and what the SQLite file keeps across a restart."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import pytest_twisted
 from twisted.internet import defer
 
 from eformws import events, wire
+from eformws.redis import RedisAddress
 from eformws.sqlite import SQLiteDatabase
-from eformws.store import EventFilter, addresses_of
+from eformws.store import EventFilter, Idempotency, IdempotencyConflict, Position, addresses_of, fingerprint
 from eformws.store.memory import MemoryEventStore
+from eformws.store.redis import RedisEventStore
 from eformws.store.sqlite import SQLiteEventStore
 
 T0 = 1_700_000_000.0  # the fake clock's start
@@ -48,13 +51,20 @@ def system_status() -> dict:
     return events.build("system_status", {"component": "gateway", "status": "online", "health_score": 90}, T0)
 
 
-def append(store, envelope, ttl=3600.0):
-    """Append with the addresses the real emit path would give the envelope."""
-    return store.append(envelope, addresses_of(events.targets_of(envelope)), ttl)
+def append(store, envelope, ttl=3600.0, idempotency=None):
+    """Append with the addresses the real emit path would give the envelope; fires with
+    the stored envelope."""
+    d = store.append(envelope, addresses_of(events.targets_of(envelope)), ttl, idempotency)
+    return d.addCallback(lambda appended: appended.envelope)
 
 
 def seqs(envelopes) -> list[int]:
     return [int(e["seq"]) for e in envelopes]
+
+
+def at(envelope) -> Position:
+    """Where a stored envelope sits in its log."""
+    return Position(envelope["epoch"], int(envelope["seq"]))
 
 
 # -- the stores under test ------------------------------------------------------------------
@@ -90,13 +100,34 @@ def sqlite_stores(tmp_path):
     pytest_twisted.blockon(stores.close_all())
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+class RedisStores:
+    """Redis event stores under one key prefix of the suite's Redis, started as services."""
+
+    def __init__(self, url: str, prefix: str):
+        self.address = RedisAddress.parse(url)
+        self.prefix = prefix
+        self.started: list[RedisEventStore] = []
+
+    def open(self, clock, max_events=100_000) -> RedisEventStore:
+        store = RedisEventStore(self.address, self.prefix, max_events, 10_000, 5.0, clock=clock, block_ms=200)
+        store.startService()
+        self.started.append(store)
+        return store
+
+    def close_all(self):
+        return defer.gatherResults([defer.maybeDeferred(s.stopService) for s in self.started if s.running])
+
+
+@pytest.fixture(params=["sqlite", "memory", "redis"])
 def make_store(request, tmp_path):
     """`make_store(clock, max_events=...)`: a store of the parametrized kind."""
     if request.param == "memory":
         yield lambda clock, max_events=100_000: MemoryEventStore(max_events, clock)
         return
-    stores = SQLiteStores(tmp_path / "events.db")
+    if request.param == "redis":
+        stores = RedisStores(request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"))
+    else:
+        stores = SQLiteStores(tmp_path / "events.db")
     yield stores.open
     pytest_twisted.blockon(stores.close_all())
 
@@ -120,8 +151,9 @@ async def test_append_fires_with_a_copy_carrying_the_seq(make_store):
     store = make_store(Clock())
     envelope = locker()
     stored = await append(store, envelope)
-    assert envelope["seq"] is None
-    assert stored == {**envelope, "seq": stored["seq"]}
+    assert envelope["seq"] is None and envelope["epoch"] is None
+    assert stored == {**envelope, "seq": stored["seq"], "epoch": stored["epoch"]}
+    assert isinstance(stored["epoch"], str) and stored["epoch"]
     assert list(stored) == list(envelope)
 
 
@@ -140,7 +172,7 @@ async def test_many_appends_made_at_once_complete_in_the_order_made(make_store):
     assert [e["id"] for e in results] == [e["id"] for e in made]
     numbers = seqs(completed)
     assert numbers == sorted(numbers) and len(set(numbers)) == len(made)
-    missed = await store.since("0", LOCKERS, 1000)
+    missed = await store.since("0", None, LOCKERS, 1000)
     assert [e["id"] for e in missed.events] == [e["id"] for e in made]
 
 
@@ -167,7 +199,7 @@ async def test_an_event_comes_back_exactly_as_it_was_stored(make_store):
     stored = await append(store, locker(metadata=metadata))
     [replayed] = await store.recent(LOCKERS, 3600, 10)
     assert wire.dumps(replayed) == wire.dumps(stored)
-    [missed] = (await store.since("0", LOCKERS, 10)).events
+    [missed] = (await store.since("0", None, LOCKERS, 10)).events
     assert wire.dumps(missed) == wire.dumps(stored)
 
 
@@ -214,8 +246,8 @@ async def test_resume_from_before_the_size_cap_is_not_recovered(make_store):
     store = make_store(Clock(), max_events=10)
     stored = [await append(store, locker()) for _ in range(15)]
     await store.expire(now=T0)
-    found = await store.since(stored[0]["seq"], LOCKERS, 1000)
-    assert (found.recovered, found.events, found.latest) == (False, [], stored[-1]["seq"])
+    found = await store.since(stored[0]["seq"], None, LOCKERS, 1000)
+    assert (found.recovered, found.events, found.latest) == (False, [], at(stored[-1]))
 
 
 @pytest_twisted.ensureDeferred
@@ -223,7 +255,7 @@ async def test_resume_from_the_newest_deleted_event_is_recovered(make_store):
     store = make_store(Clock(), max_events=10)
     stored = [await append(store, locker()) for _ in range(15)]
     await store.expire(now=T0)
-    found = await store.since(stored[4]["seq"], LOCKERS, 1000)
+    found = await store.since(stored[4]["seq"], None, LOCKERS, 1000)
     assert found.recovered is True
     assert seqs(found.events) == seqs(stored[5:])
 
@@ -235,7 +267,7 @@ async def test_resume_from_before_an_expired_event_is_not_recovered(make_store):
     await append(store, locker(), ttl=10)
     await append(store, locker(), ttl=1000)
     await store.expire(now=T0 + 20)
-    found = await store.since(first["seq"], LOCKERS, 1000)
+    found = await store.since(first["seq"], None, LOCKERS, 1000)
     assert (found.recovered, found.events) == (False, [])
 
 
@@ -300,7 +332,7 @@ FILTER_CASES = [
 async def test_since_returns_only_events_addressed_to_the_namespace_and_rooms(make_store, event_filter, expected):
     store = make_store(Clock())
     stored = await _mixed(store)
-    found = await store.since("0", event_filter, 100)
+    found = await store.since("0", None, event_filter, 100)
     assert found.recovered is True
     assert [e["id"] for e in found.events] == [stored[name]["id"] for name in expected]
 
@@ -364,18 +396,18 @@ async def test_recent_uses_the_store_clock_when_no_time_is_given(make_store):
 async def test_since_returns_the_events_after_the_cursor_in_order(make_store):
     store = make_store(Clock())
     stored = [await append(store, locker()) for _ in range(6)]
-    found = await store.since(stored[2]["seq"], LOCKERS, 100)
+    found = await store.since(stored[2]["seq"], None, LOCKERS, 100)
     assert found.recovered is True
     assert seqs(found.events) == seqs(stored[3:])
-    assert found.latest == stored[-1]["seq"]
+    assert found.latest == at(stored[-1])
 
 
 @pytest_twisted.ensureDeferred
 async def test_since_the_latest_seq_is_recovered_with_nothing_missed(make_store):
     store = make_store(Clock())
     stored = [await append(store, locker()) for _ in range(3)]
-    found = await store.since(stored[-1]["seq"], LOCKERS, 100)
-    assert (found.recovered, found.events, found.latest) == (True, [], stored[-1]["seq"])
+    found = await store.since(stored[-1]["seq"], None, LOCKERS, 100)
+    assert (found.recovered, found.events, found.latest) == (True, [], at(stored[-1]))
 
 
 @pytest_twisted.ensureDeferred
@@ -383,8 +415,8 @@ async def test_since_reports_the_store_latest_seq_even_when_the_filter_matches_n
     store = make_store(Clock())
     mine = await append(store, locker())
     other = await append(store, system_status())
-    found = await store.since(mine["seq"], LOCKERS, 100)
-    assert (found.recovered, found.events, found.latest) == (True, [], other["seq"])
+    found = await store.since(mine["seq"], None, LOCKERS, 100)
+    assert (found.recovered, found.events, found.latest) == (True, [], at(other))
 
 
 @pytest.mark.parametrize("cursor", ["999999", "abc", "", "-1", "1.5", None, True, "9" * 40])
@@ -392,24 +424,24 @@ async def test_since_reports_the_store_latest_seq_even_when_the_filter_matches_n
 async def test_since_an_unknown_cursor_is_not_recovered(make_store, cursor):
     store = make_store(Clock())
     stored = [await append(store, locker()) for _ in range(3)]
-    found = await store.since(cursor, LOCKERS, 100)
-    assert (found.recovered, found.events, found.latest) == (False, [], stored[-1]["seq"])
+    found = await store.since(cursor, None, LOCKERS, 100)
+    assert (found.recovered, found.events, found.latest) == (False, [], at(stored[-1]))
 
 
 @pytest_twisted.ensureDeferred
 async def test_since_more_missed_than_the_limit_is_not_recovered(make_store):
     store = make_store(Clock())
     stored = [await append(store, locker()) for _ in range(6)]
-    assert (await store.since(stored[0]["seq"], LOCKERS, 5)).recovered is True
-    found = await store.since("0", LOCKERS, 5)
+    assert (await store.since(stored[0]["seq"], None, LOCKERS, 5)).recovered is True
+    found = await store.since("0", None, LOCKERS, 5)
     assert (found.recovered, found.events) == (False, [])
 
 
 @pytest_twisted.ensureDeferred
 async def test_an_empty_store_recovers_from_seq_zero(make_store):
     store = make_store(Clock())
-    found = await store.since("0", LOCKERS, 100)
-    assert (found.recovered, found.events, found.latest) == (True, [], "0")
+    found = await store.since("0", None, LOCKERS, 100)
+    assert (found.recovered, found.events, found.latest.seq) == (True, [], 0)
 
 
 # -- SQLite: what the file keeps ----------------------------------------------------------
@@ -421,7 +453,7 @@ async def test_sqlite_events_survive_closing_and_reopening_the_database(sqlite_s
     stored = [await append(store, locker()), await append(store, help_request())]
     await sqlite_stores.close()
     reopened = sqlite_stores.open(Clock())
-    found = await reopened.since("0", EVENTS, 100)
+    found = await reopened.since("0", None, EVENTS, 100)
     assert [wire.dumps(e) for e in found.events] == [wire.dumps(e) for e in stored]
     assert (await reopened.stats())["total_events"] == 2
 
@@ -436,7 +468,7 @@ async def test_sqlite_seq_keeps_increasing_after_a_restart_when_the_newest_rows_
     reopened = sqlite_stores.open(Clock(T0 + 20))
     after = await append(reopened, locker())
     assert int(after["seq"]) > int(deleted[-1]["seq"]) > int(kept["seq"])
-    found = await reopened.since(deleted[-1]["seq"], LOCKERS, 100)
+    found = await reopened.since(deleted[-1]["seq"], None, LOCKERS, 100)
     assert (found.recovered, seqs(found.events)) == (True, [int(after["seq"])])
 
 
@@ -447,7 +479,7 @@ async def test_sqlite_history_lost_before_a_restart_is_still_not_recovered_after
     await store.expire(now=T0)
     await sqlite_stores.close()
     reopened = sqlite_stores.open(Clock(), max_events=3)
-    lost = await reopened.since(stored[0]["seq"], LOCKERS, 100)
+    lost = await reopened.since(stored[0]["seq"], None, LOCKERS, 100)
     assert (lost.recovered, lost.events) == (False, [])
-    kept = await reopened.since(stored[2]["seq"], LOCKERS, 100)
+    kept = await reopened.since(stored[2]["seq"], None, LOCKERS, 100)
     assert (kept.recovered, seqs(kept.events)) == (True, seqs(stored[3:]))

@@ -21,7 +21,7 @@ from eformws.message import Target
 PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-ENVELOPE_KEYS = ["id", "seq", "type", "timestamp", "namespace", "room", "version", "data"]
+ENVELOPE_KEYS = ["id", "seq", "epoch", "type", "timestamp", "namespace", "room", "version", "data"]
 CREATED_AT = "2024-01-15T10:30:00.000Z"
 
 LOCKER_STATES = ["closed", "open", "reserved", "maintenance", "error"]

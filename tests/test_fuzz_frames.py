@@ -234,7 +234,7 @@ def check_reply(want: Reply, got: dict) -> None:
             assert TS.match(data["timestamp"]), got
     elif want.type == "resumed":
         assert isinstance(data["recovered"], bool) and isinstance(data["count"], int), got
-        assert set(data) <= {"recovered", "count", "seq"}, got
+        assert set(data) <= {"recovered", "count", "seq", "epoch"}, got
 
 
 # -- the harness -------------------------------------------------------------------------------

@@ -189,7 +189,7 @@ async def test_session_expiry_closes_are_counted(start_server):
 @pytest_twisted.ensureDeferred
 async def test_each_redis_connection_reports_its_state(start_server, redis_url, redis_prefix):
     server = await start_server({"redis.url": redis_url, "redis.prefix": redis_prefix})
-    names = ("bus writer", "bus reader", "event store", "session store", "node registry")
+    names = ("bus writer", "bus reader", "event store", "event log reader", "session store", "node registry")
     samples = await scrape_until(
         server, lambda s: all(value(s, "eformws_redis_up", connection=name) == 1 for name in names)
     )

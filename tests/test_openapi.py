@@ -47,7 +47,7 @@ HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "tra
 STATUSES = {
     ("/api/websocket/status", "get"): {"200"},
     ("/api/websocket/broadcast", "post"): {"200", "400", "401", "403", "404", "413", "503"},
-    ("/api/websocket/events", "post"): {"201", "400", "401", "403", "413", "503"},
+    ("/api/websocket/events", "post"): {"201", "400", "401", "403", "409", "413", "503"},
     ("/api/websocket/health", "get"): {"200", "401", "503"},
     ("/healthz", "get"): {"200", "503"},
 }

@@ -49,8 +49,8 @@ async def start_gateway(spawn, directory, url, prefix, text=""):
     return gateway
 
 
-async def gateways(spawn, tmp_path, url, prefix, count=2):
-    return [await start_gateway(spawn, tmp_path / f"node{i}", url, prefix) for i in range(count)]
+async def gateways(spawn, tmp_path, url, prefix, count=2, text=""):
+    return [await start_gateway(spawn, tmp_path / f"node{i}", url, prefix, text) for i in range(count)]
 
 
 async def post(gateway, path, body):
@@ -96,20 +96,43 @@ async def until_marker(client, producer, namespace=LOCKERS, room=None) -> list:
         message = await client.recv(timeout=TIMEOUT)
         if message["type"] == marker:
             return got
-        if not message["type"].startswith("marker-"):  # other clients' markers reach this one too
+        if not is_marker(message):  # other clients' markers reach this one too
             got.append(message)
 
 
-def seq_key(seq: str) -> tuple[int, int]:
-    ms, n = seq.split("-")
-    return int(ms), int(n)
+def seq_key(seq: str) -> int:
+    return int(seq)
+
+
+async def until_event_marker(client, producer) -> list:
+    """What `client` (on /ws/events) gets before a marker event emitted on `producer` now:
+    every process delivers events in seq order, so every event stored before it is in the
+    list (broadcasts travel apart from events: a broadcast marker says nothing of them)."""
+    marker = f"marker-{uuid.uuid4().hex}"
+    data = {"component": "gateway", "status": "online", "health_score": 100, "message": marker}
+    status, body = await post(producer, "/api/websocket/events", {"type": "system_status", "data": data})
+    assert status == 201, body
+    got = []
+    while True:
+        message = await client.recv(timeout=TIMEOUT)
+        if isinstance(message.get("data"), dict) and message["data"].get("message") == marker:
+            return got
+        if not is_marker(message):
+            got.append(message)
+
+
+def is_marker(message: dict) -> bool:
+    """A marker broadcast or marker event (of any client's waiting)."""
+    data = message.get("data")
+    text = data.get("message") if isinstance(data, dict) else None
+    return message["type"].startswith("marker-") or (isinstance(text, str) and text.startswith("marker-"))
 
 
 async def next_message(client) -> dict:
-    """The next message that is not a marker broadcast."""
+    """The next message that is not a marker."""
     while True:
         message = await client.recv(timeout=TIMEOUT)
-        if not message["type"].startswith("marker-"):
+        if not is_marker(message):
             return message
 
 
@@ -171,7 +194,7 @@ async def test_events_of_one_producer_reach_the_other_process_once_each_in_emit_
     session_id = await create_session(tmp_path, a.config)
     client = await b.join(EVENTS, session_id)
     emitted = [await emit(a, n) for n in range(30)]
-    got = await until_marker(client, a, EVENTS)
+    got = await until_event_marker(client, a)
     assert [m["seq"] for m in got] == [e["seq"] for e in emitted]
     assert [m["data"]["lockerId"] for m in got] == [f"kiosk-1:{n}" for n in range(30)]
 
@@ -185,8 +208,8 @@ async def test_concurrent_emits_on_two_processes_each_reach_every_client_exactly
         [defer.ensureDeferred(emit(gateway, n)) for n in range(20) for gateway in (a, b)]
     )
     for client in clients:
-        got = await until_marker(client, a, EVENTS)
-        got += await until_marker(client, b, EVENTS)
+        got = await until_event_marker(client, a)
+        got += await until_event_marker(client, b)
         assert sorted(m["seq"] for m in got) == sorted(e["seq"] for e in stored)
 
 
@@ -363,12 +386,13 @@ async def test_redis_outage_keeps_local_delivery_answers_503_and_loses_nothing(t
     redis = RedisServer(tmp_path)
     await redis.start()
     try:
-        a, b = await gateways(spawn, tmp_path, redis.url, redis_prefix)
+        # Emits wait for Redis for up to emit_timeout; this outage may outlast the default 5 s.
+        a, b = await gateways(spawn, tmp_path, redis.url, redis_prefix, text="emit_timeout = 60.0\n")
         session_id = await create_session(tmp_path, a.config)
         on_a, on_b = await a.join(EVENTS, session_id), await b.join(EVENTS, session_id)
         before = [await emit(a, n) for n in range(5)]
         for client in (on_a, on_b):
-            assert [m["seq"] for m in await until_marker(client, a, EVENTS)] == [e["seq"] for e in before]
+            assert [m["seq"] for m in await until_event_marker(client, a)] == [e["seq"] for e in before]
 
         marks = (a.process.mark, b.process.mark)
         await redis.stop()
@@ -386,20 +410,27 @@ async def test_redis_outage_keeps_local_delivery_answers_503_and_loses_nothing(t
 
         await redis.start()
         during = sorted(await defer.gatherResults(pending), key=lambda e: seq_key(e["seq"]))  # seq = store order
-        expected_b = ["during-outage"] + [e["seq"] for e in during]
-        got_b = await until_marker(on_b, a, EVENTS)
-        assert [m["seq"] if m["type"] == "locker_state_changed" else m["type"] for m in got_b] == expected_b
-        got_a = await until_marker(on_a, a, EVENTS)
-        assert [m["seq"] for m in got_a] == [e["seq"] for e in during]
+        # The events reach both, in seq order, from the log; the broadcast reaches B once A's
+        # buffer is written (broadcasts and events travel apart: in either order).
+        got = {}
+        for name, client in (("a", on_a), ("b", on_b)):
+            got[name] = await until_event_marker(client, a)
+            assert [m["seq"] for m in got[name] if m["type"] == "locker_state_changed"] == [e["seq"] for e in during]
+        broadcasts = [m for m in got["b"] if m["type"] == "during-outage"]
+        if not broadcasts:
+            broadcasts = [m for m in await until_marker(on_b, a, EVENTS) if m["type"] == "during-outage"]
+        assert len(broadcasts) == 1
 
         # Each connection to Redis comes back on its own backoff: B's session store too.
         await b.process.line(r"redis session store connected", after=marks[1])
         resumed = await b.connect(f"{EVENTS}?sessionId={session_id}&since={before[-1]['seq']}")
-        messages = [await resumed.recv() for _ in range(2 + len(during) + 1)]
-        assert [m.get("seq") for m in messages[2:-1]] == [e["seq"] for e in during]
+        messages = [await resumed.recv()]
+        while messages[-1]["type"] != "resumed":
+            messages.append(await resumed.recv())
+        assert [m["seq"] for m in messages if m["type"] == "locker_state_changed"] == [e["seq"] for e in during]
         assert messages[-1]["data"]["recovered"] is True
         for gateway, mark in zip((a, b), marks):
-            for name in ("bus writer", "bus reader", "event store", "session store", "node registry"):
+            for name in ("bus writer", "bus reader", "event store", "event log reader", "session store", "node registry"):
                 await gateway.process.line(f"redis {name} connected", after=mark)
             code, health = await get(gateway, "/healthz")
             assert code == 200, health

@@ -18,7 +18,7 @@ from twisted.logger import globalLogPublisher
 
 LOCKERS, HELP, EVENTS = "/ws/lockers", "/ws/help", "/ws/events"
 CREATED_AT = "2024-01-15T10:30:00.000Z"
-STRUCTURED_KEYS = ["id", "seq", "type", "timestamp", "namespace", "room", "version", "data"]
+STRUCTURED_KEYS = ["id", "seq", "epoch", "type", "timestamp", "namespace", "room", "version", "data"]
 
 SAMPLES = {
     "locker_state_changed": {"lockerId": "kiosk-1:12", "oldState": "closed", "newState": "open", "kioskId": "kiosk-1"},
@@ -104,6 +104,11 @@ def parse_ts(text: str) -> float:
 
 def seqs(envelopes) -> list[int]:
     return [int(e["seq"]) for e in envelopes]
+
+
+def resumed_data(recovered: bool, count: int, newest: dict) -> dict:
+    """`resumed`'s data when the log's newest event is `newest`."""
+    return {"recovered": recovered, "count": count, "seq": newest["seq"], "epoch": newest["epoch"]}
 
 
 async def live_client_with_last_seq(server, session_id, path=LOCKERS):
@@ -268,7 +273,7 @@ async def test_resume_message_sends_exactly_the_missed_events_then_resumed(start
     assert len(got) == 300
     assert seqs(got) == seqs(missed)
     assert [m["id"] for m in got] == [e["id"] for e in missed]
-    assert resumed["data"] == {"recovered": True, "count": 300, "seq": emitted[-1]["seq"]}
+    assert resumed["data"] == resumed_data(True, 300, emitted[-1])
     assert list(resumed) == ["type", "data", "timestamp"]
     assert await received_raw(client) == []
 
@@ -305,7 +310,7 @@ async def test_since_on_the_url_takes_the_place_of_the_replay(start):
     assert [m["type"] for m in got[:2]] == ["connection", "room_joined"]
     assert raw[2:12] == frames(missed)
     assert got[12]["type"] == "resumed"
-    assert got[12]["data"] == {"recovered": True, "count": 10, "seq": missed[-1]["seq"]}
+    assert got[12]["data"] == resumed_data(True, 10, missed[-1])
     assert await received_raw(client) == []
 
 
@@ -418,7 +423,7 @@ async def test_resume_after_a_server_restart_loses_and_duplicates_nothing(start)
     expected = [e for e in before_restart + after_restart if e["type"] == "locker_state_changed"]
     assert seqs(got) == seqs(expected)
     assert [m["id"] for m in got] == [e["id"] for e in expected]
-    assert resumed["data"] == {"recovered": True, "count": 20, "seq": after_restart[-1]["seq"]}
+    assert resumed["data"] == resumed_data(True, 20, after_restart[-1])
     assert await received_raw(client) == []
 
 
@@ -440,7 +445,7 @@ async def test_resume_from_before_the_stored_history_is_not_recovered(start):
     got, resumed = await resume_reply(client, "1")
     assert stored[0]["seq"] == "1"
     assert got == []
-    assert resumed["data"] == {"recovered": False, "count": 0, "seq": stored[-1]["seq"]}
+    assert resumed["data"] == resumed_data(False, 0, stored[-1])
 
 
 @pytest.mark.parametrize("since", ["999999", "not-a-seq", "", "-3", "1e3"])
@@ -452,18 +457,19 @@ async def test_resume_from_an_unknown_seq_is_not_recovered(start, since):
     client = await server.join(LOCKERS, session_id)
     got, resumed = await resume_reply(client, since)
     assert got == []
-    assert resumed["data"] == {"recovered": False, "count": 0, "seq": stored[-1]["seq"]}
+    assert resumed["data"] == resumed_data(False, 0, stored[-1])
 
 
 @pytest_twisted.ensureDeferred
-async def test_since_on_the_url_from_an_unknown_seq_is_not_recovered_and_replays_nothing(start):
-    server = await start()
+async def test_since_on_the_url_from_an_unknown_seq_is_not_recovered_and_gets_the_replay_instead(start):
+    server = await start({"events.replay_limit": 2})
     session_id = await server.session()
     stored = await emit_many(server, ["locker_state_changed"], 3)
     client = await connect_raw(server, LOCKERS, session_id, "&since=nonsense")
-    got = [json.loads(raw) for raw in await read_raw(client, 3)]
-    assert [m["type"] for m in got] == ["connection", "room_joined", "resumed"]
-    assert got[2]["data"] == {"recovered": False, "count": 0, "seq": stored[-1]["seq"]}
+    got = [json.loads(raw) for raw in await read_raw(client, 5)]
+    assert [m["type"] for m in got] == ["connection", "room_joined", *["locker_state_changed"] * 2, "resumed"]
+    assert seqs(got[2:4]) == seqs(stored[1:])
+    assert got[4]["data"] == resumed_data(False, 2, stored[-1])
     assert await received_raw(client) == []
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from itertools import islice
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import inlineCallbacks, succeed
@@ -14,12 +15,19 @@ from zope.interface import implementer
 
 from eformws.bus import IBus
 from eformws.message import Message
-from eformws.redis import RedisConnection
+from eformws.redis import RedisConnection, Script, backoff_delay, retryable_reply
 
 log = Logger(namespace="eformws.bus.redis")
 
 READ_BATCH = 1000
 WRITE_BATCH = 500
+
+# KEYS: the stream. ARGV: its length cap, then the entries, each added in order.
+PUBLISH = Script(
+    "#!lua\n"
+    "for i = 2, #ARGV do redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[i]) end\n"
+    "return #ARGV - 1\n"
+)
 
 
 @implementer(IBus)
@@ -40,6 +48,10 @@ class RedisBus(MultiService):
         self.buffer_size = buffer_size
         self.stream_length = stream_length
         self.block_ms = block_ms
+        self._backoff = (initial_delay, max_delay)
+        self._paused = None  # the delayed call that retries after Redis refused a write
+        self._failures = 0
+        self.write_error: str | None = None
         self.writer = RedisConnection(address, "bus writer", initial_delay, max_delay)
         self.reader = RedisConnection(address, "bus reader", initial_delay, max_delay, reply_timeout=None)
         self.writer.setServiceParent(self)
@@ -80,35 +92,59 @@ class RedisBus(MultiService):
 
     @property
     def healthy(self) -> bool:
-        return self.writer.connected and self.reader.connected
+        return self.writer.connected and self.reader.connected and self.write_error is None
+
+    def stopService(self):
+        if self._paused is not None and self._paused.active():
+            self._paused.cancel()
+        self._paused = None
+        return super().stopService()
 
     # -- writing ---------------------------------------------------------------------
 
     @inlineCallbacks
     def _flush(self):
+        """Write what waits, a batch at a time, each batch in one script (all of it or
+        none: a refused batch leaves no hole that a retry would fill out of order)."""
         if self._flushing:
             return
         self._flushing = True
         try:
-            while self.pending and self.writer.connected:
-                batch = list(self.pending)[:WRITE_BATCH]
-                writes = [
-                    self.writer.command("XADD", self.key, "MAXLEN", "~", self.stream_length, "*", "m", entry)
-                    for entry in batch
-                ]
+            while self.pending and self.writer.connected and self._paused is None:
+                batch = list(islice(self.pending, WRITE_BATCH))
                 try:
-                    for write in writes:
-                        yield write
+                    yield PUBLISH.run(self.writer, [self.key], [self.stream_length, *batch])
                 except Exception as e:
-                    log.warn("redis bus write failed ({error}); {n} messages kept for retry",
-                             error=type(e).__name__, n=len(self.pending))
-                    for write in writes:
-                        write.addErrback(lambda _: None)
+                    if self.write_error is None:
+                        log.warn("redis bus write failed ({error}); {n} messages kept for retry",
+                                 error=str(e).split("\r")[0][:200] if retryable_reply(e) else type(e).__name__,
+                                 n=len(self.pending))
+                    if retryable_reply(e):
+                        # Refused (out of memory, ...): retried on its own, not on the next publish.
+                        self.write_error = str(e).split("\r")[0][:200]
+                        self._failures += 1
+                        self._paused = self._reactor().callLater(
+                            backoff_delay(self._failures, *self._backoff), self._resume_writing
+                        )
                     return
+                if self.write_error is not None:
+                    log.info("redis takes bus writes again")
+                self.write_error = None
+                self._failures = 0
                 for _ in batch:
                     self.pending.popleft()
         finally:
             self._flushing = False
+
+    def _resume_writing(self):
+        self._paused = None
+        self._flush()
+
+    @staticmethod
+    def _reactor():
+        from twisted.internet import reactor
+
+        return reactor
 
     # -- reading ---------------------------------------------------------------------
 

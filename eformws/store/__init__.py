@@ -1,10 +1,14 @@
-"""The event-store seam: `IEventStore` (append with seq, since, recent, expire, stats) and
-what every implementation shares: the address filter, cursor parsing, statistics."""
+"""The event-log seam: `IEventStore` (append with seq and epoch, follow in log order, since,
+recent, expire, stats) and what every implementation shares: positions, the address
+filter, cursor parsing, idempotency keys, the resume rule, statistics."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import uuid
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 from zope.interface import Interface
 
@@ -12,29 +16,84 @@ from eformws import wire
 
 
 class IEventStore(Interface):
-    def append(envelope, addresses, ttl):
-        """Store envelope D (its `seq` None) with the (namespace, room) pairs it is addressed
-        to, for `ttl` seconds; fire with a copy whose `seq` is filled in. Appends complete
-        in the order they were made."""
+    def append(envelope, addresses, ttl, idempotency=None):
+        """Write envelope D (its `seq` and `epoch` None) to the log with the (namespace,
+        room) pairs it is addressed to, kept `ttl` seconds; fire with an `Appended` once
+        it is in the log that `follow` reads. With an `Idempotency` whose key was used
+        within its window, nothing is written and the first envelope is the answer
+        (`IdempotencyConflict` when it was used for another event)."""
 
-    def since(cursor, event_filter, limit):
-        """Fire with a `Resumption`: events after `cursor` that match, oldest first."""
+    def follow(on_event, on_reset):
+        """From now on, call `on_event(envelope, created)` for every event of the log,
+        whichever process appended it, exactly once and in seq order; `on_reset(position,
+        why)` when this process cannot go on in order (the log was reset: a new epoch,
+        or events were removed before it read them). Fires with the `Position` the log
+        had when following began (None while the store cannot say)."""
 
-    def recent(event_filter, window, limit, now=None):
-        """Fire with the newest `limit` matching events of the last `window` seconds,
-        oldest first (`event_filter` None: every event)."""
+    def since(cursor, epoch, event_filter, limit, upto):
+        """Fire with a `Resumption`: the matching events after `cursor` up to the
+        `Position` `upto` (None: the newest), oldest first, or `recovered` False."""
+
+    def recent(event_filter, window, limit, now=None, upto=None):
+        """Fire with the newest `limit` matching events of the last `window` seconds up to
+        `upto`, oldest first (`event_filter` None: every event)."""
 
     def expire(now=None):
         """Delete expired events and those past the size cap; fire with the count."""
 
     def stats():
-        """Fire with `event_statistics` (PROTOCOL.md section 7)."""
+        """Fire with `event_statistics` (docs/events.md)."""
 
     def ping():
-        """Fire when the store answers (for /healthz)."""
+        """Fire when the store answers and takes writes (for /healthz)."""
 
-    def order_key(seq):
-        """A comparable key for one of this store's seq strings (None if not one)."""
+
+@dataclass(frozen=True)
+class Position:
+    """A place in one event log: its epoch and a seq of it (0: before its first event).
+    Seqs of one epoch are consecutive integers; another epoch is another log."""
+
+    epoch: str
+    seq: int
+
+
+def new_epoch() -> str:
+    """A random name for a new log (16 hex digits)."""
+    return uuid.uuid4().hex[:16]
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """A producer's `Idempotency-Key`, a fingerprint of what it sent, and how long the key
+    is remembered."""
+
+    key: str
+    fingerprint: str
+    window: float
+
+    @property
+    def digest(self) -> str:
+        """The key as stores keep it: its SHA-256, so any text makes a safe, bounded key."""
+        return hashlib.sha256(self.key.encode("utf-8")).hexdigest()
+
+
+def fingerprint(event_type: Any, data: Any) -> str:
+    """The same request gives the same text whatever its key order."""
+    text = json.dumps([event_type, data], sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=repr)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key used again, within its window, for a different event."""
+
+
+@dataclass
+class Appended:
+    """What an append did: the envelope as stored (with `seq` and `epoch`), and whether it
+    was stored by an earlier request with the same idempotency key."""
+
+    envelope: dict
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,12 +109,12 @@ class EventFilter:
 
 @dataclass
 class Resumption:
-    """The answer to a resume: the missed events, whether nothing was lost, and the latest
-    seq of the store when it answered."""
+    """The answer to a resume: the missed events and whether nothing was lost; `epoch` and
+    `latest` say where the log stood."""
 
     events: list[dict] = field(default_factory=list)
     recovered: bool = False
-    latest: str | None = None
+    latest: Position | None = None
 
 
 def addresses_of(targets) -> list[tuple[str, str]]:
@@ -64,25 +123,49 @@ def addresses_of(targets) -> list[tuple[str, str]]:
 
 
 def parse_cursor(cursor) -> int | None:
-    """A seq cursor of this store's own form (a decimal string), else None."""
+    """A seq of a log (a decimal string or an integer), else None."""
     if isinstance(cursor, int) and not isinstance(cursor, bool):
-        return cursor if cursor >= 0 else None
-    if isinstance(cursor, str) and cursor.isascii() and cursor.isdigit() and len(cursor) <= 19:
+        return cursor if 0 <= cursor < 1 << 63 else None
+    if isinstance(cursor, str) and cursor.isascii() and cursor.isdigit() and len(cursor) <= 18:
         return int(cursor)
     return None
 
 
-def resumption(since, latest, low_water, matching_after, limit: int, latest_text: str | None = None) -> Resumption:
-    """The resume rule every store shares: `since` (an order key; None when the cursor was
-    not one of ours) not ahead of `latest`, not behind `low_water` (the newest deleted),
-    and at most `limit` events missed, or `recovered` is False."""
-    latest_text = str(latest) if latest_text is None else latest_text
-    if since is None or since > latest or since < low_water:
-        return Resumption([], False, latest_text)
-    events = matching_after(since, limit + 1)
-    if len(events) > limit:
-        return Resumption([], False, latest_text)
-    return Resumption(events, True, latest_text)
+def log_position(envelope: dict) -> Position | None:
+    """Where a delivered envelope sits in the log (None: not a structured event)."""
+    seq = envelope.get("seq")
+    if seq is None:
+        return None
+    return Position(envelope.get("epoch"), parse_cursor(seq))
+
+
+def stored(envelope: dict, position: Position) -> dict:
+    """A copy of `envelope` carrying its place in the log."""
+    out = dict(envelope)
+    out["seq"] = str(position.seq)
+    out["epoch"] = position.epoch
+    return out
+
+
+def bound(upto: Position | None, latest: Position) -> int:
+    """The highest seq a query may answer: `upto` when it is of the log's epoch (what this
+    process has delivered), else the log's newest."""
+    if upto is None or upto.epoch != latest.epoch:
+        return latest.seq
+    return min(upto.seq, latest.seq)
+
+
+def resumption(cursor, epoch, latest: Position, low_water: int, matching_after, limit: int) -> Resumption:
+    """The resume rule every store shares. Recovered when the cursor is a seq of this log
+    (its epoch, when given, is the log's), not ahead of it, not behind `low_water` (the
+    newest seq deleted), and at most `limit` events missed."""
+    since = parse_cursor(cursor)
+    if since is None or (epoch is not None and epoch != latest.epoch) or since > latest.seq or since < low_water:
+        return Resumption([], False, latest)
+    events, complete = matching_after(since, limit + 1)
+    if not complete or len(events) > limit:
+        return Resumption([], False, latest)
+    return Resumption(events, True, latest)
 
 
 def statistics(total, by_namespace, by_type, oldest, newest) -> dict:

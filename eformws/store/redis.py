@@ -1,5 +1,6 @@
-"""The shared event store of several processes: one capped Redis Stream whose entry ids are
-the seqs, so replay and resume work whichever process a client reconnects to."""
+"""The event log of several processes: one Redis Stream whose entry ids are consecutive seqs
+(`<seq>-0`) of an epoch, appended by a Lua script (deadline, idempotency key, epoch, seq and
+entry in one atomic write) and read in order by every process, which delivers from it."""
 
 from __future__ import annotations
 
@@ -10,182 +11,471 @@ from collections import Counter, deque
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from eformws.redis import RedisConnection, RedisUnavailable
-from eformws.store import IEventStore, resumption, statistics
+from eformws.redis import RedisConnection, RedisUnavailable, Script, backoff_delay, check_durability, retryable_reply
+from eformws.store import (
+    Appended,
+    IdempotencyConflict,
+    IEventStore,
+    Position,
+    bound,
+    new_epoch,
+    parse_cursor,
+    resumption,
+    statistics,
+    stored,
+)
 
 log = Logger(namespace="eformws.store.redis")
 
 SCAN_BATCH = 500
+READ_BATCH = 1000
+MAX_IN_FLIGHT = 256  # appends sent and not yet answered (pipelined on one connection)
+INTERNAL_KEY_LIFETIME = 30.0  # seconds an append without a producer's key is remembered
+
+# The epoch and seq counter live in a hash beside the stream. Both are made together: when
+# either is missing (a new deployment, the stream deleted or evicted, Redis restarted empty)
+# a new epoch begins; `base` is the seq it starts after (the stream's top, when it is kept).
+_ENSURE = """
+local function ensure(stream, meta, candidate)
+  local epoch = redis.call('HGET', meta, 'epoch')
+  local exists = redis.call('EXISTS', stream) == 1
+  if epoch and exists then return epoch end
+  local base = 0
+  if exists then
+    local info = redis.call('XINFO', 'STREAM', stream)
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then base = tonumber(string.match(info[i + 1], '^(%d+)')) end
+    end
+  else
+    redis.call('XADD', stream, 'MAXLEN', '0', '0-1', 'p', candidate)
+  end
+  redis.call('DEL', meta)
+  redis.call('HSET', meta, 'epoch', candidate, 'seq', base, 'base', base)
+  return candidate
+end
+"""
+
+# KEYS: stream, meta, key record. ARGV: deadline (ms of Redis's clock), a candidate epoch,
+# max length, envelope, addresses, created, expires, fingerprint ('-': no producer key),
+# key lifetime (ms). Answers {'ok', seq, epoch}, {'dup', record} or {'late'}.
+APPEND = Script(
+    "#!lua\n" + _ENSURE + """
+local stream, meta, record = KEYS[1], KEYS[2], KEYS[3]
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[1]) then
+  return {'late'}
+end
+local prior = redis.call('GET', record)
+if prior then return {'dup', prior} end
+local epoch = ensure(stream, meta, ARGV[2])
+local seq = redis.call('HINCRBY', meta, 'seq', 1)
+redis.call('XADD', stream, 'MAXLEN', '~', ARGV[3], seq .. '-0',
+           'e', ARGV[4], 'a', ARGV[5], 'c', ARGV[6], 'x', ARGV[7], 'p', epoch)
+local body = ''
+if ARGV[8] ~= '-' then body = ARGV[4] end
+redis.call('SET', record, cjson.encode({ARGV[8], tostring(seq), epoch, body}), 'PX', ARGV[9])
+return {'ok', tostring(seq), epoch}
+"""
+)
+
+# KEYS: stream, meta. ARGV: a candidate epoch. Answers {epoch, newest seq, base}.
+ENSURE = Script(
+    "#!lua\n" + _ENSURE + """
+local epoch = ensure(KEYS[1], KEYS[2], ARGV[1])
+local state = redis.call('HMGET', KEYS[2], 'seq', 'base')
+return {epoch, state[1], state[2]}
+"""
+)
 
 
-def stream_id_key(seq) -> tuple[int, int] | None:
-    """Order key of a Redis Stream id `<ms>-<n>`; None for anything else."""
-    if not isinstance(seq, str) or not seq.isascii():
-        return None
-    ms, sep, n = seq.partition("-")
-    if not sep or not ms.isdigit() or not n.isdigit() or len(ms) > 20 or len(n) > 20:
-        return None
-    return int(ms), int(n)
+class EmitTimeout(RedisUnavailable):
+    """The event was not written within `redis.emit_timeout` and never will be."""
+
+
+class EmitUnconfirmed(RedisUnavailable):
+    """The write was sent but its answer did not come within `redis.emit_timeout`: it was
+    stored (and is delivered) or not; a retry with the same Idempotency-Key tells."""
 
 
 def _fields(flat) -> dict:
     return dict(zip(flat[::2], flat[1::2]))
 
 
-def _entry(entry_id: str, flat) -> tuple[dict, list, float, float]:
-    fields = _fields(flat)
-    envelope = json.loads(fields["e"])
-    envelope["seq"] = entry_id
-    return envelope, [tuple(a) for a in json.loads(fields["a"])], float(fields["c"]), float(fields["x"])
+def _seq_of(entry_id: str) -> int:
+    return int(entry_id.partition("-")[0])
 
 
-def _after(entry_id: str) -> str:
-    return "(" + entry_id
+class _Append:
+    """One append on its way: what to write, by when, and who waits for it."""
+
+    __slots__ = ("envelope", "addresses", "created", "expires", "idempotency", "deadline", "deferred", "sent", "timer")
+
+    def __init__(self, envelope, addresses, created, expires, idempotency, deadline):
+        self.envelope = envelope
+        self.addresses = addresses
+        self.created = created
+        self.expires = expires
+        self.idempotency = idempotency
+        self.deadline = deadline
+        self.deferred = Deferred()
+        self.sent = False  # may have been written: sent, and not refused since
+        self.timer = None
+
+    @property
+    def done(self) -> bool:
+        return self.deferred.called
+
+    def settle(self, result) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        if not self.deferred.called:
+            if isinstance(result, (Exception, Failure)):
+                self.deferred.errback(result)
+            else:
+                self.deferred.callback(result)
 
 
 @implementer(IEventStore)
 class RedisEventStore(MultiService):
-    """Appends wait in order (bounded by `buffer_size`) while Redis is unreachable and are
-    written when it is back; past the bound they fail with RedisUnavailable."""
+    """Appends wait in order (at most `buffer_size`) while Redis is unreachable or refuses
+    writes, each until its deadline (`emit_timeout`); Redis itself refuses one that arrives
+    late, so an emit that failed with EmitTimeout is never written afterwards."""
 
-    def __init__(self, address, prefix: str, max_events: int, buffer_size: int,
-                 initial_delay: float = 0.5, max_delay: float = 10.0, clock=time.time):
+    def __init__(self, address, prefix: str, max_events: int, buffer_size: int, emit_timeout: float = 5.0,
+                 initial_delay: float = 0.5, max_delay: float = 10.0, clock=time.time, block_ms: int = 2000,
+                 reactor=None):
         super().__init__()
-        self.key = f"{prefix}events"
+        self.stream = f"{prefix}events"
+        self.meta = f"{prefix}events:log"
+        self.key_prefix = f"{prefix}events:key:"
         self.max_events = max_events
         self.buffer_size = buffer_size
+        self.emit_timeout = emit_timeout
+        self.block_ms = block_ms
         self._clock = clock
+        self._reactor = reactor
+        self._backoff = (initial_delay, max_delay)
         self.connection = RedisConnection(address, "event store", initial_delay, max_delay)
         self.connection.setServiceParent(self)
-        self.connection.on_connected.append(lambda _: self._write_queued())
-        self._queue: deque = deque()
-        self._writing = False
+        self.connection.on_connected.append(lambda _: self._writer_connected())
+        self.reader = RedisConnection(address, "event log reader", initial_delay, max_delay, reply_timeout=None)
+        self.reader.setServiceParent(self)
+        self.reader.on_connected.append(lambda _: self._read())
+        self._queue: deque[_Append] = deque()
+        self._pending: set[_Append] = set()  # queued or in flight, until settled
+        self._requeued = 0
+        self._in_flight = 0
+        self._offset: float | None = None  # Redis's clock minus ours, measured on each connect
+        self._paused = None  # the delayed call that resumes writing after a refused write
+        self._failures = 0
+        self.write_error: str | None = None  # why Redis refuses writes now (out of memory, ...)
+        self._checked = False
+        # following the log
+        self._on_event = None
+        self._on_reset = None
+        self._followers: list[Deferred] = []
+        self.position: Position | None = None
+        self._reading = False
 
-    def order_key(self, seq):
-        return stream_id_key(seq)
+    @property
+    def reactor(self):
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
 
     # -- appends -------------------------------------------------------------------
 
-    def append(self, envelope, addresses, ttl):
-        if len(self._queue) >= self.buffer_size:
+    def append(self, envelope, addresses, ttl, idempotency=None):
+        if len(self._pending) >= self.buffer_size:
             return fail(RedisUnavailable("event store: redis unreachable and the outage buffer is full"))
         now = self._clock()
+        item = _Append(envelope, list(addresses), now, now + ttl, idempotency, now + self.emit_timeout)
+        item.timer = self.reactor.callLater(self.emit_timeout, self._too_late, item)
+        item.deferred.addBoth(self._settled, item)
+        self._pending.add(item)
+        self._queue.append(item)
+        self._pump()
+        return item.deferred
+
+    def _settled(self, result, item: _Append):
+        self._pending.discard(item)
+        return result
+
+    def _too_late(self, item: _Append) -> None:
+        item.timer = None
+        if item.sent:
+            item.settle(EmitUnconfirmed(
+                "redis did not confirm the write in time: it may have been stored (then it is delivered); "
+                "retry with the same Idempotency-Key to know"
+            ))
+        else:
+            item.settle(EmitTimeout("redis did not take the write in time; it was not stored"))
+
+    def _writer_connected(self) -> None:
+        d = self.connection.command("TIME")
+
+        def measured(reply):
+            seconds, micros = reply
+            self._offset = int(seconds) + int(micros) / 1e6 - self._clock()
+            self._pump()
+
+        d.addCallbacks(measured, lambda _: None)
+        if not self._checked:
+            self._checked = True
+            check_durability(self.connection)
+
+    def _pump(self) -> None:
+        while (self._queue and self._in_flight < MAX_IN_FLIGHT and self._offset is not None
+               and self._paused is None and self.connection.connected):
+            item = self._queue.popleft()
+            self._requeued = 0  # answers to what is in flight now come after this one was sent
+            if not item.done:
+                self._send(item)
+
+    def _send(self, item: _Append) -> None:
+        idempotency = item.idempotency
+        if idempotency is not None:
+            record, mark, lifetime = idempotency.digest, idempotency.fingerprint, idempotency.window
+        else:
+            record, mark, lifetime = "id:" + item.envelope["id"], "-", max(INTERNAL_KEY_LIFETIME, 2 * self.emit_timeout)
+        item.sent = True
+        self._in_flight += 1
+        d = APPEND.run(
+            self.connection,
+            [self.stream, self.meta, self.key_prefix + record],
+            [
+                int((item.deadline + self._offset) * 1000), new_epoch(), self.max_events,
+                json.dumps(item.envelope, separators=(",", ":")), json.dumps(item.addresses, separators=(",", ":")),
+                repr(item.created), repr(item.expires), mark, int(lifetime * 1000),
+            ],
+        )
+        d.addBoth(self._answered, item)
+
+    def _answered(self, result, item: _Append) -> None:
+        self._in_flight -= 1
+        if isinstance(result, Failure):
+            if retryable_reply(result.value) or result.check(RedisUnavailable):
+                # Not written (a refusal), or unknown (the connection dropped): sent again,
+                # which the key record makes safe, until its deadline.
+                if retryable_reply(result.value):
+                    item.sent = False  # refused: certainly not written
+                    self._refused(str(result.value))
+                if not item.done:
+                    self._queue.insert(self._requeued, item)
+                    self._requeued += 1
+                return
+            log.failure("event store append failed", result)
+            item.settle(result)
+        else:
+            self._accepted()
+            item.settle(self._outcome(result, item))
+        self._pump()
+
+    def _outcome(self, reply, item: _Append):
+        kind = reply[0]
+        if kind == "ok":
+            return Appended(stored(item.envelope, Position(reply[2], int(reply[1]))))
+        if kind == "late":
+            return EmitTimeout("redis took the write after its deadline and refused it; it was not stored")
+        mark, seq, epoch, body = json.loads(reply[1])
+        if item.idempotency is None:  # our own retry of a write that had been done
+            return Appended(stored(item.envelope, Position(epoch, int(seq))))
+        if mark != item.idempotency.fingerprint:
+            return IdempotencyConflict(item.idempotency.key)
+        return Appended(stored(json.loads(body), Position(epoch, int(seq))), replayed=True)
+
+    def _refused(self, error: str) -> None:
+        if self.write_error is None:
+            log.warn("redis refuses writes to the event log ({error}); appends wait and are retried",
+                     error=error.split("\r")[0][:200])
+        self.write_error = error.split("\r")[0][:200]
+        self._failures += 1
+        if self._paused is None:
+            delay = backoff_delay(self._failures, *self._backoff)
+            self._paused = self.reactor.callLater(delay, self._resume_writing)
+
+    def _resume_writing(self) -> None:
+        self._paused = None
+        self._pump()
+
+    def _accepted(self) -> None:
+        if self.write_error is not None:
+            log.info("redis takes writes to the event log again")
+        self.write_error = None
+        self._failures = 0
+
+    # -- following the log ---------------------------------------------------------
+
+    def follow(self, on_event, on_reset):
+        self._on_event, self._on_reset = on_event, on_reset
         d = Deferred()
-        self._queue.append((envelope, list(addresses), now, now + ttl, d))
-        self._write_queued()
+        if self.position is not None:
+            d.callback(self.position)
+        else:
+            self._followers.append(d)
+        self._read()
         return d
 
     @inlineCallbacks
-    def _write_queued(self):
-        if self._writing:
+    def _ensure(self, connection):
+        epoch, seq, base = yield ENSURE.run(connection, [self.stream, self.meta], [new_epoch()])
+        return epoch, int(seq), int(base)
+
+    @inlineCallbacks
+    def _read(self):
+        if self._reading or self._on_event is None or not self.running or not self.reader.connected:
             return
-        self._writing = True
+        self._reading = True
         try:
-            while self._queue and self.connection.connected:
-                envelope, addresses, created, expires, d = self._queue[0]
-                stored = dict(envelope)
-                stored["seq"] = None
-                try:
-                    entry_id = yield self.connection.command(
-                        "XADD", self.key, "MAXLEN", "~", self.max_events, "*",
-                        "e", json.dumps(stored, separators=(",", ":")),
-                        "a", json.dumps(addresses, separators=(",", ":")),
-                        "c", repr(created), "x", repr(expires),
-                    )
-                except Exception as e:
-                    log.warn("event store write failed ({error}); {n} events wait for redis",
-                             error=type(e).__name__, n=len(self._queue))
-                    return
-                self._queue.popleft()
-                stored["seq"] = entry_id
-                d.callback(stored)
+            yield self._check_epoch()
+            while self.running and self.reader.connected and self._on_event is not None:
+                reply = yield self.reader.command(
+                    "XREAD", "BLOCK", self.block_ms, "COUNT", READ_BATCH,
+                    "STREAMS", self.stream, f"{self.position.seq}-0",
+                )
+                if not reply:
+                    yield self._check_epoch()  # nothing for a while: was the log replaced?
+                for _, entries in reply or ():
+                    for entry_id, flat in entries:
+                        self._read_entry(entry_id, flat)
+        except Exception as e:
+            if self.running:
+                log.warn("reading the event log stopped ({error}); resumes on reconnect", error=type(e).__name__)
         finally:
-            self._writing = False
+            self._reading = False
+
+    @inlineCallbacks
+    def _check_epoch(self):
+        epoch, seq, base = yield self._ensure(self.reader)
+        if self.position is None:
+            self.position = Position(epoch, seq)
+            log.info("following the event log from seq {seq}", seq=seq)
+            followers, self._followers = self._followers, []
+            for d in followers:
+                if not d.called:
+                    d.callback(self.position)
+        elif epoch != self.position.epoch:
+            self._reset(Position(epoch, base), "the event log was replaced (a new epoch)")
+
+    def _reset(self, position: Position, why: str) -> None:
+        log.warn("event delivery cannot go on in order: {why}; connections are closed so that clients resume",
+                 why=why)
+        self.position = position
+        if self._on_reset is not None:
+            self._on_reset(position, why)
+
+    def _read_entry(self, entry_id: str, flat) -> None:
+        seq = _seq_of(entry_id)
+        try:
+            fields = _fields(flat)
+            epoch = fields["p"]
+            envelope = json.loads(fields["e"])
+            created = float(fields["c"])
+        except (KeyError, TypeError, ValueError):
+            log.warn("skipped a malformed entry of the event log")
+            return
+        if epoch != self.position.epoch:
+            self._reset(Position(epoch, seq - 1), "the event log was replaced (a new epoch)")
+        elif seq != self.position.seq + 1:
+            self._reset(Position(epoch, seq - 1), f"events {self.position.seq + 1} to {seq - 1} were removed unread")
+        self.position = Position(epoch, seq)
+        self._on_event(stored(envelope, self.position), created)
 
     # -- reads ---------------------------------------------------------------------
 
     @inlineCallbacks
-    def _latest_and_low_water(self):
-        info = yield self.connection.command("XINFO", "STREAM", self.key)
-        info = _fields(info)
-        return info.get("last-generated-id", "0-0"), info.get("max-deleted-entry-id", "0-0")
+    def _latest(self):
+        epoch, seq, _ = yield self._ensure(self.connection)
+        return Position(epoch, seq)
 
     @inlineCallbacks
-    def since(self, cursor, event_filter, limit):
-        try:
-            latest, low_water = yield self._latest_and_low_water()
-        except Exception as e:
-            if "no such key" not in str(e).lower():
-                raise
-            latest, low_water = "0-0", "0-0"
-        now = self._clock()
-        since = stream_id_key(cursor)
+    def since(self, cursor, epoch, event_filter, limit, upto=None):
+        latest = yield self._latest()
+        upto_seq = bound(upto, latest)
+        since = parse_cursor(cursor)
         found: list = []
-        lost = False
-        if since is not None and since <= stream_id_key(latest):
-            start = _after(cursor)
-            while len(found) <= limit:
-                batch = yield self.connection.command("XRANGE", self.key, start, "+", "COUNT", SCAN_BATCH)
+        complete = True
+        if since is not None and since < upto_seq and (epoch is None or epoch == latest.epoch):
+            now = self._clock()
+            expected = since + 1
+            while expected <= upto_seq and complete and len(found) <= limit:
+                batch = yield self.connection.command(
+                    "XRANGE", self.stream, f"{expected}-0", f"{upto_seq}-0", "COUNT", SCAN_BATCH
+                )
+                if not batch:
+                    complete = False  # the newest were removed
                 for entry_id, flat in batch:
-                    envelope, addresses, _, expires = _entry(entry_id, flat)
-                    if event_filter.matches(addresses):
-                        if expires <= now:
-                            lost = True  # expired by its type's TTL: the client missed it
-                        else:
-                            found.append(envelope)
-                if len(batch) < SCAN_BATCH:
-                    break
-                start = _after(batch[-1][0])
-        if lost:
-            low_water = latest
-        return resumption(since, stream_id_key(latest), stream_id_key(low_water), lambda s, n: found[:n], limit, latest)
+                    fields = _fields(flat)
+                    if _seq_of(entry_id) != expected or fields.get("p") != latest.epoch:
+                        complete = False  # removed (trimmed, expired and swept) or of another log
+                        break
+                    expected += 1
+                    if event_filter.matches(tuple(a) for a in json.loads(fields["a"])):
+                        if float(fields["x"]) <= now:
+                            complete = False  # expired by its type's TTL: the client missed it
+                            break
+                        found.append(stored(json.loads(fields["e"]), Position(latest.epoch, _seq_of(entry_id))))
+        return resumption(cursor, epoch, latest, 0, lambda _, n: (found[:n], complete), limit)
 
     @inlineCallbacks
-    def recent(self, event_filter, window, limit, now=None):
+    def recent(self, event_filter, window, limit, now=None, upto=None):
+        latest = yield self._latest()
         now = self._clock() if now is None else now
-        oldest_ms = int((now - window) * 1000)
         found: list = []
-        end = "+"
+        end = f"{bound(upto, latest)}-0"
         while len(found) < limit:
-            batch = yield self.connection.command("XREVRANGE", self.key, end, oldest_ms, "COUNT", SCAN_BATCH)
+            batch = yield self.connection.command("XREVRANGE", self.stream, end, "-", "COUNT", SCAN_BATCH)
             for entry_id, flat in batch:
-                envelope, addresses, created, expires = _entry(entry_id, flat)
-                if expires > now and created >= now - window and (event_filter is None or event_filter.matches(addresses)):
-                    found.append(envelope)
+                fields = _fields(flat)
+                created = float(fields.get("c", 0))
+                if fields.get("p") != latest.epoch or created < now - window:
+                    return found[::-1]
+                if float(fields["x"]) > now and (
+                    event_filter is None or event_filter.matches(tuple(a) for a in json.loads(fields["a"]))
+                ):
+                    found.append(stored(json.loads(fields["e"]), Position(latest.epoch, _seq_of(entry_id))))
                     if len(found) >= limit:
                         break
             if len(batch) < SCAN_BATCH:
                 break
-            end = _after(batch[-1][0])
+            end = "(" + batch[-1][0]
         return found[::-1]
 
     @inlineCallbacks
     def _scan(self):
-        """Every live entry, oldest first, in batches (for expiry and statistics)."""
+        """Every entry, oldest first, in batches (for expiry and statistics)."""
         entries = []
         start = "-"
         while True:
-            batch = yield self.connection.command("XRANGE", self.key, start, "+", "COUNT", SCAN_BATCH)
+            batch = yield self.connection.command("XRANGE", self.stream, start, "+", "COUNT", SCAN_BATCH)
             entries.extend(batch)
             if len(batch) < SCAN_BATCH:
                 return entries
-            start = _after(batch[-1][0])
+            start = "(" + batch[-1][0]
 
     @inlineCallbacks
     def expire(self, now=None):
         now = self._clock() if now is None else now
-        expired = [entry_id for entry_id, flat in (yield self._scan()) if float(_fields(flat)["x"]) <= now]
+        expired = [entry_id for entry_id, flat in (yield self._scan()) if float(_fields(flat).get("x", 0)) <= now]
         for start in range(0, len(expired), SCAN_BATCH):
-            yield self.connection.command("XDEL", self.key, *expired[start:start + SCAN_BATCH])
-        return len(expired)
+            yield self.connection.command("XDEL", self.stream, *expired[start:start + SCAN_BATCH])
+        # Appends trim roughly (MAXLEN ~, whole blocks at a time); the sweep trims exactly.
+        trimmed = yield self.connection.command("XTRIM", self.stream, "MAXLEN", "=", self.max_events)
+        return len(expired) + int(trimmed)
 
     @inlineCallbacks
     def stats(self):
         now = self._clock()
-        live = [_entry(i, f) for i, f in (yield self._scan())]
-        live = [(e, c) for e, _, c, x in live if x > now]
+        live = []
+        for _, flat in (yield self._scan()):
+            fields = _fields(flat)
+            if "e" in fields and float(fields["x"]) > now:
+                live.append((json.loads(fields["e"]), float(fields["c"])))
         return statistics(
             len(live),
             dict(Counter(e["namespace"] for e, _ in live)),
@@ -194,5 +484,17 @@ class RedisEventStore(MultiService):
             live[-1][1] if live else None,
         )
 
+    @inlineCallbacks
     def ping(self):
-        return self.connection.command("PING")
+        yield self.connection.command("PING")
+        if self.write_error is not None:
+            raise RedisUnavailable(f"redis refuses writes: {self.write_error}")
+
+    def stopService(self):
+        for item in list(self._pending):
+            item.settle(RedisUnavailable("the gateway is stopping"))
+        self._queue.clear()
+        if self._paused is not None and self._paused.active():
+            self._paused.cancel()
+        self._paused = None
+        return super().stopService()

@@ -1,5 +1,6 @@
-"""The default event store: a SQLite file that survives restarts. Appends made while a
-write is in flight are batched into one transaction; all SQL runs off the reactor."""
+"""The default event log: a SQLite file that survives restarts, with its epoch in the file.
+Appends made while a write is in flight are batched into one transaction, delivered in seq
+order once committed; all SQL runs off the reactor."""
 
 from __future__ import annotations
 
@@ -8,9 +9,22 @@ import sqlite3
 import time
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from zope.interface import implementer
 
-from eformws.store import IEventStore, parse_cursor, resumption, statistics
+from eformws.store import (
+    Appended,
+    IdempotencyConflict,
+    IEventStore,
+    Position,
+    bound,
+    new_epoch,
+    resumption,
+    statistics,
+    stored,
+)
+
+log = Logger(namespace="eformws.store.sqlite")
 
 
 def create_schema(connection: sqlite3.Connection) -> None:
@@ -35,16 +49,49 @@ def create_schema(connection: sqlite3.Connection) -> None:
         CREATE INDEX IF NOT EXISTS event_rooms_seq ON event_rooms (seq);
         CREATE TABLE IF NOT EXISTS event_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
         INSERT OR IGNORE INTO event_meta (key, value) VALUES ('low_water', 0);
+        CREATE TABLE IF NOT EXISTS event_log (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS event_keys (
+            digest TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            envelope TEXT NOT NULL,
+            expires REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS event_keys_expires ON event_keys (expires);
         """
     )
+    # The file's epoch: made once with the file, so a replaced or new file is a new log.
+    connection.execute("INSERT OR IGNORE INTO event_log (key, value) VALUES ('epoch', ?)", (new_epoch(),))
 
 
-def _insert_batch(connection: sqlite3.Connection, batch: list) -> list[int]:
-    """One transaction for every queued append; the seqs in the order given."""
-    seqs = []
+def _epoch(connection) -> str:
+    return connection.execute("SELECT value FROM event_log WHERE key = 'epoch'").fetchone()[0]
+
+
+def _latest(connection) -> Position:
+    row = connection.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    return Position(_epoch(connection), row[0] if row else 0)
+
+
+def _insert_batch(connection: sqlite3.Connection, batch: list) -> list:
+    """One transaction for every queued append; per append, in the order given: the stored
+    envelope and its creation time, or the earlier envelope of its idempotency key (as
+    `Appended`), or an IdempotencyConflict."""
+    results: list = []
+    epoch = _epoch(connection)
     connection.execute("BEGIN IMMEDIATE")
     try:
-        for envelope, addresses, created, expires in batch:
+        for envelope, addresses, created, expires, idempotency in batch:
+            if idempotency is not None:
+                prior = connection.execute(
+                    "SELECT fingerprint, envelope FROM event_keys WHERE digest = ? AND expires > ?",
+                    (idempotency.digest, created),
+                ).fetchone()
+                if prior is not None:
+                    if prior[0] != idempotency.fingerprint:
+                        results.append(IdempotencyConflict(idempotency.key))
+                    else:
+                        results.append(Appended(json.loads(prior[1]), replayed=True))
+                    continue
             cursor = connection.execute(
                 "INSERT INTO events (type, namespace, created, expires, envelope) VALUES (?, ?, ?, ?, ?)",
                 (envelope["type"], envelope["namespace"], created, expires, json.dumps(envelope, separators=(",", ":"))),
@@ -54,18 +101,23 @@ def _insert_batch(connection: sqlite3.Connection, batch: list) -> list[int]:
                 "INSERT OR IGNORE INTO event_rooms (namespace, room, seq) VALUES (?, ?, ?)",
                 [(ns, room, seq) for ns, room in addresses],
             )
-            seqs.append(seq)
+            entry = stored(envelope, Position(epoch, seq))
+            if idempotency is not None:
+                connection.execute(
+                    "INSERT OR REPLACE INTO event_keys (digest, fingerprint, envelope, expires) VALUES (?, ?, ?, ?)",
+                    (idempotency.digest, idempotency.fingerprint, json.dumps(entry, separators=(",", ":")),
+                     created + idempotency.window),
+                )
+            results.append((entry, created))
         connection.execute("COMMIT")
     except BaseException:
         connection.execute("ROLLBACK")
         raise
-    return seqs
+    return results
 
 
-def _load(seq: int, text: str) -> dict:
-    envelope = json.loads(text)
-    envelope["seq"] = str(seq)
-    return envelope
+def _load(seq: int, text: str, epoch: str) -> dict:
+    return stored(json.loads(text), Position(epoch, seq))
 
 
 def _room_clause(event_filter) -> tuple[str, list]:
@@ -77,37 +129,34 @@ def _room_clause(event_filter) -> tuple[str, list]:
     )
 
 
-def _latest_and_low_water(connection) -> tuple[int, int]:
-    latest = connection.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-    low = connection.execute("SELECT value FROM event_meta WHERE key = 'low_water'").fetchone()
-    return (latest[0] if latest else 0), low[0]
-
-
-def _since(connection, cursor, event_filter, limit):
-    latest, low_water = _latest_and_low_water(connection)
+def _since(connection, cursor, epoch, event_filter, limit, upto):
+    latest = _latest(connection)
+    low_water = connection.execute("SELECT value FROM event_meta WHERE key = 'low_water'").fetchone()[0]
     clause, args = _room_clause(event_filter)
+    upto_seq = bound(upto, latest)
 
     def matching_after(since, n):
         rows = connection.execute(
-            f"SELECT seq, envelope FROM events WHERE seq > ? AND seq IN ({clause}) ORDER BY seq LIMIT ?",
-            [since, *args, n],
+            f"SELECT seq, envelope FROM events WHERE seq > ? AND seq <= ? AND seq IN ({clause}) ORDER BY seq LIMIT ?",
+            [since, upto_seq, *args, n],
         ).fetchall()
-        return [_load(seq, text) for seq, text in rows]
+        return [_load(seq, text, latest.epoch) for seq, text in rows], True
 
-    return resumption(parse_cursor(cursor), latest, low_water, matching_after, limit)
+    return resumption(cursor, epoch, latest, low_water, matching_after, limit)
 
 
-def _recent(connection, event_filter, window, limit, now):
+def _recent(connection, event_filter, window, limit, now, upto):
+    latest = _latest(connection)
     if event_filter is None:
         clause, args = "", []
     else:
         room_clause, args = _room_clause(event_filter)
         clause = f"AND seq IN ({room_clause})"
     rows = connection.execute(
-        f"SELECT seq, envelope FROM events WHERE created >= ? {clause} ORDER BY seq DESC LIMIT ?",
-        [now - window, *args, limit],
+        f"SELECT seq, envelope FROM events WHERE created >= ? AND expires > ? AND seq <= ? {clause} ORDER BY seq DESC LIMIT ?",
+        [now - window, now, bound(upto, latest), *args, limit],
     ).fetchall()
-    return [_load(seq, text) for seq, text in reversed(rows)]
+    return [_load(seq, text, latest.epoch) for seq, text in reversed(rows)]
 
 
 def _delete_through(connection, condition: str, args: list) -> int:
@@ -136,6 +185,7 @@ def _expire(connection, now, max_events):
             "SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?", (max_events,)
         ).fetchone()[0]
         count += _delete_through(connection, "seq <= ?", [cutoff])
+    connection.execute("DELETE FROM event_keys WHERE expires <= ?", (now,))
     return count
 
 
@@ -154,14 +204,15 @@ class SQLiteEventStore:
         self._clock = clock
         self._queue: list[tuple[tuple, Deferred]] = []
         self._writing = False
+        self._on_event = None
         database.add_schema(create_schema)
 
-    # -- appends, batched --------------------------------------------------------
+    # -- appends, batched, delivered once committed --------------------------------
 
-    def append(self, envelope, addresses, ttl):
+    def append(self, envelope, addresses, ttl, idempotency=None):
         now = self._clock()
         d = Deferred()
-        self._queue.append(((envelope, tuple(addresses), now, now + ttl), d))
+        self._queue.append(((envelope, tuple(addresses), now, now + ttl, idempotency), d))
         if not self._writing:
             self._write_queued()
         return d
@@ -172,25 +223,39 @@ class SQLiteEventStore:
         write = self._db.run(_insert_batch, [entry for entry, _ in batch])
         write.addBoth(self._written, batch)
 
-    def _written(self, result, batch):
+    def _written(self, results, batch):
         self._writing = False
         if self._queue:
             self._write_queued()
-        for index, (entry, d) in enumerate(batch):
-            if isinstance(result, list):
-                stored = dict(entry[0])
-                stored["seq"] = str(result[index])
-                d.callback(stored)
-            else:
+        if not isinstance(results, list):
+            for _, d in batch:
+                d.errback(results)
+            return
+        for result in results:  # delivered in seq order before anyone hears of them
+            if isinstance(result, tuple) and self._on_event is not None:
+                try:
+                    self._on_event(*result)
+                except Exception:
+                    log.failure("delivering an event failed")
+        for result, (_, d) in zip(results, batch):
+            if isinstance(result, Exception):
                 d.errback(result)
+            elif isinstance(result, Appended):
+                d.callback(result)
+            else:
+                d.callback(Appended(result[0]))
+
+    def follow(self, on_event, on_reset):
+        self._on_event = on_event
+        return self._db.run(_latest)
 
     # -- reads -------------------------------------------------------------------
 
-    def since(self, cursor, event_filter, limit):
-        return self._db.run(_since, cursor, event_filter, limit)
+    def since(self, cursor, epoch, event_filter, limit, upto=None):
+        return self._db.run(_since, cursor, epoch, event_filter, limit, upto)
 
-    def recent(self, event_filter, window, limit, now=None):
-        return self._db.run(_recent, event_filter, window, limit, self._clock() if now is None else now)
+    def recent(self, event_filter, window, limit, now=None, upto=None):
+        return self._db.run(_recent, event_filter, window, limit, self._clock() if now is None else now, upto)
 
     def expire(self, now=None):
         return self._db.run(_expire, self._clock() if now is None else now, self._max_events)
@@ -198,9 +263,5 @@ class SQLiteEventStore:
     def stats(self):
         return self._db.run(_stats)
 
-    def order_key(self, seq):
-        return parse_cursor(seq)
-
     def ping(self):
         return self._db.run(lambda connection: connection.execute("SELECT 1").fetchone())
-

@@ -9,12 +9,16 @@ from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 
 from eformws import wire
 from eformws.events import ValidationError, json_value
+from eformws.redis import RedisUnavailable
+from eformws.store import IdempotencyConflict
 from eformws.wamp.errors import (
+    IDEMPOTENCY_CONFLICT,
     INVALID_ARGUMENT,
     INVALID_EVENT,
     NO_SUCH_NAMESPACE,
     NO_SUCH_PROCEDURE,
     NOT_AUTHORIZED,
+    UNAVAILABLE,
     WampError,
 )
 
@@ -111,10 +115,20 @@ class Dealer:
 
     @inlineCallbacks
     def emit(self, args, kwargs):
-        """As `POST /api/websocket/events`; the result is the stored event (with `seq`)."""
-        given = bind("eform.emit", ("type", "data"), 2, args, kwargs)
+        """As `POST /api/websocket/events`; the result is the stored event (with `seq` and
+        `epoch`); `idempotency_key` as that endpoint's Idempotency-Key header."""
+        given = bind("eform.emit", ("type", "data", "idempotency_key"), 2, args, kwargs)
+        key = given.get("idempotency_key")
+        if key is not None and not isinstance(key, str):
+            raise WampError(INVALID_ARGUMENT, "idempotency_key must be a string")
         try:
-            stored = yield self._events.emit(given["type"], given["data"])
+            stored = yield self._events.emit(given["type"], given["data"], key)
         except ValidationError as e:
             raise WampError(INVALID_EVENT, str(e), field=e.field) from None
+        except ValueError as e:  # a malformed key
+            raise WampError(INVALID_ARGUMENT, str(e).replace("Idempotency-Key", "idempotency_key")) from None
+        except IdempotencyConflict:
+            raise WampError(IDEMPOTENCY_CONFLICT, "idempotency_key was already used for a different event") from None
+        except RedisUnavailable as e:
+            raise WampError(UNAVAILABLE, str(e)) from None
         return [stored]

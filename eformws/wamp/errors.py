@@ -25,6 +25,8 @@ INVALID_EVENT = "eform.error.invalid_event"
 NO_SUCH_NAMESPACE = "eform.error.no_such_namespace"
 INTERNAL = "eform.error.internal"
 RATE_LIMITED = "eform.error.rate_limited"
+UNAVAILABLE = "eform.error.unavailable"
+IDEMPOTENCY_CONFLICT = "eform.error.idempotency_conflict"
 
 MAX_ID = 2**53
 

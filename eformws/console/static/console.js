@@ -5,7 +5,7 @@
 //   GET  /api/websocket/health     any valid session: does the cookie log us in?
 //   GET  /api/websocket/status     connections, rooms, nodes, latency percentiles
 //   WS   /ws/events                every event as it happens (the cookie authenticates;
-//                                  `?since=<seq>` resumes after a reconnect)
+//                                  `?since=<seq>&epoch=<epoch>` resumes after a reconnect)
 //   POST /api/websocket/broadcast  admins only; others are shown the server's message
 // Data from the server is only ever written with textContent, never as HTML.
 "use strict";
@@ -31,7 +31,8 @@
     socket: null,
     reconnectTimer: null,
     reconnectDelay: 1000,
-    lastSeq: null, // the newest structured event's seq: where a reconnect resumes
+    lastSeq: null, // the newest structured event's seq: where a reconnect resumes ...
+    lastEpoch: null, // ... in this event log
     seenIds: new Set(), // ids of structured events shown (a replay may repeat some)
     events: [], // {message, receivedAt}, oldest first
     types: new Set(),
@@ -291,7 +292,11 @@
   function connectEvents() {
     if (!state.running) return;
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const since = state.lastSeq ? `?since=${encodeURIComponent(state.lastSeq)}` : "";
+    let since = "";
+    if (state.lastSeq) {
+      since = `?since=${encodeURIComponent(state.lastSeq)}`;
+      if (state.lastEpoch) since += `&epoch=${encodeURIComponent(state.lastEpoch)}`;
+    }
     const socket = new WebSocket(`${scheme}//${location.host}/ws/events${since}`);
     state.socket = socket;
     setLink("connecting", "warn");
@@ -326,13 +331,21 @@
       case "connection":
         state.reconnectDelay = 1000;
         setLink("live", "on");
+        // Without ?since=, where this connection starts: a later reconnect resumes from it.
+        if (message.data && message.data.seq !== undefined && !state.lastSeq) {
+          state.lastSeq = message.data.seq;
+          state.lastEpoch = message.data.epoch;
+        }
         return;
       case "room_joined":
       case "room_left":
       case "pong":
         return;
       case "resumed":
-        if (message.data && message.data.seq) state.lastSeq = message.data.seq;
+        if (message.data && message.data.seq) {
+          state.lastSeq = message.data.seq;
+          state.lastEpoch = message.data.epoch;
+        }
         if (message.data && message.data.recovered === false) {
           notice("Some events were missed while disconnected and could not be recovered.");
         }
@@ -347,6 +360,7 @@
       if (state.seenIds.has(message.id)) return;
       state.seenIds.add(message.id);
       state.lastSeq = message.seq;
+      state.lastEpoch = message.epoch;
     }
     addEvent(message);
   }
