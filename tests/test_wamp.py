@@ -459,6 +459,39 @@ async def test_emit_procedure_with_an_invalid_event_names_the_field(server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_emit_procedure_with_a_repeated_idempotency_key_answers_the_first_event(server):
+    legacy = await server.join(LOCKERS, await server.session())
+    peer = await join(server)
+    first = await within(peer.call("eform.emit", "locker_state_changed", locker_data(), idempotency_key="wamp-1"))
+    again = await within(peer.call("eform.emit", "locker_state_changed", locker_data(), idempotency_key="wamp-1"))
+    assert again == first
+    assert await legacy.recv() == first
+    other = await within(peer.call("eform.emit", "locker_state_changed", locker_data("kiosk-2")))
+    assert await legacy.recv() == other  # the repeat was never delivered
+
+
+@pytest_twisted.ensureDeferred
+async def test_emit_procedure_with_a_key_used_for_another_event_is_an_idempotency_conflict(server):
+    peer = await join(server)
+    await within(peer.call("eform.emit", "locker_state_changed", locker_data(), idempotency_key="wamp-2"))
+    error = await call_error(
+        peer.call("eform.emit", "locker_state_changed", locker_data("kiosk-2"), idempotency_key="wamp-2")
+    )
+    assert (error.error, error.args[0]) == (
+        "eform.error.idempotency_conflict", "idempotency_key was already used for a different event"
+    )
+
+
+@pytest.mark.parametrize("key", ["", "with space", 17])
+@pytest_twisted.ensureDeferred
+async def test_emit_procedure_with_a_malformed_idempotency_key_is_an_invalid_argument(server, key):
+    peer = await join(server)
+    error = await call_error(peer.call("eform.emit", "locker_state_changed", locker_data(), idempotency_key=key))
+    assert error.error == "wamp.error.invalid_argument"
+    assert error.args[0].startswith("idempotency_key must be")
+
+
+@pytest_twisted.ensureDeferred
 async def test_unknown_procedure_is_no_such_procedure(server):
     peer = await join(server)
     error = await call_error(peer.call("eform.nothing"))

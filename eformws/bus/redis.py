@@ -115,13 +115,14 @@ class RedisBus(MultiService):
                 try:
                     yield PUBLISH.run(self.writer, [self.key], [self.stream_length, *batch])
                 except Exception as e:
-                    if self.write_error is None:
-                        log.warn("redis bus write failed ({error}); {n} messages kept for retry",
-                                 error=str(e).split("\r")[0][:200] if retryable_reply(e) else type(e).__name__,
-                                 n=len(self.pending))
+                    first = self.write_error is None
                     if retryable_reply(e):
                         # Refused (out of memory, ...): retried on its own, not on the next publish.
                         self.write_error = str(e).split("\r")[0][:200]
+                    if first:
+                        log.warn("redis bus write failed ({error}); {n} messages kept for retry",
+                                 error=self.write_error or type(e).__name__, n=len(self.pending))
+                    if retryable_reply(e):
                         self._failures += 1
                         self._paused = self._reactor().callLater(
                             backoff_delay(self._failures, *self._backoff), self._resume_writing

@@ -290,10 +290,10 @@ class RedisEventStore(MultiService):
         return Appended(stored(json.loads(body), Position(epoch, int(seq))), replayed=True)
 
     def _refused(self, error: str) -> None:
-        if self.write_error is None:
+        first, self.write_error = self.write_error is None, error.split("\r")[0][:200]
+        if first:
             log.warn("redis refuses writes to the event log ({error}); appends wait and are retried",
-                     error=error.split("\r")[0][:200])
-        self.write_error = error.split("\r")[0][:200]
+                     error=self.write_error)
         self._failures += 1
         if self._paused is None:
             delay = backoff_delay(self._failures, *self._backoff)

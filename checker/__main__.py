@@ -1,0 +1,5 @@
+import sys
+
+from checker.run import main
+
+sys.exit(main())

@@ -1,0 +1,364 @@
+"""The Redis event log and bus under faults, against real redis-servers: a reader that finds
+events removed unread or the log replaced says so; deadlines Redis enforces; writes refused
+for memory retried on their own; an answer lost on the way back; settings that lose data."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import pytest_twisted
+from processes import RedisServer
+from proxy import FaultyProxy
+from twisted.internet import defer, reactor
+from twisted.logger import formatEvent, globalLogPublisher
+
+from eformws import events
+from eformws.bus.redis import RedisBus
+from eformws.message import Message, Target
+from eformws.redis import RedisAddress, RedisConnection, check_durability
+from eformws.store import addresses_of
+from eformws.store.redis import APPEND, EmitTimeout, RedisEventStore
+
+TIMEOUT = 10.0
+
+
+def locker(n: int) -> dict:
+    data = {"lockerId": f"kiosk-1:{n}", "oldState": "closed", "newState": "open", "kioskId": "kiosk-1"}
+    return events.build("locker_state_changed", data)
+
+
+def append(store, n: int):
+    envelope = locker(n)
+    d = store.append(envelope, addresses_of(events.targets_of(envelope)), 3600.0)
+    return d.addCallback(lambda appended: appended.envelope)
+
+
+def within(d, seconds: float = TIMEOUT):
+    return d.addTimeout(seconds, reactor)
+
+
+def logged(text: str) -> defer.Deferred:
+    """Fires once a log event whose text contains `text` is emitted."""
+    d = defer.Deferred()
+
+    def observe(event):
+        if text in formatEvent(event) and not d.called:
+            globalLogPublisher.removeObserver(observe)
+            d.callback(None)
+
+    globalLogPublisher.addObserver(observe)
+    return within(d)
+
+
+class Follower:
+    """What `follow` hands over: events in order, resets, and Deferreds for both."""
+
+    def __init__(self):
+        self.events: list[dict] = []
+        self.resets: list = []
+        self._waiting: list = []
+
+    def event(self, envelope, created) -> None:
+        self.events.append(envelope)
+        self._wake()
+
+    def reset(self, position, why) -> None:
+        self.resets.append((position, why))
+        self._wake()
+
+    def _wake(self):
+        for entry in list(self._waiting):
+            if entry[0]():
+                self._waiting.remove(entry)
+                entry[1].callback(None)
+
+    def until(self, condition) -> defer.Deferred:
+        d = defer.Deferred()
+        if condition():
+            d.callback(None)
+        else:
+            self._waiting.append((condition, d))
+        return within(d)
+
+
+@pytest.fixture
+def stores(redis_url, redis_prefix):
+    """`stores(**options)`: started Redis event stores on the suite's Redis, one prefix."""
+    started = []
+
+    def make(url=None, **options):
+        options.setdefault("block_ms", 200)
+        store = RedisEventStore(RedisAddress.parse(url or redis_url), redis_prefix, options.pop("max_events", 100_000),
+                                10_000, options.pop("emit_timeout", 5.0), initial_delay=0.05, max_delay=0.2, **options)
+        store.startService()
+        started.append(store)
+        return store
+
+    yield make
+    for store in started:
+        if store.running:
+            pytest_twisted.blockon(defer.maybeDeferred(store.stopService))
+
+
+@pytest_twisted.async_yield_fixture
+async def own_redis(tmp_path):
+    """A redis-server of this test's own (settings can be changed, it can be stopped)."""
+    server = RedisServer(tmp_path)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def connected(url: str) -> RedisConnection:
+    connection = RedisConnection(RedisAddress.parse(url), "test", 0.05, 0.2)
+    connection.startService()
+    await within(connection.when_connected())
+    return connection
+
+
+# -- following the log ---------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reader_delivers_every_append_of_every_store_once_in_seq_order(stores):
+    follower = Follower()
+    reader = stores()
+    await within(reader.follow(follower.event, follower.reset))
+    writers = [stores(), stores()]
+    appended = await defer.gatherResults([append(writers[n % 2], n) for n in range(60)])
+    await follower.until(lambda: len(follower.events) >= 60)
+    assert [int(e["seq"]) for e in follower.events] == sorted(int(e["seq"]) for e in appended)
+    assert {e["id"] for e in follower.events} == {e["id"] for e in appended}
+    assert follower.resets == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reader_that_finds_events_removed_unread_says_so_and_goes_on(stores):
+    follower = Follower()
+    reader = stores()
+    start = await within(reader.follow(follower.event, follower.reset))
+    await within(reader.reader.stopService())  # the reader falls behind ...
+    writer = stores(max_events=10)
+    appended = [await append(writer, n) for n in range(50)]
+    await writer.expire()  # ... and the cap removes what it had not read
+    reader.reader.startService()
+    await follower.until(lambda: follower.resets and len(follower.events) >= 10)
+    position, why = follower.resets[0]
+    assert why == f"events {start.seq + 1} to {int(appended[-11]['seq'])} were removed unread"
+    assert [e["seq"] for e in follower.events] == [e["seq"] for e in appended[-10:]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reader_that_finds_the_log_replaced_says_so_and_follows_the_new_one(stores):
+    follower = Follower()
+    reader = stores()
+    await within(reader.follow(follower.event, follower.reset))
+    writer = stores()
+    old = await append(writer, 1)
+    await follower.until(lambda: len(follower.events) == 1)
+    await writer.connection.command("DEL", writer.stream, writer.meta)  # deleted, evicted, or Redis restarted empty
+    new = await append(writer, 2)
+    assert new["epoch"] != old["epoch"] and new["seq"] == "1"
+    await follower.until(lambda: len(follower.events) == 2)
+    assert follower.resets[0][0].epoch == new["epoch"]
+    assert follower.events[-1]["id"] == new["id"]
+
+
+# -- deadlines --------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_append_redis_did_not_take_in_time_fails_and_is_never_written(own_redis, stores):
+    store = stores(own_redis.url, emit_timeout=0.3)
+    await within(store.connection.when_connected())
+    await own_redis.stop()
+    with pytest.raises(EmitTimeout):
+        await within(append(store, 1))
+    await own_redis.start()
+    await within(store.connection.when_connected())
+    later = await within(append(store, 2))  # the connection is back: this one is written
+    entries = await store.connection.command("XRANGE", store.stream, "-", "+")
+    assert [fields[fields.index("e") + 1] for _, fields in entries if "e" in fields] == [
+        _stored_text(later)
+    ]
+
+
+def _stored_text(envelope: dict) -> str:
+    import json
+
+    return json.dumps({**envelope, "seq": None, "epoch": None}, separators=(",", ":"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_append_script_refuses_a_write_that_reaches_redis_after_its_deadline(stores):
+    store = stores()
+    await within(store.connection.when_connected())
+    envelope = locker(1)
+    reply = await APPEND.run(
+        store.connection, [store.stream, store.meta, store.key_prefix + "late"],
+        [int((time.time() - 1) * 1000), "epoch", 1000, "{}", "[]", "0", "0", "-", 1000],
+    )
+    assert reply == ["late"]
+    assert int(await store.connection.command("EXISTS", store.key_prefix + "late")) == 0
+    assert envelope["seq"] is None
+
+
+# -- writes Redis refuses -----------------------------------------------------------------------
+
+
+async def refuse_writes(connection) -> None:
+    """Put Redis over its memory limit with noeviction: every write is refused (OOM)."""
+    await connection.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    await connection.command("SETRANGE", "filler", 4_000_000, "x")
+    await connection.command("CONFIG", "SET", "maxmemory", "2mb")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_append_refused_for_memory_waits_and_is_written_without_another_append(own_redis, stores):
+    admin = await connected(own_redis.url)
+    store = stores(own_redis.url, emit_timeout=30.0)
+    await within(store.connection.when_connected())
+    await refuse_writes(admin)
+    refused = logged("redis refuses writes to the event log")
+    pending = append(store, 1)
+    await refused
+    with pytest.raises(Exception, match="refuses writes"):
+        await store.ping()  # what /healthz asks: 503 meanwhile
+    assert not pending.called
+    await admin.command("CONFIG", "SET", "maxmemory", "0")
+    stored = await within(pending)
+    assert stored["seq"] == "1"
+    await store.ping()
+    admin.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_broadcasts_refused_for_memory_reach_the_other_process_once_in_order(own_redis, redis_prefix):
+    admin = await connected(own_redis.url)
+    address = RedisAddress.parse(own_redis.url)
+    sender = RedisBus(address, redis_prefix, "sender", 1000, 10_000, initial_delay=0.05, max_delay=0.2, block_ms=200)
+    receiver = RedisBus(address, redis_prefix, "receiver", 1000, 10_000, initial_delay=0.05, max_delay=0.2, block_ms=200)
+    got, done = [], defer.Deferred()
+
+    def received(message):
+        got.append(message.envelope["data"]["n"])
+        if len(got) == 5 and not done.called:
+            done.callback(None)
+        return 1
+
+    sender.start(lambda message: 0)
+    receiver.start(received)
+    for bus in (sender, receiver):
+        bus.startService()
+        await within(bus.writer.when_connected())
+        await within(bus.reader.when_connected())
+    await refuse_writes(admin)
+    refused = logged("redis bus write failed")
+    for n in range(5):
+        sender.publish(Message({"type": "n", "data": {"n": n}}, (Target("/ws/lockers"),)))
+    await refused
+    assert not sender.healthy and got == []
+    await admin.command("CONFIG", "SET", "maxmemory", "0")
+    await within(done)
+    assert got == [0, 1, 2, 3, 4]
+    for bus in (sender, receiver):
+        await bus.stopService()
+    admin.stopService()
+
+
+# -- an answer lost on the way back ---------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_append_whose_answer_was_lost_is_written_once(stores, redis_url):
+    upstream = RedisAddress.parse(redis_url)
+    proxy = FaultyProxy(upstream.host, upstream.port)
+    port = proxy.start(reactor)
+    try:
+        follower = Follower()
+        await within(stores().follow(follower.event, follower.reset))  # reads Redis directly
+        store = stores(f"redis://127.0.0.1:{port}/{upstream.db}")
+        await within(store.connection.when_connected())
+        await within(append(store, 0))
+        proxy.swallowing = True  # Redis does the write; its answer never arrives
+        pending = append(store, 1)
+        await follower.until(lambda: len(follower.events) == 2)  # written
+        assert not pending.called
+        proxy.swallowing = False
+        proxy.cut()  # the store reconnects and sends the same append again
+        stored = await within(pending)
+        assert stored["seq"] == "2" and stored["id"] == follower.events[1]["id"]
+        assert int(await _direct_xlen(redis_url, store.stream)) == 2
+    finally:
+        await proxy.stop()
+
+
+async def _direct_xlen(url: str, key: str) -> str:
+    connection = await connected(url)
+    try:
+        return await connection.command("XLEN", key)
+    finally:
+        await connection.stopService()
+
+
+# -- Redis settings -----------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_settings_that_lose_data_are_warned_about(own_redis):
+    admin = await connected(own_redis.url)  # appendonly yes, noeviction: nothing to say
+    assert await check_durability(admin) == []
+    await admin.command("CONFIG", "SET", "appendonly", "no")
+    await admin.command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+    warnings = await check_durability(admin)
+    assert [w.split(":")[0] for w in warnings] == ["maxmemory-policy is allkeys-lru", "appendonly is no"]
+    await admin.stopService()
+
+
+# -- a request given up on during an outage ----------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_emit_whose_http_client_gives_up_during_an_outage_is_delivered_once_written(
+    own_redis, start_server, redis_prefix
+):
+    import json
+
+    import treq
+
+    server = await start_server({
+        "redis.url": own_redis.url, "redis.prefix": redis_prefix, "redis.reconnect_initial_delay": 0.05,
+        "redis.reconnect_max_delay": 0.2, "redis.emit_timeout": 30.0, "auth.api_tokens": ["outage-token"],
+        "events.replay_limit": 0,
+    })
+    client = await server.join("/ws/events", await server.session())
+    store = server.service.event_store
+    asked, real_append = defer.Deferred(), store.append
+
+    def append_seen(*args):
+        d = real_append(*args)
+        asked.callback(None)
+        return d
+
+    store.append = append_seen
+    await own_redis.stop()
+    request = treq.post(
+        server.http("/api/websocket/events"), persistent=False,
+        data=json.dumps({"type": "locker_state_changed", "data": locker(5)["data"]}).encode(),
+        headers={b"Authorization": [b"Bearer outage-token"], b"Content-Type": [b"application/json"]},
+    )
+    request.addErrback(lambda failure: failure.trap(defer.CancelledError))
+    await within(asked)
+    request.cancel()  # the HTTP client gives up while the append waits for Redis
+    await own_redis.start()
+    delivered = await client.recv(timeout=TIMEOUT)
+    assert delivered["data"]["lockerId"] == "kiosk-1:5"
+    found = await store.since("0", None, _filter("/ws/events", "system_events"), 10)
+    assert [e["id"] for e in found.events] == [delivered["id"]]
+
+
+def _filter(namespace: str, room: str):
+    from eformws.store import EventFilter
+
+    return EventFilter(namespace, frozenset({room}))
