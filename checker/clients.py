@@ -1,16 +1,17 @@
-"""Raw WebSocket subscribers of `/ws/events` (the `websockets` library, not Autobahn): steady
-ones that stay on one gateway, flaky ones that drop at random and resume on a random live one;
-each records every message it receives, in arrival order, and keeps the protocol's cursor."""
+"""The subscribers of `/ws/events`: raw ones (the `websockets` library, not Autobahn), steady or
+dropping at random and resuming on a random live gateway, each recording every message it gets
+in arrival order; and the handle of an EformClient run as a program (checker/python_client.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
-import time
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
-import websockets
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -196,4 +197,71 @@ class RawSubscriber:
                 "failed_attempts": self.failures, "records": self.records}
 
 
-__all__ = ["RawSubscriber", "advance", "event_record", "tag_of", "websockets"]
+
+class EformSubscriber:
+    """`python -m checker.python_client` through the random-backend proxy: the EformClient
+    reconnects by itself; its callbacks are read back from the JSON lines it writes."""
+
+    def __init__(self, name: str, url: str, session: str, workdir: Path, root: Path):
+        from checker.cluster import Process
+
+        self.name = name
+        self.url = url
+        self.session = session
+        self.out = workdir / f"{name}.jsonl"
+        self.root = root
+        self.process = Process(name, workdir)
+        self._records: list[dict] = []
+        self._offset = 0
+        self._partial = b""
+        self.cursor: tuple[int, str] | None = None
+        self.exit_code: int | None = None
+
+    async def start(self) -> None:
+        argv = [sys.executable, "-m", "checker.python_client", "--url", self.url, "--session", self.session,
+                "--out", str(self.out)]
+        env = {"PYTHONPATH": str(self.root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        await self.process.spawn(argv, env=env, cwd=self.root)
+
+    def records(self) -> list[dict]:
+        """Every line written so far (read on from where the last call stopped)."""
+        try:
+            with open(self.out, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return self._records
+        self._offset += len(data)
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            self._records.append(record)
+            kind = record["k"]
+            if kind == "resumed" and record.get("recovered") is False and record.get("seq") is not None:
+                self.cursor = (int(record["seq"]), record.get("epoch"))
+            elif kind in ("event", "resumed", "connect"):
+                self.cursor = advance(self.cursor, record.get("seq"), record.get("epoch"))
+        return self._records
+
+    @property
+    def started(self) -> bool:
+        return any(r["k"] == "connect" for r in self.records())
+
+    def caught_up(self, target: tuple[int, str] | None) -> bool:
+        self.records()
+        if target is None:
+            return True
+        return self.cursor is not None and self.cursor[1] == target[1] and self.cursor[0] >= target[0]
+
+    async def stop(self) -> None:
+        """SIGTERM: the client closes (1000) and the program exits; SIGKILL if it does not."""
+        self.exit_code = await self.process.terminate(timeout=8.0)
+
+    def summary(self) -> dict:
+        records = self.records()
+        return {"name": self.name, "kind": "eform", "connections": sum(r["k"] == "connect" for r in records),
+                "failed_attempts": sum(r["k"] == "disconnect" and not r.get("was_connected") for r in records),
+                "exit_code": self.exit_code, "records": records}

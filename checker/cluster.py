@@ -64,15 +64,17 @@ class Process:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
-    async def spawn(self, argv: list[str], watch: re.Pattern | None = None) -> asyncio.Future:
-        """Start `argv`; the future fires with the first match of `watch` in its output."""
+    async def spawn(self, argv: list[str], watch: re.Pattern | None = None, env: dict | None = None,
+                    cwd: Path | None = None) -> asyncio.Future:
+        """Start `argv` (in `cwd`, default its directory; `env` added to the environment);
+        the future fires with the first match of `watch` in its output."""
         if self.running:
             raise RuntimeError(f"{self.name} is already running")
         self._log = open(self.log_path, "ab")
         self._log.write(f"==== checker: start {self.started + 1} at {time.time():.3f}: {' '.join(argv)}\n".encode())
         self._log.flush()
         self.proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=self.workdir, env=environment(), stdin=asyncio.subprocess.DEVNULL,
+            *argv, cwd=cwd or self.workdir, env={**environment(), **(env or {})}, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, preexec_fn=_die_with_parent,
         )
         self.started += 1

@@ -234,6 +234,20 @@ async def test_an_append_refused_for_memory_waits_and_is_written_without_another
 
 
 @pytest_twisted.ensureDeferred
+async def test_resume_and_replay_are_answered_while_redis_refuses_writes(own_redis, stores):
+    admin = await connected(own_redis.url)
+    store = stores(own_redis.url)
+    appended = [await within(append(store, n)) for n in range(3)]
+    await refuse_writes(admin)
+    found = await within(store.since(appended[0]["seq"], appended[0]["epoch"], _filter("/ws/lockers", "locker_updates"), 10))
+    assert (found.recovered, [e["id"] for e in found.events]) == (True, [e["id"] for e in appended[1:]])
+    recent = await within(store.recent(_filter("/ws/lockers", "locker_updates"), 3600, 10))
+    assert [e["id"] for e in recent] == [e["id"] for e in appended]
+    await admin.command("CONFIG", "SET", "maxmemory", "0")
+    await admin.stopService()
+
+
+@pytest_twisted.ensureDeferred
 async def test_broadcasts_refused_for_memory_reach_the_other_process_once_in_order(own_redis, redis_prefix):
     admin = await connected(own_redis.url)
     address = RedisAddress.parse(own_redis.url)

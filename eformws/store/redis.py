@@ -81,6 +81,14 @@ return {'ok', tostring(seq), epoch}
 """
 )
 
+# KEYS: stream, meta. Answers {epoch (nil when none), newest seq, base, whether the stream
+# exists}. Reads only, so Redis runs it even when it refuses writes.
+STATE = Script(
+    "#!lua flags=no-writes\n"
+    "local state = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'base')\n"
+    "return {state[1], state[2], state[3], redis.call('EXISTS', KEYS[1])}\n"
+)
+
 # KEYS: stream, meta. ARGV: a candidate epoch. Answers {epoch, newest seq, base}.
 ENSURE = Script(
     "#!lua\n" + _ENSURE + """
@@ -178,7 +186,10 @@ class RedisEventStore(MultiService):
         self._on_reset = None
         self._followers: list[Deferred] = []
         self.position: Position | None = None
+        self._last_id = "0-0"  # the id of the last entry read
         self._reading = False
+        self._read_failures = 0
+        self._retry_read = None
 
     @property
     def reactor(self):
@@ -322,8 +333,11 @@ class RedisEventStore(MultiService):
         return d
 
     @inlineCallbacks
-    def _ensure(self, connection):
-        epoch, seq, base = yield ENSURE.run(connection, [self.stream, self.meta], [new_epoch()])
+    def _state(self, connection):
+        """(epoch, newest seq, base) of the log; a new epoch is made when there is none."""
+        epoch, seq, base, exists = yield STATE.run(connection, [self.stream, self.meta], [])
+        if epoch is None or not int(exists):
+            epoch, seq, base = yield ENSURE.run(connection, [self.stream, self.meta], [new_epoch()])
         return epoch, int(seq), int(base)
 
     @inlineCallbacks
@@ -331,29 +345,38 @@ class RedisEventStore(MultiService):
         if self._reading or self._on_event is None or not self.running or not self.reader.connected:
             return
         self._reading = True
+        self._retry_read = None
         try:
             yield self._check_epoch()
             while self.running and self.reader.connected and self._on_event is not None:
                 reply = yield self.reader.command(
-                    "XREAD", "BLOCK", self.block_ms, "COUNT", READ_BATCH,
-                    "STREAMS", self.stream, f"{self.position.seq}-0",
+                    "XREAD", "BLOCK", self.block_ms, "COUNT", READ_BATCH, "STREAMS", self.stream, self._last_id,
                 )
                 if not reply:
                     yield self._check_epoch()  # nothing for a while: was the log replaced?
                 for _, entries in reply or ():
                     for entry_id, flat in entries:
                         self._read_entry(entry_id, flat)
+            self._read_failures = 0
         except Exception as e:
-            if self.running:
+            if self.running and self.reader.connected:
+                # Not a lost connection (that restarts reading on reconnect): try again soon.
+                self._read_failures += 1
+                delay = backoff_delay(self._read_failures, *self._backoff)
+                log.warn("reading the event log failed ({error}); again in {delay:.1f} s",
+                         error=str(e).split("\r")[0][:200] or type(e).__name__, delay=delay)
+                self._retry_read = self.reactor.callLater(delay, self._read)
+            elif self.running:
                 log.warn("reading the event log stopped ({error}); resumes on reconnect", error=type(e).__name__)
         finally:
             self._reading = False
 
     @inlineCallbacks
     def _check_epoch(self):
-        epoch, seq, base = yield self._ensure(self.reader)
+        epoch, seq, base = yield self._state(self.reader)
         if self.position is None:
             self.position = Position(epoch, seq)
+            self._last_id = f"{seq}-0"
             log.info("following the event log from seq {seq}", seq=seq)
             followers, self._followers = self._followers, []
             for d in followers:
@@ -366,18 +389,24 @@ class RedisEventStore(MultiService):
         log.warn("event delivery cannot go on in order: {why}; connections are closed so that clients resume",
                  why=why)
         self.position = position
+        self._last_id = f"{position.seq}-0"
         if self._on_reset is not None:
             self._on_reset(position, why)
 
     def _read_entry(self, entry_id: str, flat) -> None:
+        self._last_id = entry_id
         seq = _seq_of(entry_id)
+        fields = _fields(flat)
+        epoch = fields.get("p")
+        if epoch is None:
+            return  # written before the log had epochs (an upgrade): not part of it
         try:
-            fields = _fields(flat)
-            epoch = fields["p"]
             envelope = json.loads(fields["e"])
             created = float(fields["c"])
         except (KeyError, TypeError, ValueError):
-            log.warn("skipped a malformed entry of the event log")
+            log.warn("skipped a malformed entry of the event log (seq {seq})", seq=seq)
+            if epoch == self.position.epoch and seq == self.position.seq + 1:
+                self.position = Position(epoch, seq)
             return
         if epoch != self.position.epoch:
             self._reset(Position(epoch, seq - 1), "the event log was replaced (a new epoch)")
@@ -390,7 +419,7 @@ class RedisEventStore(MultiService):
 
     @inlineCallbacks
     def _latest(self):
-        epoch, seq, _ = yield self._ensure(self.connection)
+        epoch, seq, _ = yield self._state(self.connection)
         return Position(epoch, seq)
 
     @inlineCallbacks
@@ -494,7 +523,8 @@ class RedisEventStore(MultiService):
         for item in list(self._pending):
             item.settle(RedisUnavailable("the gateway is stopping"))
         self._queue.clear()
-        if self._paused is not None and self._paused.active():
-            self._paused.cancel()
-        self._paused = None
+        for call in (self._paused, self._retry_read):
+            if call is not None and call.active():
+                call.cancel()
+        self._paused = self._retry_read = None
         return super().stopService()
