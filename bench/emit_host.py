@@ -2,8 +2,8 @@
 the same `EformService` that `twistd -n eformws --config FILE` builds (same default
 reactor, same configuration file), plus a control line on standard input,
 `emit RATE SECONDS ROOMS`, that calls the public Python API
-(`service.events.emit_locker_state_changed`, i.e. validate -> store in SQLite -> publish ->
-deliver) RATE times a second for SECONDS, each event for kiosk `kiosk-(k % ROOMS)` with
+(`service.events.emit_locker_state_changed`, i.e. validate -> append to SQLite -> delivered
+from the log) RATE times a second for SECONDS, each event for kiosk `kiosk-(k % ROOMS)` with
 `metadata = {"t": <time.time() at the call>, "i": k}`, and answers one JSON line once every
 emit's Deferred has fired: sent, stored, failed, and when the last one was stored.
 """
@@ -93,7 +93,9 @@ def main() -> None:
     service = EformService(config)
     service.startService()
     stdio.StandardIO(Control(service))
-    print(f"eformws (emit host) listening on 127.0.0.1:{service.port}", flush=True)
+    service.ready.addCallback(
+        lambda _: print(f"eformws (emit host) listening on 127.0.0.1:{service.port}", flush=True)
+    )
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
 

@@ -99,7 +99,10 @@ class Process:
         log.write(f"==== checker: exited with {proc.returncode} at {time.time():.3f}\n".encode())
         log.close()
         if not found.done():
-            found.set_exception(RuntimeError(f"exited with {proc.returncode} before it was ready"))
+            if watch is None:
+                found.set_result(None)
+            else:
+                found.set_exception(RuntimeError(f"exited with {proc.returncode} before it was ready"))
 
     def signal(self, signum: int) -> None:
         if self.running:
