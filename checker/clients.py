@@ -1,6 +1,5 @@
-"""The subscribers of `/ws/events`: raw ones (the `websockets` library, not Autobahn), steady or
-dropping at random and resuming on a random live gateway, each recording every message it gets
-in arrival order; and the handle of an EformClient run as a program (checker/python_client.py)."""
+"""The subscribers of `/ws/events`, each recording what it gets in arrival order: raw `websockets`
+clients (steady, or dropping and resuming on a random gateway) and EformClient programs."""
 
 from __future__ import annotations
 
@@ -14,6 +13,8 @@ from pathlib import Path
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+
+from checker.cluster import Process
 
 NAMESPACE = "/ws/events"
 OPEN_TIMEOUT = 5.0
@@ -197,14 +198,11 @@ class RawSubscriber:
                 "failed_attempts": self.failures, "records": self.records}
 
 
-
 class EformSubscriber:
     """`python -m checker.python_client` through the random-backend proxy: the EformClient
     reconnects by itself; its callbacks are read back from the JSON lines it writes."""
 
     def __init__(self, name: str, url: str, session: str, workdir: Path, root: Path):
-        from checker.cluster import Process
-
         self.name = name
         self.url = url
         self.session = session

@@ -1,6 +1,5 @@
-"""TCP proxies of the checker (asyncio): `DelayProxy` adds an adjustable delay to what comes
-back from its upstream (a gateway's Redis); `RandomProxy` sends each connection to a random live
-gateway and can cut a random connection (both sides aborted)."""
+"""The checker's TCP proxies (asyncio): `DelayProxy` delays what comes back from a gateway's Redis;
+`RandomProxy` sends each connection to a random live gateway and can cut one (both sides aborted)."""
 
 from __future__ import annotations
 
@@ -53,34 +52,40 @@ class _Proxy:
     async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self._tasks.add(asyncio.current_task())
         try:
-            self.accepted += 1
-            port = self._upstream()
-            try:
-                if port is None:
-                    raise ConnectionRefusedError("no live upstream")
-                up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), CONNECT_TIMEOUT)
-            except (OSError, asyncio.TimeoutError):
-                self.refused += 1
-                _abort(client_writer)
-                return
-            pair = (client_writer, up_writer)
-            self.pairs.add(pair)
-            try:
-                forward = asyncio.ensure_future(_copy(client_reader, up_writer))
-                back = asyncio.ensure_future(self._downstream(up_reader, client_writer))
-                done, pending = await asyncio.wait({forward, back}, return_when=asyncio.FIRST_COMPLETED)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-            finally:
-                self.pairs.discard(pair)
-                for writer in pair:
-                    try:
-                        writer.close()
-                    except Exception:
-                        pass
+            await self._serve(client_reader, client_writer)
+        except asyncio.CancelledError:
+            _abort(client_writer)  # the proxy is closing: end quietly (asyncio's stream callback
+            # would report a cancelled handler as an error)
         finally:
             self._tasks.discard(asyncio.current_task())
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        port = self._upstream()
+        try:
+            if port is None:
+                raise ConnectionRefusedError("no live upstream")
+            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError):
+            self.refused += 1
+            _abort(client_writer)
+            return
+        pair = (client_writer, up_writer)
+        self.pairs.add(pair)
+        forward = asyncio.ensure_future(_copy(client_reader, up_writer))
+        back = asyncio.ensure_future(self._downstream(up_reader, client_writer))
+        try:
+            await asyncio.wait({forward, back}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (forward, back):
+                task.cancel()
+            await asyncio.gather(forward, back, return_exceptions=True)
+            self.pairs.discard(pair)
+            for writer in pair:
+                try:
+                    writer.close()
+                except Exception:
+                    pass
 
     def cut_all(self) -> int:
         pairs = list(self.pairs)

@@ -207,12 +207,11 @@ async def run(mode: str, duration: float, seed: int, out: Path) -> dict:
 
         # 2. Subscribers, each at its start position before anything is emitted.
         raw: list[RawSubscriber] = []
-        for i in range(STEADY):
-            raw.append(RawSubscriber(f"steady-{i + 1}", "steady", session, cluster.live,
-                                     cluster.gateways[i % len(cluster.gateways)], random.Random(rngs["clients"].getrandbits(64)), clock))
-        for i in range(FLAKY):
-            raw.append(RawSubscriber(f"flaky-{i + 1}", "flaky", session, cluster.live,
-                                     cluster.gateways[i % len(cluster.gateways)], random.Random(rngs["clients"].getrandbits(64)), clock))
+        for kind, count in (("steady", STEADY), ("flaky", FLAKY)):
+            for i in range(count):
+                home = cluster.gateways[i % len(cluster.gateways)]
+                rng = random.Random(rngs["clients"].getrandbits(64))
+                raw.append(RawSubscriber(f"{kind}-{i + 1}", kind, session, cluster.live, home, rng, clock))
         eform = [EformSubscriber(f"eform-{i + 1}", f"ws://127.0.0.1:{cluster.random_proxy.port}", session, out, ROOT)
                  for i in range(EFORM)]
         cluster.subscribers = [*raw, *eform]
@@ -314,13 +313,16 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="directory for logs, history.json and verdict.json (default artifacts/checker/...)")
     parser.add_argument("--self-test", action="store_true",
-                        help="also judge the history with a fault planted (drop, duplicate, swap, ...): each must be caught")
+                        help="also judge the history with a fault planted (drop, duplicate, swap, ...): "
+                             "each must be caught")
     args = parser.parse_args(argv)
     if args.duration < 5:
         parser.error("--duration must be at least 5 seconds (the faults need room)")
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     out = args.out or ROOT / "artifacts" / "checker" / f"{args.mode}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = out.resolve()
+    if out.exists() and any(out.iterdir()):
+        parser.error(f"--out {out} is not empty (each run writes its logs and verdict to a directory of its own)")
     try:
         history = asyncio.run(run(args.mode, args.duration, seed, out))
     except KeyboardInterrupt:

@@ -164,7 +164,8 @@ def _justify(reset: Reset, log: Log, resume_limit: int) -> None:
     elif cursor_epoch != resumed_epoch:
         reset.justified, reset.why = True, f"another epoch ({cursor_epoch} -> {resumed_epoch})"
     elif log.available and cursor_epoch == log.epoch and cursor_seq < log.low_water:
-        reset.justified, reset.why = True, f"the cursor {cursor_seq} is older than the oldest event held ({log.low_water + 1})"
+        reset.justified = True
+        reset.why = f"the cursor {cursor_seq} is older than the oldest event held ({log.low_water + 1})"
     elif resumed_seq is not None and resumed_seq - cursor_seq > resume_limit:
         reset.justified, reset.why = True, f"{resumed_seq - cursor_seq} events missed, more than {resume_limit}"
     else:
@@ -177,7 +178,11 @@ def _brief(record: dict) -> dict:
 
 
 def judge_client(stream: Stream, accepted: list[dict], accepted_by_id: dict, log: Log, posted: set,
-                 resume_limit: int) -> dict:
+                 resume_limit: int, final_epoch: str | None) -> dict:
+    """What one client was owed and what it got. Owed: every accepted event after its start
+    position (same epoch), and of every epoch it entered by a justified `recovered:false`
+    after the position it entered at; of the log's final epoch, if it never entered it, all
+    (it was stuck in an old log). Excused: what a justified `recovered:false` skipped."""
     counts = dict.fromkeys(CHECKS, 0)
     examples: dict[str, list] = {check: [] for check in CHECKS}
 
@@ -215,6 +220,9 @@ def judge_client(stream: Stream, accepted: list[dict], accepted_by_id: dict, log
             offend("inconsistent", {"delivered": _brief(record), "log": list(in_log)})
         elif log.available and (epoch, seq) in log.by_position and log.by_position[(epoch, seq)][0] != event_id:
             offend("inconsistent", {"delivered": _brief(record), "log_id": log.by_position[(epoch, seq)][0]})
+        elif log.available and in_log is None and epoch == log.epoch:
+            # nothing expires or is trimmed in a run: what was delivered must still be there
+            offend("inconsistent", {"delivered": _brief(record), "log": "not held"})
 
     # Resets: justified or not; what a justified one excuses; where obligations begin.
     obligations: dict[str, int] = {}  # epoch -> seqs after this are owed
@@ -237,6 +245,9 @@ def judge_client(stream: Stream, accepted: list[dict], accepted_by_id: dict, log
                 excused.append((cursor_epoch, cursor_seq if cursor_seq is not None else -1, None))
             if resumed_epoch is not None and resumed_seq is not None and resumed_epoch not in obligations:
                 obligations[resumed_epoch] = resumed_seq
+
+    if final_epoch is not None and final_epoch not in obligations:
+        obligations[final_epoch] = 0
 
     def owed(event: dict) -> bool:
         after = obligations.get(event["epoch"])
@@ -316,7 +327,11 @@ def judge(history: dict) -> dict:
             if tag not in posted:
                 log_offend("log_unknown", {"seq": seq, "epoch": epoch, "id": event_id, "tag": tag})
 
-    clients = [judge_client(s, accepted, accepted_by_id, log, posted, resume_limit) for s in streams_of(history)]
+    final_epoch = log.epoch if log.available else (accepted[-1]["epoch"] if accepted else None)
+    if accepted and final_epoch not in {e["epoch"] for e in accepted}:
+        final_epoch = None  # nothing accepted in the log's epoch: nothing of it is owed
+    clients = [judge_client(s, accepted, accepted_by_id, log, posted, resume_limit, final_epoch)
+               for s in streams_of(history)]
     totals = {check: sum(c[check] for c in clients) for check in CHECKS}
     totals.update(log_counts)
     holds = all(value == 0 for value in totals.values())
@@ -371,7 +386,8 @@ def summary(verdict: dict) -> str:
     delivered = sum(c["delivered"] for c in clients)
     reconnects = ", ".join(f"{kind} {n}" for kind, n in sorted(verdict["reconnects_by_kind"].items()))
     faults = "; ".join(
-        f"{f['kind']} {f['target']} at {f['started']:.1f}s" + ("" if f.get("injected") else f" (NOT INJECTED: {f.get('error')})")
+        f"{f['kind']} {f['target']} at {f['started']:.1f}s"
+        + ("" if f.get("injected") else f" (NOT INJECTED: {f.get('error')})")
         if f.get("started") is not None else f"{f['kind']} {f['target']} NOT INJECTED ({f.get('error')})"
         for f in verdict["faults"]
     )
@@ -424,8 +440,9 @@ def mutate(history: dict, how: str) -> tuple[dict, str]:
     events = _event_positions(client)
     middle = events[len(events) // 2]
     if how == "drop":
-        # the newest event, which every client owes (its seq is after any start)
-        del records[events[-1]]
+        # the newest accepted event it delivered, which it owes (its seq is after any start)
+        accepted = {e["envelope"]["id"] for em in history["emitters"] for e in em["events"] if e["accepted"]}
+        del records[next(i for i in reversed(events) if records[i].get("id") in accepted)]
         return history, "missed"
     if how == "duplicate":
         records.insert(events[-1] + 1, dict(records[middle]))
@@ -442,7 +459,8 @@ def mutate(history: dict, how: str) -> tuple[dict, str]:
         return history, "unjustified_recovered_false"
     if how == "phantom":
         record = dict(records[middle])
-        record["id"], record["tag"] = "00000000-0000-4000-8000-000000000000", "never-posted"
+        newest = max(int(records[i]["seq"]) for i in events)
+        record.update(id="00000000-0000-4000-8000-000000000000", tag="never-posted", seq=str(newest + 1000))
         records.insert(events[-1] + 1, record)
         return history, "never_emitted"
     raise ValueError(f"unknown mutation {how!r}")
@@ -452,7 +470,9 @@ MUTATIONS = ("drop", "duplicate", "swap", "unjustify", "phantom")
 
 
 def self_test(history: dict) -> dict:
-    """Judge each mutation of `history`: the check it plants must count at least one."""
+    """Judge each mutation of `history`: the check it plants must count more than it does on
+    the history as it is."""
+    base = judge(history)["totals"]
     results = {}
     for how in MUTATIONS:
         try:
@@ -461,8 +481,9 @@ def self_test(history: dict) -> dict:
             results[how] = {"caught": None, "why": str(e)}
             continue
         verdict = judge(mutated)
-        results[how] = {"check": check, "count": verdict["totals"][check], "caught": verdict["totals"][check] > 0
-                        and not verdict["holds"]}
+        count = verdict["totals"][check]
+        results[how] = {"check": check, "before": base[check], "count": count,
+                        "caught": count > base[check] and not verdict["holds"]}
     return results
 
 

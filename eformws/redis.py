@@ -70,8 +70,8 @@ def durability_warnings(settings: dict) -> list[str]:
         )
     if settings.get("appendonly") == "no":
         warnings.append(
-            "appendonly is no: a Redis restart loses the event log and the sessions (clients then "
-            "resume with recovered:false); set appendonly yes"
+            "appendonly is no: a Redis restart loses the sessions and the event log, or brings back an "
+            "older snapshot of them (clients then resume with recovered:false); set appendonly yes"
         )
     elif settings.get("appendonly") == "yes" and settings.get("appendfsync") == "no":
         warnings.append("appendfsync is no: a Redis crash can lose accepted events; use everysec or always")
@@ -150,12 +150,22 @@ class RedisConnection(Service):
                 super().delConnection(conn)
                 owner._disconnected()
 
+            def stopTrying(self):
+                # txredisapi gives up for good when AUTH or SELECT fails, a connection lost
+                # during them included (a proxy that accepts while Redis is down): only
+                # stopping the service stops reconnecting.
+                if owner.running:
+                    return succeed(None)
+                return super().stopTrying()
+
         address = self.address
         self.factory = Factory(
             f"{address.host}:{address.port}", address.db, 1, isLazy=True,
             password=address.password, replyTimeout=self.reply_timeout, convertNumbers=False,
         )
         self.handler = self.factory.handler
+        # The first connection's outcome; a failure there is logged and retried here, not raised.
+        self.factory.deferred.addErrback(lambda _: None)
         self.factory.startConnecting(HostnameEndpoint(reactor, address.host, address.port, timeout=5))
 
     def _connected(self, conn):

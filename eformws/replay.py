@@ -14,10 +14,10 @@ from eformws.store import log_position
 
 
 class RecentEvents:
-    """`recent(filter)` up to this process's position, as the store answers it, shared: an
-    answer (or a query in flight) is reused while the position is the same (no structured
-    event delivered since) and for at most `max_age` seconds, so a reconnect storm costs
-    one query per filter."""
+    """`recent(filter, upto)` (upto: this process's position by default), as the store
+    answers it, shared: an answer (or a query in flight) is reused for the same filter and
+    position (no structured event delivered since) for at most `max_age` seconds, so a
+    reconnect storm costs one query per filter."""
 
     def __init__(self, store, hub, window: float, limit: int, max_age: float = 1.0, clock=time.monotonic):
         self.store = store
@@ -26,12 +26,12 @@ class RecentEvents:
         self.limit = limit
         self.max_age = max_age
         self._clock = clock
-        self._entries: dict = {}  # filter -> (generation, asked at, answer or None, waiters)
+        self._entries: dict = {}  # filter -> (position, asked at, answer or None, waiters)
 
-    def recent(self, event_filter) -> Deferred:
+    def recent(self, event_filter, upto=None) -> Deferred:
         now = self._clock()
         entry = self._entries.get(event_filter)
-        position = self.hub.position
+        position = self.hub.position if upto is None else upto
         if entry is not None and entry[0] == position and now - entry[1] < self.max_age:
             if entry[3] is None:
                 return succeed(entry[2])

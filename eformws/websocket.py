@@ -32,6 +32,7 @@ RECEIVED = metrics.messages_received.labels(metrics.WEBSOCKET)
 
 CLOSE_POLICY = 1008
 CLOSE_GOING_AWAY = 1001
+EVENT_LOG_UNAVAILABLE = "Event log unavailable"
 
 
 @implementer(IFraming)
@@ -203,7 +204,7 @@ class LegacyProtocol(GatewayProtocol):
         if settings.hub.position is None:
             # The event log has not answered since this process started: where this client
             # starts could not be told, so come back in a moment.
-            raise ConnectionDeny(503, "Event log unavailable")
+            raise ConnectionDeny(503, EVENT_LOG_UNAVAILABLE)
         since = request.params.get("since")
         epoch = request.params.get("epoch")
         self._since = (since[0], epoch[0] if epoch else None) if since else None
@@ -271,10 +272,10 @@ class LegacyProtocol(GatewayProtocol):
         if default_room is not None:
             hub.join(self, default_room)
             self._send(wire.direct("room_joined", {"room": default_room}))
-            if self._since is not None:
-                self._resume(*self._since)
-            elif settings.replay_limit and self._wants_replay:
-                self._replay()
+        if self._since is not None:
+            self._resume(*self._since)  # without a default room: no events, but `resumed` says where it stands
+        elif default_room is not None and settings.replay_limit and self._wants_replay:
+            self._replay()
 
     # -- catching up: replay on connect, resume ------------------------------------------
 
@@ -306,8 +307,16 @@ class LegacyProtocol(GatewayProtocol):
             finish(found, len(events))
 
     def _catch_up_failed(self, failure, finish) -> None:
-        log.failure("event store query failed for a connection on {namespace}", failure, namespace=self.namespace)
-        self._caught_up(Resumption([], False, None) if finish else [], finish)
+        """A replay that fails is left out (nothing is claimed); a resume that fails is not
+        answered `recovered:false` (nothing is known to be lost): the client is closed 1013
+        to resume again in a moment."""
+        log.warn("event store query failed for a connection on {namespace}: {error}",
+                 namespace=self.namespace, error=failure.getErrorMessage())
+        if finish is None:
+            self._caught_up([], None)
+            return
+        self._held = None
+        self.close(CLOSE_TRY_AGAIN_LATER, EVENT_LOG_UNAVAILABLE)
 
     def _replay(self) -> None:
         settings = self.factory.settings
@@ -333,11 +342,12 @@ class LegacyProtocol(GatewayProtocol):
             if found.recovered:
                 since, current = parse_cursor(cursor), self._cursor
                 if current is not None and since is not None and since > current.seq:
-                    self._cursor = Position(current.epoch, since)  # the client has up to there
+                    self._cursor = Position(found.latest.epoch, since)  # the client has up to there
                 return found
             if not settings.replay_limit:
                 return found
-            d = metrics.timed(settings.replay.recent(self._filter()), "event_store", "recent")
+            # Up to where this catch-up started: what came after is held, sent after it.
+            d = metrics.timed(settings.replay.recent(self._filter(), start), "event_store", "recent")
             d.addCallback(lambda replayed: Resumption(replayed, False, found.latest))
             return d
 
@@ -378,9 +388,9 @@ class LegacyProtocol(GatewayProtocol):
         self._write(frame)
 
     def _write(self, frame) -> None:
-        """A prepared frame to the peer, unless it was found to be a slow consumer."""
-        if not self._guard.tripped:
-            if self._perMessageCompress is None and not self.send_queue and self.state == self.STATE_OPEN:
+        """A prepared frame to the peer, unless it was found to be a slow consumer or is closing."""
+        if not self._guard.tripped and self.state == self.STATE_OPEN:
+            if self._perMessageCompress is None and not self.send_queue:
                 self.transport.write(frame.payloadHybi)  # what sendPreparedMessage does, minus its per-frame debug log
             else:
                 self.sendPreparedMessage(frame)

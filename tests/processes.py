@@ -218,13 +218,16 @@ def free_port() -> int:
 
 class RedisServer:
     """A `redis-server` of our own on a fixed loopback port (appendonly in `directory`, so
-    a stop and start keeps the data, as a production Redis would), started and stopped
-    through the reactor."""
+    a stop and start keeps the data, as a production Redis would; or, with
+    `snapshots_only`, Debian's packaged default: RDB snapshots, no AOF), started, stopped
+    and killed through the reactor."""
 
-    def __init__(self, directory: Path, port: int | None = None):
+    def __init__(self, directory: Path, port: int | None = None, snapshots_only: bool = False):
         self.directory = directory
         self.port = port or free_port()
         self.process: Process | None = None
+        self.persistence = ["--save", "3600 1", "--appendonly", "no"] if snapshots_only else [
+            "--save", "", "--appendonly", "yes", "--appendfsync", "always"]
 
     @property
     def url(self) -> str:
@@ -234,14 +237,15 @@ class RedisServer:
         self.process = Process()
         argv = [
             "redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory),
-            "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+            *self.persistence,
         ]
         executable = shutil.which("redis-server")
         assert executable, "redis-server is not installed: run the README's test command (scripts/test)"
         _reactor().spawnProcess(self.process, executable, argv, env=environment())
         await self.process.line(r"Ready to accept connections")
 
-    async def stop(self) -> None:
+    async def stop(self, signal: str = "TERM") -> None:
+        """SIGTERM: Redis saves and stops; SIGKILL: a crash."""
         if self.process is not None and self.process._end is None:
-            self.process.signal("TERM")
+            self.process.signal(signal)
             await self.process.ended()

@@ -154,6 +154,69 @@ async def test_live_events_held_during_a_resume_are_all_sent_after_it_in_seq_ord
     assert got[-1]["data"]["seq"] == during[-1]["seq"]
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_resume_the_log_cannot_answer_closes_1013_and_claims_nothing_lost(start_server):
+    server = await start_server({"events.replay_limit": 0})
+    session_id = await server.session()
+    cursor, missed = await emit(server, 0), await emit(server, 1)
+    store = server.service.event_store
+    real_since = store.since
+
+    def failing(*args):
+        del store.since  # once
+        return defer.fail(ConnectionError("the log does not answer"))
+
+    store.since = failing
+    client = await server.connect(f"{LOCKERS}?sessionId={session_id}&since={cursor['seq']}&epoch={cursor['epoch']}")
+    got = []
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        while True:
+            got.append((await client.recv())["type"])
+    except ConnectionClosed:
+        pass
+    assert "resumed" not in got
+    assert await client.closed() == (1013, "Event log unavailable")
+    assert store.since == real_since
+    again = await server.connect(f"{LOCKERS}?sessionId={session_id}&since={cursor['seq']}&epoch={cursor['epoch']}")
+    answered = await messages_until(again, "resumed")
+    assert [m.get("id") for m in answered[2:-1]] == [missed["id"]] and answered[-1]["data"]["recovered"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_since_on_a_namespace_without_a_default_room_is_answered_resumed(start_configured):
+    server = await start_configured('[[namespaces]]\npath = "/ws/custom"\nrequire_auth = false\n')
+    stored = await emit(server, 1)
+    client = await server.connect(f"/ws/custom?since={stored['seq']}&epoch={stored['epoch']}")
+    got = await messages_until(client, "resumed")
+    assert [m["type"] for m in got] == ["connection", "resumed"]
+    assert got[-1]["data"] == {"recovered": True, "count": 0, "seq": stored["seq"], "epoch": stored["epoch"]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_live_events_held_during_a_resume_that_is_not_recovered_come_once_after_the_replay(start_server):
+    server = await start_server({"events.replay_limit": 50})
+    session_id = await server.session()
+    before = [await emit(server, n) for n in range(3)]
+    store = server.service.event_store
+    real_since, answer, asked = store.since, defer.Deferred(), defer.Deferred()
+
+    def since(*args):
+        del store.since
+        asked.callback(args)
+        return answer
+
+    store.since = since
+    client = await server.connect(f"{LOCKERS}?sessionId={session_id}&since=1&epoch=another-log")
+    args = await asked
+    during = [await emit(server, n) for n in range(10, 13)]  # held while the resume runs
+    answer.callback(await real_since(*args))
+    got = await messages_until(client, "resumed")
+    got += await settled(client)
+    assert [m["seq"] for m in got if "seq" in m] == [e["seq"] for e in before + during]
+
+
 # -- epochs ---------------------------------------------------------------------------------
 
 

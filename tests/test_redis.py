@@ -546,3 +546,39 @@ async def test_a_command_fails_at_once_during_an_outage_after_a_connection(tmp_p
             await connection.command("PING")  # at once: the startup wait (60 s) is not used
     finally:
         await connection.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_a_proxy_accepts_and_drops_while_redis_is_down_keeps_reconnecting(tmp_path):
+    from proxy import FaultyProxy
+    from twisted.internet import reactor
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from eformws.redis import RedisAddress, RedisConnection
+
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    proxy = FaultyProxy("127.0.0.1", redis.port)  # accepts even while Redis is down, then drops
+    port = proxy.start(reactor)
+    connection = RedisConnection(RedisAddress.parse(f"redis://127.0.0.1:{port}/0"), "test", 0.05, 0.2)
+    try:
+        await redis.stop()
+        dropped = defer.Deferred()
+
+        def observe(event):
+            if "could not set dbid" in formatEvent(event) and not dropped.called:
+                dropped.callback(None)  # SELECT failed on a connection lost at once
+
+        globalLogPublisher.addObserver(observe)
+        try:
+            connection.startService()
+            await dropped.addTimeout(TIMEOUT, reactor)
+        finally:
+            globalLogPublisher.removeObserver(observe)
+        await redis.start()
+        await connection.when_connected().addTimeout(TIMEOUT, reactor)
+        assert await connection.command("PING") == "PONG"
+    finally:
+        await connection.stopService()
+        await proxy.stop()
+        await redis.stop()

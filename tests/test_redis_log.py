@@ -1,6 +1,7 @@
 """The Redis event log and bus under faults, against real redis-servers: a reader that finds
-events removed unread or the log replaced says so; deadlines Redis enforces; writes refused
-for memory retried on their own; an answer lost on the way back; settings that lose data."""
+events removed unread, the log replaced or gone back in time says so; deadlines Redis
+enforces; writes refused for memory retried on their own; answers lost on the way back;
+settings that lose data."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from eformws import events
 from eformws.bus.redis import RedisBus
 from eformws.message import Message, Target
 from eformws.redis import RedisAddress, RedisConnection, check_durability
-from eformws.store import addresses_of
+from eformws.store import Idempotency, addresses_of, fingerprint
 from eformws.store.redis import APPEND, EmitTimeout, RedisEventStore
 
 TIMEOUT = 10.0
@@ -108,6 +109,19 @@ async def own_redis(tmp_path):
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def through_proxy(stores, redis_url):
+    """(proxy, follower, make): a FaultyProxy in front of the suite's Redis, a Follower that
+    reads Redis directly, and `make(**options)` for stores that reach Redis through the proxy."""
+    upstream = RedisAddress.parse(redis_url)
+    proxy = FaultyProxy(upstream.host, upstream.port)
+    port = proxy.start(reactor)
+    follower = Follower()
+    await within(stores().follow(follower.event, follower.reset))
+    yield proxy, follower, lambda **options: stores(f"redis://127.0.0.1:{port}/{upstream.db}", **options)
+    await proxy.stop()
 
 
 async def connected(url: str) -> RedisConnection:
@@ -285,27 +299,20 @@ async def test_broadcasts_refused_for_memory_reach_the_other_process_once_in_ord
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_append_whose_answer_was_lost_is_written_once(stores, redis_url):
-    upstream = RedisAddress.parse(redis_url)
-    proxy = FaultyProxy(upstream.host, upstream.port)
-    port = proxy.start(reactor)
-    try:
-        follower = Follower()
-        await within(stores().follow(follower.event, follower.reset))  # reads Redis directly
-        store = stores(f"redis://127.0.0.1:{port}/{upstream.db}")
-        await within(store.connection.when_connected())
-        await within(append(store, 0))
-        proxy.swallowing = True  # Redis does the write; its answer never arrives
-        pending = append(store, 1)
-        await follower.until(lambda: len(follower.events) == 2)  # written
-        assert not pending.called
-        proxy.swallowing = False
-        proxy.cut()  # the store reconnects and sends the same append again
-        stored = await within(pending)
-        assert stored["seq"] == "2" and stored["id"] == follower.events[1]["id"]
-        assert int(await _direct_xlen(redis_url, store.stream)) == 2
-    finally:
-        await proxy.stop()
+async def test_an_append_whose_answer_was_lost_is_written_once(through_proxy, redis_url):
+    proxy, follower, make = through_proxy
+    store = make()
+    await within(store.connection.when_connected())
+    await within(append(store, 0))
+    proxy.swallowing = True  # Redis does the write; its answer never arrives
+    pending = append(store, 1)
+    await follower.until(lambda: len(follower.events) == 2)  # written
+    assert not pending.called
+    proxy.swallowing = False
+    proxy.cut()  # the store reconnects and sends the same append again
+    stored = await within(pending)
+    assert stored["seq"] == "2" and stored["id"] == follower.events[1]["id"]
+    assert int(await _direct_xlen(redis_url, store.stream)) == 2
 
 
 async def _direct_xlen(url: str, key: str) -> str:
@@ -376,3 +383,152 @@ def _filter(namespace: str, room: str):
     from eformws.store import EventFilter
 
     return EventFilter(namespace, frozenset({room}))
+
+
+# -- a log that went back in time ---------------------------------------------------------------
+
+
+async def rolled_back(stores):
+    """A reader that delivered 6 events, then Redis's log restored to how it was after 3 (what
+    a restart from an older copy or a failover to a lagging replica does), then 4 events
+    appended by a process that had seen the 6."""
+    follower = Follower()
+    reader = stores()
+    await within(reader.follow(follower.event, follower.reset))
+    writer = stores()
+    [await append(writer, n) for n in range(3)]
+    stream_copy = await writer.connection.command("DUMP", writer.stream)
+    meta_copy = await writer.connection.command("DUMP", writer.meta)
+    lost = [await append(writer, n) for n in range(3, 6)]
+    await follower.until(lambda: len(follower.events) == 6)
+    await writer.connection.command("RESTORE", writer.stream, 0, stream_copy, "REPLACE")
+    await writer.connection.command("RESTORE", writer.meta, 0, meta_copy, "REPLACE")
+    after = [await append(writer, n) for n in range(10, 14)]
+    return follower, reader, lost, after
+
+
+@pytest_twisted.ensureDeferred
+async def test_appends_after_the_log_went_back_in_time_start_a_new_epoch_above_every_seq_seen(stores):
+    follower, _, lost, after = await rolled_back(stores)
+    assert {e["epoch"] for e in after} != {lost[0]["epoch"]}
+    assert [int(e["seq"]) for e in after] == [7, 8, 9, 10]  # no seq of the old epoch is used twice
+    await follower.until(lambda: len(follower.events) == 10)
+    assert [e["id"] for e in follower.events[6:]] == [e["id"] for e in after]
+    assert follower.resets[0][0].epoch == after[0]["epoch"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reader_finds_a_log_that_went_back_in_time_without_being_told(stores):
+    follower = Follower()
+    reader = stores()
+    await within(reader.follow(follower.event, follower.reset))
+    writer = stores()
+    [await append(writer, n) for n in range(3)]
+    copies = [await writer.connection.command("DUMP", key) for key in (writer.stream, writer.meta)]
+    [await append(writer, n) for n in range(3, 6)]
+    await follower.until(lambda: len(follower.events) == 6)
+    for key, copy in zip((writer.stream, writer.meta), copies):
+        await writer.connection.command("RESTORE", key, 0, copy, "REPLACE")
+    unaware = stores()  # a process that never saw seqs 4 to 6: it appends in the old epoch
+    again = [await append(unaware, n) for n in range(10, 14)]
+    assert [e["seq"] for e in again] == ["4", "5", "6", "7"]
+    await follower.until(lambda: follower.resets)  # entry 7 does not follow the 6 it delivered
+    assert follower.resets[0][0].epoch != again[0]["epoch"]
+    assert [e["seq"] for e in follower.events] == ["1", "2", "3", "4", "5", "6"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resume_from_before_the_log_went_back_in_time_is_not_recovered(stores):
+    follower, reader, lost, after = await rolled_back(stores)
+    cursor = lost[-1]
+    found = await within(reader.since(cursor["seq"], cursor["epoch"], _filter("/ws/lockers", "locker_updates"), 100))
+    assert found.recovered is False and found.latest.epoch == after[0]["epoch"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reader_finds_redis_restarted_from_an_older_snapshot_and_goes_on_in_a_new_epoch(tmp_path, stores):
+    redis = RedisServer(tmp_path, snapshots_only=True)  # Debian's default persistence
+    await redis.start()
+    try:
+        follower = Follower()
+        reader = stores(redis.url)
+        await within(reader.follow(follower.event, follower.reset))
+        writer = stores(redis.url)
+        [await append(writer, n) for n in range(3)]
+        await writer.connection.command("SAVE")  # a snapshot, as `save 3600 1` takes one
+        [await append(writer, n) for n in range(3, 6)]
+        await follower.until(lambda: len(follower.events) == 6)
+        await redis.stop("KILL")  # a crash: back from the snapshot, without seqs 4 to 6
+        await redis.start()
+        await within(writer.connection.when_connected())
+        after = [await within(append(writer, n)) for n in range(10, 14)]
+        await follower.until(lambda: len(follower.events) == 10)
+        assert follower.resets and {e["epoch"] for e in after} == {follower.resets[-1][0].epoch}
+        assert [e["id"] for e in follower.events[6:]] == [e["id"] for e in after]
+    finally:
+        await redis.stop("KILL")
+
+
+# -- resends of a write that was made -----------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_append_script_answers_a_resend_of_a_write_it_made_as_made_even_after_the_deadline(stores):
+    store = stores()
+    await within(store.connection.when_connected())
+    keys = [store.stream, store.meta, store.key_prefix + "id:resent"]
+    rest = ["candidate", 1000, "{}", "[]", "0", "0", "-", 60_000, "nonce", "", 0]
+    assert (await APPEND.run(store.connection, keys, [int((time.time() + 5) * 1000), *rest]))[0] == "ok"
+    assert (await APPEND.run(store.connection, keys, [int((time.time() - 1) * 1000), *rest]))[0] == "dup"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_emit_stored_before_its_clock_jumped_past_the_deadline_is_not_reported_unstored(through_proxy):
+    proxy, follower, make = through_proxy
+    step = [0.0]
+    store = make(clock=lambda: time.time() + step[0])
+    await within(store.connection.when_connected())
+    await within(append(store, 0))
+    proxy.swallowing = True  # Redis does the write; its answer is lost
+    pending = append(store, 1)
+    await follower.until(lambda: len(follower.events) == 2)
+    step[0] = 6.0  # the host's clock steps forward (NTP) past the deadline
+    proxy.swallowing = False
+    proxy.cut()  # the store reconnects and resends
+    stored = await within(pending)
+    assert stored["id"] == follower.events[1]["id"] and stored["seq"] == follower.events[1]["seq"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resend_after_a_lost_answer_is_written_once_whatever_the_idempotency_window(through_proxy):
+    proxy, follower, make = through_proxy
+    store = make()
+    await within(store.connection.when_connected())
+    await within(append(store, 0))
+    envelope = locker(1)
+    key = Idempotency("order-1", fingerprint("locker_state_changed", envelope["data"]), 0.001)  # gone at once
+    proxy.swallowing = True
+    pending = store.append(envelope, addresses_of(events.targets_of(envelope)), 3600.0, key)
+    await follower.until(lambda: len(follower.events) == 2)
+    proxy.swallowing = False
+    proxy.cut()
+    appended = await within(pending)
+    assert (appended.envelope["id"], appended.replayed) == (envelope["id"], False)
+    marker = await within(append(store, 2))  # everything written before it is delivered before it
+    await follower.until(lambda: follower.events[-1]["id"] == marker["id"])
+    assert [e["id"] for e in follower.events[1:]] == [envelope["id"], marker["id"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_healthz_is_answered_ok_again_once_redis_takes_writes_without_another_emit(own_redis, stores):
+    admin = await connected(own_redis.url)
+    store = stores(own_redis.url, emit_timeout=0.5)
+    await within(append(store, 0))
+    await refuse_writes(admin)
+    with pytest.raises(EmitTimeout):
+        await within(append(store, 1))  # 503: refused until its deadline; nothing waits any more
+    with pytest.raises(Exception, match="refuses writes"):
+        await store.ping()
+    await admin.command("CONFIG", "SET", "maxmemory", "0")
+    await store.ping()  # what /healthz asks: answered ok at once
+    await admin.stopService()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import Counter, deque
 
 from twisted.application.service import MultiService
@@ -35,45 +36,62 @@ READ_BATCH = 1000
 MAX_IN_FLIGHT = 256  # appends sent and not yet answered (pipelined on one connection)
 INTERNAL_KEY_LIFETIME = 30.0  # seconds an append without a producer's key is remembered
 
-# The epoch and seq counter live in a hash beside the stream. Both are made together: when
-# either is missing (a new deployment, the stream deleted or evicted, Redis restarted empty)
-# a new epoch begins; `base` is the seq it starts after (the stream's top, when it is kept).
-_ENSURE = """
+# The epoch, the seq counter and the newest entry's nonce live in a hash beside the stream.
+# Both are made together: when either is missing (a new deployment, the stream deleted or
+# evicted, Redis restarted empty) a new epoch begins. So does one when the log went back in
+# time (Redis restarted from an older snapshot, a failover to a lagging replica): seqs of the
+# epoch would be used twice. `base` is the seq an epoch starts after: above the stream's top
+# (its ids only grow) and above any seq a process had seen (`floor`). Every entry carries its
+# own nonce (`v`) and the one of the entry before it (`u`), so a reader that finds an entry
+# not following the one it delivered knows the log is not the one it was reading.
+_EPOCHS = """
+local function top(stream)
+  if redis.call('EXISTS', stream) == 0 then
+    redis.call('XADD', stream, 'MAXLEN', '0', '0-1', 'p', '')
+    return 0
+  end
+  local info = redis.call('XINFO', 'STREAM', stream)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then return tonumber(string.match(info[i + 1], '^(%d+)')) end
+  end
+  return 0
+end
+local function renew(stream, meta, candidate, floor)
+  local base = math.max(top(stream), floor)
+  redis.call('DEL', meta)
+  redis.call('HSET', meta, 'epoch', candidate, 'seq', base, 'base', base, 'last', '')
+  return candidate
+end
 local function ensure(stream, meta, candidate)
   local epoch = redis.call('HGET', meta, 'epoch')
-  local exists = redis.call('EXISTS', stream) == 1
-  if epoch and exists then return epoch end
-  local base = 0
-  if exists then
-    local info = redis.call('XINFO', 'STREAM', stream)
-    for i = 1, #info, 2 do
-      if info[i] == 'last-generated-id' then base = tonumber(string.match(info[i + 1], '^(%d+)')) end
-    end
-  else
-    redis.call('XADD', stream, 'MAXLEN', '0', '0-1', 'p', candidate)
-  end
-  redis.call('DEL', meta)
-  redis.call('HSET', meta, 'epoch', candidate, 'seq', base, 'base', base)
-  return candidate
+  if epoch and redis.call('EXISTS', stream) == 1 then return epoch end
+  return renew(stream, meta, candidate, 0)
 end
 """
 
 # KEYS: stream, meta, key record. ARGV: deadline (ms of Redis's clock), a candidate epoch,
 # max length, envelope, addresses, created, expires, fingerprint ('-': no producer key),
-# key lifetime (ms). Answers {'ok', seq, epoch}, {'dup', record} or {'late'}.
+# key lifetime (ms), this entry's nonce, and the epoch and seq this process has seen.
+# Answers {'ok', seq, epoch}, {'dup', record} or {'late'}.
 APPEND = Script(
-    "#!lua\n" + _ENSURE + """
+    "#!lua\n" + _EPOCHS + """
 local stream, meta, record = KEYS[1], KEYS[2], KEYS[3]
+local prior = redis.call('GET', record)
+if prior then return {'dup', prior} end  -- written before: whatever the time, say so
 local now = redis.call('TIME')
 if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[1]) then
   return {'late'}
 end
-local prior = redis.call('GET', record)
-if prior then return {'dup', prior} end
 local epoch = ensure(stream, meta, ARGV[2])
+local seen = tonumber(ARGV[12])
+if epoch == ARGV[11] and tonumber(redis.call('HGET', meta, 'seq')) < seen then
+  epoch = renew(stream, meta, ARGV[2], seen)  -- gone back in time
+end
 local seq = redis.call('HINCRBY', meta, 'seq', 1)
+local before = redis.call('HGET', meta, 'last') or ''
 redis.call('XADD', stream, 'MAXLEN', '~', ARGV[3], seq .. '-0',
-           'e', ARGV[4], 'a', ARGV[5], 'c', ARGV[6], 'x', ARGV[7], 'p', epoch)
+           'e', ARGV[4], 'a', ARGV[5], 'c', ARGV[6], 'x', ARGV[7], 'p', epoch, 'u', before, 'v', ARGV[10])
+redis.call('HSET', meta, 'last', ARGV[10])
 local body = ''
 if ARGV[8] ~= '-' then body = ARGV[4] end
 redis.call('SET', record, cjson.encode({ARGV[8], tostring(seq), epoch, body}), 'PX', ARGV[9])
@@ -81,20 +99,41 @@ return {'ok', tostring(seq), epoch}
 """
 )
 
-# KEYS: stream, meta. Answers {epoch (nil when none), newest seq, base, whether the stream
-# exists}. Reads only, so Redis runs it even when it refuses writes.
+# KEYS: stream, meta. ARGV: a seq S (0: none). Answers {epoch (nil when none), newest seq,
+# base, whether the stream exists, the newest nonce, the `u` of entry S + 1 (nil when it is
+# not there)}. Reads only, so Redis runs it even while it refuses writes.
 STATE = Script(
     "#!lua flags=no-writes\n"
-    "local state = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'base')\n"
-    "return {state[1], state[2], state[3], redis.call('EXISTS', KEYS[1])}\n"
+    "local state = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'base', 'last')\n"
+    "local after = false\n"
+    "if tonumber(ARGV[1]) > 0 then\n"
+    "  local next = redis.call('XRANGE', KEYS[1], (ARGV[1] + 1) .. '-0', (ARGV[1] + 1) .. '-0')\n"
+    "  if next[1] then\n"
+    "    local fields = next[1][2]\n"
+    "    for i = 1, #fields, 2 do if fields[i] == 'u' then after = fields[i + 1] end end\n"
+    "  end\n"
+    "end\n"
+    "return {state[1], state[2], state[3], redis.call('EXISTS', KEYS[1]), state[4], after}\n"
 )
 
-# KEYS: stream, meta. ARGV: a candidate epoch. Answers {epoch, newest seq, base}.
+# KEYS: stream, meta. ARGV: a candidate epoch. Answers {epoch, newest seq, base, nonce}.
 ENSURE = Script(
-    "#!lua\n" + _ENSURE + """
+    "#!lua\n" + _EPOCHS + """
 local epoch = ensure(KEYS[1], KEYS[2], ARGV[1])
-local state = redis.call('HMGET', KEYS[2], 'seq', 'base')
-return {epoch, state[1], state[2]}
+local state = redis.call('HMGET', KEYS[2], 'seq', 'base', 'last')
+return {epoch, state[1], state[2], state[3]}
+"""
+)
+
+# KEYS: stream, meta. ARGV: a candidate epoch, the epoch found gone back in time, the seq the
+# new one must start above. A new epoch, unless another process made it already. Answers
+# {epoch, newest seq, base, nonce}.
+RENEW = Script(
+    "#!lua\n" + _EPOCHS + """
+if redis.call('HGET', KEYS[2], 'epoch') == ARGV[2] then renew(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[3])) end
+local epoch = ensure(KEYS[1], KEYS[2], ARGV[1])
+local state = redis.call('HMGET', KEYS[2], 'seq', 'base', 'last')
+return {epoch, state[1], state[2], state[3]}
 """
 )
 
@@ -106,6 +145,23 @@ class EmitTimeout(RedisUnavailable):
 class EmitUnconfirmed(RedisUnavailable):
     """The write was sent but its answer did not come within `redis.emit_timeout`: it was
     stored (and is delivered) or not; a retry with the same Idempotency-Key tells."""
+
+
+def new_nonce() -> str:
+    """What marks one entry, for the entry after it to name (8 hex digits)."""
+    return uuid.uuid4().hex[:8]
+
+
+def _went_back(seq: int, last: str, after: str | None, known: int, nonce: str | None) -> bool:
+    """Whether a log whose newest seq is `seq` (nonce `last`; `after`: the `u` of the entry
+    after `known`) went back behind the entry `known` (nonce `nonce`) a process delivered."""
+    if seq < known:
+        return True
+    if nonce is None:
+        return False
+    if seq == known:
+        return last != nonce
+    return after is not None and after != nonce
 
 
 def _fields(flat) -> dict:
@@ -159,6 +215,7 @@ class RedisEventStore(MultiService):
         self.stream = f"{prefix}events"
         self.meta = f"{prefix}events:log"
         self.key_prefix = f"{prefix}events:key:"
+        self.health_key = f"{prefix}events:health"
         self.max_events = max_events
         self.buffer_size = buffer_size
         self.emit_timeout = emit_timeout
@@ -186,6 +243,8 @@ class RedisEventStore(MultiService):
         self._on_reset = None
         self._followers: list[Deferred] = []
         self.position: Position | None = None
+        self._nonce: str | None = None  # the nonce of the entry at `position`
+        self._seen: Position | None = None  # the newest seq this process has read or written
         self._last_id = "0-0"  # the id of the last entry read
         self._reading = False
         self._read_failures = 0
@@ -250,12 +309,15 @@ class RedisEventStore(MultiService):
 
     def _send(self, item: _Append) -> None:
         idempotency = item.idempotency
+        # The record must outlive every resend of this append (they stop at its deadline).
+        lifetime = max(INTERNAL_KEY_LIFETIME, 2 * self.emit_timeout)
         if idempotency is not None:
-            record, mark, lifetime = idempotency.digest, idempotency.fingerprint, idempotency.window
+            record, mark, lifetime = idempotency.digest, idempotency.fingerprint, max(lifetime, idempotency.window)
         else:
-            record, mark, lifetime = "id:" + item.envelope["id"], "-", max(INTERNAL_KEY_LIFETIME, 2 * self.emit_timeout)
+            record, mark = "id:" + item.envelope["id"], "-"
         item.sent = True
         self._in_flight += 1
+        seen = self._seen or Position("", 0)
         d = APPEND.run(
             self.connection,
             [self.stream, self.meta, self.key_prefix + record],
@@ -263,6 +325,7 @@ class RedisEventStore(MultiService):
                 int((item.deadline + self._offset) * 1000), new_epoch(), self.max_events,
                 json.dumps(item.envelope, separators=(",", ":")), json.dumps(item.addresses, separators=(",", ":")),
                 repr(item.created), repr(item.expires), mark, int(lifetime * 1000),
+                new_nonce(), seen.epoch, seen.seq,
             ],
         )
         d.addBoth(self._answered, item)
@@ -290,15 +353,18 @@ class RedisEventStore(MultiService):
     def _outcome(self, reply, item: _Append):
         kind = reply[0]
         if kind == "ok":
+            self._saw(Position(reply[2], int(reply[1])))
             return Appended(stored(item.envelope, Position(reply[2], int(reply[1]))))
         if kind == "late":
             return EmitTimeout("redis took the write after its deadline and refused it; it was not stored")
         mark, seq, epoch, body = json.loads(reply[1])
-        if item.idempotency is None:  # our own retry of a write that had been done
+        first = item.envelope if item.idempotency is None else json.loads(body)
+        if first["id"] == item.envelope["id"]:  # our own resend of a write that had been done
+            self._saw(Position(epoch, int(seq)))
             return Appended(stored(item.envelope, Position(epoch, int(seq))))
         if mark != item.idempotency.fingerprint:
             return IdempotencyConflict(item.idempotency.key)
-        return Appended(stored(json.loads(body), Position(epoch, int(seq))), replayed=True)
+        return Appended(stored(first, Position(epoch, int(seq))), replayed=True)
 
     def _refused(self, error: str) -> None:
         first, self.write_error = self.write_error is None, error.split("\r")[0][:200]
@@ -332,13 +398,29 @@ class RedisEventStore(MultiService):
         self._read()
         return d
 
+    def _saw(self, position: Position) -> None:
+        """Keep the newest position this process knows of (a floor for going back in time)."""
+        if self._seen is None or position.epoch != self._seen.epoch or position.seq > self._seen.seq:
+            self._seen = position
+
     @inlineCallbacks
     def _state(self, connection):
-        """(epoch, newest seq, base) of the log; a new epoch is made when there is none."""
-        epoch, seq, base, exists = yield STATE.run(connection, [self.stream, self.meta], [])
+        """(epoch, newest seq, base, newest nonce) of the log, once it is sure to be the log
+        this process has been reading: when there is none, or when it went back in time
+        behind what this process delivered, a new epoch is made."""
+        known, nonce = self.position, self._nonce
+        epoch, seq, base, exists, last, after = yield STATE.run(
+            connection, [self.stream, self.meta], [known.seq if known is not None else 0]
+        )
         if epoch is None or not int(exists):
-            epoch, seq, base = yield ENSURE.run(connection, [self.stream, self.meta], [new_epoch()])
-        return epoch, int(seq), int(base)
+            epoch, seq, base, last = yield ENSURE.run(connection, [self.stream, self.meta], [new_epoch()])
+        elif known is not None and epoch == known.epoch and _went_back(int(seq), last or "", after, known.seq, nonce):
+            log.warn("the event log went back in time (Redis lost writes: restarted from an older copy, or a "
+                     "failover): a new epoch starts above seq {seq}", seq=known.seq)
+            epoch, seq, base, last = yield RENEW.run(
+                connection, [self.stream, self.meta], [new_epoch(), epoch, max(known.seq, int(seq))]
+            )
+        return epoch, int(seq), int(base), last or ""
 
     @inlineCallbacks
     def _read(self):
@@ -356,7 +438,9 @@ class RedisEventStore(MultiService):
                     yield self._check_epoch()  # nothing for a while: was the log replaced?
                 for _, entries in reply or ():
                     for entry_id, flat in entries:
-                        self._read_entry(entry_id, flat)
+                        if not self._read_entry(entry_id, flat):
+                            yield self._check_epoch()  # it does not follow what was delivered
+                            break
             self._read_failures = 0
         except Exception as e:
             if self.running and self.reader.connected:
@@ -373,9 +457,11 @@ class RedisEventStore(MultiService):
 
     @inlineCallbacks
     def _check_epoch(self):
-        epoch, seq, base = yield self._state(self.reader)
+        epoch, seq, base, last = yield self._state(self.reader)
         if self.position is None:
             self.position = Position(epoch, seq)
+            self._nonce = last
+            self._saw(self.position)
             self._last_id = f"{seq}-0"
             log.info("following the event log from seq {seq}", seq=seq)
             followers, self._followers = self._followers, []
@@ -385,41 +471,55 @@ class RedisEventStore(MultiService):
         elif epoch != self.position.epoch:
             self._reset(Position(epoch, base), "the event log was replaced (a new epoch)")
 
-    def _reset(self, position: Position, why: str) -> None:
+    def _reset(self, position: Position, why: str, nonce: str = "") -> None:
         log.warn("event delivery cannot go on in order: {why}; connections are closed so that clients resume",
                  why=why)
         self.position = position
+        self._nonce = nonce
+        self._saw(position)
         self._last_id = f"{position.seq}-0"
         if self._on_reset is not None:
             self._on_reset(position, why)
 
-    def _read_entry(self, entry_id: str, flat) -> None:
-        self._last_id = entry_id
+    def _read_entry(self, entry_id: str, flat) -> bool:
+        """Deliver one entry; False when it does not follow what was delivered before it (the
+        log went back in time), which is then not delivered."""
         seq = _seq_of(entry_id)
         fields = _fields(flat)
         epoch = fields.get("p")
         if epoch is None:
-            return  # written before the log had epochs (an upgrade): not part of it
+            self._last_id = entry_id
+            return True  # written before the log had epochs (an upgrade): not part of it
         try:
             envelope = json.loads(fields["e"])
             created = float(fields["c"])
         except (KeyError, TypeError, ValueError):
             log.warn("skipped a malformed entry of the event log (seq {seq})", seq=seq)
+            self._last_id = entry_id
             if epoch == self.position.epoch and seq == self.position.seq + 1:
-                self.position = Position(epoch, seq)
-            return
+                self.position, self._nonce = Position(epoch, seq), fields.get("v", "")
+            return True
         if epoch != self.position.epoch:
-            self._reset(Position(epoch, seq - 1), "the event log was replaced (a new epoch)")
+            self._reset(Position(epoch, seq - 1), "the event log was replaced (a new epoch)", fields.get("u", ""))
         elif seq != self.position.seq + 1:
-            self._reset(Position(epoch, seq - 1), f"events {self.position.seq + 1} to {seq - 1} were removed unread")
-        self.position = Position(epoch, seq)
-        self._on_event(stored(envelope, self.position), created)
+            self._reset(Position(epoch, seq - 1), f"events {self.position.seq + 1} to {seq - 1} were removed unread",
+                        fields.get("u", ""))
+        elif fields.get("u", self._nonce) != self._nonce:
+            return False
+        self._last_id = entry_id
+        self.position, self._nonce = Position(epoch, seq), fields.get("v", "")
+        self._saw(self.position)
+        try:
+            self._on_event(stored(envelope, self.position), created)
+        except Exception:
+            log.failure("delivering an event failed")
+        return True
 
     # -- reads ---------------------------------------------------------------------
 
     @inlineCallbacks
     def _latest(self):
-        epoch, seq, _ = yield self._state(self.connection)
+        epoch, seq, _, _ = yield self._state(self.connection)
         return Position(epoch, seq)
 
     @inlineCallbacks
@@ -515,9 +615,16 @@ class RedisEventStore(MultiService):
 
     @inlineCallbacks
     def ping(self):
-        yield self.connection.command("PING")
-        if self.write_error is not None:
-            raise RedisUnavailable(f"redis refuses writes: {self.write_error}")
+        """Redis answers and takes writes: a small write of its own tells, also when no
+        append is waiting to find out."""
+        try:
+            yield self.connection.command("SET", self.health_key, "1", "PX", 60_000)
+        except Exception as e:
+            if not retryable_reply(e):
+                raise
+            self._refused(str(e))
+            raise RedisUnavailable(f"redis refuses writes: {self.write_error}") from None
+        self._accepted()
 
     def stopService(self):
         for item in list(self._pending):
