@@ -7,6 +7,7 @@ import math
 import time
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime
 from typing import Any, Callable
 
@@ -216,6 +217,9 @@ class EventType:
     def targets(self, data: dict) -> tuple[Target, ...]:
         """Per namespace: the home default room, `system_events` on /ws/events, the kiosk room."""
         kiosk = self.kiosk_of(data)
+        return _targets(self, kiosk if isinstance(kiosk, str) else None)
+
+    def _targets_for(self, kiosk: str | None) -> tuple[Target, ...]:
         targets = []
         for namespace in self.delivered_on:
             rooms = [self.room]
@@ -225,6 +229,12 @@ class EventType:
                 rooms.append(kiosk)
             targets.append(Target(namespace, rooms=tuple(rooms)))
         return tuple(targets)
+
+
+@lru_cache(maxsize=4096)
+def _targets(kind: EventType, kiosk: str | None) -> tuple[Target, ...]:
+    """The targets of one type and kiosk, made once (every event of a kiosk has the same)."""
+    return kind._targets_for(kiosk)
 
 
 EVENTS_NAMESPACE = "/ws/events"

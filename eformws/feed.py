@@ -39,8 +39,8 @@ class EventFeed:
         return d
 
     def _deliver(self, envelope: dict, created: float) -> None:
-        self.hub.position = Position(envelope["epoch"], parse_cursor(envelope["seq"]))
-        self.hub.deliver(Message(envelope, events.targets_of(envelope), created))
+        position = self.hub.position = Position(envelope["epoch"], parse_cursor(envelope["seq"]))
+        self.hub.deliver(Message(envelope, events.targets_of(envelope), created, position=position))
 
     def _reset(self, position: Position, why: str) -> None:
         """The log was replaced or events were lost before this process read them: every

@@ -35,12 +35,14 @@ class Target:
 @dataclass
 class Message:
     """`meta`: annotations the hub passes along untouched, for endpoints (the WAMP broker
-    keeps its publication id and publisher exclusion there); empty for most messages."""
+    keeps its publication id and publisher exclusion there); empty for most messages.
+    `position`: set by the event feed for structured events."""
 
     envelope: dict
     targets: tuple[Target, ...]
     created: float = field(default_factory=time.time)
     meta: dict = field(default_factory=dict)
+    position: Any = None  # a structured event's place in the event log (eformws.store.Position)
     _payload: bytes | None = field(default=None, repr=False, compare=False)
     _redacted: "Message | None" = field(default=None, repr=False, compare=False)
 
@@ -50,7 +52,7 @@ class Message:
         if self._redacted is None:
             envelope = redactor.redact(self.envelope)
             self._redacted = self if envelope is self.envelope else Message(
-                envelope, self.targets, self.created, self.meta
+                envelope, self.targets, self.created, self.meta, self.position
             )
         return self._redacted
 

@@ -24,7 +24,7 @@ from eformws.ratelimit import TokenBucket
 from eformws.replay import EventFrames, RecentEvents
 from eformws.sessions import first_valid_session
 from eformws.sessions.credentials import candidates
-from eformws.store import EventFilter, Position, Resumption, log_position, parse_cursor
+from eformws.store import EventFilter, Position, Resumption, parse_cursor
 
 log = Logger(namespace="eformws.websocket")
 
@@ -41,7 +41,7 @@ class JsonFraming:
 
     def prepare(self, message):
         frame = PreparedMessage(message.payload, False, False, True)
-        frame.position = log_position(message.envelope)  # structured events carry one
+        frame.position = message.position  # structured events have one
         return frame
 
 
@@ -302,7 +302,7 @@ class LegacyProtocol(GatewayProtocol):
             self._write(frames.frame(envelope, self.sees_sensitive))
         held, self._held = self._held or [], None
         for frame in held:
-            self._send_live(frame)
+            self.send(frame)
         if finish is not None:
             finish(found, len(events))
 
@@ -371,21 +371,20 @@ class LegacyProtocol(GatewayProtocol):
     # -- IConnection -----------------------------------------------------------
 
     def send(self, frame) -> None:
+        """A frame delivered live (held while catching up)."""
         if self._held is not None:
             self._held.append(frame)
-        else:
-            self._send_live(frame)
+        elif frame.position is None or self._new_to_client(frame.position):
+            self._write(frame)
 
-    def _send_live(self, frame) -> None:
-        """A frame delivered live; a structured event this client already has (it resumed
-        past it) is not sent again."""
-        position = frame.position
-        if position is not None:
-            cursor = self._cursor
-            if cursor is not None and position.epoch == cursor.epoch and position.seq <= cursor.seq:
-                return
-            self._cursor = position
-        self._write(frame)
+    def _new_to_client(self, position) -> bool:
+        """Whether a structured event is past what this client has (it may have resumed past
+        it); the cursor then moves to it."""
+        cursor = self._cursor
+        if cursor is not None and position.epoch == cursor.epoch and position.seq <= cursor.seq:
+            return False
+        self._cursor = position
+        return True
 
     def _write(self, frame) -> None:
         """A prepared frame to the peer, unless it was found to be a slow consumer or is closing."""
