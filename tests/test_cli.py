@@ -254,6 +254,33 @@ async def test_tail_prints_each_event_as_one_json_line_and_ctrl_c_ends_it_with_0
 
 
 @pytest_twisted.ensureDeferred
+async def test_tail_since_a_seq_and_its_epoch_prints_what_came_after_it_only(tmp_path, start_server, tails):
+    server = await start_server()
+    session_id = await server.session()
+    stored = [await emit(server, n) for n in range(4)]
+    last = stored[1]
+    tail = tails([LOCKERS, "--url", server.http(""), "--since", last["seq"], "--epoch", last["epoch"]], tmp_path,
+                 env={"EFORMWS_SESSION": session_id})
+    assert await tail.printed(2) == stored[2:]
+    await tail.said(r"resumed 2 events since the last one shown")
+    tail.signal("INT")
+    assert await tail.ended() == (0, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tail_since_a_seq_of_another_epoch_warns_that_events_were_missed(tmp_path, start_server, tails):
+    server = await start_server()
+    session_id = await server.session()
+    stored = [await emit(server, n) for n in range(2)]
+    tail = tails([LOCKERS, "--url", server.http(""), "--since", "1", "--epoch", "another-log"], tmp_path,
+                 env={"EFORMWS_SESSION": session_id})
+    assert await tail.printed(2) == stored  # what the log holds, instead
+    await tail.said(r"EVENTS WERE MISSED")
+    tail.signal("INT")
+    assert await tail.ended() == (0, None)
+
+
+@pytest_twisted.ensureDeferred
 async def test_tail_with_a_room_prints_only_that_rooms_events(tmp_path, start_server, tails):
     server = await start_server()
     session_id = await server.session()

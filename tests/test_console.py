@@ -271,6 +271,40 @@ async def test_staff_log_in_see_a_live_event_within_a_second_and_broadcast_to_an
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_event_stream_resumes_after_a_dropped_connection_with_every_event_once(server, chromium):
+    session_id = await server.session("alice", "admin")
+    context = await aio(chromium.new_context())
+    page = await aio(context.new_page())
+
+    def emit(n: int):
+        return server.service.events.emit(
+            "system_status", {"component": "kiosk", "status": "online", "health_score": 90, "message": f"m{n}"}
+        )
+
+    async def scenario():
+        await log_in(page, server, session_id)
+        await page.wait_for_selector("#link-state.on", timeout=5000)
+        before = [await future(emit(n)) for n in range(3)]
+        await expect(page.locator("#events tbody tr[data-seq]")).to_have_count(3)
+        for connection in list(server.hub.namespaces["/ws/events"].connections.values()):
+            connection.abort()  # the network drops it: no close frame
+        await page.wait_for_selector("#link-state.warn", timeout=5000)
+        missed = [await future(emit(n)) for n in range(3, 13)]  # while the page reconnects
+        await page.wait_for_selector("#link-state.on", timeout=10_000)
+        rows = page.locator("#events tbody tr[data-seq]")
+        await expect(rows).to_have_count(13)
+        seqs = [await rows.nth(i).get_attribute("data-seq") for i in range(13)]
+        assert sorted(seqs, key=int) == [e["seq"] for e in before + missed]  # each once
+        await context.close()
+
+    with Recorder(page) as recorded:
+        await aio(scenario())
+    sockets = [url for url in recorded.urls if "/ws/events" in url]
+    assert len(sockets) == 2 and "since=" in sockets[1] and "epoch=" in sockets[1], sockets
+    assert recorded.errors == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_wrong_session_id_is_refused_and_not_kept(server, chromium):
     context = await aio(chromium.new_context())
     page = await aio(context.new_page())
