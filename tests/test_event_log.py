@@ -1,6 +1,6 @@
 """The event log's guarantees on one process, as a client sees them: where live delivery
 starts, the hand-off between a resume and live delivery by position, epochs, appends that
-callers give up on, and idempotency keys over HTTP and WAMP."""
+callers give up on, and idempotency keys over HTTP (over WAMP: test_wamp.py)."""
 
 from __future__ import annotations
 
