@@ -265,7 +265,9 @@ async def test_after_the_server_drops_it_the_client_rejoins_and_resumes_without_
     got = await w.events.reach(len(emitted))
     assert [e["seq"] for e in got] == [e["seq"] for e in emitted] == ordered(e["seq"] for e in emitted)
     assert got == emitted
-    assert resumed.recovered is True and resumed.count >= 300
+    # How many came while catching up depends on how far this process had read the log
+    # (with Redis it may still be delivering the missed events live): all came, once, in order.
+    assert resumed.recovered is True
     await w.connects.reach(2)  # on_connect comes after on_resumed
     [on_server] = server_connections(server)
     assert on_server.rooms == {"locker_updates", "kiosk-7"} == w.client.rooms
