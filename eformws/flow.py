@@ -1,11 +1,13 @@
 """Flow control toward one peer: how many bytes a connection has written that the peer has
-not taken yet, and the slow-consumer rule (close 1013 past a bound) built on it."""
+not taken yet, the slow-consumer rule (close 1013 past a bound) and pacing built on it."""
 
 from __future__ import annotations
 
 import fcntl
 import struct
 import termios
+
+from twisted.internet.defer import Deferred
 
 CLOSE_TRY_AGAIN_LATER = 1013
 SLOW_CONSUMER = "Slow consumer"
@@ -50,3 +52,25 @@ class SlowConsumerGuard:
             self.tripped = True
             return True
         return False
+
+
+def when_drained(transport, low_water: int, clock, first_wait: float = 0.002, longest_wait: float = 0.1) -> Deferred:
+    """A Deferred that fires once at most `low_water` bytes wait for the peer (Twisted's buffer
+    and the kernel's), looking again after a wait that doubles up to `longest_wait`: the pace
+    of a peer that reads, for writers that must not outrun it (catch-up). It fires (with
+    False) as well when the transport is gone, so a writer always learns to stop."""
+    done = Deferred()
+    wait = first_wait
+
+    def look():
+        nonlocal wait
+        if transport is None or getattr(transport, "disconnected", False):
+            done.callback(False)
+        elif unsent_bytes(transport) <= low_water:
+            done.callback(True)
+        else:
+            clock.callLater(wait, look)
+            wait = min(wait * 2, longest_wait)
+
+    look()
+    return done

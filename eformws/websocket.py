@@ -10,14 +10,17 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from eformws import metrics, wire
+from eformws.catchup import PacedWriter
 from eformws.flow import CLOSE_TRY_AGAIN_LATER, SLOW_CONSUMER, SlowConsumerGuard
+from eformws.feed import LOG_INTERRUPTED
 from eformws.hub import IConnection, IFraming, Namespace
 from eformws.origins import origin_allowed
 from eformws.ratelimit import TokenBucket
@@ -65,11 +68,11 @@ class WebSocketSettings:
     event_store: object
     replay_window: float
     replay_limit: int
-    resume_limit: int
+    catch_up_batch: int
     max_unsent_bytes: int
     sensitive_roles: frozenset[str]
     replay: RecentEvents
-    frames: EventFrames
+    catch_up: PacedWriter
 
     @classmethod
     def from_config(cls, config, hub, sessions, event_store):
@@ -87,11 +90,11 @@ class WebSocketSettings:
             event_store=event_store,
             replay_window=config.get("events", "replay_window"),
             replay_limit=config.get("events", "replay_limit"),
-            resume_limit=config.get("events", "resume_limit"),
+            catch_up_batch=config.get("events", "catch_up_batch"),
             max_unsent_bytes=config.get("websocket", "max_unsent_bytes"),
             sensitive_roles=frozenset(config.get("auth", "sensitive_roles")),
             replay=RecentEvents(event_store, hub, config.get("events", "replay_window"), config.get("events", "replay_limit")),
-            frames=EventFrames(hub.redactor),
+            catch_up=PacedWriter(EventFrames(hub.redactor), config.get("websocket", "max_unsent_bytes"), reactor),
         )
 
 
@@ -125,11 +128,69 @@ def handshake_candidates(request, cookie_names) -> list[str]:
 
 class GatewayProtocol(WebSocketServerProtocol):
     """What every WebSocket connection of the gateway shares (legacy namespaces and WAMP):
-    handshake refusals without the query string, closing with any code, and `closed`."""
+    handshake refusals without the query string, closing with any code, `closed`, and the
+    budgets: every byte written to the peer counts against the slow-consumer bound, every
+    frame the peer sends (pings included) against the inbound rate limit."""
+
+    transport_label = metrics.WEBSOCKET  # the `transport` label of this kind's metrics
 
     def __init__(self):
         super().__init__()
         self._closed_waiters: list[Deferred] | None = []  # None once the connection is gone
+        self.guard: SlowConsumerGuard | None = None  # set when the connection opens
+        self.bucket: TokenBucket | None = None  # set when the connection opens
+        self._closing_slow = False
+
+    # -- budgets ------------------------------------------------------------------------
+
+    def sendData(self, data, sync=False, chopsize=None):
+        """Every write of Autobahn's (messages, replies, pongs, close frames) passes here: a
+        slow consumer is sent nothing more but its close frame."""
+        guard = self.guard
+        if guard is None:
+            return super().sendData(data, sync, chopsize)
+        if guard.tripped and not self._closing_slow:
+            return None
+        super().sendData(data, sync, chopsize)
+        self.wrote(len(data))
+        return None
+
+    def wrote(self, size: int) -> None:
+        """Count `size` bytes written to the peer; past the bound, close 1013 (once)."""
+        if self.guard.wrote(self.transport, size):
+            self.slow_consumer()
+
+    def slow_consumer(self) -> None:
+        """Send nothing more but a close 1013; Autobahn drops the connection (and what
+        waits for it) if the close is not answered within the close handshake timeout."""
+        self.guard.tripped = True
+        metrics.slow_consumer_closes.labels(self.transport_label).inc()
+        log.info("closing a slow consumer on {namespace}", namespace=self.namespace)
+        self._closing_slow = True
+        try:
+            self.close_with(CLOSE_TRY_AGAIN_LATER, SLOW_CONSUMER)
+        finally:
+            self._closing_slow = False
+
+    @property
+    def writable(self) -> bool:
+        """Open, and not found to be a slow consumer: it may be sent more."""
+        return self.state == self.STATE_OPEN and self.guard is not None and not self.guard.tripped
+
+    def onPing(self, payload):
+        """A ping from the peer costs a token like any message; over the limit it gets no
+        pong, and past `rate_limit_close_after` refusals in a row the connection closes."""
+        bucket = self.bucket
+        if bucket is None or bucket.take():
+            return super().onPing(payload)
+        if bucket.refused_in_a_row >= self.rate_limit_close_after:
+            log.info("closing connection on {namespace}: rate limit (pings)", namespace=self.namespace)
+            self.close_with(CLOSE_POLICY, "Rate limit exceeded")
+        return None
+
+    @property
+    def rate_limit_close_after(self) -> int:
+        raise NotImplementedError
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
         """Autobahn quotes the request line in some refusal reasons (a request line that it
@@ -180,17 +241,20 @@ class LegacyProtocol(GatewayProtocol):
         self._refusal: str | None = None
         self._admitted = False
         self._registered = False
-        self._bucket: TokenBucket | None = None
         self._since = None  # (seq, epoch) of ?since= and &epoch=
         self._wants_replay = True  # ?replay=false: none
         self._held: list | None = None  # frames held back while replaying or resuming
+        self._held_bytes = 0
         self._cursor: Position | None = None  # the newest structured event this client has (sent or resumed past)
-        self._guard: SlowConsumerGuard | None = None
         self.sees_sensitive = False
 
     @property
     def namespace(self) -> str:
         return self.factory.namespace.path
+
+    @property
+    def rate_limit_close_after(self) -> int:
+        return self.factory.settings.rate_limit_close_after
 
     # -- handshake -----------------------------------------------------------
 
@@ -247,8 +311,8 @@ class LegacyProtocol(GatewayProtocol):
         settings = self.factory.settings
         hub = settings.hub
         self.id = str(uuid.uuid4())
-        self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
-        self._guard = SlowConsumerGuard(settings.max_unsent_bytes)
+        self.bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
+        self.guard = SlowConsumerGuard(settings.max_unsent_bytes)
         self.sees_sensitive = self.session is not None and self.session.role in settings.sensitive_roles
         hub.add(self)
         self._registered = True
@@ -282,29 +346,25 @@ class LegacyProtocol(GatewayProtocol):
     def _filter(self) -> EventFilter:
         return EventFilter(self.namespace, frozenset(self.rooms))
 
-    def _catch_up(self, query, finish) -> None:
-        """Hold live frames back while `query` runs (what it answers ends where live delivery
-        began), send what it found, then every held frame, then whatever `finish` sends."""
-        self._held = []
-        d = query()
+    def _catch_up(self, run, finish) -> None:
+        """Hold live frames back while `run` writes stored events at the pace the client
+        reads them (what it writes ends where live delivery began), then send every held
+        frame, then whatever `finish` sends with what `run` fired with."""
+        self._held, self._held_bytes = [], 0
+        d = run()
         d.addCallback(self._caught_up, finish)
         d.addErrback(self._catch_up_failed, finish)
 
-    def _caught_up(self, found, finish) -> None:
-        if self.state != self.STATE_OPEN:
-            # The client left (or the server is closing it) while the store answered:
-            # nothing may be sent any more, and sendMessage would raise Disconnected.
-            self._held = None
-            return
-        events = found.events if isinstance(found, Resumption) else found
-        frames = self.factory.settings.frames
-        for envelope in events:
-            self._write(frames.frame(envelope, self.sees_sensitive))
+    def _caught_up(self, outcome, finish) -> None:
         held, self._held = self._held or [], None
+        if outcome is None or not self.writable:
+            # The client left, or is being closed (a slow consumer, the log lost what it
+            # was being sent): nothing may be sent any more.
+            return
         for frame in held:
             self.send(frame)
         if finish is not None:
-            finish(found, len(events))
+            finish(*outcome)
 
     def _catch_up_failed(self, failure, finish) -> None:
         """A replay that fails is left out (nothing is claimed); a resume that fails is not
@@ -313,7 +373,7 @@ class LegacyProtocol(GatewayProtocol):
         log.warn("event store query failed for a connection on {namespace}: {error}",
                  namespace=self.namespace, error=failure.getErrorMessage())
         if finish is None:
-            self._caught_up([], None)
+            self._caught_up((), None)
             return
         self._held = None
         self.close(CLOSE_TRY_AGAIN_LATER, EVENT_LOG_UNAVAILABLE)
@@ -321,35 +381,56 @@ class LegacyProtocol(GatewayProtocol):
     def _replay(self) -> None:
         settings = self.factory.settings
         metrics.replays.inc()
-        self._catch_up(lambda: metrics.timed(settings.replay.recent(self._filter()), "event_store", "recent"), None)
+
+        @inlineCallbacks
+        def run():
+            events = yield metrics.timed(settings.replay.recent(self._filter()), "event_store", "recent")
+            written = yield settings.catch_up.write(self, events)
+            return None if written is None else ()
+
+        self._catch_up(run, None)
 
     def _resume(self, cursor, epoch=None) -> None:
         """Resume from `cursor` (of `epoch`): the events after it up to where this client's
-        live delivery began; when that cannot be done, the replay a new connection gets,
-        and `resumed` says recovered false."""
+        live delivery began, asked of the store `events.catch_up_batch` at a time, each
+        batch once the client has read most of the last; when the log no longer has them
+        all, the replay a new connection gets, and `resumed` says recovered false."""
         settings = self.factory.settings
+        store, batch = settings.event_store, settings.catch_up_batch
         start = settings.hub.position  # everything after it reaches this client live (held meanwhile)
+        event_filter = self._filter()
 
-        def query():
-            d = metrics.timed(
-                settings.event_store.since(cursor, epoch, self._filter(), settings.resume_limit, start),
-                "event_store", "since",
-            )
-            d.addCallback(recovered_or_replay)
-            return d
+        def since(after, of_epoch):
+            return metrics.timed(store.since(after, of_epoch, event_filter, batch, start), "event_store", "since")
 
-        def recovered_or_replay(found: Resumption):
-            if found.recovered:
-                since, current = parse_cursor(cursor), self._cursor
-                if current is not None and since is not None and since > current.seq:
-                    self._cursor = Position(found.latest.epoch, since)  # the client has up to there
-                return found
-            if not settings.replay_limit:
-                return found
-            # Up to where this catch-up started: what came after is held, sent after it.
-            d = metrics.timed(settings.replay.recent(self._filter(), start), "event_store", "recent")
-            d.addCallback(lambda replayed: Resumption(replayed, False, found.latest))
-            return d
+        @inlineCallbacks
+        def run():
+            found = yield since(cursor, epoch)
+            if not found.recovered:
+                replayed = []
+                if settings.replay_limit:
+                    # Up to where this catch-up started: what came after is held, sent after it.
+                    replayed = yield metrics.timed(settings.replay.recent(event_filter, start), "event_store", "recent")
+                written = yield settings.catch_up.write(self, replayed)
+                return None if written is None else (found, written)
+            after, current = parse_cursor(cursor), self._cursor
+            if current is not None and after is not None and after > current.seq:
+                self._cursor = Position(found.latest.epoch, after)  # the client has up to there
+            count = 0
+            while True:
+                written = yield settings.catch_up.write(self, found.events)
+                if written is None:
+                    return None
+                count += written
+                if not found.more:
+                    return found, count
+                found = yield since(found.events[-1]["seq"], found.latest.epoch)
+                if not found.recovered:
+                    # The log lost events this client was still to get while it read the
+                    # earlier ones: it resumes from what it has, and is told.
+                    if self.writable:
+                        self.close(CLOSE_TRY_AGAIN_LATER, LOG_INTERRUPTED)
+                    return None
 
         def resumed(found: Resumption, count: int) -> None:
             metrics.resumes.labels("true" if found.recovered else "false").inc()
@@ -366,16 +447,22 @@ class LegacyProtocol(GatewayProtocol):
                 data["epoch"] = position.epoch
             self._send(wire.direct("resumed", data))
 
-        self._catch_up(query, resumed)
+        self._catch_up(run, resumed)
 
     # -- IConnection -----------------------------------------------------------
 
     def send(self, frame) -> None:
-        """A frame delivered live (held while catching up)."""
+        """A frame delivered live (held while catching up: held bytes count against the
+        slow-consumer bound like unsent ones)."""
         if self._held is not None:
-            self._held.append(frame)
+            if self.writable:
+                self._held.append(frame)
+                self._held_bytes += len(frame.payloadHybi)
+                if self._held_bytes > self.guard.limit:
+                    self._held.clear()
+                    self.slow_consumer()
         elif frame.position is None or self._new_to_client(frame.position):
-            self._write(frame)
+            self.write_frame(frame)
 
     def _new_to_client(self, position) -> bool:
         """Whether a structured event is past what this client has (it may have resumed past
@@ -386,36 +473,36 @@ class LegacyProtocol(GatewayProtocol):
         self._cursor = position
         return True
 
-    def _write(self, frame) -> None:
+    def write_frame(self, frame) -> None:
         """A prepared frame to the peer, unless it was found to be a slow consumer or is closing."""
-        if not self._guard.tripped and self.state == self.STATE_OPEN:
+        if self.writable:
             if self._perMessageCompress is None and not self.send_queue:
-                self.transport.write(frame.payloadHybi)  # what sendPreparedMessage does, minus its per-frame debug log
+                payload = frame.payloadHybi
+                self.transport.write(payload)  # what sendPreparedMessage does, minus its per-frame debug log
+                self.wrote(len(payload))
             else:
-                self.sendPreparedMessage(frame)
-            if self._guard.wrote(self.transport, len(frame.payloadHybi)):
-                metrics.slow_consumer_closes.labels(metrics.WEBSOCKET).inc()
-                log.info("closing a slow consumer on {namespace}", namespace=self.namespace)
-                self.close(CLOSE_TRY_AGAIN_LATER, SLOW_CONSUMER)
+                self.sendPreparedMessage(frame)  # counted in sendData
 
     def close(self, code: int, reason: str) -> None:
         self.close_with(code, reason)
 
     def _send(self, envelope: dict) -> None:
-        self.sendMessage(wire.dumps(envelope), False)
+        """A message of the connection's own (a reply, a notice), unless it may be sent nothing."""
+        if self.writable:
+            self.sendMessage(wire.dumps(envelope), False)
 
     # -- client messages --------------------------------------------------------
 
     def onMessage(self, payload, isBinary):
-        if not self._registered:
-            return
+        if not self._registered or not self.writable:
+            return  # refused at the handshake, closing, or a slow consumer: nothing is answered
         RECEIVED.inc()
         if self.factory.namespace.echo:
             self.sendMessage(payload, isBinary)
             return
         settings = self.factory.settings
-        if not self._bucket.take():
-            if self._bucket.refused_in_a_row >= settings.rate_limit_close_after:
+        if not self.bucket.take():
+            if self.bucket.refused_in_a_row >= settings.rate_limit_close_after:
                 log.info("closing connection on {namespace}: rate limit", namespace=self.namespace)
                 self.close(CLOSE_POLICY, "Rate limit exceeded")
                 return
@@ -542,6 +629,8 @@ def protocol_options(config) -> dict:
         "openHandshakeTimeout": config.get("websocket", "open_handshake_timeout"),
         "closeHandshakeTimeout": config.get("websocket", "close_handshake_timeout"),
         "failByDrop": False,
+        # Only a pong answers a ping: a peer that sends but does not read is still closed.
+        "autoPingRestartOnAnyTraffic": False,
         "allowNullOrigin": True,  # `Origin: null` (sandboxed frames, file: pages): the allow-list decides
         "perMessageCompressionAccept": lambda offers: None,
     }

@@ -4,10 +4,7 @@ once what waits for it passes `websocket.max_unsent_bytes`; nobody else notices.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
-import socket
 
 import pytest_twisted
 from conftest import aio
@@ -16,6 +13,7 @@ from twisted.internet.task import deferLater
 
 from eformws import metrics
 from eformws.flow import unsent_bytes
+from rawclient import StalledClient
 
 LOCKERS = "/ws/lockers"
 LIMIT = 128 * 1024
@@ -23,71 +21,6 @@ HEALTHY = 200
 BROADCASTS = 2000
 SLOW_CLOSES = metrics.slow_consumer_closes.labels(metrics.WEBSOCKET)._value
 PAYLOAD = "x" * 400  # each broadcast is about 500 bytes on the wire: 1 MB for the stalled client
-
-
-class StalledClient:
-    """A raw WebSocket client that completes the handshake and then never reads again,
-    with a small receive buffer so the server's own buffer is what fills up."""
-
-    def __init__(self, reader, writer):
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def connect(cls, port: int, path: str, protocol: str | None = None, before_stalling=None) -> "StalledClient":
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write((
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            + (f"Sec-WebSocket-Protocol: {protocol}\r\n" if protocol else "") + "\r\n"
-        ).encode())
-        await writer.drain()
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101"), head
-        client = cls(reader, writer)
-        if before_stalling is not None:
-            await before_stalling(client)
-        reader._transport.pause_reading()  # from here on nothing is read
-        return client
-
-    async def send_text(self, text: str) -> None:
-        """One masked text frame, as a client sends it."""
-        payload = text.encode()
-        mask = os.urandom(4)
-        length = len(payload)
-        header = bytes([0x81]) + (bytes([0x80 | length]) if length < 126 else bytes([0x80 | 126]) + length.to_bytes(2, "big"))
-        self.writer.write(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
-        await self.writer.drain()
-
-    async def _frame(self) -> tuple[int, bytes]:
-        """The next frame the server sent (unmasked, unfragmented): (opcode, payload)."""
-        first = await self.reader.readexactly(2)
-        length = first[1] & 0x7F
-        if length == 126:
-            length = int.from_bytes(await self.reader.readexactly(2), "big")
-        elif length == 127:
-            length = int.from_bytes(await self.reader.readexactly(8), "big")
-        return first[0] & 0x0F, await self.reader.readexactly(length)
-
-    async def read_text(self) -> str:
-        """The next text frame's payload."""
-        while True:
-            opcode, payload = await self._frame()
-            if opcode == 0x1:
-                return payload.decode()
-
-    async def close_code(self) -> int:
-        """Read what the server sent, up to its close frame: the close code."""
-        self.reader._transport.resume_reading()
-        while True:
-            opcode, payload = await self._frame()
-            if opcode == 0x8:
-                return int.from_bytes(payload[:2], "big")
 
 
 async def drain(client, count: int) -> int:

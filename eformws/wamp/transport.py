@@ -11,7 +11,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from eformws import metrics
-from eformws.flow import CLOSE_TRY_AGAIN_LATER, SLOW_CONSUMER, SlowConsumerGuard
+from eformws.flow import SlowConsumerGuard
 from eformws.hub import IConnection
 from eformws.origins import origin_allowed
 from eformws.ratelimit import TokenBucket
@@ -39,14 +39,18 @@ class WampProtocol(GatewayProtocol):
         self.wamp: RouterSession | None = None
         self._codec = None
         self._timer = None
-        self._guard: SlowConsumerGuard | None = None
         self.sees_sensitive = False
         self._admitted = False
-        self.bucket: TokenBucket | None = None
+
+    transport_label = metrics.WAMP
 
     @property
     def namespace(self) -> str:
         return self.factory.router.path
+
+    @property
+    def rate_limit_close_after(self) -> int:
+        return self.factory.router.rate_limit_close_after
 
     # -- handshake --------------------------------------------------------------------------
 
@@ -73,7 +77,7 @@ class WampProtocol(GatewayProtocol):
     def onOpen(self):
         self.id = str(uuid.uuid4())
         router = self.factory.router
-        self._guard = SlowConsumerGuard(router.max_unsent_bytes)
+        self.guard = SlowConsumerGuard(router.max_unsent_bytes)
         self.bucket = TokenBucket(router.rate_limit, router.rate_burst)
         self.wamp = RouterSession(self.factory.router, self)
         self.await_hello()
@@ -123,21 +127,16 @@ class WampProtocol(GatewayProtocol):
             session.receive(message)
 
     def send_message(self, message) -> None:
-        if self.state == self.STATE_OPEN:
+        if self.writable:
             self.sendMessage(self._codec.encode(message), self._codec.binary)
 
     # -- IConnection -----------------------------------------------------------------------------
 
     def send(self, frame) -> None:
-        if self.wamp is not None and self.wamp.established and self.state == self.STATE_OPEN and not self._guard.tripped:
-            size = 0
+        """EVENTs of a delivered message (counted against the slow-consumer bound in sendData)."""
+        if self.wamp is not None and self.wamp.established and self.state == self.STATE_OPEN and not self.guard.tripped:
             for event in frame.events_for(self):
                 self.sendPreparedMessage(event)
-                size += len(event.payloadHybi)
-            if self._guard.wrote(self.transport, size):
-                log.info("closing a slow wamp consumer")
-                metrics.slow_consumer_closes.labels(metrics.WAMP).inc()
-                self.close_transport(CLOSE_TRY_AGAIN_LATER, SLOW_CONSUMER)
 
     def close(self, code: int, reason: str) -> None:
         """End the session with GOODBYE first when there is one, then the transport."""
