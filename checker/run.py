@@ -183,7 +183,7 @@ async def run(mode: str, duration: float, seed: int, out: Path) -> dict:
     cluster = Cluster(out)
     timings: dict[str, float] = {}
     history: dict = {"mode": mode, "seed": seed, "duration": duration, "run_id": run_id, "out": str(out),
-                     "started_at": time.time(), "resume_limit": 5000}
+                     "started_at": time.time()}
     try:
         # 1. The cluster.
         names = ["g1", "g2", "g3"] if mode == "redis" else ["g1"]

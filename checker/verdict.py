@@ -156,7 +156,7 @@ class Log:
                 self.by_tag.setdefault(tag, []).append(seq)
 
 
-def _justify(reset: Reset, log: Log, resume_limit: int) -> None:
+def _justify(reset: Reset, log: Log) -> None:
     cursor_seq, cursor_epoch = reset.cursor
     resumed_seq, resumed_epoch = reset.resumed
     if cursor_seq is None:
@@ -166,8 +166,6 @@ def _justify(reset: Reset, log: Log, resume_limit: int) -> None:
     elif log.available and cursor_epoch == log.epoch and cursor_seq < log.low_water:
         reset.justified = True
         reset.why = f"the cursor {cursor_seq} is older than the oldest event held ({log.low_water + 1})"
-    elif resumed_seq is not None and resumed_seq - cursor_seq > resume_limit:
-        reset.justified, reset.why = True, f"{resumed_seq - cursor_seq} events missed, more than {resume_limit}"
     else:
         reset.why = (f"cursor {cursor_seq} of epoch {cursor_epoch}, resumed at {resumed_seq}, the log holds every "
                      f"event after {log.low_water}")
@@ -178,7 +176,7 @@ def _brief(record: dict) -> dict:
 
 
 def judge_client(stream: Stream, accepted: list[dict], accepted_by_id: dict, log: Log, posted: set,
-                 resume_limit: int, final_epoch: str | None) -> dict:
+                 final_epoch: str | None) -> dict:
     """What one client was owed and what it got. Owed: every accepted event after its start
     position (same epoch), and of every epoch it entered by a justified `recovered:false`
     after the position it entered at; of the log's final epoch, if it never entered it, all
@@ -231,7 +229,7 @@ def judge_client(stream: Stream, accepted: list[dict], accepted_by_id: dict, log
         obligations[stream.start[1]] = stream.start[0]
     resets = []
     for reset in stream.resets:
-        _justify(reset, log, resume_limit)
+        _justify(reset, log)
         resets.append({"cursor": list(reset.cursor), "resumed": list(reset.resumed), "count": reset.count,
                        "justified": reset.justified, "why": reset.why, "at_delivery": reset.index})
         if not reset.justified:
@@ -279,7 +277,6 @@ def judge_client(stream: Stream, accepted: list[dict], accepted_by_id: dict, log
 
 def judge(history: dict) -> dict:
     """The verdict of one history (see checker/run.py for its shape)."""
-    resume_limit = history.get("resume_limit", 5000)
     log = Log(history.get("log"))
     accepted: list[dict] = []
     posted: set = set()
@@ -330,7 +327,7 @@ def judge(history: dict) -> dict:
     final_epoch = log.epoch if log.available else (accepted[-1]["epoch"] if accepted else None)
     if accepted and final_epoch not in {e["epoch"] for e in accepted}:
         final_epoch = None  # nothing accepted in the log's epoch: nothing of it is owed
-    clients = [judge_client(s, accepted, accepted_by_id, log, posted, resume_limit, final_epoch)
+    clients = [judge_client(s, accepted, accepted_by_id, log, posted, final_epoch)
                for s in streams_of(history)]
     totals = {check: sum(c[check] for c in clients) for check in CHECKS}
     totals.update(log_counts)

@@ -169,6 +169,14 @@ class _Link:
         self.pinging = False
         self.url_resumed: dict | None = None
         self.buffer: dict[str, dict] = {}
+        # Catching up, events are delivered at once (the cursor moving with each, so a link
+        # lost half-way resumes from there) while what arrives is one stream in seq order
+        # covering every room: the ?since= resume of a client with no other room
+        # (`streaming`), or the resume of every joined room merged with the live events
+        # that came before it (`merging`). Otherwise they wait in `buffer`.
+        self.streaming = False
+        self.merging = False
+        self.delivered = 0  # events delivered at once while catching up
         self._queue: deque[_Request] = deque()
         self._current: _Request | None = None
         self._resend = None
@@ -540,6 +548,7 @@ class EformClient:
         self._state = "connecting"
         link = self._link = _Link(self, self._url_since())
         link.replayed = link.url_since is None and self._wants_replay()
+        link.streaming = link.url_since is not None and not self._rooms
         url = websocket_url(self.url, self.namespace, *(link.url_since or (None, None)), replay=link.replayed)
         headers = {"Authorization": f"Bearer {self._session_id}"} if self._session_id else {}
         factory = WebSocketClientFactory(url, headers=headers, useragent="eformws-client", reactor=self._reactor)
@@ -683,6 +692,7 @@ class EformClient:
             return
         if kind == "resumed" and link.url_resumed is None:
             link.url_resumed = data  # the answer to ?since= on the URL
+            link.streaming = False
             link.wake()
         elif kind == "error":
             log.warn("{namespace}: the gateway reported {code}: {message}", namespace=self.namespace,
@@ -693,7 +703,16 @@ class EformClient:
             return  # close() was called: no more callbacks
         seq = envelope.get("seq")
         if not link.established and seq is not None:
-            link.buffer.setdefault(str(seq), envelope)  # delivered in seq order once caught up
+            if link.merging:
+                order = seq_order(seq)
+                for held in sorted((e for e in link.buffer.values() if seq_order(e["seq"]) < order),
+                                   key=lambda e: seq_order(e["seq"])):
+                    del link.buffer[str(held["seq"])]
+                    link.delivered += self._deliver(held)
+            elif not link.streaming:
+                link.buffer.setdefault(str(seq), envelope)  # delivered in seq order once caught up
+                return
+            link.delivered += self._deliver(envelope)
             return
         self._deliver(envelope)
 
@@ -757,6 +776,7 @@ class EformClient:
             start = link.connection or {}
             covered = {default} if link.url_since is not None else set()
             if self._cursor is not None and link.joined - covered:
+                link.merging = True  # this resume covers every joined room from the cursor
                 answer = await link.resume(self._cursor, self._epoch)
                 answers.append((answer.get("data") if isinstance(answer.get("data"), dict) else {}, True))
             elif link.replayed and start.get("seq") is not None:
@@ -779,6 +799,8 @@ class EformClient:
         """Caught up: deliver what was held (seq order, no duplicate), move the cursor,
         then `on_resumed`, `on_connect` and `when_connected()`, in that order."""
         link.established = True
+        if self._state == "closing":
+            return  # close() was called from a callback of an event delivered while catching up
         self._state = "connected"
         self._attempts = 0
         reported = [data for data, own in answers if own]
@@ -793,7 +815,7 @@ class EformClient:
             self._cursor = self._epoch = None
         held = sorted(link.buffer.values(), key=lambda e: seq_order(e["seq"]))
         link.buffer = {}
-        count = sum(1 for envelope in held if self._deliver(envelope))
+        count = link.delivered + sum(1 for envelope in held if self._deliver(envelope))
         # Where the server says live delivery goes on from, when beyond the last event: the
         # cursor moves there (in the connection's event log).
         positions = [str(data["seq"]) for data in answers if data.get("seq") is not None and data.get("epoch") == epoch]

@@ -8,6 +8,10 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from twisted.logger import Logger
+
+log = Logger(namespace="eformws.config")
+
 ROLES = ("admin", "staff", "kiosk")
 
 
@@ -103,6 +107,10 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[str, Any], Any]]] = {
     ("server", "allowed_origins"): ([], _strings),
     ("server", "shutdown_timeout"): (5.0, _number(0, 300)),
     ("server", "max_body_bytes"): (65536, _integer(1, 64 * 1024 * 1024)),
+    ("server", "max_http_connections"): (1024, _integer(1, 1_000_000)),
+    ("server", "request_head_timeout"): (10.0, _number(0.05, 3600)),
+    ("server", "min_body_rate"): (4096, _integer(1, 1 << 30)),
+    ("server", "status_room_limit"): (100, _integer(1, 1_000_000)),
     ("websocket", "max_message_bytes"): (65536, _integer(125, 64 * 1024 * 1024)),
     ("websocket", "ping_interval"): (25.0, _number(0, 3600)),
     ("websocket", "ping_timeout"): (10.0, _number(0.1, 3600)),
@@ -113,6 +121,8 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[str, Any], Any]]] = {
     ("websocket", "rate_limit"): (20.0, _number(0.1, 1_000_000)),
     ("websocket", "rate_burst"): (40, _integer(1, 1_000_000)),
     ("websocket", "rate_limit_close_after"): (40, _integer(1, 1_000_000)),
+    ("wamp", "max_subscriptions"): (100, _integer(1, 100_000)),
+    ("wamp", "max_uri_length"): (512, _integer(64, 65_536)),
     ("auth", "cookie_names"): (["sessionId", "session"], _strings),
     ("auth", "api_tokens"): ([], _strings),
     ("auth", "broadcast_roles"): (["admin"], _roles),
@@ -128,7 +138,8 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[str, Any], Any]]] = {
     ("events", "sweep_interval"): (60.0, _number(0.01, 86400)),
     ("events", "replay_window"): (3600.0, _number(0, 30 * 86400)),
     ("events", "replay_limit"): (50, _integer(0, 10_000)),
-    ("events", "resume_limit"): (5000, _integer(1, 1_000_000)),
+    ("events", "catch_up_batch"): (500, _integer(1, 100_000)),
+    ("events", "max_data_bytes"): (65536, _integer(256, 64 * 1024 * 1024)),
     ("events", "idempotency_window"): (600.0, _number(1, 7 * 86400)),
     ("events", "sensitive_fields"): (["user_contact", "metadata.ownerKey", "note"], _field_paths),
     ("redis", "url"): ("", _redis_url),
@@ -207,6 +218,12 @@ def _namespace(index: int, table: Any) -> NamespaceConfig:
     return NamespaceConfig(path, room, require_auth, roles, echo)
 
 
+# Keys earlier versions had: still accepted in a file (with a warning), never used.
+RETIRED = {
+    ("events", "resume_limit"): "a resume now sends every missed event the log still has, at the pace the client reads",
+}
+
+
 def _resolve_backends(values: dict) -> None:
     """`auto` stores are Redis when a Redis URL is set, else SQLite; Redis ones need a URL;
     several workers need Redis to deliver between them."""
@@ -247,6 +264,10 @@ def load_config(
             if not isinstance(table, dict):
                 raise ConfigError(f"{section}: must be a table")
             for key, value in table.items():
+                if (section, key) in RETIRED:
+                    log.warn("{key} in {path} is no longer used: {why}", key=f"{section}.{key}", path=path,
+                             why=RETIRED[(section, key)])
+                    continue
                 if (section, key) not in SCHEMA:
                     raise ConfigError(f"{section}.{key}: unknown key")
                 raw[(section, key)] = value

@@ -32,11 +32,12 @@ _EMITTED: dict = {}  # the events_emitted counter of each type, looked up once
 
 
 class WebSocketEvents:
-    def __init__(self, hub, store, bus, idempotency_window: float = 600.0):
+    def __init__(self, hub, store, bus, idempotency_window: float = 600.0, max_data_bytes: int = events.MAX_DATA_BYTES):
         self.hub = hub
         self.store = store
         self.bus = bus
         self.idempotency_window = idempotency_window
+        self.max_data_bytes = max_data_bytes
 
     # -- the generic path (HTTP, WAMP, the helpers below) ---------------------------
 
@@ -58,7 +59,7 @@ class WebSocketEvents:
             if idempotency_key is not None:
                 idempotency = Idempotency(check_idempotency_key(idempotency_key), fingerprint(event_type, data),
                                           self.idempotency_window)
-            envelope = events.build(event_type, data, created)
+            envelope = events.build(event_type, data, created, self.max_data_bytes)
         except (events.ValidationError, ValueError):
             return fail()
         targets = events.targets_of(envelope)

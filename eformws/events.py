@@ -125,13 +125,17 @@ def timestamp(path: str, value: Any) -> str:
 
 def json_value(path: str, value: Any) -> Any:
     """`value` as it will travel: JSON objects with string keys, arrays, strings of valid
-    Unicode, finite numbers, booleans, null. Anything else would be stored, then fail to
-    be sent (and poison every replay that includes it)."""
-    pending = [(path, value)]
+    Unicode, finite numbers, booleans, null, arrays and objects at most `wire.MAX_DEPTH`
+    levels inside one another. Anything else would be stored, then fail to be sent (and
+    poison every replay that includes it). The one check of every way in: HTTP, WAMP, Python."""
+    pending = [(path, value, 1)]
     while pending:
-        where, item = pending.pop()
+        where, item, depth = pending.pop()
         if item is None or isinstance(item, (bool, int)):
             continue
+        if depth > wire.MAX_DEPTH and isinstance(item, (list, dict)):
+            raise ValidationError(path, f"must not nest arrays and objects more than {wire.MAX_DEPTH} levels deep",
+                                  present=False)
         if isinstance(item, float):
             if not math.isfinite(item):
                 raise ValidationError(where, "a finite number", item)
@@ -141,13 +145,13 @@ def json_value(path: str, value: Any) -> Any:
             except UnicodeEncodeError:
                 raise ValidationError(where, "valid Unicode text", item) from None
         elif isinstance(item, list):
-            pending.extend((f"{where}[{index}]", element) for index, element in enumerate(item))
+            pending.extend((f"{where}[{index}]", element, depth + 1) for index, element in enumerate(item))
         elif isinstance(item, dict):
             for key, element in item.items():
                 if not isinstance(key, str):
                     raise ValidationError(where, "an object with string keys", item)
                 json_value(where, key)
-                pending.append((f"{where}.{key}", element))
+                pending.append((f"{where}.{key}", element, depth + 1))
         else:
             raise ValidationError(where, "a JSON value", item)
     return value
@@ -343,11 +347,18 @@ def prepare_data(name: str, data: Any, now: float) -> dict:
     return json_value("data", event_type(name).schema.validate("data", data))
 
 
-def build(name: str, data: Any, now: float | None = None) -> dict:
-    """Validate and return envelope D without its `seq` and `epoch` (the store assigns them)."""
+MAX_DATA_BYTES = 65536  # `events.max_data_bytes`: an event's data as JSON, the size of an API body
+
+
+def build(name: str, data: Any, now: float | None = None, max_bytes: int = MAX_DATA_BYTES) -> dict:
+    """Validate and return envelope D without its `seq` and `epoch` (the store assigns them);
+    its data must be at most `max_bytes` as compact JSON."""
     now = time.time() if now is None else now
     kind = event_type(name)
     checked = prepare_data(name, data, now)
+    size = len(wire.dumps(checked))
+    if size > max_bytes:
+        raise ValidationError("data", f"must be at most {max_bytes} bytes as JSON (it is {size})", present=False)
     return {
         "id": str(uuid.uuid4()),
         "seq": None,

@@ -8,9 +8,12 @@ from collections import OrderedDict
 
 from autobahn.websocket.protocol import PreparedMessage
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
 
 from eformws import wire
 from eformws.store import log_position
+
+log = Logger(namespace="eformws.replay")
 
 
 class RecentEvents:
@@ -71,12 +74,19 @@ class EventFrames:
         self.size = size
         self._frames: OrderedDict = OrderedDict()
 
-    def frame(self, envelope: dict, sees_sensitive: bool) -> PreparedMessage:
+    def frame(self, envelope: dict, sees_sensitive: bool) -> PreparedMessage | None:
+        """The frame of a stored event for one audience; None (logged) for one that cannot be
+        framed, so that one bad event never stops a catch-up."""
         key = (envelope.get("id"), envelope.get("seq"), sees_sensitive)
         frame = self._frames.get(key)
         if frame is None:
             view = envelope if sees_sensitive else self.redactor.redact(envelope)
-            frame = PreparedMessage(wire.dumps(view), False, False, True)
+            try:
+                payload = wire.dumps(view)
+            except (TypeError, ValueError, RecursionError):
+                log.warn("left out event {seq}: it cannot be framed", seq=envelope.get("seq"))
+                return None
+            frame = PreparedMessage(payload, False, False, True)
             frame.position = log_position(envelope)
             self._frames[key] = frame
             if len(self._frames) > self.size:

@@ -77,7 +77,8 @@ class EformService(MultiService):
         self.bus = self._bus()
         self.hub.bus = self.bus
         self.nodes = self._node_registry()
-        self.events = WebSocketEvents(self.hub, self.event_store, self.bus, config.get("events", "idempotency_window"))
+        self.events = WebSocketEvents(self.hub, self.event_store, self.bus, config.get("events", "idempotency_window"),
+                                      config.get("events", "max_data_bytes"))
         self.feed = EventFeed(self.hub, self.event_store)
         self.ready = None  # fires once listening
         self.api = Api(self.hub, self.sessions, config, self.events, self.event_store, self.bus, self.nodes)
@@ -95,6 +96,10 @@ class EformService(MultiService):
             config.get("server", "max_body_bytes"),
             wamp_resource=self.wamp.resource(),
             mounted=mounted,
+            max_http_connections=config.get("server", "max_http_connections"),
+            head_timeout=config.get("server", "request_head_timeout"),
+            min_body_rate=config.get("server", "min_body_rate"),
+            reactor=self.reactor,
         )
         self.listening_port = None
         certificate = config.get("server", "tls_certificate")

@@ -429,12 +429,21 @@ async def test_since_an_unknown_cursor_is_not_recovered(make_store, cursor):
 
 
 @pytest_twisted.ensureDeferred
-async def test_since_more_missed_than_the_limit_is_not_recovered(make_store):
+async def test_since_answers_the_first_limit_events_and_says_more_follow(make_store):
     store = make_store(Clock())
     stored = [await append(store, locker()) for _ in range(6)]
-    assert (await store.since(stored[0]["seq"], None, LOCKERS, 5)).recovered is True
     found = await store.since("0", None, LOCKERS, 5)
-    assert (found.recovered, found.events) == (False, [])
+    assert (found.recovered, found.events, found.more) == (True, stored[:5], True)
+    rest = await store.since(stored[4]["seq"], stored[4]["epoch"], LOCKERS, 5)
+    assert (rest.recovered, rest.events, rest.more) == (True, stored[5:], False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_since_with_exactly_limit_events_says_none_follow(make_store):
+    store = make_store(Clock())
+    stored = [await append(store, locker()) for _ in range(5)]
+    found = await store.since("0", None, LOCKERS, 5)
+    assert (found.recovered, found.events, found.more) == (True, stored, False)
 
 
 @pytest_twisted.ensureDeferred

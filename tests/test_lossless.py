@@ -171,7 +171,7 @@ def _history(n: int = 10) -> dict:
     flaky += [{"k": "resumed", "c": 2, "recovered": True, "count": n - 5, "seq": str(n), "epoch": EPOCH}]
     eform = [{"k": "connect", "seq": "0", "epoch": EPOCH}] + [event(i) for i in range(1, n + 1)]
     return {
-        "mode": "synthetic", "seed": 0, "duration": 0, "resume_limit": 5000,
+        "mode": "synthetic", "seed": 0, "duration": 0,
         "emitters": [{"name": "e1", "gateway": "g1", "events": events}],
         "clients": [{"name": "steady-1", "kind": "raw-steady", "records": steady},
                     {"name": "flaky-1", "kind": "raw-flaky", "records": flaky},

@@ -10,9 +10,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from twisted.logger import Logger
 from zope.interface import Interface
 
 from eformws import wire
+
+log = Logger(namespace="eformws.store")
 
 
 class IEventStore(Interface):
@@ -31,8 +34,9 @@ class IEventStore(Interface):
         had when following began (None while the store cannot say)."""
 
     def since(cursor, epoch, event_filter, limit, upto):
-        """Fire with a `Resumption`: the matching events after `cursor` up to the
-        `Position` `upto` (None: the newest), oldest first, or `recovered` False."""
+        """Fire with a `Resumption`: the first `limit` matching events after `cursor` up to
+        the `Position` `upto` (None: the newest), oldest first, `more` when others follow
+        them; or `recovered` False when the log no longer has all of them."""
 
     def recent(event_filter, window, limit, now=None, upto=None):
         """Fire with the newest `limit` matching events of the last `window` seconds up to
@@ -109,12 +113,13 @@ class EventFilter:
 
 @dataclass
 class Resumption:
-    """The answer to a resume: the missed events and whether nothing was lost; `epoch` and
-    `latest` say where the log stood."""
+    """The answer to a resume (or one batch of it): the missed events and whether nothing
+    was lost; `latest` says where the log stood, `more` that matching events follow these."""
 
     events: list[dict] = field(default_factory=list)
     recovered: bool = False
     latest: Position | None = None
+    more: bool = False
 
 
 def addresses_of(targets) -> list[tuple[str, str]]:
@@ -139,6 +144,22 @@ def log_position(envelope: dict) -> Position | None:
     return Position(envelope.get("epoch"), parse_cursor(seq))
 
 
+def decoded(text, seq) -> dict | None:
+    """A stored envelope's JSON text as the envelope, or None (logged, with its seq) when
+    it is not one that can be sent (not JSON, not an object, nested deeper than
+    `wire.MAX_DEPTH`): one bad entry, written by an older version or by hand, never fails
+    a read of the log, it is left out."""
+    try:
+        envelope = json.loads(text)
+        if not isinstance(envelope, dict) or (wire.may_nest_deeper_than(text) and wire.nested_deeper_than(envelope)):
+            envelope = None
+    except (TypeError, ValueError, RecursionError):
+        envelope = None
+    if envelope is None:
+        log.warn("left out event {seq} of the log: it is not an event that can be sent", seq=seq)
+    return envelope
+
+
 def stored(envelope: dict, position: Position) -> dict:
     """A copy of `envelope` carrying its place in the log."""
     out = dict(envelope)
@@ -158,14 +179,15 @@ def bound(upto: Position | None, latest: Position) -> int:
 def resumption(cursor, epoch, latest: Position, low_water: int, matching_after, limit: int) -> Resumption:
     """The resume rule every store shares. Recovered when the cursor is a seq of this log
     (its epoch, when given, is the log's), not ahead of it, not behind `low_water` (the
-    newest seq deleted), and at most `limit` events missed."""
+    newest seq deleted) and the log still has every event after it; the first `limit`
+    of them answered, `more` saying whether others follow."""
     since = parse_cursor(cursor)
     if since is None or (epoch is not None and epoch != latest.epoch) or since > latest.seq or since < low_water:
         return Resumption([], False, latest)
     events, complete = matching_after(since, limit + 1)
-    if not complete or len(events) > limit:
+    if not complete:
         return Resumption([], False, latest)
-    return Resumption(events, True, latest)
+    return Resumption(events[:limit], True, latest, len(events) > limit)
 
 
 def statistics(total, by_namespace, by_type, oldest, newest) -> dict:

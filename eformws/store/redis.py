@@ -22,6 +22,7 @@ from eformws.store import (
     IEventStore,
     Position,
     bound,
+    decoded,
     new_epoch,
     parse_cursor,
     resumption,
@@ -491,9 +492,11 @@ class RedisEventStore(MultiService):
             self._last_id = entry_id
             return True  # written before the log had epochs (an upgrade): not part of it
         try:
-            envelope = json.loads(fields["e"])
+            envelope = decoded(fields["e"], seq)
             created = float(fields["c"])
         except (KeyError, TypeError, ValueError):
+            envelope = None
+        if envelope is None:
             log.warn("skipped a malformed entry of the event log (seq {seq})", seq=seq)
             self._last_id = entry_id
             if epoch == self.position.epoch and seq == self.position.seq + 1:
@@ -548,7 +551,9 @@ class RedisEventStore(MultiService):
                         if float(fields["x"]) <= now:
                             complete = False  # expired by its type's TTL: the client missed it
                             break
-                        found.append(stored(json.loads(fields["e"]), Position(latest.epoch, _seq_of(entry_id))))
+                        envelope = decoded(fields["e"], _seq_of(entry_id))
+                        if envelope is not None:
+                            found.append(stored(envelope, Position(latest.epoch, _seq_of(entry_id))))
         return resumption(cursor, epoch, latest, 0, lambda _, n: (found[:n], complete), limit)
 
     @inlineCallbacks
@@ -567,7 +572,9 @@ class RedisEventStore(MultiService):
                 if float(fields["x"]) > now and (
                     event_filter is None or event_filter.matches(tuple(a) for a in json.loads(fields["a"]))
                 ):
-                    found.append(stored(json.loads(fields["e"]), Position(latest.epoch, _seq_of(entry_id))))
+                    envelope = decoded(fields["e"], _seq_of(entry_id))
+                    if envelope is not None:
+                        found.append(stored(envelope, Position(latest.epoch, _seq_of(entry_id))))
                     if len(found) >= limit:
                         break
             if len(batch) < SCAN_BATCH:

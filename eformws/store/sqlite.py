@@ -18,6 +18,7 @@ from eformws.store import (
     IEventStore,
     Position,
     bound,
+    decoded,
     new_epoch,
     resumption,
     statistics,
@@ -116,8 +117,14 @@ def _insert_batch(connection: sqlite3.Connection, batch: list) -> list:
     return results
 
 
-def _load(seq: int, text: str, epoch: str) -> dict:
-    return stored(json.loads(text), Position(epoch, seq))
+def _loaded(rows, epoch: str) -> list[dict]:
+    """The envelopes of (seq, text) rows, each with its place in the log; bad ones left out."""
+    found = []
+    for seq, text in rows:
+        envelope = decoded(text, seq)
+        if envelope is not None:
+            found.append(stored(envelope, Position(epoch, seq)))
+    return found
 
 
 def _room_clause(event_filter) -> tuple[str, list]:
@@ -136,11 +143,18 @@ def _since(connection, cursor, epoch, event_filter, limit, upto):
     upto_seq = bound(upto, latest)
 
     def matching_after(since, n):
-        rows = connection.execute(
-            f"SELECT seq, envelope FROM events WHERE seq > ? AND seq <= ? AND seq IN ({clause}) ORDER BY seq LIMIT ?",
-            [since, upto_seq, *args, n],
-        ).fetchall()
-        return [_load(seq, text, latest.epoch) for seq, text in rows], True
+        found: list[dict] = []
+        while len(found) < n:  # more than once only when bad rows were left out
+            wanted = n - len(found)
+            rows = connection.execute(
+                f"SELECT seq, envelope FROM events WHERE seq > ? AND seq <= ? AND seq IN ({clause}) ORDER BY seq LIMIT ?",
+                [since, upto_seq, *args, wanted],
+            ).fetchall()
+            found.extend(_loaded(rows, latest.epoch))
+            if len(rows) < wanted:
+                break
+            since = rows[-1][0]
+        return found, True
 
     return resumption(cursor, epoch, latest, low_water, matching_after, limit)
 
@@ -156,7 +170,7 @@ def _recent(connection, event_filter, window, limit, now, upto):
         f"SELECT seq, envelope FROM events WHERE created >= ? AND expires > ? AND seq <= ? {clause} ORDER BY seq DESC LIMIT ?",
         [now - window, now, bound(upto, latest), *args, limit],
     ).fetchall()
-    return [_load(seq, text, latest.epoch) for seq, text in reversed(rows)]
+    return _loaded(reversed(rows), latest.epoch)
 
 
 def _delete_through(connection, condition: str, args: list) -> int:
