@@ -3,13 +3,16 @@ route reads the request, calls one thing and answers JSON; errors become bodies 
 
 from __future__ import annotations
 
+import heapq
 import hmac
 import json
-from typing import Any
+import time
+from typing import Any, Callable
 
 from klein import Klein
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from eformws import metrics, wire
 from eformws.events import ValidationError, json_value
@@ -36,6 +39,7 @@ REASONS = {
 
 RECENT_WINDOW = 30.0  # seconds of events /api/websocket/health returns ...
 RECENT_LIMIT = 20  # ... at most this many
+STATUS_MAX_AGE = 1.0  # seconds a status answer of many rooms is answered again before it is rebuilt
 
 
 class HTTPError(Exception):
@@ -47,10 +51,14 @@ class HTTPError(Exception):
 
 
 def _json(request, status: int, body: Any) -> bytes:
+    return _json_encoded(request, status, wire.dumps(body))
+
+
+def _json_encoded(request, status: int, raw: bytes) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
-    return wire.dumps(body)
+    return raw
 
 
 def _headers(request, name: bytes) -> list[str]:
@@ -108,6 +116,41 @@ def _add_up(nodes: list[dict], field: str, paths: dict) -> dict:
     return total
 
 
+class Snapshot:
+    """What `build` fires with, built at most once per `max_age` seconds: callers within that
+    time, or while a build is under way, share one build (a failed build is not kept)."""
+
+    def __init__(self, build: Callable[[], Any], max_age: float, clock: Callable[[], float] = time.monotonic):
+        self._build = build
+        self._max_age = max_age
+        self._clock = clock
+        self._at: float | None = None
+        self._value: Any = None
+        self._waiting: list[Deferred] | None = None  # while a build is under way
+
+    def get(self) -> Deferred:
+        if self._waiting is None and self._at is not None and self._clock() - self._at < self._max_age:
+            return succeed(self._value)
+        mine = Deferred()
+        if self._waiting is not None:
+            self._waiting.append(mine)
+            return mine
+        self._waiting = [mine]
+        started = self._clock()
+        maybeDeferred(self._build).addBoth(self._built, started)
+        return mine
+
+    def _built(self, result, started: float) -> None:
+        waiting, self._waiting = self._waiting, None
+        if not isinstance(result, Failure):
+            self._at, self._value = started, result
+        for d in waiting:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+
 class Api:
     app = Klein()
     log = Logger()
@@ -125,6 +168,9 @@ class Api:
         self.cookie_names = tuple(config.get("auth", "cookie_names"))
         self.allowed_origins = frozenset(config.get("server", "allowed_origins"))
         self.max_body_bytes = config.get("server", "max_body_bytes")
+        self.status_room_limit = config.get("server", "status_room_limit")
+        self._status_snapshots = {full: Snapshot(lambda full=full: self._encoded_status(full), STATUS_MAX_AGE)
+                                  for full in (False, True)}
 
     def resource(self):
         return self.app.resource()
@@ -184,12 +230,14 @@ class Api:
         return session
 
     @inlineCallbacks
-    def require_privileged(self, request):
-        """An API token, or a session whose role may broadcast; else 401 or 403."""
+    def require_privileged(self, request, changes: bool = True):
+        """An API token, or a session whose role may broadcast; else 401 or 403. A request
+        that `changes` something and is authenticated by a cookie must not be cross-site
+        (a read needs no such check: a cross-site page cannot read the answer)."""
         if self._is_api_token(request):
             return None
         session = yield self.require_session(request)
-        if session.id in cookie_values(_headers(request, b"cookie"), self.cookie_names):
+        if changes and session.id in cookie_values(_headers(request, b"cookie"), self.cookie_names):
             self._refuse_cross_site(request)
         if session.role not in self.broadcast_roles:
             metrics.auth_failures.labels(metrics.HTTP, "forbidden").inc()
@@ -213,8 +261,39 @@ class Api:
 
     # -- routes --------------------------------------------------------------
 
+    def status(self, full: bool = False) -> Deferred:
+        """The status object (this route's, and `eform.status`): at most `status_room_limit`
+        rooms per namespace, the largest, unless `full`. Built per call while every namespace
+        has no more rooms than that; past it (building costs as many steps as there are rooms)
+        at most once per `STATUS_MAX_AGE`, answered again meanwhile, timestamp included."""
+        return self._status_answer(full).addCallback(lambda answer: answer[0])
+
+    def _status_answer(self, full: bool) -> Deferred:
+        """Fires with (the status object, its JSON or None when it was built for this call)."""
+        limit = self.status_room_limit
+        if all(len(ns.rooms) <= limit for ns in self.hub.namespaces.values()):
+            return self._build_status(full).addCallback(lambda body: (body, None))
+        return self._status_snapshots[full].get()
+
+    def _encoded_status(self, full: bool) -> Deferred:
+        return self._build_status(full).addCallback(lambda body: (body, wire.dumps(body)))
+
+    def _rooms(self, full: bool) -> tuple[dict, dict, bool]:
+        """(room sizes per namespace, the number of rooms per namespace, whether any list is
+        cut): past `status_room_limit` rooms, unless `full`, the largest that many."""
+        limit = self.status_room_limit
+        rooms, counts, cut = {}, {}, False
+        for path, ns in self.hub.namespaces.items():
+            counts[path] = len(ns.rooms)
+            listed = ns.rooms.items()
+            if not full and len(ns.rooms) > limit:
+                listed = heapq.nlargest(limit, listed, key=lambda item: len(item[1]))
+                cut = True
+            rooms[path] = {room: len(members) for room, members in listed}
+        return rooms, counts, cut
+
     @inlineCallbacks
-    def status(self):
+    def _build_status(self, full: bool):
         """The status object; with several processes, counts add up their registry entries."""
         hub = self.hub
         namespaces = {path: len(ns.connections) for path, ns in hub.namespaces.items()}
@@ -227,16 +306,16 @@ class Api:
                 nodes = [dict(self.nodes.local(), stale=True)]  # Redis unreachable: this process only
             namespaces = _add_up(nodes, "namespaces", namespaces)
             endpoints = _add_up(nodes, "endpoints", endpoints)
+        rooms, room_counts, cut = self._rooms(full)
         body = {
             "status": "active",
             "namespaces": namespaces,
             "total_connections": sum(namespaces.values()) + sum(endpoints.values()),
             "latency_metrics": hub.latency_metrics(),
             "timestamp": wire.js_timestamp(),
-            "rooms": {
-                path: {room: len(members) for room, members in ns.rooms.items()}
-                for path, ns in hub.namespaces.items()
-            },
+            "rooms": rooms,
+            "room_counts": room_counts,
+            "rooms_truncated": cut,
             "endpoints": endpoints,
         }
         if nodes is not None:
@@ -246,8 +325,15 @@ class Api:
     @app.route("/api/websocket/status", methods=["GET"])
     @inlineCallbacks
     def status_route(self, request):
-        body = yield self.status()
-        return _json(request, 200, body)
+        """`?rooms=all`: every room of every namespace, for those who may broadcast."""
+        asked = request.args.get(b"rooms")
+        if asked is not None and asked != [b"all"]:
+            raise HTTPError(400, "rooms must be all, or not given")
+        full = asked is not None
+        if full:
+            yield self.require_privileged(request, changes=False)
+        body, raw = yield self._status_answer(full)
+        return _json(request, 200, body) if raw is None else _json_encoded(request, 200, raw)
 
     @app.route("/api/websocket/broadcast", methods=["POST"])
     @inlineCallbacks

@@ -45,7 +45,7 @@ HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "tra
 # Every status each operation can answer (read from eformws/api.py); the document must
 # list exactly these, so a new error path or a removed one shows up here.
 STATUSES = {
-    ("/api/websocket/status", "get"): {"200"},
+    ("/api/websocket/status", "get"): {"200", "400", "401", "403", "503"},
     ("/api/websocket/broadcast", "post"): {"200", "400", "401", "403", "404", "413", "503"},
     ("/api/websocket/events", "post"): {"201", "400", "401", "403", "409", "413", "503"},
     ("/api/websocket/health", "get"): {"200", "401", "503"},
