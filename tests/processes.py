@@ -208,6 +208,15 @@ async def refused(client) -> tuple[int, str]:
 # -- twistd plugin ------------------------------------------------------------------
 
 
+def rss_kib(pid: int) -> int:
+    """The resident memory of process `pid` (VmRSS), in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def free_port() -> int:
     import socket
 

@@ -21,7 +21,7 @@ import pytest_twisted
 import treq
 import websockets
 from conftest import aio
-from processes import create_session, free_port, write_config
+from processes import create_session, free_port, rss_kib, write_config
 from websockets.exceptions import ConnectionClosed
 
 LOCKERS = "/ws/lockers"
@@ -85,14 +85,6 @@ def stored_seqs(events_db: Path) -> set[int]:
         return {row[0] for row in connection.execute("SELECT seq FROM events")}
     finally:
         connection.close()
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 async def sleep(seconds: float):

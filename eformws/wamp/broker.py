@@ -10,16 +10,15 @@ from twisted.internet.defer import Deferred
 from eformws import wire
 from eformws.events import ValidationError, json_value
 from eformws.message import Message
-from eformws.wamp.errors import INVALID_ARGUMENT, NOT_AUTHORIZED, WampError, new_id
+from eformws.wamp.errors import INVALID_ARGUMENT, NOT_AUTHORIZED, SUBSCRIPTION_LIMIT, WampError, new_id
 from eformws.wamp.topics import (
     EXACT,
     PREFIX_MATCH,
-    WILDCARD,
     Topic,
     target_of,
     topics_of,
-    wildcard_matches,
 )
+from eformws.wamp.wildcards import WildcardIndex
 
 META = "wamp"  # the key of this broker's annotations in `Message.meta`
 
@@ -27,13 +26,12 @@ META = "wamp"  # the key of this broker's annotations in `Message.meta`
 class Subscription:
     """One (topic, match) of the router, shared by every session subscribed to it."""
 
-    __slots__ = ("id", "topic", "match", "pattern", "connections")
+    __slots__ = ("id", "topic", "match", "connections")
 
     def __init__(self, id: int, topic: str, match: str):
         self.id = id
         self.topic = topic
         self.match = match
-        self.pattern = tuple(topic.split(".")) if match == WILDCARD else None
         self.connections: set = set()
 
     def details(self, topic: Topic) -> dict:
@@ -54,16 +52,17 @@ class Delivery:
 
 
 class Broker:
-    def __init__(self, hub, restricted_roles, publish_roles):
+    def __init__(self, hub, restricted_roles, publish_roles, max_subscriptions: int = 100):
         self._hub = hub
         self._restricted = frozenset(restricted_roles)
         self._publish_roles = frozenset(publish_roles)
+        self._max_subscriptions = max_subscriptions  # per connection (one session at a time)
         self._by_key: dict[tuple[str, str], Subscription] = {}
         self._by_id: dict[int, Subscription] = {}
         self._exact: dict[str, Subscription] = {}
         self._prefix: dict[str, Subscription] = {}
         self._prefix_lengths: dict[int, int] = {}  # length -> prefix subscriptions of that length
-        self._wildcard: dict[str, Subscription] = {}
+        self._wildcard = WildcardIndex()  # pattern -> subscription
         self._of: dict[Any, set[Subscription]] = {}  # connection -> its subscriptions
         self._delivery: Delivery | None = None
 
@@ -75,8 +74,15 @@ class Broker:
 
     def subscribe(self, connection, topic: str, match: str) -> Subscription:
         """Add `connection` to the subscription for (topic, match), made on first use; the
-        same one again when it is already in it."""
+        same one again when it is already in it. A connection already in `max_subscriptions`
+        others gets `WampError` `eform.error.subscription_limit`."""
         subscription = self._by_key.get((match, topic))
+        if subscription is not None and connection in subscription.connections:
+            return subscription
+        if len(self._of.get(connection, ())) >= self._max_subscriptions:
+            limit = self._max_subscriptions
+            raise WampError(SUBSCRIPTION_LIMIT, f"Subscription limit reached: at most {limit} subscriptions per session",
+                            limit=limit)
         if subscription is None:
             subscription_id = new_id()
             while subscription_id in self._by_id:
@@ -142,10 +148,7 @@ class Broker:
                 if subscription is not None:
                     yield subscription
         if self._wildcard:
-            components = uri.split(".")
-            for subscription in self._wildcard.values():
-                if wildcard_matches(subscription.pattern, components):
-                    yield subscription
+            yield from self._wildcard.matching(uri)
 
     # -- the hub's side: who gets a message --------------------------------------------
 

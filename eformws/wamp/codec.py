@@ -7,7 +7,7 @@ from typing import Any
 
 import msgpack
 from autobahn.wamp.exception import InvalidUriError
-from autobahn.wamp.message import Event
+from autobahn.wamp.message import Call, Event, Hello, Publish, Register, Subscribe
 from autobahn.wamp.serializer import (
     JsonObjectSerializer,
     JsonSerializer,
@@ -20,6 +20,10 @@ from eformws import wire
 from eformws.message import Message
 
 MAX_REASON = 200  # characters of a parser's complaint that go into an ABORT
+MAX_URI_LENGTH = 512  # `wamp.max_uri_length`'s default
+
+# The URI each message a client may send names something by (what the router looks up or keeps).
+_URI_FIELDS = {Hello: "realm", Subscribe: "topic", Publish: "topic", Call: "procedure", Register: "procedure"}
 
 
 class Undecodable(Exception):
@@ -41,14 +45,17 @@ class BadUri(Exception):
 
 
 class Codec:
-    """One subprotocol: decode a frame into messages, encode a message into a frame."""
+    """One subprotocol: decode a frame into messages, encode a message into a frame. Every
+    URI a message names is checked here, the one way in: past `max_uri_length` it is a
+    `BadUri`, like a URI Autobahn's parser refuses."""
 
     subprotocol: str
     binary: bool
 
-    def __init__(self, serializer, objects):
+    def __init__(self, serializer, objects, max_uri_length: int = MAX_URI_LENGTH):
         self._serializer = serializer
         self._objects = objects
+        self.max_uri_length = max_uri_length
 
     def decode(self, payload: bytes, is_binary: bool) -> list:
         if is_binary != self.binary:
@@ -66,12 +73,17 @@ class Codec:
             if kind is None:
                 raise Undecodable(f"unknown WAMP message type {raw[0]}")
             try:
-                messages.append(kind.parse(raw))
+                message = kind.parse(raw)
             except InvalidUriError as e:
                 raise BadUri(raw, str(e)[:MAX_REASON]) from None
             except Exception as e:  # autobahn's ProtocolError, and TypeErrors of odd input
                 name = kind.__name__.upper()
                 raise Undecodable(f"invalid {name}: {str(e)[:MAX_REASON]}", f"invalid {name}") from None
+            field = _URI_FIELDS.get(kind)
+            if field is not None and len(getattr(message, field)) > self.max_uri_length:
+                length = len(getattr(message, field))
+                raise BadUri(raw, f"URI too long: {length} characters (at most {self.max_uri_length})")
+            messages.append(message)
         return messages
 
     def encode(self, message) -> bytes:
@@ -91,8 +103,8 @@ class JsonCodec(Codec):
     subprotocol = "wamp.2.json"
     binary = False
 
-    def __init__(self):
-        super().__init__(JsonSerializer(), JsonObjectSerializer())
+    def __init__(self, max_uri_length: int = MAX_URI_LENGTH):
+        super().__init__(JsonSerializer(), JsonObjectSerializer(), max_uri_length)
 
     def envelope(self, message: Message) -> bytes:
         return message.payload  # compact JSON, shared with legacy connections
@@ -112,8 +124,8 @@ class MsgpackCodec(Codec):
     _ARRAY_5 = b"\x95"  # fixarray of 5 elements
     _ARRAY_1 = b"\x91"
 
-    def __init__(self):
-        super().__init__(MsgPackSerializer(), MsgPackObjectSerializer())
+    def __init__(self, max_uri_length: int = MAX_URI_LENGTH):
+        super().__init__(MsgPackSerializer(), MsgPackObjectSerializer(), max_uri_length)
 
     def envelope(self, message: Message) -> bytes:
         return _packb(message.envelope)
@@ -132,6 +144,6 @@ class MsgpackCodec(Codec):
         )
 
 
-def codecs() -> dict[str, Codec]:
+def codecs(max_uri_length: int = MAX_URI_LENGTH) -> dict[str, Codec]:
     """Subprotocol -> codec, in the router's order of preference."""
-    return {codec.subprotocol: codec for codec in (JsonCodec(), MsgpackCodec())}
+    return {codec.subprotocol: codec for codec in (JsonCodec(max_uri_length), MsgpackCodec(max_uri_length))}

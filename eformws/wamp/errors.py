@@ -27,6 +27,7 @@ INTERNAL = "eform.error.internal"
 RATE_LIMITED = "eform.error.rate_limited"
 UNAVAILABLE = "eform.error.unavailable"
 IDEMPOTENCY_CONFLICT = "eform.error.idempotency_conflict"
+SUBSCRIPTION_LIMIT = "eform.error.subscription_limit"
 
 MAX_ID = 2**53
 

@@ -42,6 +42,8 @@ class WampRouter:
         rate_limit: float = 20.0,
         rate_burst: int = 40,
         rate_limit_close_after: int = 40,
+        max_subscriptions: int = 100,
+        max_uri_length: int = 512,
         options: dict | None = None,
     ):
         self.sessions = sessions
@@ -55,8 +57,8 @@ class WampRouter:
         self.rate_limit = rate_limit
         self.rate_burst = rate_burst
         self.rate_limit_close_after = rate_limit_close_after
-        self.codecs = codecs()
-        self.broker = Broker(hub, restricted_roles, privileged_roles)
+        self.codecs = codecs(max_uri_length)
+        self.broker = Broker(hub, restricted_roles, privileged_roles, max_subscriptions)
         self.dealer = Dealer(hub, events, status, privileged_roles)
         self.framings = {name: EventFraming(codec, self.broker) for name, codec in self.codecs.items()}
         self.connections: dict[str, Any] = {}  # joined sessions' transports by connection id
@@ -66,7 +68,8 @@ class WampRouter:
     @classmethod
     def from_config(cls, config, hub, sessions, events, status, admission=None):
         """Auth, origins, roles and WebSocket limits as the legacy namespaces have them;
-        who may publish and call the admin procedures is `auth.broadcast_roles`."""
+        who may publish and call the admin procedures is `auth.broadcast_roles`; its own
+        limits are the `wamp` section's."""
         return cls(
             hub,
             sessions,
@@ -84,6 +87,8 @@ class WampRouter:
             rate_limit=config.get("websocket", "rate_limit"),
             rate_burst=config.get("websocket", "rate_burst"),
             rate_limit_close_after=config.get("websocket", "rate_limit_close_after"),
+            max_subscriptions=config.get("wamp", "max_subscriptions"),
+            max_uri_length=config.get("wamp", "max_uri_length"),
             options=protocol_options(config),
         )
 

@@ -224,7 +224,11 @@ class RouterSession:
             self._send(wamp.Error(wamp.Subscribe.MESSAGE_TYPE, request.request, errors.INVALID_URI,
                                   args=[f"invalid topic for {match} match: {request.topic!r}"]))
             return
-        subscription = self.router.broker.subscribe(self.connection, request.topic, match)
+        try:
+            subscription = self.router.broker.subscribe(self.connection, request.topic, match)
+        except WampError as e:  # the subscription limit: the session goes on
+            self._send(wamp.Error(wamp.Subscribe.MESSAGE_TYPE, request.request, e.uri, args=[e.message], kwargs=e.kwargs))
+            return
         self._send(wamp.Subscribed(request.request, subscription.id))
 
     def _unsubscribe(self, request) -> None:
