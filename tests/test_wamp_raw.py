@@ -387,3 +387,13 @@ async def test_a_sustained_wamp_flood_is_closed_1008_rate_limit_exceeded(start_s
     replies, close = await client.flood([json.dumps([CALL, n, {}, "eform.status"]) for n in range(1, 30)])
     assert [reply[0] for reply in replies] == [RESULT, RESULT] + [ERROR] * 4
     assert close == (1008, "Rate limit exceeded")
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_with_an_invalid_uri_spend_the_rate_limit_too(start_server):
+    server = await start_server({"websocket.rate_limit": 1, "websocket.rate_burst": 2,
+                                 "websocket.rate_limit_close_after": 5})
+    client, _ = await join(server)
+    replies, close = await client.flood([json.dumps([SUBSCRIBE, n, {}, "eform..bad"]) for n in range(1, 30)])
+    assert [reply[4] for reply in replies] == ["wamp.error.invalid_uri"] * 2 + ["eform.error.rate_limited"] * 4
+    assert close == (1008, "Rate limit exceeded")

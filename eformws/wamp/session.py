@@ -85,7 +85,10 @@ class RouterSession:
             elif isinstance(message, wamp.Goodbye) or self.connection.bucket.take():
                 handler(self, message)
             else:
-                self._rate_limited(message)
+                answered = isinstance(message, (wamp.Call, wamp.Subscribe, wamp.Unsubscribe, wamp.Register,
+                                                wamp.Unregister))
+                acknowledged = isinstance(message, wamp.Publish) and message.acknowledge
+                self._rate_limited(message.MESSAGE_TYPE, message.request, answered or acknowledged)
         elif self.state == CLOSING:
             if isinstance(message, wamp.Goodbye):  # the answer to ours: now close
                 code, reason = self._close
@@ -95,7 +98,7 @@ class RouterSession:
         elif self.state == AUTHENTICATING:
             self.violation(f"{_name(message)} before WELCOME")
 
-    def _rate_limited(self, message) -> None:
+    def _rate_limited(self, kind: int, request: int, answered: bool) -> None:
         """Over the inbound rate limit (as on the legacy namespaces): a request that gets an
         answer gets ERROR `eform.error.rate_limited`, the rest is dropped; past
         `websocket.rate_limit_close_after` refusals in a row the transport closes 1008."""
@@ -105,10 +108,9 @@ class RouterSession:
             self._end(CLOSED)
             self.connection.close_transport(CLOSE_POLICY, "Rate limit exceeded")
             return
-        answered = isinstance(message, (wamp.Call, wamp.Subscribe, wamp.Unsubscribe, wamp.Register, wamp.Unregister))
-        if answered or (isinstance(message, wamp.Publish) and message.acknowledge):
+        if answered:
             text = f"Rate limit exceeded: at most {router.rate_limit:g} messages per second"
-            self._send(wamp.Error(message.MESSAGE_TYPE, message.request, errors.RATE_LIMITED, args=[text]))
+            self._send(wamp.Error(kind, request, errors.RATE_LIMITED, args=[text]))
 
     def bad_uri(self, raw: list, reason: str) -> None:
         """A message the decoder refused for an invalid URI: ERROR for a request that can
@@ -118,7 +120,10 @@ class RouterSession:
             self._abort(errors.INVALID_URI, reason)
         elif kind in _URI_REQUESTS and self.state == ESTABLISHED and type(request) is int and 0 < request <= errors.MAX_ID:
             options = raw[2] if len(raw) > 2 and isinstance(raw[2], dict) else {}
-            if kind != wamp.Publish.MESSAGE_TYPE or options.get("acknowledge") is True:
+            answered = kind != wamp.Publish.MESSAGE_TYPE or options.get("acknowledge") is True
+            if not self.connection.bucket.take():  # refused requests spend the rate limit too
+                self._rate_limited(kind, request, answered)
+            elif answered:
                 self._send(wamp.Error(kind, request, errors.INVALID_URI, args=[reason]))
         else:
             self.violation(reason, "invalid URI")
