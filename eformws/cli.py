@@ -247,6 +247,12 @@ def format_status(body: dict, url: str) -> str:
     ]
     lines.append("")
     lines += _table(["NAMESPACE", "ROOM", "MEMBERS"], rooms, right=frozenset({2})) if rooms else ["no rooms"]
+    if body.get("rooms_truncated"):
+        counts = body.get("room_counts") or {}
+        listed = {path: len(sizes) for path, sizes in (body.get("rooms") or {}).items()}
+        lines += [f"{path}: the {listed.get(path, 0)} largest of {count} rooms listed (all: GET "
+                  f"/api/websocket/status?rooms=all with an admin credential)"
+                  for path, count in counts.items() if count > listed.get(path, 0)]
     nodes = body.get("nodes")
     if nodes is not None:
         lines.append("")

@@ -441,3 +441,15 @@ async def test_emit_of_an_invalid_event_is_the_servers_message_in_one_line(tmp_p
     assert (out, code) == ("", 1)
     assert one_line_error(err), err
     assert "400" in err and "data.oldState" in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_says_when_the_room_list_is_cut_and_how_to_see_all(tmp_path, start_server):
+    server = await start_server({"server.status_room_limit": 1})
+    session_id = await server.session()
+    client = await server.join(LOCKERS, session_id)
+    await client.send({"type": "join_room", "room": "kiosk-1"})
+    assert (await client.recv())["type"] == "room_joined"
+    out, err, code = await cli("status", "--url", server.http(""), cwd=tmp_path)
+    assert code == 0, err
+    assert "/ws/lockers: the 1 largest of 2 rooms listed (all: GET /api/websocket/status?rooms=all" in out, out
