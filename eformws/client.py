@@ -3,6 +3,7 @@ per event type, reconnection with capped full-jitter backoff, rooms re-joined an
 
 from __future__ import annotations
 
+import heapq
 import json
 import random as _random
 import uuid
@@ -169,6 +170,7 @@ class _Link:
         self.pinging = False
         self.url_resumed: dict | None = None
         self.buffer: dict[str, dict] = {}
+        self.order: list[tuple] = []  # a heap of (seq order, seq) of what is in `buffer`
         # Catching up, events are delivered at once (the cursor moving with each, so a link
         # lost half-way resumes from there) while what arrives is one stream in seq order
         # covering every room: the ?since= resume of a client with no other room
@@ -705,12 +707,13 @@ class EformClient:
         if not link.established and seq is not None:
             if link.merging:
                 order = seq_order(seq)
-                for held in sorted((e for e in link.buffer.values() if seq_order(e["seq"]) < order),
-                                   key=lambda e: seq_order(e["seq"])):
-                    del link.buffer[str(held["seq"])]
+                while link.order and link.order[0][0] < order:
+                    held = link.buffer.pop(heapq.heappop(link.order)[1])
                     link.delivered += self._deliver(held)
             elif not link.streaming:
-                link.buffer.setdefault(str(seq), envelope)  # delivered in seq order once caught up
+                if str(seq) not in link.buffer:  # delivered in seq order once caught up
+                    link.buffer[str(seq)] = envelope
+                    heapq.heappush(link.order, (seq_order(seq), str(seq)))
                 return
             link.delivered += self._deliver(envelope)
             return
@@ -814,7 +817,7 @@ class EformClient:
             self._seen = _Seen(self._seen.size)
             self._cursor = self._epoch = None
         held = sorted(link.buffer.values(), key=lambda e: seq_order(e["seq"]))
-        link.buffer = {}
+        link.buffer, link.order = {}, []
         count = link.delivered + sum(1 for envelope in held if self._deliver(envelope))
         # Where the server says live delivery goes on from, when beyond the last event: the
         # cursor moves there (in the connection's event log).

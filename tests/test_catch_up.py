@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 import pytest_twisted
 import websockets
 from conftest import aio
@@ -98,15 +99,17 @@ async def test_a_replay_of_many_events_reaches_a_slow_reader_whole(start_server)
     assert await aio(replayed()) == seqs
 
 
+@pytest.mark.parametrize("rooms", [(), ("k1",)], ids=["default-room", "with-a-kiosk-room"])
 @pytest_twisted.ensureDeferred
-async def test_the_python_client_cut_half_way_through_a_catch_up_resumes_from_the_last_event_it_got(start_server):
+async def test_the_python_client_cut_half_way_through_a_catch_up_resumes_from_the_last_event_it_got(start_server,
+                                                                                                     rooms):
     server = await start_server({"websocket.max_unsent_bytes": LIMIT})
     seqs = await seed(server, 20_000)
     epoch = server.hub.position.epoch
     session_id = await server.session(role="staff")
     proxy = FaultyProxy("127.0.0.1", server.port)
     port = proxy.start(reactor)
-    client = EformClient(f"http://127.0.0.1:{port}", LOCKERS, session_id, since="0", epoch=epoch,
+    client = EformClient(f"http://127.0.0.1:{port}", LOCKERS, session_id, rooms=rooms, since="0", epoch=epoch,
                          initial_delay=0.01, max_delay=0.05)
     got: list[str] = []
     cursors_at_cut: list = []
