@@ -120,11 +120,11 @@ class DemoService(MultiService):
     """The gateway on a throw-away SQLite file, an admin session made for the demo and
     printed once on the terminal (not logged), and the event generator."""
 
-    def __init__(self, config, session_id: str, interval: float = 0.7, stream=None):
+    def __init__(self, config, session_id: str, interval: float = 0.7, stream=None, inherited_fd: int | None = None):
         super().__init__()
         from eformws.service import EformService
 
-        self.gateway = EformService(config)
+        self.gateway = EformService(config, inherited_fd=inherited_fd)
         self.gateway.setServiceParent(self)
         self.generator = DemoGenerator(self.gateway.events, interval)
         self.session_id = session_id

@@ -206,8 +206,10 @@ class EformService(MultiService):
     def _listen(self):
         factory = self.site if self.tls is None else TLSMemoryBIOFactory(self.tls, False, self.site)
         if self.inherited_fd is not None:
-            # A worker: the parent bound the socket; every worker accepts on it.
-            self.listening_port = self.reactor.adoptStreamPort(self.inherited_fd, socket.AF_INET, factory)
+            # Bound before the reactor ran (`twistd eformws`: eformws.listener), or by the
+            # worker parent, whose workers all accept on it.
+            family = socket.AF_INET6 if ":" in self.config.get("server", "host") else socket.AF_INET
+            self.listening_port = self.reactor.adoptStreamPort(self.inherited_fd, family, factory)
             os.close(self.inherited_fd)
         else:
             self.listening_port = self.reactor.listenTCP(

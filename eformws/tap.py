@@ -8,6 +8,7 @@ import sys
 from twisted.python import usage
 
 from eformws.config import ConfigError, load_config
+from eformws.listener import CannotListen, bind_listener
 
 
 class Options(usage.Options):
@@ -77,11 +78,20 @@ def makeService(options):
         if config.get("server", "workers") > 1:
             if config.get("server", "tls_certificate"):
                 tls_options(config.get("server", "tls_certificate"), config.get("server", "tls_private_key"))
-            return WorkerParent(config, options.child_arguments())
-        return EformService(config)
+            return WorkerParent(config, options.child_arguments(), listener=_bound(config))
+        return EformService(config, inherited_fd=_bound(config).detach())
     except ConfigError as e:
         sys.stderr.write(f"eformws: configuration error: {e}\n")
         raise SystemExit(1)
+    except CannotListen as e:
+        sys.stderr.write(f"eformws: {e}\n")
+        raise SystemExit(1)
+
+
+def _bound(config):
+    """The port, bound now: the service accepts on it once it is ready (clients wait in the
+    backlog meanwhile)."""
+    return bind_listener(config.get("server", "host"), config.get("server", "port"), config.get("server", "backlog"))
 
 
 def _demo(options):
@@ -92,4 +102,5 @@ def _demo(options):
     config = demo_config(options.overrides(), options["config"], tempfile.mkdtemp(prefix="eformws-demo-"))
     if config.get("server", "workers") > 1:
         raise ConfigError("server.workers: the demo runs one process")
-    return DemoService(config, demo_session(config))
+    listener = _bound(config)
+    return DemoService(config, demo_session(config), inherited_fd=listener.detach())

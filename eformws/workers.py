@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
+from eformws.listener import bind_listener
 from eformws.service import orderly_exit
 
 log = Logger(namespace="eformws.workers")
@@ -36,12 +37,12 @@ class Worker(ProcessProtocol):
 
 
 class WorkerParent(Service):
-    def __init__(self, config, child_arguments: list[str], reactor=None):
+    def __init__(self, config, child_arguments: list[str], reactor=None, listener: socket.socket | None = None):
         self.config = config
         self.count = config.get("server", "workers")
         self.child_arguments = child_arguments
         self._reactor = reactor
-        self.socket: socket.socket | None = None
+        self.socket: socket.socket | None = listener  # bound by makeService (eformws.listener), else on start
         self.workers: dict[int, Worker] = {}
         self._delays: dict[int, float] = {}
         self._stopping = False
@@ -61,12 +62,9 @@ class WorkerParent(Service):
     def startService(self):
         super().startService()
         config = self.config
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((config.get("server", "host"), config.get("server", "port")))
-        listener.listen(config.get("server", "backlog"))
-        listener.setblocking(False)
-        self.socket = listener
+        if self.socket is None:
+            self.socket = bind_listener(config.get("server", "host"), config.get("server", "port"),
+                                        config.get("server", "backlog"))
         log.info(
             "eformws listening on {host}:{port} with {count} workers",
             host=config.get("server", "host"), port=self.port, count=self.count,

@@ -242,3 +242,34 @@ async def test_json_logger_writes_one_json_object_per_line_with_fields(tmp_path)
     listening = next(r for r in records if r["text"].startswith("eformws listening on"))
     assert listening["level"] == "info" and listening["host"] == "127.0.0.1" and isinstance(listening["port"], int)
     assert all({"time", "level", "namespace", "text"} <= set(r) for r in records)
+
+
+@pytest.fixture
+def taken_port():
+    """A loopback port something else listens on."""
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    yield holder.getsockname()[1]
+    holder.close()
+
+
+IN_USE = "eformws: cannot listen on 127.0.0.1:{port}: address already in use (another process listens there: stop it, or choose --port)\n"
+
+
+@pytest.mark.parametrize("extra", [[], ["--workers", "2", "--redis", "redis://127.0.0.1:1/0"], ["--demo"]],
+                         ids=["one-process", "workers", "demo"])
+@pytest_twisted.ensureDeferred
+async def test_a_port_in_use_ends_twistd_with_one_line_and_exit_1(tmp_path, taken_port, extra):
+    out, err, code = await run(TWISTD, "-n", "--pidfile=", "eformws", "--host", "127.0.0.1", "--port", str(taken_port),
+                               *extra, cwd=tmp_path)
+    assert (err, code) == (IN_USE.format(port=taken_port), 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_eformws_demo_on_a_port_in_use_says_so_in_one_line_and_exits_1(tmp_path, taken_port):
+    out, err, code = await eformws("demo", "--port", str(taken_port), cwd=tmp_path)
+    assert (err, code) == (IN_USE.format(port=taken_port), 1)
+    assert "admin session" not in out
