@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import sys
 from itertools import count
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
+from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
 from eformws import wire
@@ -120,10 +122,12 @@ class DemoService(MultiService):
     """The gateway on a throw-away SQLite file, an admin session made for the demo and
     printed once on the terminal (not logged), and the event generator."""
 
-    def __init__(self, config, session_id: str, interval: float = 0.7, stream=None, inherited_fd: int | None = None):
+    def __init__(self, config, session_id: str, interval: float = 0.7, stream=None, inherited_fd: int | None = None,
+                 directory: str | None = None):
         super().__init__()
         from eformws.service import EformService
 
+        self.directory = directory  # the throw-away stores' directory, removed on stop
         self.gateway = EformService(config, inherited_fd=inherited_fd)
         self.gateway.setServiceParent(self)
         self.generator = DemoGenerator(self.gateway.events, interval)
@@ -133,6 +137,12 @@ class DemoService(MultiService):
     def startService(self):
         super().startService()
         self.gateway.ready.addCallback(lambda _: self._announce() if self.running else None)
+
+    @inlineCallbacks
+    def stopService(self):
+        yield super().stopService()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     def _announce(self):
         host = "localhost"

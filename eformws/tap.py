@@ -95,12 +95,22 @@ def _bound(config):
 
 
 def _demo(options):
+    """The demo: this machine only (127.0.0.1) unless --host says otherwise, its stores in
+    a temporary directory that goes when it stops."""
+    import shutil
     import tempfile
 
     from eformws.demo import DemoService, demo_config, demo_session
 
-    config = demo_config(options.overrides(), options["config"], tempfile.mkdtemp(prefix="eformws-demo-"))
-    if config.get("server", "workers") > 1:
-        raise ConfigError("server.workers: the demo runs one process")
-    listener = _bound(config)
-    return DemoService(config, demo_session(config), inherited_fd=listener.detach())
+    overrides = options.overrides()
+    overrides.setdefault(("server", "host"), "127.0.0.1")
+    directory = tempfile.mkdtemp(prefix="eformws-demo-")
+    try:
+        config = demo_config(overrides, options["config"], directory)
+        if config.get("server", "workers") > 1:
+            raise ConfigError("server.workers: the demo runs one process")
+        listener = _bound(config)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return DemoService(config, demo_session(config), inherited_fd=listener.detach(), directory=directory)

@@ -66,3 +66,23 @@ async def test_every_generated_event_passes_validation(server):
     for d in emitted:
         await d  # a ValidationError would fail here
     assert len(emitted) == 300
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_demo_listens_on_this_machine_only_unless_host_says_otherwise(tmp_path, spawn):
+    process = spawn.raw(["--demo", "--port", "0"], tmp_path)
+    found = await process.line(r"eformws listening on (\S+):(\d+)")
+    assert found.group(1) == "127.0.0.1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_demo_removes_its_temporary_directory_when_it_stops(tmp_path, spawn, monkeypatch):
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
+    process = spawn.raw(["--demo", "--port", "0"], tmp_path)
+    await process.line(r"eformws demo: admin session")
+    assert [p.name[:13] for p in temporary.iterdir()] == ["eformws-demo-"]
+    process.signal("TERM")
+    assert (await process.ended())[0] == 0
+    assert list(temporary.iterdir()) == []
