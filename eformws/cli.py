@@ -21,7 +21,14 @@ class CommandError(Exception):
 
 
 def _config(args):
-    return load_config(args.config)
+    """The configuration the command acts on: --config (the server's file), EFORMWS_*
+    variables, and --sessions-db / --redis where the command has them (as for twistd)."""
+    overrides = {}
+    if getattr(args, "sessions_db", None) is not None:
+        overrides[("sessions", "path")] = args.sessions_db
+    if getattr(args, "redis", None) is not None:
+        overrides[("redis", "url")] = args.redis
+    return load_config(args.config, overrides)
 
 
 REDIS_CONNECT_TIMEOUT = 5.0
@@ -74,8 +81,18 @@ def _react(main, outcome: dict):
     return outcome.get("value")
 
 
-def _in_sqlite(config, action):
-    connection = connect(config.get("sessions", "path"))
+def _in_sqlite(config, action, creating: bool = False):
+    """Run `action(connection)` on the SQLite session store. A file that is not there is
+    made only to create a session, with a warning naming it (the server must use that
+    file); to list or revoke, it is an error."""
+    path = config.get("sessions", "path")
+    if not os.path.exists(path):
+        if not creating:
+            raise CommandError(f"no session database at {os.path.abspath(path)} (the server's: --config FILE, "
+                               "or --sessions-db FILE as given to twistd eformws)")
+        sys.stderr.write(f"eformws: warning: created a new session database at {os.path.abspath(path)}; the server "
+                         "must use this file (twistd eformws --sessions-db, or sessions.path)\n")
+    connection = connect(path)
     try:
         return action(connection)
     except ValueError as e:
@@ -84,12 +101,12 @@ def _in_sqlite(config, action):
         connection.close()
 
 
-def _sessions(args, in_sqlite, in_redis):
+def _sessions(args, in_sqlite, in_redis, creating: bool = False):
     """Run the SQLite or the Redis form of a sessions command, whichever the config uses."""
     config = _config(args)
     if config.get("sessions", "backend") == "redis":
         return _in_redis(config, in_redis)
-    return _in_sqlite(config, in_sqlite)
+    return _in_sqlite(config, in_sqlite, creating)
 
 
 def sessions_create(args) -> int:
@@ -99,6 +116,7 @@ def sessions_create(args) -> int:
         args,
         lambda connection: session_sql.create_session(connection, args.user, args.role, args.kiosk, ttl),
         lambda store: store.create(args.user, args.role, args.kiosk, ttl),
+        creating=True,
     )
     sys.stdout.write(session.id + "\n")
     return 0
@@ -406,17 +424,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", metavar="FILE", help="TOML configuration (the server's); default: embedded defaults")
         return p
 
-    create = with_config(actions.add_parser("create", help="create a session and print its id"))
+    def with_store(p):
+        with_config(p)
+        p.add_argument("--sessions-db", metavar="FILE",
+                       help="SQLite file of the session store (sessions.path; as twistd eformws --sessions-db)")
+        p.add_argument("--redis", metavar="URL", help="Redis URL (redis.url): the sessions of a Redis deployment")
+        return p
+
+    create = with_store(actions.add_parser("create", help="create a session and print its id"))
     create.add_argument("--user", required=True, help="user id the session belongs to")
     create.add_argument("--role", required=True, choices=ROLES, help="role of the session")
     create.add_argument("--kiosk", help="kiosk id (for kiosk sessions)")
     create.add_argument("--ttl", type=float, help="lifetime in seconds (default: sessions.default_ttl)")
     create.set_defaults(run=sessions_create)
 
-    listing = with_config(actions.add_parser("list", help="list sessions (by reference, never by id)"))
+    listing = with_store(actions.add_parser("list", help="list sessions (by reference, never by id)"))
     listing.set_defaults(run=sessions_list)
 
-    revoke = with_config(actions.add_parser("revoke", help="revoke a session by id or listed reference"))
+    revoke = with_store(actions.add_parser("revoke", help="revoke a session by id or listed reference"))
     revoke.add_argument("id", help="the session id, or the REF that `sessions list` shows")
     revoke.set_defaults(run=sessions_revoke)
 
@@ -488,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+VALUE_OPTIONS = ("--config", "--sessions-db", "--redis")  # the options of `sessions revoke` that take a value
+
+
 def _dash_ids(argv: list[str]) -> list[str]:
     """Session ids are URL-safe base64 and may begin with "-", which argparse would take for
     an option: after `sessions revoke`, a token that is none of its options goes behind "--"."""
@@ -495,9 +523,9 @@ def _dash_ids(argv: list[str]) -> list[str]:
         return argv
     rest, ids, value_next = [], [], False
     for token in argv[2:]:
-        if value_next or not token.startswith("-") or token in ("-h", "--help") or token.startswith("--config"):
+        if value_next or not token.startswith("-") or token in ("-h", "--help") or token.startswith(VALUE_OPTIONS):
             rest.append(token)
-            value_next = token == "--config"
+            value_next = token in VALUE_OPTIONS
         else:
             ids.append(token)
     return argv[:2] + rest + (["--", *ids] if ids else [])

@@ -65,7 +65,7 @@ async def test_cli_sessions_create_prints_only_the_id(tmp_path):
         "sessions", "create", "--user", "alice", "--role", "admin", "--config", str(config), cwd=tmp_path
     )
     assert code == 0, err
-    assert err == ""
+    assert err.startswith(f"eformws: warning: created a new session database at {tmp_path / 'sessions.db'}")
     lines = out.splitlines()
     assert len(lines) == 1 and out == lines[0] + "\n", out
     assert SESSION_ID.match(lines[0]), out
@@ -273,3 +273,31 @@ async def test_eformws_demo_on_a_port_in_use_says_so_in_one_line_and_exits_1(tmp
     out, err, code = await eformws("demo", "--port", str(taken_port), cwd=tmp_path)
     assert (err, code) == (IN_USE.format(port=taken_port), 1)
     assert "admin session" not in out
+
+
+@pytest_twisted.ensureDeferred
+async def test_cli_sessions_create_with_sessions_db_makes_a_session_twistd_with_that_file_accepts(tmp_path, spawn):
+    database = tmp_path / "elsewhere.db"
+    out, err, code = await eformws("sessions", "create", "--user", "u", "--role", "staff",
+                                   "--sessions-db", str(database), cwd=tmp_path)
+    assert code == 0, err
+    gateway = await spawn(["--port", "0", "--host", "127.0.0.1", "--sessions-db", str(database)], tmp_path)
+    client = await gateway.join("/ws/lockers", out.strip())
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cli_sessions_list_without_a_database_says_where_it_looked_and_creates_none(tmp_path):
+    out, err, code = await eformws("sessions", "list", "--sessions-db", str(tmp_path / "none.db"), cwd=tmp_path)
+    assert (out, code) == ("", 1)
+    assert err.startswith(f"eformws: no session database at {tmp_path / 'none.db'}")
+    assert not (tmp_path / "none.db").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cli_sessions_revoke_takes_the_store_options_too(tmp_path):
+    database = tmp_path / "s.db"
+    out, _, _ = await eformws("sessions", "create", "--user", "u", "--role", "staff", "--sessions-db", str(database),
+                              cwd=tmp_path)
+    _, err, code = await eformws("sessions", "revoke", "--sessions-db", str(database), out.strip(), cwd=tmp_path)
+    assert code == 0, err
