@@ -162,8 +162,10 @@ def _gateway(args) -> tuple[str, str | None]:
     return url.rstrip("/"), token
 
 
-def _request(args, method: str, path: str, body: dict | None = None, credential: bool = True) -> dict:
-    """One HTTP call to the gateway; its JSON answer, or CommandError with one line."""
+def _request(args, method: str, path: str, body: dict | None = None, credential: bool = True,
+             answers: tuple[int, ...] = ()) -> dict:
+    """One HTTP call to the gateway; its JSON answer (of a 2xx, or of a status in `answers`),
+    or CommandError with one line."""
     url, token = _gateway(args)
     headers = {}
     if credential:
@@ -182,6 +184,8 @@ def _request(args, method: str, path: str, body: dict | None = None, credential:
         with urllib.request.urlopen(request, timeout=args.timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as e:
+        if e.code in answers:
+            return json.loads(e.read())
         try:
             message = json.loads(e.read()).get("message", e.reason)
         except (ValueError, AttributeError):
@@ -245,12 +249,18 @@ def _milliseconds(value) -> str:
     return f"{value:g} ms" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
-def format_status(body: dict, url: str) -> str:
+def format_status(body: dict, url: str, health: dict | None = None) -> str:
     """GET /api/websocket/status as tables a person reads: connections by namespace and
-    endpoint, room sizes, the deployment's processes (with Redis), delivery latency."""
+    endpoint, room sizes, the deployment's processes (with Redis), delivery latency; and
+    /healthz's checks (`health`) under the status."""
     lines = [
         f"gateway      {url}",
         f"status       {body.get('status', '?')}",
+    ]
+    if health is not None:
+        lines.append(f"health       {health.get('status', '?')}")
+        lines += [f"  {name:<14}{state}" for name, state in (health.get("checks") or {}).items()]
+    lines += [
         f"connections  {body.get('total_connections', '?')}",
         f"as of        {body.get('timestamp', '?')}",
         "",
@@ -297,7 +307,8 @@ def status(args) -> int:
     if args.json:
         sys.stdout.write(json.dumps(body, separators=(",", ":"), ensure_ascii=False) + "\n")
     else:
-        sys.stdout.write(format_status(body, _gateway(args)[0]))
+        health = _request(args, "GET", "/healthz", credential=False, answers=(503,))
+        sys.stdout.write(format_status(body, _gateway(args)[0], health if isinstance(health, dict) else None))
     return 0
 
 

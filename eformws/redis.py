@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -105,6 +106,24 @@ def backoff_delay(attempt: int, initial: float, cap: float) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
+@contextmanager
+def quiet_client_services():
+    """Twisted's ClientService logs a line per reconnection attempt ("Scheduling retry N to
+    connect ..."): those made meanwhile (txredisapi makes one per pooled connection) get a
+    Logger that drops its events; RedisConnection says what matters once per change."""
+    from twisted.application.internet import ClientService
+
+    loud = ClientService.__dict__.get("_log")
+    ClientService._log = Logger(observer=lambda event: None)
+    try:
+        yield
+    finally:
+        if loud is None:
+            del ClientService._log
+        else:
+            ClientService._log = loud
+
+
 class RedisConnection(Service):
     """One reconnecting connection. `command(*args)` fails at once with RedisUnavailable
     while disconnected instead of waiting; `on_connected` callbacks run on each (re)connect."""
@@ -123,6 +142,7 @@ class RedisConnection(Service):
         self.last_error: str | None = "not connected yet"
         self._waiting: list[Deferred] = []
         self._ever_connected = False
+        self._said_unreachable = False
         self.startup_wait = startup_wait
 
     @property
@@ -139,6 +159,8 @@ class RedisConnection(Service):
 
         class Factory(txredisapi.RedisFactory):
             def retryDelay(self, attempt):
+                if attempt == 1:
+                    owner._unreachable()  # the first failed attempt in a row: a change of state
                 return backoff_delay(attempt, owner.initial_delay, owner.max_delay)
 
             def addConnection(self, conn):
@@ -166,11 +188,23 @@ class RedisConnection(Service):
         self.handler = self.factory.handler
         # The first connection's outcome; a failure there is logged and retried here, not raised.
         self.factory.deferred.addErrback(lambda _: None)
-        self.factory.startConnecting(HostnameEndpoint(reactor, address.host, address.port, timeout=5))
+        with quiet_client_services():  # one line of ours per change of state, not one per retry
+            self.factory.startConnecting(HostnameEndpoint(reactor, address.host, address.port, timeout=5))
+
+    def _unreachable(self) -> None:
+        """Connecting failed after being connected, or at start: said once until it connects."""
+        if not self._said_unreachable:
+            self._said_unreachable = True
+            log.warn("redis {name} cannot reach {host}:{port}; retrying with backoff (up to {max_delay:g} s apart)",
+                     name=self.name, host=self.address.host, port=self.address.port, max_delay=self.max_delay)
 
     def _connected(self, conn):
-        if self.last_error is not None:
+        if self._said_unreachable:
+            log.warn("redis {name} reached {host}:{port} again", name=self.name, host=self.address.host,
+                     port=self.address.port)
+        elif self.last_error is not None:
             log.info("redis {name} connected to {host}:{port}", name=self.name, host=self.address.host, port=self.address.port)
+        self._said_unreachable = False
         self.last_error = None
         self._ever_connected = True
         for callback in list(self.on_connected):
