@@ -2,8 +2,22 @@
 twisted/plugins/ is installed beside Twisted's own, without an __init__.py of ours."""
 
 from setuptools import find_packages, setup
+from setuptools.command.editable_wheel import editable_wheel
+
+
+class EditableWithPlugin(editable_wheel):
+    """`pip install -e .` in "compat" mode unless asked otherwise: the checkout on sys.path
+    (a .pth file), so Twisted finds twisted/plugins/eformws_plugin.py and `twistd eformws`
+    works. (The default PEP 660 modes import through a finder that Twisted's plugin search,
+    which walks sys.path, never sees: `twistd: Unknown command: eformws`.)"""
+
+    def initialize_options(self):
+        super().initialize_options()
+        self.mode = "compat"
+
 
 setup(
+    cmdclass={"editable_wheel": EditableWithPlugin},
     name="eformws",
     version="0.1.0",
     description="Real-time gateway of the eform locker system (WebSocket, WAMP, HTTP API)",
