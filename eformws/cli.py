@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.request
 
-from eformws.config import ROLES, ConfigError, load_config
+from eformws.config import ROLES, ConfigError, load_config, unknown_environment
 from eformws.sessions import sqlite as session_sql
 from eformws.sqlite import connect
 
@@ -110,6 +110,9 @@ def _sessions(args, in_sqlite, in_redis, creating: bool = False):
 
 
 def sessions_create(args) -> int:
+    if args.role == "kiosk" and not args.kiosk:
+        raise CommandError("a kiosk session needs --kiosk KIOSK_ID (its own kiosk's room is the one room it may join "
+                           "besides the default)")
     config = _config(args)
     ttl = args.ttl if args.ttl is not None else config.get("sessions", "default_ttl")
     session = _sessions(
@@ -315,6 +318,9 @@ def status(args) -> int:
 def check_config(args) -> int:
     """Load FILE as `twistd eformws --config FILE` would (EFORMWS_* variables included)."""
     load_config(args.file)
+    for name in unknown_environment(os.environ):
+        sys.stderr.write(f"eformws: warning: {name} is not a setting of eformws and is ignored "
+                         "(settings: EFORMWS_<SECTION>_<KEY>, e.g. EFORMWS_SERVER_PORT)\n")
     sys.stdout.write("ok\n")
     return 0
 
@@ -424,6 +430,24 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _seconds(text: str) -> float:
+    """A number of seconds above 0, for --timeout."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
+
+
+def _seq(text: str) -> str:
+    """A seq of the event log (a decimal number, as events and `resumed` show it), for --since."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise argparse.ArgumentTypeError(f"must be a seq (a number like 42, as the events show it), got {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="eformws", description="Operate an eformws gateway.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -460,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
         with_config(p)
         p.add_argument("--url", help="gateway base URL (default: EFORMWS_URL, else http://127.0.0.1:<server.port>)")
         p.add_argument("--token", help="API token or admin session id (default: EFORMWS_TOKEN, else auth.api_tokens[0])")
-        p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the gateway (default 10)")
+        p.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait for the gateway (default 10)")
         return p
 
     emitting = over_http(commands.add_parser("emit", help="emit a structured event through the HTTP API"))
@@ -478,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     def gateway_url(p):
         with_config(p)
         p.add_argument("--url", help="gateway base URL (default: EFORMWS_URL, else http://127.0.0.1:<server.port>)")
-        p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the gateway (default 10)")
+        p.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait for the gateway (default 10)")
         p.set_defaults(token=None)
         return p
 
@@ -500,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     tailing.add_argument("--room", action="append", metavar="R",
                          help="only this room's events (repeat for several); default: the namespace's default room")
     tailing.add_argument("--session", help="session id (default: EFORMWS_SESSION; the variable keeps it out of ps)")
-    tailing.add_argument("--since", metavar="SEQ", help="start after this seq (what the last run showed)")
+    tailing.add_argument("--since", metavar="SEQ", type=_seq, help="start after this seq (what the last run showed)")
     tailing.add_argument("--epoch", metavar="EPOCH",
                          help="with --since: the epoch of that seq (from the same line), so that a reset event log is told")
     tailing.add_argument("--no-replay", action="store_true", help="without --since: skip the recent events the gateway replays")

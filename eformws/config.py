@@ -218,6 +218,12 @@ def _namespace(index: int, table: Any) -> NamespaceConfig:
     return NamespaceConfig(path, room, require_auth, roles, echo)
 
 
+SECTIONS = frozenset(section for section, _ in SCHEMA)
+# The EFORMWS_* names eformws reads: one per setting, and the `eformws` command's own.
+ENVIRONMENT_NAMES = frozenset(f"EFORMWS_{section}_{key}".upper() for section, key in SCHEMA) | {
+    "EFORMWS_URL", "EFORMWS_TOKEN", "EFORMWS_SESSION",
+}
+
 # Keys earlier versions had: still accepted in a file (with a warning), never used.
 RETIRED = {
     ("events", "resume_limit"): "a resume now sends every missed event the log still has, at the pace the client reads",
@@ -237,6 +243,12 @@ def _resolve_backends(values: dict) -> None:
         raise ConfigError("server.tls_certificate: TLS needs both server.tls_certificate and server.tls_private_key")
     if values[("server", "workers")] > 1 and not redis:
         raise ConfigError("server.workers: more than 1 worker needs redis.url (workers deliver to each other through Redis)")
+
+
+def unknown_environment(environ) -> list[str]:
+    """EFORMWS_* variables that eformws does not read (a misspelt setting, most likely)."""
+    return sorted(name for name in set(environ) - ENVIRONMENT_NAMES
+                  if name.startswith("EFORMWS_") and not name.startswith("EFORMWS_TEST_"))
 
 
 def load_config(
@@ -263,6 +275,8 @@ def load_config(
                 continue
             if not isinstance(table, dict):
                 raise ConfigError(f"{section}: must be a table")
+            if section not in SECTIONS:
+                raise ConfigError(f"[{section}]: unknown section (sections: {', '.join(sorted(SECTIONS))}, [[namespaces]])")
             for key, value in table.items():
                 if (section, key) in RETIRED:
                     log.warn("{key} in {path} is no longer used: {why}", key=f"{section}.{key}", path=path,
@@ -271,11 +285,16 @@ def load_config(
                 if (section, key) not in SCHEMA:
                     raise ConfigError(f"{section}.{key}: unknown key")
                 raw[(section, key)] = value
+    for (section, key), value in raw.items():  # the file's own values, even where an override wins
+        SCHEMA[(section, key)][1](f"{section}.{key} in {path}", value)
     environ = os.environ if environ is None else environ
     for (section, key) in SCHEMA:
         name = f"EFORMWS_{section}_{key}".upper()
         if name in environ:
             raw[(section, key)] = _parse_env_value(name, environ[name])
+    for name in unknown_environment(environ):
+        log.warn("{name} is not a setting of eformws and is ignored (settings: EFORMWS_<SECTION>_<KEY>, "
+                 "e.g. EFORMWS_SERVER_PORT)", name=name)
     raw.update(overrides or {})
 
     values = {}

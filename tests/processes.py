@@ -189,8 +189,10 @@ def write_config(directory: Path, text: str = "") -> Path:
     return path
 
 
-async def create_session(cwd: Path, config: Path, user="alice", role="admin") -> str:
-    out, err, code = await eformws("sessions", "create", "--user", user, "--role", role, "--config", str(config), cwd=cwd)
+async def create_session(cwd: Path, config: Path, user="alice", role="admin", kiosk: str | None = None) -> str:
+    kiosk_option = ["--kiosk", kiosk or "kiosk-1"] if role == "kiosk" else []
+    out, err, code = await eformws("sessions", "create", "--user", user, "--role", role, *kiosk_option,
+                                   "--config", str(config), cwd=cwd)
     assert code == 0, err
     return out.strip()
 

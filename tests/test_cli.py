@@ -453,3 +453,54 @@ async def test_status_says_when_the_room_list_is_cut_and_how_to_see_all(tmp_path
     out, err, code = await cli("status", "--url", server.http(""), cwd=tmp_path)
     assert code == 0, err
     assert "/ws/lockers: the 1 largest of 2 rooms listed (all: GET /api/websocket/status?rooms=all" in out, out
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_with_a_timeout_below_zero_is_refused_as_a_wrong_option(tmp_path):
+    out, err, code = await cli("status", "--timeout", "-1", cwd=tmp_path)
+    assert code == 2
+    assert "argument --timeout: must be a number of seconds above 0, got '-1'" in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_tail_since_something_that_is_no_seq_is_refused(tmp_path):
+    out, err, code = await cli("tail", "--since", "bogus", cwd=tmp_path)
+    assert code == 2
+    assert "argument --since: must be a seq" in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kiosk_session_without_its_kiosk_is_refused(tmp_path):
+    out, err, code = await cli("sessions", "create", "--user", "k", "--role", "kiosk", "--sessions-db",
+                               str(tmp_path / "s.db"), cwd=tmp_path)
+    assert (out, code) == ("", 1)
+    assert err.startswith("eformws: a kiosk session needs --kiosk KIOSK_ID")
+
+
+@pytest_twisted.ensureDeferred
+async def test_check_config_names_an_unknown_section_as_a_section(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[serverr]\nport = 1\n")
+    out, err, code = await cli("check-config", str(path), cwd=tmp_path)
+    assert code == 1
+    assert err.startswith("eformws: [serverr]: unknown section (sections: auth, events, log")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bad_value_in_the_file_is_reported_even_where_an_option_overrides_it(tmp_path):
+    from processes import TWISTD, run
+
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\nport = "abc"\n')
+    out, err, code = await run(TWISTD, "-n", "--pidfile=", "eformws", "--config", str(path), "--port", "0", cwd=tmp_path)
+    assert code == 1
+    assert err == f"eformws: configuration error: server.port in {path}: must be an integer from 0 to 65535, got 'abc'\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_check_config_warns_about_an_eformws_variable_it_does_not_read(tmp_path):
+    path = tmp_path / "ok.toml"
+    path.write_text("")
+    out, err, code = await cli("check-config", str(path), cwd=tmp_path, env={"EFORMWS_SERVR_PORT": "1"})
+    assert (out, code) == ("ok\n", 0)
+    assert "eformws: warning: EFORMWS_SERVR_PORT is not a setting of eformws and is ignored" in err
