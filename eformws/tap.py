@@ -16,9 +16,23 @@ class Options(usage.Options):
     longdesc = (
         "Run the eformws real-time gateway. With no options it serves ws://0.0.0.0:3000 "
         "with the embedded defaults (SQLite file eformws.db in the working directory). "
-        "Options override the configuration file, which overrides EFORMWS_* variables' "
-        "defaults; see etc/eformws.toml for every key."
+        "Options override EFORMWS_<SECTION>_<KEY> variables, which override the configuration "
+        "file, which overrides the defaults; see etc/eformws.toml for every key."
     )
+    internal = ("--inherit-fd=", "--worker-index=")  # set by the worker parent: not in --help
+
+    def getUsage(self, width=None):
+        """Twisted's usage without the internal options (each entry: its line and the
+        indented lines that continue it)."""
+        kept, skipping = [], False
+        for line in super().getUsage(width).splitlines():
+            if line.startswith("  ") and line.lstrip().startswith(("-",)):
+                skipping = line.split()[0] in self.internal
+            elif not line.startswith("                 "):
+                skipping = False
+            if not skipping:
+                kept.append(line)
+        return "\n".join(kept) + "\n"
     optFlags = [
         ["demo", None, "Demo: a throw-away store, an admin session printed on start, and a generator of "
          "realistic events (see also `eformws demo`)."],

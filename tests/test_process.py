@@ -43,6 +43,15 @@ async def test_twistd_eformws_help_documents_port_and_config(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_twistd_eformws_help_leaves_out_internal_options_and_states_the_precedence(tmp_path):
+    out, err, code = await run(TWISTD, "eformws", "--help", cwd=tmp_path)
+    assert code == 0, err
+    assert "--inherit-fd" not in out and "--worker-index" not in out and "(internal)" not in out
+    assert "Options override EFORMWS_<SECTION>_<KEY> variables, which override the\nconfiguration file" in out
+    assert re.search(r"-w, --workers=\s+Worker processes", out), out
+
+
+@pytest_twisted.ensureDeferred
 async def test_twistd_without_config_starts_creates_db_in_working_dir_and_serves_healthz(tmp_path, spawn):
     assert not (tmp_path / "eformws.db").exists()
     gateway = await spawn(["--port", "0", "--host", "127.0.0.1"], tmp_path)
