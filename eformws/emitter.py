@@ -55,11 +55,11 @@ class WebSocketEvents:
         ValueError for a malformed key, `IdempotencyConflict` for a key used for another event."""
         created = time.time()
         try:
+            envelope = events.build(event_type, data, created, self.max_data_bytes)  # validated first
             idempotency = None
             if idempotency_key is not None:
                 idempotency = Idempotency(check_idempotency_key(idempotency_key), fingerprint(event_type, data),
                                           self.idempotency_window)
-            envelope = events.build(event_type, data, created, self.max_data_bytes)
         except (events.ValidationError, ValueError):
             return fail()
         targets = events.targets_of(envelope)

@@ -180,13 +180,30 @@ class GatewayProtocol(WebSocketServerProtocol):
     def onPing(self, payload):
         """A ping from the peer costs a token like any message; over the limit it gets no
         pong, and past `rate_limit_close_after` refusals in a row the connection closes."""
-        bucket = self.bucket
-        if bucket is None or bucket.take():
+        if self._free_frame():
             return super().onPing(payload)
-        if bucket.refused_in_a_row >= self.rate_limit_close_after:
-            log.info("closing connection on {namespace}: rate limit (pings)", namespace=self.namespace)
-            self.close_with(CLOSE_POLICY, "Rate limit exceeded")
         return None
+
+    def onFrameBegin(self):
+        """A pong, and each continuation frame of a message (its first frame is paid for
+        with the message), cost a token too: no frame is free to flood with."""
+        opcode = self.current_frame.opcode
+        if opcode in (0, 10):
+            self._free_frame()
+        return super().onFrameBegin()
+
+    def _free_frame(self) -> bool:
+        """Take a token for a frame the peer sent; False when over the limit (and past
+        `rate_limit_close_after` refusals in a row, the connection is closed 1008)."""
+        bucket = self.bucket
+        if bucket is None or not self.frames_rate_limited or bucket.take():
+            return True
+        if bucket.refused_in_a_row >= self.rate_limit_close_after and self.state == self.STATE_OPEN:
+            log.info("closing connection on {namespace}: rate limit (frames)", namespace=self.namespace)
+            self.close_with(CLOSE_POLICY, "Rate limit exceeded")
+        return False
+
+    frames_rate_limited = True  # False for a test echo namespace (the Autobahn Testsuite's)
 
     @property
     def rate_limit_close_after(self) -> int:
@@ -255,6 +272,10 @@ class LegacyProtocol(GatewayProtocol):
     @property
     def rate_limit_close_after(self) -> int:
         return self.factory.settings.rate_limit_close_after
+
+    @property
+    def frames_rate_limited(self) -> bool:
+        return not self.factory.namespace.echo
 
     # -- handshake -----------------------------------------------------------
 

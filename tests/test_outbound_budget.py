@@ -123,3 +123,38 @@ async def test_a_client_that_keeps_sending_but_never_reads_is_closed_by_the_ping
     finally:
         sender.cancel()
     assert connection.id not in server.hub.namespaces[LOCKERS].connections
+
+
+async def frames_then_close(client: StalledClient) -> int:
+    client.reader._transport.resume_reading()
+    while True:
+        opcode, payload = await client.frame()
+        if opcode == 0x8:
+            return int.from_bytes(payload[:2], "big")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flood_of_unsolicited_pongs_is_closed_1008(start_server):
+    from rawclient import client_frame
+
+    server = await start_server({"websocket.rate_limit": 0.1, "websocket.rate_burst": 5,
+                                 "websocket.rate_limit_close_after": 10})
+    session_id = await server.session(role="staff")
+    client = await aio(StalledClient.connect(server.port, f"{LOCKERS}?sessionId={session_id}"))
+    client.writer.write(client_frame(0xA, b"") * 100)
+    assert await aio(asyncio.wait_for(frames_then_close(client), 10)) == 1008
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flood_of_empty_continuation_frames_is_closed_1008(start_server):
+    from rawclient import client_frame
+
+    server = await start_server({"websocket.rate_limit": 0.1, "websocket.rate_burst": 5,
+                                 "websocket.rate_limit_close_after": 10})
+    session_id = await server.session(role="staff")
+    client = await aio(StalledClient.connect(server.port, f"{LOCKERS}?sessionId={session_id}"))
+    first = bytearray(client_frame(0x1, b"{"))
+    first[0] &= 0x7F  # not final: a message that goes on in continuation frames
+    client.writer.write(bytes(first) + client_frame(0x0, b"")[:0] + b"".join(
+        bytes([0x00, 0x80]) + b"\0\0\0\0" for _ in range(100)))  # masked, empty, not final
+    assert await aio(asyncio.wait_for(frames_then_close(client), 10)) == 1008

@@ -424,7 +424,7 @@ async def test_redis_outage_keeps_local_delivery_answers_503_and_loses_nothing(t
         assert len(broadcasts) == 1
 
         # Each connection to Redis comes back on its own backoff: B's session store too.
-        await b.process.line(r"redis session store connected", after=marks[1])
+        await b.process.line(r"redis session store (connected|reached)", after=marks[1])
         resumed = await b.connect(f"{EVENTS}?sessionId={session_id}&since={before[-1]['seq']}")
         messages = [await resumed.recv()]
         while messages[-1]["type"] != "resumed":
@@ -433,7 +433,7 @@ async def test_redis_outage_keeps_local_delivery_answers_503_and_loses_nothing(t
         assert messages[-1]["data"]["recovered"] is True
         for gateway, mark in zip((a, b), marks):
             for name in ("bus writer", "bus reader", "event store", "event log reader", "session store", "node registry"):
-                await gateway.process.line(f"redis {name} connected", after=mark)
+                await gateway.process.line(f"redis {name} (connected|reached)", after=mark)
             code, health = await get(gateway, "/healthz")
             assert code == 200, health
     finally:

@@ -368,7 +368,7 @@ async def test_wamp_handshakes_count_against_the_connection_limit_with_the_names
 
 @pytest_twisted.ensureDeferred
 async def test_calls_over_the_rate_limit_get_error_rate_limited(start_server):
-    server = await start_server({"websocket.rate_limit": 1, "websocket.rate_burst": 2,
+    server = await start_server({"websocket.rate_limit": 1, "websocket.rate_burst": 4,  # HELLO, AUTHENTICATE, then 2
                                  "websocket.rate_limit_close_after": 100})
     client, _ = await join(server)
     for request in (1, 2, 3):
@@ -381,7 +381,7 @@ async def test_calls_over_the_rate_limit_get_error_rate_limited(start_server):
 
 @pytest_twisted.ensureDeferred
 async def test_a_sustained_wamp_flood_is_closed_1008_rate_limit_exceeded(start_server):
-    server = await start_server({"websocket.rate_limit": 1, "websocket.rate_burst": 2,
+    server = await start_server({"websocket.rate_limit": 1, "websocket.rate_burst": 4,  # HELLO, AUTHENTICATE, then 2
                                  "websocket.rate_limit_close_after": 5})
     client, _ = await join(server)
     replies, close = await client.flood([json.dumps([CALL, n, {}, "eform.status"]) for n in range(1, 30)])
@@ -391,9 +391,34 @@ async def test_a_sustained_wamp_flood_is_closed_1008_rate_limit_exceeded(start_s
 
 @pytest_twisted.ensureDeferred
 async def test_requests_with_an_invalid_uri_spend_the_rate_limit_too(start_server):
-    server = await start_server({"websocket.rate_limit": 1, "websocket.rate_burst": 2,
+    server = await start_server({"websocket.rate_limit": 1, "websocket.rate_burst": 4,  # HELLO, AUTHENTICATE, then 2
                                  "websocket.rate_limit_close_after": 5})
     client, _ = await join(server)
     replies, close = await client.flood([json.dumps([SUBSCRIBE, n, {}, "eform..bad"]) for n in range(1, 30)])
     assert [reply[4] for reply in replies] == ["wamp.error.invalid_uri"] * 2 + ["eform.error.rate_limited"] * 4
     assert close == (1008, "Rate limit exceeded")
+
+
+@pytest_twisted.ensureDeferred
+async def test_opening_sessions_in_a_loop_spends_the_rate_limit(start_server):
+    server = await start_server({"websocket.rate_limit": 0.1, "websocket.rate_burst": 10,
+                                 "websocket.rate_limit_close_after": 5})
+    session_id = await server.session()
+    client = await server.connect("/wamp", subprotocols=["wamp.2.json"])
+    welcomed = 0
+    while True:  # HELLO, AUTHENTICATE, GOODBYE: each opening a session-store lookup and a log line
+        await client.send([1, "eform", {"roles": {"caller": {}}, "authmethods": ["ticket"]}])
+        try:
+            challenge = await client.recv(timeout=0.5)
+        except asyncio.TimeoutError:
+            continue  # over the limit: dropped; past 5 in a row the transport closes
+        except websockets.exceptions.ConnectionClosed:
+            break
+        assert challenge[0] == 4, challenge
+        await client.send([5, session_id, {}])
+        assert (await client.recv())[0] == 2
+        welcomed += 1
+        await client.send([6, {}, "wamp.close.normal"])
+        assert (await client.recv())[0] == 6
+    assert client.connection.protocol.close_rcvd.code == 1008
+    assert welcomed == 5  # the burst of 10 tokens: 2 for each opening

@@ -146,12 +146,15 @@ def log_position(envelope: dict) -> Position | None:
 
 def decoded(text, seq) -> dict | None:
     """A stored envelope's JSON text as the envelope, or None (logged, with its seq) when
-    it is not one that can be sent (not JSON, not an object, nested deeper than
+    it is not one that can be sent (not JSON, not an object, data nested deeper than
     `wire.MAX_DEPTH`): one bad entry, written by an older version or by hand, never fails
     a read of the log, it is left out."""
     try:
         envelope = json.loads(text)
-        if not isinstance(envelope, dict) or (wire.may_nest_deeper_than(text) and wire.nested_deeper_than(envelope)):
+        # The envelope is one level above its data, which may be MAX_DEPTH deep.
+        deepest = wire.MAX_DEPTH + 1
+        if not isinstance(envelope, dict) or (wire.may_nest_deeper_than(text, deepest)
+                                              and wire.nested_deeper_than(envelope, deepest)):
             envelope = None
     except (TypeError, ValueError, RecursionError):
         envelope = None

@@ -257,6 +257,7 @@ def publication_arguments(args, kwargs) -> tuple[str, dict]:
     if not isinstance(data, dict):
         raise WampError(INVALID_ARGUMENT, "data must be an object")
     try:
+        json_value("event", event)
         json_value("data", data)
     except ValidationError as e:
         raise WampError(INVALID_ARGUMENT, str(e)) from None

@@ -35,6 +35,15 @@ class Undecodable(Exception):
         self.summary = summary or reason
 
 
+def _unicode(text: str) -> bool:
+    """Whether `text` can be written as UTF-8 (no lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class BadUri(Exception):
     """A well-formed message with an invalid URI in it; `raw` is the decoded list (so the
     router can answer the request it belongs to)."""
@@ -80,9 +89,13 @@ class Codec:
                 name = kind.__name__.upper()
                 raise Undecodable(f"invalid {name}: {str(e)[:MAX_REASON]}", f"invalid {name}") from None
             field = _URI_FIELDS.get(kind)
-            if field is not None and len(getattr(message, field)) > self.max_uri_length:
-                length = len(getattr(message, field))
-                raise BadUri(raw, f"URI too long: {length} characters (at most {self.max_uri_length})")
+            if field is not None:
+                uri = getattr(message, field)
+                if len(uri) > self.max_uri_length:
+                    raise BadUri(raw, f"URI too long: {len(uri)} characters (at most {self.max_uri_length})")
+                if not _unicode(uri):
+                    # A lone surrogate (a `\ud800` escape): no answer naming it could be written.
+                    raise BadUri(raw, "URI is not valid Unicode text")
             messages.append(message)
         return messages
 

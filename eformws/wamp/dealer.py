@@ -89,6 +89,8 @@ class Dealer:
         if not isinstance(data, dict):
             raise WampError(INVALID_ARGUMENT, "data must be an object")
         try:
+            json_value("namespace", namespace)  # lone surrogates: nothing naming them could be written
+            json_value("event", event)
             json_value("data", data)
             if room is not None:
                 wire.check_room(room)

@@ -68,6 +68,11 @@ class RouterSession:
                 self._end(CLOSED)
                 self.connection.close_transport(CLOSE_NORMAL, "Session aborted")
             return
+        if self.state in (WAITING, CHALLENGED) and not self.connection.bucket.take():
+            # Opening sessions costs a store lookup each: HELLO and AUTHENTICATE spend the
+            # rate limit too (over it they are dropped; the client's opening times out).
+            self._rate_limited(message.MESSAGE_TYPE, None, False)
+            return
         if self.state == WAITING:
             if isinstance(message, wamp.Hello):
                 self._hello(message)
