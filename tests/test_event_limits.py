@@ -100,3 +100,29 @@ async def test_a_bad_entry_in_the_log_is_left_out_of_replay_resume_and_health(st
     assert [e["seq"] for e in json.loads(await health.content())["events"]] == [second["seq"]]
     for client in (replayed, resumed):
         await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_data_nested_exactly_128_deep_is_accepted_and_comes_back_on_resume(server):
+    first = await server.service.events.emit("locker_state_changed", locker())
+    deep = await server.service.events.emit("locker_state_changed", locker(metadata=nested(127)))  # data: 128
+    session_id = await server.session(role="staff")
+    resumed = await server.connect(f"{LOCKERS}?sessionId={session_id}&since={first['seq']}&epoch={first['epoch']}")
+    messages = [await resumed.recv() for _ in range(4)]
+    assert [m.get("seq") for m in messages[2:3]] == [deep["seq"]]
+    assert messages[3]["data"]["count"] == 1
+    await resumed.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_to_a_procedure_with_a_lone_surrogate_gets_invalid_uri(server):
+    session_id = await server.session()
+    client = await server.connect("/wamp", subprotocols=["wamp.2.json"])
+    await client.send('[1,"eform",{"roles":{"caller":{}},"authmethods":["ticket"]}]')
+    assert json.loads(await client.recv_raw())[0] == 4
+    await client.send(json.dumps([5, session_id, {}]))
+    assert json.loads(await client.recv_raw())[0] == 2
+    await client.send('[48,7,{},"eform.\\ud800x",[]]')
+    error = json.loads(await client.recv_raw())
+    assert error[:5] == [8, 48, 7, {}, "wamp.error.invalid_uri"]
+    await client.close()
