@@ -18,15 +18,17 @@ class PacedWriter:
     def __init__(self, frames, limit: int, clock):
         self.frames = frames
         self.clock = clock
+        self.limit = limit
         self.step = max(4096, min(65536, limit // 4))
         self.high = limit // 2
         self.low = limit // 4
 
     @inlineCallbacks
     def write(self, connection, envelopes):
-        """Write the frames of `envelopes` in order; fire with how many were written, or
-        None once the connection cannot take more (gone, closing, a slow consumer)."""
-        written = burst = 0
+        """Write the frames of `envelopes` in order; fire with how many were written and
+        their bytes, or None once the connection cannot take more (gone, closing, a slow
+        consumer)."""
+        written = burst = size = 0
         for envelope in envelopes:
             if not connection.writable:
                 return None
@@ -36,6 +38,7 @@ class PacedWriter:
             connection.write_frame(frame)
             written += 1
             burst += len(frame.payloadHybi)
+            size += len(frame.payloadHybi)
             if burst >= self.step:
                 burst = 0
                 if unsent_bytes(connection.transport) > self.high:
@@ -43,4 +46,12 @@ class PacedWriter:
                         return None
                 else:
                     yield deferLater(self.clock, 0, lambda: None)
-        return written if connection.writable else None
+        return (written, size) if connection.writable else None
+
+    def batch_after(self, written: int, size: int, largest: int) -> int:
+        """How many events to ask the store for next: about `limit` bytes of them at the
+        size the last ones had (events are up to 64 KiB each: a batch of a fixed count
+        could hold tens of MiB for one client), at most `largest`."""
+        if not written:
+            return largest
+        return max(1, min(largest, self.limit * written // max(size, 1)))

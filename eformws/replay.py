@@ -31,6 +31,18 @@ class RecentEvents:
         self._clock = clock
         self._entries: dict = {}  # filter -> (position, asked at, answer or None, waiters)
 
+    MAX_ENTRIES = 256  # distinct filters answered within `max_age`: more are asked of the store again
+
+    def _forget_old(self, now: float) -> None:
+        """Answers older than `max_age` are of no more use (they would not be reused): drop
+        them, so what a client's filter cost is freed a second after it, and at most
+        MAX_ENTRIES answers are kept even in a storm of distinct filters."""
+        for key in [key for key, entry in self._entries.items()
+                    if now - entry[1] >= self.max_age and entry[3] is None]:
+            del self._entries[key]
+        while len(self._entries) >= self.MAX_ENTRIES:
+            del self._entries[next(iter(self._entries))]
+
     def recent(self, event_filter, upto=None) -> Deferred:
         now = self._clock()
         entry = self._entries.get(event_filter)
@@ -41,8 +53,7 @@ class RecentEvents:
             waiter = Deferred()
             entry[3].append(waiter)
             return waiter
-        if len(self._entries) > 1000:
-            self._entries.clear()
+        self._forget_old(now)
         waiters: list[Deferred] = []
         entry = [position, now, None, waiters]
         self._entries[event_filter] = entry
@@ -67,12 +78,14 @@ class RecentEvents:
 
 class EventFrames:
     """Frames of stored events for replay and resume, by event id and audience; the newest
-    `size` kept. An envelope is immutable once stored, so its frame never goes stale."""
+    `size` kept, at most `max_bytes` of them. An envelope is immutable once stored, so its frame never goes stale."""
 
-    def __init__(self, redactor, size: int = 4096):
+    def __init__(self, redactor, size: int = 4096, max_bytes: int = 16 * 1024 * 1024):
         self.redactor = redactor
         self.size = size
+        self.max_bytes = max_bytes  # events may be up to 64 KiB each: the bytes are bounded too
         self._frames: OrderedDict = OrderedDict()
+        self._bytes = 0
 
     def frame(self, envelope: dict, sees_sensitive: bool) -> PreparedMessage | None:
         """The frame of a stored event for one audience; None (logged) for one that cannot be
@@ -89,6 +102,7 @@ class EventFrames:
             frame = PreparedMessage(payload, False, False, True)
             frame.position = log_position(envelope)
             self._frames[key] = frame
-            if len(self._frames) > self.size:
-                self._frames.popitem(last=False)
+            self._bytes += len(frame.payloadHybi)
+            while len(self._frames) > self.size or self._bytes > self.max_bytes:
+                self._bytes -= len(self._frames.popitem(last=False)[1].payloadHybi)
         return frame

@@ -36,6 +36,7 @@ RECEIVED = metrics.messages_received.labels(metrics.WEBSOCKET)
 CLOSE_POLICY = 1008
 CLOSE_GOING_AWAY = 1001
 EVENT_LOG_UNAVAILABLE = "Event log unavailable"
+FIRST_BATCH = 16  # events a catch-up asks the log for first (at most 16 × 64 KiB held)
 
 
 @implementer(IFraming)
@@ -417,35 +418,38 @@ class LegacyProtocol(GatewayProtocol):
         batch once the client has read most of the last; when the log no longer has them
         all, the replay a new connection gets, and `resumed` says recovered false."""
         settings = self.factory.settings
-        store, batch = settings.event_store, settings.catch_up_batch
+        store, writer = settings.event_store, settings.catch_up
         start = settings.hub.position  # everything after it reaches this client live (held meanwhile)
         event_filter = self._filter()
 
-        def since(after, of_epoch):
+        def since(after, of_epoch, batch):
             return metrics.timed(store.since(after, of_epoch, event_filter, batch, start), "event_store", "since")
 
         @inlineCallbacks
         def run():
-            found = yield since(cursor, epoch)
+            # A first batch small enough whatever the events' size, then about
+            # `websocket.max_unsent_bytes` of them at a time (at most catch_up_batch).
+            found = yield since(cursor, epoch, min(FIRST_BATCH, settings.catch_up_batch))
             if not found.recovered:
                 replayed = []
                 if settings.replay_limit:
                     # Up to where this catch-up started: what came after is held, sent after it.
                     replayed = yield metrics.timed(settings.replay.recent(event_filter, start), "event_store", "recent")
-                written = yield settings.catch_up.write(self, replayed)
-                return None if written is None else (found, written)
+                written = yield writer.write(self, replayed)
+                return None if written is None else (found, written[0])
             after, current = parse_cursor(cursor), self._cursor
             if current is not None and after is not None and after > current.seq:
                 self._cursor = Position(found.latest.epoch, after)  # the client has up to there
             count = 0
             while True:
-                written = yield settings.catch_up.write(self, found.events)
+                written = yield writer.write(self, found.events)
                 if written is None:
                     return None
-                count += written
+                count += written[0]
                 if not found.more:
                     return found, count
-                found = yield since(found.events[-1]["seq"], found.latest.epoch)
+                batch = writer.batch_after(*written, settings.catch_up_batch)
+                found = yield since(found.events[-1]["seq"], found.latest.epoch, batch)
                 if not found.recovered:
                     # The log lost events this client was still to get while it read the
                     # earlier ones: it resumes from what it has, and is told.
