@@ -15,10 +15,12 @@ from twisted.web.server import Request, Site
 from zope.interface import provider
 
 from eformws import wire
+from eformws.flow import unsent_bytes
 
 # Twisted's own idle timeout (reset by every byte, off while a request is being answered)
 # stays as a backstop; the deadlines of `DeadlineChannel` are the bound that holds.
 IDLE_TIMEOUT = 60.0
+UNREAD_RESPONSES_BOUND = 1_048_576  # bytes of answers a client may leave unread before its next request
 REFUSAL_LINGER = 1.0  # seconds a refused connection is read (and dropped) after its 503 ...
 REFUSALS_LINGERING = 64  # ... for at most this many at once; past that it is closed at once
 
@@ -54,11 +56,14 @@ class BoundedRequest(Request):
         self.body_too_large = length is not None and length > self.max_body_bytes
         self._body_received = 0
         super().gotLength(None if self.body_too_large else length)
+        if self.body_too_large:
+            self.channel.refuse_large_body()
 
     def handleContentChunk(self, data):
         self._body_received += len(data)
-        if self._body_received > self.max_body_bytes:
+        if self._body_received > self.max_body_bytes and not self.body_too_large:
             self.body_too_large = True
+            self.channel.refuse_large_body()  # at once: a body of 1-byte chunks costs CPU per chunk
         if not self.body_too_large:
             super().handleContentChunk(data)
 
@@ -151,9 +156,29 @@ class DeadlineChannel(HTTPChannel):
             # None): from now on the WebSocket admission counts the connection.
             self._release()
 
+    def refuse_large_body(self) -> None:
+        """A body over `max_body_bytes` (declared or received): 413 now, nothing more read."""
+        if self.transport is None or self._closing:
+            return
+        self._disarm()
+        self._closing = True
+        self.transport.pauseProducing()
+        self.transport.write(self.site.too_large_response)
+        self.setTimeout(None)
+        self.transport.loseConnection()
+        self._abortingCall = self.callLater(self.abortTimeout or 15, self.forceAbortClient)
+
     def requestDone(self, request):
+        if self.transport is not None and unsent_bytes(self.transport) > UNREAD_RESPONSES_BOUND:
+            # Pipelined requests whose answers the client does not read: dropped, with the
+            # requests it sent and the answers it left.
+            self._log.info("HTTP client from {peer} does not read its answers: dropped",
+                           peer=self.transport.getPeer().host)
+            self._dataBuffer = []
+            self._closing = True
+            self.transport.abortConnection()
         # Before super(): it may parse a pipelined request that was buffered meanwhile.
-        self._closing = not self.persistent
+        self._closing = self._closing or not self.persistent
         self._await_request(receiving=any(self._dataBuffer))
         super().requestDone(request)
 
@@ -240,6 +265,7 @@ class GatewaySite(Site):
             f"{min_body_rate:g} bytes/s or more",
         )
         self.busy_response = _error_response(503, "Service Unavailable", "Too many HTTP connections; try again")
+        self.too_large_response = _error_response(413, "Payload Too Large", f"body must be at most {max_body_bytes} bytes")
 
     def buildProtocol(self, addr):
         if self.http_connections >= self.max_http_connections:

@@ -343,3 +343,68 @@ def test_a_body_deadline_is_the_head_timeout_plus_its_length_over_the_rate_to_th
     channel.connectionLost(Failure(ConnectionDone()))
     assert site.http_connections == 0
     assert clock.getDelayedCalls() == []  # no timer left behind
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_chunked_body_past_max_body_bytes_is_answered_413_at_once(start_server):
+    server = await start_server({"server.request_head_timeout": 30.0, "server.max_body_bytes": 300,
+                                 "auth.api_tokens": ["tok"]})
+
+    async def scenario():
+        client = await Raw.open(server)
+        await client.send(b"POST /api/websocket/broadcast HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n"
+                          b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1\r\n \r\n" * 400)
+        try:
+            return await client.read_to_end(), time.monotonic() - client.opened
+        finally:
+            client.close()
+
+    response, elapsed = await aio(scenario())
+    status, headers, body = split(response)
+    assert (status, json.loads(body)["message"]) == ("HTTP/1.1 413 Payload Too Large", "body must be at most 300 bytes")
+    assert elapsed < 5.0  # not at the body's deadline (30 s and more)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_declared_body_past_max_body_bytes_is_answered_413_before_it_is_sent(start_server):
+    server = await start_server({"server.request_head_timeout": 30.0, "server.max_body_bytes": 300})
+
+    async def scenario():
+        client = await Raw.open(server)
+        await client.send(b"POST /api/websocket/events HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+        try:
+            return await client.read_to_end()
+        finally:
+            client.close()
+
+    status, _, _ = split(await aio(scenario()))
+    assert status == "HTTP/1.1 413 Payload Too Large"
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelined_requests_whose_answers_are_not_read_are_dropped(start_server):
+    import socket
+
+    server = await start_server({})
+
+    async def scenario():
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+        reader._transport.pause_reading()
+        writer.write(b"GET /console/console.js HTTP/1.1\r\nHost: x\r\n\r\n" * 400)  # about 8 MB of answers
+        await writer.drain()
+        await asyncio.sleep(3)  # the client's own pace: it reads nothing for a while
+        reader._transport.resume_reading()
+        received = b""
+        try:
+            while chunk := await asyncio.wait_for(reader.read(65536), 10):
+                received += chunk
+        except (ConnectionError, OSError):
+            pass
+        writer.close()
+        return received.count(b"HTTP/1.1 200 OK")
+
+    assert await aio(scenario()) < 400
