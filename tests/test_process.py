@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -310,3 +311,28 @@ async def test_cli_sessions_revoke_takes_the_store_options_too(tmp_path):
                               cwd=tmp_path)
     _, err, code = await eformws("sessions", "revoke", "--sessions-db", str(database), out.strip(), cwd=tmp_path)
     assert code == 0, err
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_tac_example_runs_the_gateway_and_your_own_service_in_one_process(tmp_path):
+    from processes import Gateway, Process, _reactor, environment
+
+    config = write_config(tmp_path)  # loopback, port 0
+    example = Path(__file__).resolve().parent.parent / "etc" / "examples" / "with-your-service.tac"
+    process = Process()
+    env = {**environment(), "GATEWAY_CONFIG": str(config), "HEARTBEAT_SECONDS": "0.2"}
+    _reactor().spawnProcess(process, TWISTD, [TWISTD, "-n", "--pidfile=", "-y", str(example)], env=env,
+                            path=str(tmp_path))
+    try:
+        found = await process.line(r"eformws listening on \S+:(\d+)")
+        gateway = Gateway(process, int(found.group(1)))
+        session_id = await create_session(tmp_path, config, "ops", "staff")
+        client = await gateway.join("/ws/events", session_id)
+        while (event := await client.recv(timeout=10))["type"] != "system_status":
+            pass
+        assert event["data"]["message"] == "heartbeat from my service"
+        await process.line(r"heartbeat stored as seq \d+")
+        await client.close()
+    finally:
+        process.signal("TERM")
+        await process.ended()
