@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
-import os
-import socket
 import sys
 import tempfile
 import time
@@ -18,56 +15,22 @@ from pathlib import Path
 import websockets
 
 from bench import servers as S
+from bench.rawclient import StalledClient, client_frame
 
 LOCKERS = "/ws/lockers"
 MIB = 1024 * 1024
 
 
-def frame(opcode: int, payload: bytes) -> bytes:
-    """One masked, final client frame."""
-    mask = os.urandom(4)
-    n = len(payload)
-    head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else
-                                     bytes([0x80 | 126]) + n.to_bytes(2, "big") if n < 65536 else
-                                     bytes([0x80 | 127]) + n.to_bytes(8, "big"))
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
 async def stalled(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A WebSocket connection with a 4 KiB receive buffer that never reads after the handshake."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-    head = await reader.readuntil(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 101"):
-        raise RuntimeError(head[:100])
-    reader._transport.pause_reading()
-    return reader, writer
+    client = await StalledClient.connect(port, path)
+    return client.reader, client.writer
 
 
 async def close_code(reader: asyncio.StreamReader, timeout: float = 30.0) -> int | None:
     """Read what the server sent up to its close frame: the code (None: dropped without one)."""
-    reader._transport.resume_reading()
-
-    async def read():
-        while True:
-            first = await reader.readexactly(2)
-            n = first[1] & 0x7F
-            if n == 126:
-                n = int.from_bytes(await reader.readexactly(2), "big")
-            elif n == 127:
-                n = int.from_bytes(await reader.readexactly(8), "big")
-            payload = await reader.readexactly(n)
-            if first[0] & 0x0F == 0x8:
-                return int.from_bytes(payload[:2], "big")
-
     try:
-        return await asyncio.wait_for(read(), timeout)
+        return await asyncio.wait_for(StalledClient(reader, None).close_code(), timeout)
     except (asyncio.IncompleteReadError, ConnectionError):
         return None
 
@@ -95,7 +58,7 @@ async def replies(server, seconds: float) -> dict:
     """10 staff connections send pings echoing 60 KB, 15 a second (under the rate limit),
     and never read."""
     watch = Watch(server)
-    ping = frame(0x1, json.dumps({"type": "ping", "data": {"timestamp": "x" * 60000}}).encode())
+    ping = client_frame(0x1, json.dumps({"type": "ping", "data": {"timestamp": "x" * 60000}}).encode())
     links = [await stalled(server.port, f"{LOCKERS}?sessionId={server.session}") for _ in range(10)]
 
     async def send(writer):
@@ -131,7 +94,7 @@ async def control_pings(server, seconds: float) -> dict:
     """One connection sends 125-byte control pings as fast as it can (reading what comes)."""
     watch = Watch(server)
     reader, writer = await stalled(server.port, f"{LOCKERS}?sessionId={server.session}")
-    ping = frame(0x9, b"p" * 125)
+    ping = client_frame(0x9, b"p" * 125)
     sent = 0
     closing = asyncio.ensure_future(close_code(reader, seconds + 10))
 

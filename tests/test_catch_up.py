@@ -12,7 +12,7 @@ import pytest
 import pytest_twisted
 import websockets
 from conftest import aio
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 
 from eformws.client import EformClient
 from proxy import FaultyProxy
@@ -34,10 +34,10 @@ async def seed(server, count: int) -> list[str]:
     return [envelope["seq"] for envelope in emitted]
 
 
-async def read_slowly(url: str, until_resumed: bool = True) -> tuple[list[dict], dict]:
+async def read_slowly(url: str, first_event: asyncio.Event | None = None) -> tuple[list[dict], dict]:
     """Connect and read like a slow device: a pause after every 2,000 messages, and no more
     than 4 messages queued unread (the socket is not read meanwhile). Fires with the
-    events and the `resumed` answer."""
+    events and the `resumed` answer; sets `first_event` once the first event came."""
     events = []
     async with websockets.connect(url, max_queue=4, max_size=None) as connection:
         read = 0
@@ -50,29 +50,34 @@ async def read_slowly(url: str, until_resumed: bool = True) -> tuple[list[dict],
                 return events, message["data"]
             if "seq" in message:
                 events.append(message)
+                if first_event is not None:
+                    first_event.set()
     raise AssertionError("closed before resumed")
+
+
+async def behind(start_server, count: int):
+    """A server with `count` events stored and a slow bound; (server, their seqs, the URL
+    of a staff connection resuming from before them)."""
+    server = await start_server({"websocket.max_unsent_bytes": LIMIT})
+    seqs = await seed(server, count)
+    session_id = await server.session(role="staff")
+    return server, seqs, server.url(f"{LOCKERS}?sessionId={session_id}&since=0&epoch={server.hub.position.epoch}")
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_client_50000_events_behind_reading_slowly_gets_every_one_in_order(start_server):
-    server = await start_server({"websocket.max_unsent_bytes": LIMIT})
-    seqs = await seed(server, 50_000)
-    epoch = server.hub.position.epoch
-    session_id = await server.session(role="staff")
-    reading = aio(read_slowly(server.url(f"{LOCKERS}?sessionId={session_id}&since=0&epoch={epoch}")))
-    events, resumed = await reading
+    server, seqs, url = await behind(start_server, 50_000)
+    events, resumed = await aio(read_slowly(url))
     assert [e["seq"] for e in events] == seqs
-    assert resumed == {"recovered": True, "count": 50_000, "seq": seqs[-1], "epoch": epoch}
+    assert resumed == {"recovered": True, "count": 50_000, "seq": seqs[-1], "epoch": server.hub.position.epoch}
 
 
 @pytest_twisted.ensureDeferred
 async def test_events_emitted_during_a_long_catch_up_follow_it_in_order(start_server):
-    server = await start_server({"websocket.max_unsent_bytes": LIMIT})
-    seqs = await seed(server, 20_000)
-    epoch = server.hub.position.epoch
-    session_id = await server.session(role="staff")
-    reading = aio(read_slowly(server.url(f"{LOCKERS}?sessionId={session_id}&since=0&epoch={epoch}")))
-    await task.deferLater(reactor, 0.2, lambda: None)  # the catch-up is under way
+    server, seqs, url = await behind(start_server, 20_000)
+    first_event = asyncio.Event()
+    reading = aio(read_slowly(url, first_event))
+    await aio(first_event.wait())  # the catch-up is under way
     live = [(await server.service.events.emit("locker_state_changed", locker(n)))["seq"] for n in range(5)]
     events, resumed = await reading
     assert [e["seq"] for e in events] == seqs + live

@@ -108,6 +108,20 @@ async def slow_head(server, every: float = 0.1) -> tuple[bytes, float]:
         client.close()
 
 
+async def slow_body(server, framing: bytes, body: bytes, every: float) -> tuple[bytes, float]:
+    """A broadcast whose head comes at once (with `framing`: its length or chunking) and
+    whose body one byte per `every` seconds; (what came back, seconds to EOF)."""
+    client = await Raw.open(server)
+    await client.send(b"POST /api/websocket/broadcast HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n"
+                      b"Content-Type: application/json\r\n" + framing + b"\r\n\r\n")
+    sending = asyncio.ensure_future(client.trickle(body, every))
+    try:
+        return await client.read_to_end(), time.monotonic() - client.opened
+    finally:
+        sending.cancel()
+        client.close()
+
+
 # -- deadlines ---------------------------------------------------------------------------
 
 
@@ -123,19 +137,7 @@ async def test_a_head_sent_byte_by_byte_is_answered_408_and_closed_at_the_head_t
 async def test_a_body_sent_below_the_minimum_rate_is_answered_408_at_its_deadline(start_server):
     server = await start_server({**LIMITS, "auth.api_tokens": ["tok"]})
 
-    async def scenario():
-        client = await Raw.open(server)
-        head = (b"POST /api/websocket/broadcast HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n"
-                b"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n")
-        await client.send(head)
-        sending = asyncio.ensure_future(client.trickle(b"{" + b" " * 499, 0.05))  # 20 bytes/s
-        try:
-            return await client.read_to_end(), time.monotonic() - client.opened
-        finally:
-            sending.cancel()
-            client.close()
-
-    response, elapsed = await aio(scenario())
+    response, elapsed = await aio(slow_body(server, b"Content-Length: 500", b"{" + b" " * 499, 0.05))  # 20 bytes/s
     assert_408(response)
     deadline = HEAD_TIMEOUT + 500 / 1000  # the head's time, then 500 bytes at 1000 bytes/s
     assert deadline <= elapsed < deadline + SLACK, elapsed
@@ -145,19 +147,7 @@ async def test_a_body_sent_below_the_minimum_rate_is_answered_408_at_its_deadlin
 async def test_a_chunked_body_gets_the_time_of_max_body_bytes(start_server):
     server = await start_server({**LIMITS, "server.max_body_bytes": 300, "auth.api_tokens": ["tok"]})
 
-    async def scenario():
-        client = await Raw.open(server)
-        head = (b"POST /api/websocket/broadcast HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n"
-                b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-        await client.send(head)
-        sending = asyncio.ensure_future(client.trickle(b"1\r\n \r\n" * 100, 0.02))
-        try:
-            return await client.read_to_end(), time.monotonic() - client.opened
-        finally:
-            sending.cancel()
-            client.close()
-
-    response, elapsed = await aio(scenario())
+    response, elapsed = await aio(slow_body(server, b"Transfer-Encoding: chunked", b"1\r\n \r\n" * 100, 0.02))
     assert_408(response)
     deadline = HEAD_TIMEOUT + 300 / 1000
     assert deadline <= elapsed < deadline + SLACK, elapsed

@@ -12,7 +12,7 @@ import pytest_twisted
 from conftest import aio
 from twisted.internet import reactor
 
-from rawclient import StalledClient
+from bench.rawclient import StalledClient, client_frame
 
 LOCKERS = "/ws/lockers"
 LIMIT = 128 * 1024
@@ -25,14 +25,8 @@ def newest(server, path=LOCKERS):
 
 async def texts_then_close(client: StalledClient) -> tuple[int, int]:
     """Read everything up to the server's close frame: (text frames, close code)."""
-    client.reader._transport.resume_reading()
-    texts = 0
-    while True:
-        opcode, payload = await client.frame()
-        if opcode == 0x1:
-            texts += 1
-        elif opcode == 0x8:
-            return texts, int.from_bytes(payload[:2], "big")
+    counts, code, _ = await client.until_close()
+    return counts[0x1], code
 
 
 @pytest_twisted.ensureDeferred
@@ -89,18 +83,8 @@ async def test_control_pings_over_the_rate_limit_get_no_pong_and_close_the_conne
     for n in range(30):
         await aio(client.send_ping(b"%d" % n))
 
-    async def pongs_then_close():
-        client.reader._transport.resume_reading()
-        pongs = 0
-        while True:
-            opcode, payload = await client.frame()
-            if opcode == 0xA:
-                pongs += 1
-            elif opcode == 0x8:
-                return pongs, int.from_bytes(payload[:2], "big"), payload[2:].decode()
-
-    pongs, code, reason = await aio(asyncio.wait_for(pongs_then_close(), 10))
-    assert (pongs, code, reason) == (5, 1008, "Rate limit exceeded")
+    counts, code, reason = await aio(asyncio.wait_for(client.until_close(), 10))
+    assert (counts[0xA], code, reason) == (5, 1008, "Rate limit exceeded")
 
 
 @pytest_twisted.ensureDeferred
@@ -125,36 +109,25 @@ async def test_a_client_that_keeps_sending_but_never_reads_is_closed_by_the_ping
     assert connection.id not in server.hub.namespaces[LOCKERS].connections
 
 
-async def frames_then_close(client: StalledClient) -> int:
-    client.reader._transport.resume_reading()
-    while True:
-        opcode, payload = await client.frame()
-        if opcode == 0x8:
-            return int.from_bytes(payload[:2], "big")
+async def close_code_after(start_server, frames: bytes) -> int:
+    """The close code a client gets that sends `frames` at once (a rate limit of a token
+    every 10 s, a burst of 5, closed after 10 refusals in a row), reading what comes."""
+    server = await start_server({"websocket.rate_limit": 0.1, "websocket.rate_burst": 5,
+                                 "websocket.rate_limit_close_after": 10})
+    session_id = await server.session(role="staff")
+    client = await aio(StalledClient.connect(server.port, f"{LOCKERS}?sessionId={session_id}"))
+    client.writer.write(frames)
+    return await aio(asyncio.wait_for(client.close_code(), 10))
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_flood_of_unsolicited_pongs_is_closed_1008(start_server):
-    from rawclient import client_frame
-
-    server = await start_server({"websocket.rate_limit": 0.1, "websocket.rate_burst": 5,
-                                 "websocket.rate_limit_close_after": 10})
-    session_id = await server.session(role="staff")
-    client = await aio(StalledClient.connect(server.port, f"{LOCKERS}?sessionId={session_id}"))
-    client.writer.write(client_frame(0xA, b"") * 100)
-    assert await aio(asyncio.wait_for(frames_then_close(client), 10)) == 1008
+    assert await close_code_after(start_server, client_frame(0xA, b"") * 100) == 1008
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_flood_of_empty_continuation_frames_is_closed_1008(start_server):
-    from rawclient import client_frame
-
-    server = await start_server({"websocket.rate_limit": 0.1, "websocket.rate_burst": 5,
-                                 "websocket.rate_limit_close_after": 10})
-    session_id = await server.session(role="staff")
-    client = await aio(StalledClient.connect(server.port, f"{LOCKERS}?sessionId={session_id}"))
     first = bytearray(client_frame(0x1, b"{"))
     first[0] &= 0x7F  # not final: a message that goes on in continuation frames
-    client.writer.write(bytes(first) + client_frame(0x0, b"")[:0] + b"".join(
-        bytes([0x00, 0x80]) + b"\0\0\0\0" for _ in range(100)))  # masked, empty, not final
-    assert await aio(asyncio.wait_for(frames_then_close(client), 10)) == 1008
+    continuation = bytes([0x00, 0x80]) + b"\0\0\0\0"  # opcode 0, not final, masked, empty
+    assert await close_code_after(start_server, bytes(first) + continuation * 100) == 1008

@@ -13,7 +13,7 @@ from twisted.internet.task import deferLater
 
 from eformws import metrics
 from eformws.flow import unsent_bytes
-from rawclient import StalledClient
+from bench.rawclient import StalledClient
 
 LOCKERS = "/ws/lockers"
 LIMIT = 128 * 1024

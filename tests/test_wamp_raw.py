@@ -379,10 +379,13 @@ async def test_calls_over_the_rate_limit_get_error_rate_limited(start_server):
     assert answers[2][5] == ["Rate limit exceeded: at most 1 messages per second"]
 
 
+# a token a second, a burst of 4 (HELLO, AUTHENTICATE, then 2), closed after 5 refusals in a row
+FLOOD_LIMITS = {"websocket.rate_limit": 1, "websocket.rate_burst": 4, "websocket.rate_limit_close_after": 5}
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_sustained_wamp_flood_is_closed_1008_rate_limit_exceeded(start_server):
-    server = await start_server({"websocket.rate_limit": 1, "websocket.rate_burst": 4,  # HELLO, AUTHENTICATE, then 2
-                                 "websocket.rate_limit_close_after": 5})
+    server = await start_server(FLOOD_LIMITS)
     client, _ = await join(server)
     replies, close = await client.flood([json.dumps([CALL, n, {}, "eform.status"]) for n in range(1, 30)])
     assert [reply[0] for reply in replies] == [RESULT, RESULT] + [ERROR] * 4
@@ -391,8 +394,7 @@ async def test_a_sustained_wamp_flood_is_closed_1008_rate_limit_exceeded(start_s
 
 @pytest_twisted.ensureDeferred
 async def test_requests_with_an_invalid_uri_spend_the_rate_limit_too(start_server):
-    server = await start_server({"websocket.rate_limit": 1, "websocket.rate_burst": 4,  # HELLO, AUTHENTICATE, then 2
-                                 "websocket.rate_limit_close_after": 5})
+    server = await start_server(FLOOD_LIMITS)
     client, _ = await join(server)
     replies, close = await client.flood([json.dumps([SUBSCRIBE, n, {}, "eform..bad"]) for n in range(1, 30)])
     assert [reply[4] for reply in replies] == ["wamp.error.invalid_uri"] * 2 + ["eform.error.rate_limited"] * 4

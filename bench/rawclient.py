@@ -1,5 +1,6 @@
-"""A raw WebSocket client (asyncio streams, no library) for tests of what the server does
-with a client that stops reading: it completes the handshake, then reads only when asked."""
+"""A raw WebSocket client (asyncio streams, no library) for what the server does with a
+client that stops reading: it completes the handshake, then reads only when asked (the
+tests and `bench/hostile.py`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import base64
 import os
 import socket
+from collections import Counter
 
 
 def client_frame(opcode: int, payload: bytes) -> bytes:
@@ -79,10 +81,17 @@ class StalledClient:
             if opcode == 0x1:
                 return payload.decode()
 
-    async def close_code(self) -> int:
-        """Read what the server sent, up to its close frame: the close code."""
+    async def until_close(self) -> tuple[Counter, int, str]:
+        """Read what the server sent, up to its close frame: (how many frames of each opcode
+        came before it, the close code, the reason)."""
         self.reader._transport.resume_reading()
+        counts: Counter = Counter()
         while True:
             opcode, payload = await self.frame()
             if opcode == 0x8:
-                return int.from_bytes(payload[:2], "big")
+                return counts, int.from_bytes(payload[:2], "big"), payload[2:].decode("utf-8", "replace")
+            counts[opcode] += 1
+
+    async def close_code(self) -> int:
+        """Read what the server sent, up to its close frame: the close code."""
+        return (await self.until_close())[1]
