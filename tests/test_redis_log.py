@@ -124,6 +124,14 @@ async def through_proxy(stores, redis_url):
     await proxy.stop()
 
 
+async def following(stores) -> tuple[Follower, object]:
+    """A new store of the suite's Redis, following the log into a Follower: (follower, store)."""
+    follower = Follower()
+    reader = stores()
+    await within(reader.follow(follower.event, follower.reset))
+    return follower, reader
+
+
 async def connected(url: str) -> RedisConnection:
     connection = RedisConnection(RedisAddress.parse(url), "test", 0.05, 0.2)
     connection.startService()
@@ -136,9 +144,7 @@ async def connected(url: str) -> RedisConnection:
 
 @pytest_twisted.ensureDeferred
 async def test_a_reader_delivers_every_append_of_every_store_once_in_seq_order(stores):
-    follower = Follower()
-    reader = stores()
-    await within(reader.follow(follower.event, follower.reset))
+    follower, reader = await following(stores)
     writers = [stores(), stores()]
     appended = await defer.gatherResults([append(writers[n % 2], n) for n in range(60)])
     await follower.until(lambda: len(follower.events) >= 60)
@@ -165,9 +171,7 @@ async def test_a_reader_that_finds_events_removed_unread_says_so_and_goes_on(sto
 
 @pytest_twisted.ensureDeferred
 async def test_a_reader_that_finds_the_log_replaced_says_so_and_follows_the_new_one(stores):
-    follower = Follower()
-    reader = stores()
-    await within(reader.follow(follower.event, follower.reset))
+    follower, reader = await following(stores)
     writer = stores()
     old = await append(writer, 1)
     await follower.until(lambda: len(follower.events) == 1)
@@ -392,9 +396,7 @@ async def rolled_back(stores):
     """A reader that delivered 6 events, then Redis's log restored to how it was after 3 (what
     a restart from an older copy or a failover to a lagging replica does), then 4 events
     appended by a process that had seen the 6."""
-    follower = Follower()
-    reader = stores()
-    await within(reader.follow(follower.event, follower.reset))
+    follower, reader = await following(stores)
     writer = stores()
     [await append(writer, n) for n in range(3)]
     stream_copy = await writer.connection.command("DUMP", writer.stream)
@@ -419,9 +421,7 @@ async def test_appends_after_the_log_went_back_in_time_start_a_new_epoch_above_e
 
 @pytest_twisted.ensureDeferred
 async def test_a_reader_finds_a_log_that_went_back_in_time_without_being_told(stores):
-    follower = Follower()
-    reader = stores()
-    await within(reader.follow(follower.event, follower.reset))
+    follower, reader = await following(stores)
     writer = stores()
     [await append(writer, n) for n in range(3)]
     copies = [await writer.connection.command("DUMP", key) for key in (writer.stream, writer.meta)]
