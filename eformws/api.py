@@ -1,5 +1,6 @@
-"""The HTTP API (PROTOCOL.md section 7) as a Klein app: status, broadcast and healthz; each
-route reads the request, calls one thing and answers JSON; errors become bodies in one place."""
+"""The HTTP API (PROTOCOL.md section 7) as a Klein app: status, broadcast, events, health,
+healthz, and the session's own view and session administration; each route reads the
+request, calls one thing and answers JSON; errors become bodies in one place."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from eformws.emitter import check_idempotency_key
 from eformws.redis import RedisUnavailable
 from eformws.store import IdempotencyConflict
 from eformws.store.redis import EmitTimeout, EmitUnconfirmed
-from eformws.sessions import first_valid_session
+from eformws.sessions import SessionError, check_session_request, first_valid_session
 from eformws.sessions.credentials import bearer_token, candidates, cookie_values
+from eformws.sessions.sqlite import as_reference, reference
 
 REASONS = {
     400: "Bad Request",
@@ -40,6 +42,9 @@ REASONS = {
 RECENT_WINDOW = 30.0  # seconds of events /api/websocket/health returns ...
 RECENT_LIMIT = 20  # ... at most this many
 STATUS_MAX_AGE = 1.0  # seconds a status answer of many rooms is answered again before it is rebuilt
+LAST_TIMESTAMP = 253402300799.999  # 9999-12-31T23:59:59.999Z, the last time a timestamp can show
+# How a refused session creation names the body's fields (the `field` of the 400, and its message).
+SESSION_FIELDS = {name: f"body/{name}" for name in ("user_id", "role", "kiosk_id", "ttl")}
 
 
 class HTTPError(Exception):
@@ -107,6 +112,39 @@ def require(body: dict, name: str, kind: type, kind_name: str, required: bool = 
     return value
 
 
+def require_field(body: dict, name: str, kind, kind_name: str, required: bool = True) -> Any:
+    """As `require`, its 400 naming the offending `field` (`body/<name>`)."""
+    try:
+        return require(body, name, kind, kind_name, required)
+    except HTTPError as e:
+        e.extra["field"] = f"body/{name}"
+        raise
+
+
+def _timestamp(at: float) -> str:
+    """A stored time (an expiry, a creation) as `wire.js_timestamp` writes it; one it cannot
+    write (a record the panel wrote with a year past 9999, say) is shown as the nearest it can."""
+    return wire.js_timestamp(min(at, LAST_TIMESTAMP) if at >= 0 else 0.0)
+
+
+def _listed(row, now: float) -> dict:
+    """A session as GET /api/websocket/sessions lists it: by reference, never by id."""
+    return {
+        "ref": row.ref,
+        "user_id": row.user_id,
+        "role": row.role,
+        "kiosk_id": row.kiosk_id,
+        "created_at": _timestamp(row.created_at),
+        "expires_at": _timestamp(row.expires_at),
+        "state": row.state(now),
+    }
+
+
+def _who(session) -> str:
+    """Who did something, for the log: the session's user, or the API token (never either's secret)."""
+    return "api token" if session is None else session.user_id
+
+
 def _add_up(nodes: list[dict], field: str, paths: dict) -> dict:
     """Per-path connection counts summed over every node's entry (every known path listed)."""
     total = {path: 0 for path in paths}
@@ -155,8 +193,10 @@ class Api:
     app = Klein()
     log = Logger()
 
-    def __init__(self, hub, sessions, config, events, event_store, bus=None, nodes=None):
+    def __init__(self, hub, sessions, config, events, event_store, bus=None, nodes=None, recheck_sessions=None):
         self.hub = hub
+        # Closes this process's connections whose session has gone (SessionWatch.check).
+        self.recheck_sessions = recheck_sessions
         self.bus = bus
         self.nodes = nodes
         self.sessions = sessions
@@ -165,6 +205,8 @@ class Api:
         self.event_store = event_store
         self.api_tokens = [t.encode("utf-8") for t in config.get("auth", "api_tokens")]
         self.broadcast_roles = frozenset(config.get("auth", "broadcast_roles"))
+        self.session_admin_roles = frozenset(config.get("auth", "session_admin_roles"))
+        self.default_ttl = config.get("sessions", "default_ttl")
         self.cookie_names = tuple(config.get("auth", "cookie_names"))
         self.allowed_origins = frozenset(config.get("server", "allowed_origins"))
         self.max_body_bytes = config.get("server", "max_body_bytes")
@@ -230,16 +272,17 @@ class Api:
         return session
 
     @inlineCallbacks
-    def require_privileged(self, request, changes: bool = True):
-        """An API token, or a session whose role may broadcast; else 401 or 403. A request
-        that `changes` something and is authenticated by a cookie must not be cross-site
-        (a read needs no such check: a cross-site page cannot read the answer)."""
+    def require_privileged(self, request, changes: bool = True, roles: frozenset | None = None):
+        """An API token (None), or a session whose role is in `roles` (default: those that
+        may broadcast); else 401 or 403. A request that `changes` something and is
+        authenticated by a cookie must not be cross-site (a read needs no such check: a
+        cross-site page cannot read the answer)."""
         if self._is_api_token(request):
             return None
         session = yield self.require_session(request)
         if changes and session.id in cookie_values(_headers(request, b"cookie"), self.cookie_names):
             self._refuse_cross_site(request)
-        if session.role not in self.broadcast_roles:
+        if session.role not in (self.broadcast_roles if roles is None else roles):
             metrics.auth_failures.labels(metrics.HTTP, "forbidden").inc()
             raise HTTPError(403, "This session may not do that")
         return session
@@ -426,6 +469,96 @@ class Api:
                 "timestamp": wire.js_timestamp(),
             },
         )
+
+    # -- sessions ------------------------------------------------------------
+
+    @app.route("/api/websocket/session", methods=["GET"])
+    @inlineCallbacks
+    def session_route(self, request):
+        """Who the request's session is and what its role may do; never its id."""
+        session = yield self.require_session(request)
+        role = session.role
+        return _json(
+            request,
+            200,
+            {
+                "user_id": session.user_id,
+                "role": role,
+                "kiosk_id": session.kiosk_id,
+                "expires_at": _timestamp(session.expires_at),
+                "may": {
+                    "broadcast": role in self.broadcast_roles,
+                    "emit": role in self.broadcast_roles,  # POST /api/websocket/events takes the same
+                    "manage_sessions": role in self.session_admin_roles,
+                    "see_sensitive": role in self.sensitive_roles,
+                },
+            },
+        )
+
+    def _require_session_admin(self, request, changes: bool = True) -> Deferred:
+        """An API token (None) or a session whose role is in `auth.session_admin_roles`."""
+        return self.require_privileged(request, changes, self.session_admin_roles)
+
+    @app.route("/api/websocket/sessions", methods=["GET"])
+    @inlineCallbacks
+    def sessions_route(self, request):
+        """Every stored session, oldest first, by reference (never by id)."""
+        yield self._require_session_admin(request, changes=False)
+        rows = yield self.sessions.list()
+        now = time.time()
+        return _json(request, 200, {"sessions": [_listed(row, now) for row in rows]})
+
+    @app.route("/api/websocket/sessions", methods=["POST"])
+    @inlineCallbacks
+    def create_session_route(self, request):
+        """A new session, by the rules of `eformws sessions create`; the only answer that
+        ever shows a session id."""
+        admin = yield self._require_session_admin(request)
+        body = json_body(request, self.max_body_bytes)
+        user_id = require_field(body, "user_id", str, "string")
+        role = require_field(body, "role", str, "string")
+        kiosk_id = require_field(body, "kiosk_id", str, "string", required=False)
+        ttl = require_field(body, "ttl", (int, float), "number", required=False)
+        ttl = self.default_ttl if ttl is None else ttl
+        try:
+            check_session_request(user_id, role, kiosk_id, ttl, SESSION_FIELDS)
+        except SessionError as e:
+            raise HTTPError(400, str(e), field=SESSION_FIELDS[e.field]) from None
+        session = yield self.sessions.create(user_id, role, kiosk_id, float(ttl))
+        ref = reference(session.id)
+        self.log.info("session {ref} created for {user_id} ({role}) by {by}", ref=ref, user_id=user_id, role=role,
+                      by=_who(admin))
+        return _json(
+            request,
+            201,
+            {
+                "id": session.id,
+                "ref": ref,
+                "user_id": session.user_id,
+                "role": session.role,
+                "kiosk_id": session.kiosk_id,
+                "expires_at": _timestamp(session.expires_at),
+            },
+        )
+
+    @app.route("/api/websocket/sessions/<ref>", methods=["DELETE"])
+    @inlineCallbacks
+    def revoke_session_route(self, request, ref):
+        """Revoke by listed reference (never by id); this process's connections of that
+        session are closed at once, other processes' at their next recheck."""
+        admin = yield self._require_session_admin(request)
+        if as_reference(ref) is None:  # a session id has no place in a URL (access logs keep paths)
+            raise HTTPError(400, "Give the reference GET /api/websocket/sessions lists, not a session id")
+        row = yield self.sessions.revoke_row(ref)
+        if row is None:
+            raise HTTPError(404, "No live session matches that reference")
+        self.log.info("session {ref} of {user_id} ({role}) revoked by {by}", ref=row.ref, user_id=row.user_id,
+                      role=row.role, by=_who(admin))
+        if self.recheck_sessions is not None:
+            self.recheck_sessions().addErrback(
+                lambda failure: self.log.failure("closing the connections of a revoked session", failure=failure)
+            )
+        return _json(request, 200, {"revoked": 1})
 
     @app.route("/healthz", methods=["GET"])
     @inlineCallbacks

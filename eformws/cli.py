@@ -6,18 +6,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 import time
 import urllib.error
 import urllib.request
+from typing import NamedTuple
+from urllib.parse import urlsplit
 
 from eformws.config import ROLES, ConfigError, load_config, unknown_environment
+from eformws.sessions import SessionError, check_session_request
 from eformws.sessions import sqlite as session_sql
 from eformws.sqlite import connect
 
 
 class CommandError(Exception):
     pass
+
+
+class UsageError(CommandError):
+    """What the command was given cannot be used (a --cacert file, say): exit 2, as for a
+    wrong option."""
 
 
 def _config(args):
@@ -109,12 +118,17 @@ def _sessions(args, in_sqlite, in_redis, creating: bool = False):
     return _in_sqlite(config, in_sqlite, creating)
 
 
+# How `sessions create` names what SessionError is about.
+CREATE_OPTIONS = {"user_id": "--user", "role": "--role", "kiosk_id": "--kiosk KIOSK_ID", "ttl": "--ttl"}
+
+
 def sessions_create(args) -> int:
-    if args.role == "kiosk" and not args.kiosk:
-        raise CommandError("a kiosk session needs --kiosk KIOSK_ID (its own kiosk's room is the one room it may join "
-                           "besides the default)")
     config = _config(args)
     ttl = args.ttl if args.ttl is not None else config.get("sessions", "default_ttl")
+    try:
+        check_session_request(args.user, args.role, args.kiosk, ttl, CREATE_OPTIONS)
+    except SessionError as e:
+        raise CommandError(str(e)) from None
     session = _sessions(
         args,
         lambda connection: session_sql.create_session(connection, args.user, args.role, args.kiosk, ttl),
@@ -134,10 +148,9 @@ def sessions_list(args) -> int:
     now = time.time()
     lines = [f"{'REF':<12}  {'USER':<16}  {'ROLE':<6}  {'KIOSK':<12}  {'EXPIRES':<20}  STATE"]
     for row in rows:
-        state = "revoked" if row.revoked else ("expired" if row.expires_at <= now else "live")
         lines.append(
             f"{row.ref:<12}  {row.user_id:<16}  {row.role:<6}  {row.kiosk_id or '-':<12}  "
-            f"{_when(row.expires_at):<20}  {state}"
+            f"{_when(row.expires_at):<20}  {row.state(now)}"
         )
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
@@ -165,11 +178,75 @@ def _gateway(args) -> tuple[str, str | None]:
     return url.rstrip("/"), token
 
 
+class _Trust(NamedTuple):
+    """What https:// and wss:// URLs are verified against: the PEM certificates of a CA
+    bundle or of a self-signed certificate, from `source` (--cacert or EFORMWS_CACERT)."""
+
+    source: str
+    path: str
+    certificates: list[bytes]
+
+    def context(self) -> ssl.SSLContext:
+        """For urllib and ssl: these certificates only (not the system's), names checked."""
+        return ssl.create_default_context(cadata=b"\n".join(self.certificates).decode("ascii"))
+
+    def client_options(self, hostname: str):
+        """For Twisted (`tail`'s wss://): the same trust, the same name check."""
+        from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
+
+        root = trustRootFromCertificates([Certificate.loadPEM(block) for block in self.certificates])
+        return optionsForClientTLS(hostname, trustRoot=root)
+
+
+def _trust(args) -> _Trust | None:
+    """--cacert FILE, else EFORMWS_CACERT; None (the system's CAs) without either. A file
+    that cannot be used is UsageError, naming it."""
+    path = args.cacert or os.environ.get("EFORMWS_CACERT") or None
+    if path is None:
+        return None
+    source = "--cacert" if args.cacert else "EFORMWS_CACERT"
+    from eformws.tls import PEM_CERTIFICATE
+
+    try:
+        with open(path, "rb") as f:
+            blocks = PEM_CERTIFICATE.findall(f.read())
+    except OSError as e:
+        raise UsageError(f"{source}: cannot read {path} ({e.strerror or e})") from None
+    if not blocks:
+        raise UsageError(f"{source}: no PEM certificate (-----BEGIN CERTIFICATE-----) in {path}")
+    trust = _Trust(source, path, blocks)
+    try:
+        trust.context()
+    except (ValueError, ssl.SSLError):
+        raise UsageError(f"{source}: {path} holds a certificate that cannot be read") from None
+    return trust
+
+
+# OpenSSL's X509_V_ERR_* codes of a certificate that no trusted one signed, and of one
+# issued for another name or address than the URL's.
+UNKNOWN_ISSUER = frozenset({2, 18, 19, 20, 21})
+NAME_MISMATCH = frozenset({62, 64})
+
+
+def _untrusted(url: str, error: ssl.SSLCertVerificationError, trust: _Trust | None) -> str:
+    """The one line for a certificate that did not verify, with what to do about it."""
+    text = f"the certificate of {url} is not trusted ({(error.verify_message or error.reason or '').rstrip('.')})"
+    if error.verify_code in NAME_MISMATCH:
+        return text + ": --url must name the host as the certificate does"
+    if error.verify_code in UNKNOWN_ISSUER and trust is None:
+        return text + (": pass --cacert FILE, or set EFORMWS_CACERT, with the certificate (PEM) of the CA that "
+                       "signed it, or the certificate itself if self-signed")
+    if error.verify_code in UNKNOWN_ISSUER:
+        return text + f": {trust.source} {trust.path} holds neither it nor the CA that signed it"
+    return text
+
+
 def _request(args, method: str, path: str, body: dict | None = None, credential: bool = True,
              answers: tuple[int, ...] = ()) -> dict:
     """One HTTP call to the gateway; its JSON answer (of a 2xx, or of a status in `answers`),
     or CommandError with one line."""
     url, token = _gateway(args)
+    trust = _trust(args)
     headers = {}
     if credential:
         if token is None:
@@ -184,7 +261,8 @@ def _request(args, method: str, path: str, body: dict | None = None, credential:
     except ValueError:
         raise CommandError(f"not a gateway URL: {url!r} (like http://127.0.0.1:3000)") from None
     try:
-        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+        context = trust.context() if trust is not None else None
+        with urllib.request.urlopen(request, timeout=args.timeout, context=context) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as e:
         if e.code in answers:
@@ -195,6 +273,8 @@ def _request(args, method: str, path: str, body: dict | None = None, credential:
             message = e.reason
         raise CommandError(f"{e.code}: {message}") from None
     except urllib.error.URLError as e:
+        if isinstance(e.reason, ssl.SSLCertVerificationError):
+            raise CommandError(_untrusted(url, e.reason, trust)) from None
         reason = "timed out" if isinstance(e.reason, TimeoutError) else e.reason
         raise CommandError(f"cannot reach {url}: {reason}") from None
     except TimeoutError:
@@ -387,6 +467,25 @@ class _Tail:
         self.resumed_now = resumed  # said with the connection (on_connect comes next)
 
 
+def _check_certificate(url: str, trust: _Trust | None, timeout: float) -> None:
+    """Before `tail` over wss:// (or https://): one TLS handshake, so that a certificate not
+    trusted is one line and exit 1, as for `status`, rather than reconnecting forever. A
+    gateway not reachable yet is left to tail's reconnecting."""
+    import socket
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "wss"):
+        return
+    context = trust.context() if trust is not None else ssl.create_default_context()
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout) as raw:
+            context.wrap_socket(raw, server_hostname=parts.hostname).close()
+    except ssl.SSLCertVerificationError as e:
+        raise CommandError(_untrusted(url, e, trust)) from None
+    except (OSError, ValueError):
+        pass
+
+
 def tail(args) -> int:
 
     from eformws.client import ClientError, EformClient
@@ -394,13 +493,17 @@ def tail(args) -> int:
     url, _ = _gateway(args)
     session_id = args.session or os.environ.get("EFORMWS_SESSION") or None
     rooms = args.room or []
+    trust = _trust(args)
     try:
+        hostname = urlsplit(url).hostname
         client = EformClient(
             url, args.namespace, session_id, rooms=rooms, default_room=not rooms, since=args.since, epoch=args.epoch,
             replay=not args.no_replay, max_delay=args.max_delay, connect_timeout=args.timeout,
+            tls_options=trust.client_options(hostname) if trust is not None and hostname else None,
         )
     except ValueError as e:
         raise CommandError(str(e)) from None
+    _check_certificate(url, trust, args.timeout)
     outcome: dict = {}
 
     async def main(reactor):
@@ -480,9 +583,17 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("id", help="the session id, or the REF that `sessions list` shows")
     revoke.set_defaults(run=sessions_revoke)
 
+    def with_cacert(p):
+        p.add_argument("--cacert", metavar="FILE",
+                       help="PEM file of the CA that signed the gateway's certificate, or of that certificate if "
+                            "self-signed: https:// and wss:// URLs are verified against it only, instead of the "
+                            "system's CAs (default: EFORMWS_CACERT)")
+        return p
+
     def over_http(p):
         with_config(p)
         p.add_argument("--url", help="gateway base URL (default: EFORMWS_URL, else http://127.0.0.1:<server.port>)")
+        with_cacert(p)
         p.add_argument("--token", help="API token or admin session id (default: EFORMWS_TOKEN, else auth.api_tokens[0])")
         p.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait for the gateway (default 10)")
         return p
@@ -502,6 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     def gateway_url(p):
         with_config(p)
         p.add_argument("--url", help="gateway base URL (default: EFORMWS_URL, else http://127.0.0.1:<server.port>)")
+        with_cacert(p)
         p.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait for the gateway (default 10)")
         p.set_defaults(token=None)
         return p
@@ -541,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     checking.add_argument("file", metavar="FILE", help="TOML configuration file")
     checking.set_defaults(run=check_config)
 
-    demoing = commands.add_parser("demo", help="run a demo gateway: admin session printed, events generated")
+    demoing = commands.add_parser("demo", help="run a demo gateway: admin session printed, events generated, simulated clients connected")
     demoing.add_argument("--port", type=int, default=3000, help="port to listen on (default 3000; 0 picks one)")
     demoing.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1: this machine only)")
     demoing.set_defaults(run=demo)
@@ -570,6 +682,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(_dash_ids(list(sys.argv[1:] if argv is None else argv)))
     try:
         return args.run(args)
+    except UsageError as e:
+        sys.stderr.write(f"eformws: {e}\n")
+        return 2
     except (CommandError, ConfigError) as e:
         sys.stderr.write(f"eformws: {e}\n")
         return 1

@@ -10,6 +10,8 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
+from eformws.sessions import MAX_TTL
+
 log = Logger(namespace="eformws.config")
 
 ROLES = ("admin", "staff", "kiosk")
@@ -128,9 +130,10 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[str, Any], Any]]] = {
     ("auth", "broadcast_roles"): (["admin"], _roles),
     ("auth", "restricted_roles"): (["kiosk"], _roles),
     ("auth", "sensitive_roles"): (["admin", "staff"], _roles),
+    ("auth", "session_admin_roles"): (["admin"], _roles),
     ("sessions", "backend"): ("auto", _choice("auto", "sqlite", "redis")),
     ("sessions", "path"): ("eformws.db", _string),
-    ("sessions", "default_ttl"): (86400, _integer(1, 10 * 365 * 86400)),
+    ("sessions", "default_ttl"): (86400, _integer(1, MAX_TTL)),
     ("sessions", "recheck_interval"): (30.0, _number(0.05, 86400)),
     ("events", "store"): ("auto", _choice("auto", "sqlite", "memory", "redis")),
     ("events", "path"): ("eformws.db", _string),
@@ -221,7 +224,7 @@ def _namespace(index: int, table: Any) -> NamespaceConfig:
 SECTIONS = frozenset(section for section, _ in SCHEMA)
 # The EFORMWS_* names eformws reads: one per setting, and the `eformws` command's own.
 ENVIRONMENT_NAMES = frozenset(f"EFORMWS_{section}_{key}".upper() for section, key in SCHEMA) | {
-    "EFORMWS_URL", "EFORMWS_TOKEN", "EFORMWS_SESSION",
+    "EFORMWS_URL", "EFORMWS_TOKEN", "EFORMWS_SESSION", "EFORMWS_CACERT",
 }
 
 # Keys earlier versions had: still accepted in a file (with a warning), never used.

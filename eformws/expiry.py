@@ -1,13 +1,15 @@
 """Sessions over time: every `sessions.recheck_interval` seconds, each connection whose
-session has expired or is no longer in the store (revoked) is closed with 1008."""
+session has expired is closed with 1008 `Session expired`, and one whose session is no
+longer in the store before its expiry (revoked, deleted) with 1008 `Session revoked`."""
 
 from __future__ import annotations
 
 import time
 
 from twisted.application.internet import TimerService
-from twisted.internet.defer import FirstError, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, FirstError, gatherResults, inlineCallbacks
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from eformws import metrics
 
@@ -15,6 +17,7 @@ log = Logger(namespace="eformws.expiry")
 
 CLOSE_POLICY = 1008
 SESSION_EXPIRED = "Session expired"
+SESSION_REVOKED = "Session revoked"
 
 
 class SessionWatch(TimerService):
@@ -28,14 +31,34 @@ class SessionWatch(TimerService):
         self.sessions = sessions
         self._clock = clock
         self._checking = False
+        self._waiting: list[Deferred] = []  # asked for while a round was under way
+
+    def check(self) -> Deferred:
+        """One round now; fires with the number of connections it closed. Asked for while a
+        round is under way (a revoke, say, after that round looked its session up), one more
+        round follows it, for everyone who asked meanwhile, and this fires when it ends."""
+        asked = Deferred()
+        if self._checking:
+            self._waiting.append(asked)
+        else:
+            self._rounds([asked])
+        return asked
 
     @inlineCallbacks
-    def check(self):
-        if self._checking:
-            return 0
+    def _rounds(self, waiting: list[Deferred]):
         self._checking = True
         try:
-            return (yield self._check())
+            while waiting:
+                try:
+                    result = yield self._check()
+                except Exception:
+                    result = Failure()
+                for asked in waiting:
+                    if isinstance(result, Failure):
+                        asked.errback(result)
+                    else:
+                        asked.callback(result)
+                waiting, self._waiting = self._waiting, []
         finally:
             self._checking = False
 
@@ -59,7 +82,9 @@ class SessionWatch(TimerService):
             if live is not None and live.expires_at > now:
                 continue
             for connection in by_session[session_id]:
-                connection.close(CLOSE_POLICY, SESSION_EXPIRED)
+                # Gone from the store before its time: revoked (or deleted), not expired.
+                reason = SESSION_REVOKED if live is None and connection.session.expires_at > now else SESSION_EXPIRED
+                connection.close(CLOSE_POLICY, reason)
                 closed += 1
         metrics.session_expiry_closes.inc(closed)
         if closed:

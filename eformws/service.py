@@ -81,12 +81,14 @@ class EformService(MultiService):
                                       config.get("events", "max_data_bytes"))
         self.feed = EventFeed(self.hub, self.event_store)
         self.ready = None  # fires once listening
-        self.api = Api(self.hub, self.sessions, config, self.events, self.event_store, self.bus, self.nodes)
+        watch = SessionWatch(self.hub, self.sessions, config.get("sessions", "recheck_interval"))
+        self.api = Api(self.hub, self.sessions, config, self.events, self.event_store, self.bus, self.nodes,
+                       recheck_sessions=watch.check)  # a revoke closes this process's connections at once
         settings = WebSocketSettings.from_config(config, self.hub, self.sessions, self.event_store)
         admission = Admission(config.get("server", "max_connections"))  # legacy namespaces and /wamp together
         self.wamp = WampRouter.from_config(config, self.hub, self.sessions, self.events, self.api.status, admission)
         self.hub.add_endpoint(self.wamp)
-        SessionWatch(self.hub, self.sessions, config.get("sessions", "recheck_interval")).setServiceParent(self)
+        watch.setServiceParent(self)
         self.metrics = metrics.ServiceCollector(self.hub, self._redis_connections())
         mounted = {b"metrics": metrics.MetricsResource()} if config.get("metrics", "enabled") else {}
         mounted.update(console_resources())  # /console, and / redirected there

@@ -4,6 +4,8 @@ string (it may hold a session id)."""
 
 from __future__ import annotations
 
+import re
+
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -38,10 +40,22 @@ def _error_response(status: int, reason: str, message: str) -> bytes:
     return head.encode("ascii") + body
 
 
+SESSIONS_PATH = "/api/websocket/sessions/"
+HEX_REFERENCE = re.compile(r"[0-9A-Fa-f]{8,64}")
+
+
+def logged_path(path: str) -> str:
+    """The path as the access log writes it: under /api/websocket/sessions/, anything but
+    a reference (a session id sent by mistake, say) is written `<not a reference>`."""
+    if path.startswith(SESSIONS_PATH) and not HEX_REFERENCE.fullmatch(path[len(SESSIONS_PATH):]):
+        return SESSIONS_PATH + "<not a reference>"
+    return path
+
+
 @provider(IAccessLogFormatter)
 def access_line(timestamp, request) -> str:
     """Client, method, path without its query, status and size; no headers, no query."""
-    path = request.path.decode("latin-1", "replace")
+    path = logged_path(request.path.decode("latin-1", "replace"))
     method = request.method.decode("latin-1", "replace")
     return f'{request.getClientAddress().host} "{method} {path}" {request.code} {request.sentLength}'
 

@@ -504,3 +504,113 @@ async def test_check_config_warns_about_an_eformws_variable_it_does_not_read(tmp
     out, err, code = await cli("check-config", str(path), cwd=tmp_path, env={"EFORMWS_SERVR_PORT": "1"})
     assert (out, code) == ("ok\n", 0)
     assert "eformws: warning: EFORMWS_SERVR_PORT is not a setting of eformws and is ignored" in err
+
+
+# -- over TLS: --cacert and EFORMWS_CACERT ----------------------------------------------------------
+
+
+async def tls_gateway(tmp_path, spawn):
+    """`twistd -n eformws` serving https:// and wss:// with a self-signed certificate for
+    127.0.0.1: (its https:// URL, the certificate's path, the config's path)."""
+    from test_tls import self_signed
+
+    cert, key = self_signed(tmp_path)
+    config = write_config(tmp_path, f'[auth]\napi_tokens = ["{TOKEN}"]\n')
+    gateway = await spawn(["--config", str(config), "--tls-certificate", str(cert), "--tls-private-key", str(key)],
+                          tmp_path)
+    return f"https://127.0.0.1:{gateway.port}", cert, config
+
+
+UNTRUSTED = ("the certificate of {url} is not trusted (self-signed certificate): pass --cacert FILE, or set "
+             "EFORMWS_CACERT, with the certificate (PEM) of the CA that signed it, or the certificate itself if "
+             "self-signed\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_over_https_with_cacert_of_the_self_signed_certificate_works(tmp_path, spawn):
+    url, cert, _ = await tls_gateway(tmp_path, spawn)
+    out, err, code = await cli("status", "--url", url, "--cacert", str(cert), cwd=tmp_path)
+    assert code == 0, err
+    assert re.search(rf"^gateway\s+{re.escape(url)}$", out, re.M), out
+    assert re.search(r"^health\s+ok$", out, re.M), out
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_over_https_without_cacert_says_the_certificate_is_not_trusted_and_suggests_cacert(
+        tmp_path, spawn):
+    url, _, _ = await tls_gateway(tmp_path, spawn)
+    out, err, code = await cli("status", "--url", url, cwd=tmp_path)
+    assert (out, code) == ("", 1)
+    assert err == "eformws: " + UNTRUSTED.format(url=url)
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_uses_eformws_cacert_when_there_is_no_cacert_option(tmp_path, spawn):
+    url, cert, _ = await tls_gateway(tmp_path, spawn)
+    out, err, code = await cli("status", "--json", "--url", url, cwd=tmp_path, env={"EFORMWS_CACERT": str(cert)})
+    assert code == 0, err
+    assert json.loads(out)["status"] == "active"
+
+
+@pytest_twisted.ensureDeferred
+async def test_cacert_option_wins_over_eformws_cacert(tmp_path, spawn):
+    url, cert, _ = await tls_gateway(tmp_path, spawn)
+    out, err, code = await cli("status", "--json", "--url", url, "--cacert", str(cert), cwd=tmp_path,
+                               env={"EFORMWS_CACERT": str(tmp_path / "missing.pem")})
+    assert code == 0, err
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_with_a_cacert_that_did_not_sign_the_certificate_names_the_file(tmp_path, spawn):
+    from test_tls import self_signed
+
+    url, _, _ = await tls_gateway(tmp_path, spawn)
+    other = tmp_path / "other"
+    other.mkdir()
+    wrong, _ = self_signed(other)
+    out, err, code = await cli("status", "--url", url, "--cacert", str(wrong), cwd=tmp_path)
+    assert (out, code) == ("", 1)
+    assert err == (f"eformws: the certificate of {url} is not trusted (self-signed certificate): --cacert {wrong} "
+                   "holds neither it nor the CA that signed it\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_tail_over_wss_with_cacert_prints_an_event_emitted_over_https(tmp_path, spawn, tails):
+    url, cert, config = await tls_gateway(tmp_path, spawn)
+    session_id = await create_session(tmp_path, config)
+    wss = "wss" + url[len("https"):]
+    tail = tails([LOCKERS, "--url", wss, "--cacert", str(cert), "--no-replay"], tmp_path,
+                 env={"EFORMWS_SESSION": session_id})
+    await tail.said(r"tailing /ws/lockers \(rooms: locker_updates\)")
+    data = {"lockerId": "kiosk-1:1", "oldState": "closed", "newState": "open", "kioskId": "kiosk-1"}
+    out, err, code = await cli("emit", "locker_state_changed", "--data", json.dumps(data), "--url", url,
+                               "--cacert", str(cert), "--token", TOKEN, cwd=tmp_path)
+    assert code == 0, err
+    assert await tail.printed(1) == [json.loads(out)]
+    tail.signal("INT")
+    assert await tail.ended() == (0, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tail_over_wss_without_cacert_says_the_certificate_is_not_trusted_and_exits_1(tmp_path, spawn, tails):
+    url, _, config = await tls_gateway(tmp_path, spawn)
+    wss = "wss" + url[len("https"):]
+    tail = tails([LOCKERS, "--url", wss], tmp_path, env={"EFORMWS_SESSION": await create_session(tmp_path, config)})
+    assert await tail.ended() == (1, None)
+    assert (tail.out, tail.err.decode()) == (b"", "eformws: " + UNTRUSTED.format(url=wss))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cacert_file_that_is_not_there_is_one_line_naming_it_and_exit_2(tmp_path):
+    missing = tmp_path / "missing.pem"
+    out, err, code = await cli("status", "--url", "https://127.0.0.1:1", "--cacert", str(missing), cwd=tmp_path)
+    assert (out, err, code) == ("", f"eformws: --cacert: cannot read {missing} (No such file or directory)\n", 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cacert_file_without_a_pem_certificate_is_one_line_naming_it_and_exit_2(tmp_path):
+    from test_tls import self_signed
+
+    _, key = self_signed(tmp_path)
+    out, err, code = await cli("tail", LOCKERS, "--url", "wss://127.0.0.1:1", "--cacert", str(key), cwd=tmp_path)
+    assert (out, err, code) == ("", f"eformws: --cacert: no PEM certificate (-----BEGIN CERTIFICATE-----) in {key}\n", 2)

@@ -3,8 +3,17 @@ and names exactly the routes of eformws/api.py with every status each can answer
 schemathesis fuzzes a real `twistd -n eformws` process with an API token, an admin session,
 a kiosk session and no credentials (no 5xx, every status, content type, header and body as
 documented); and the answers schemathesis cannot provoke (413, 404 for unknown paths, 405,
-values that cannot be framed, lone surrogates quoted back) are checked against the same
-schemas by hand.
+values that cannot be framed, lone surrogates quoted back, an admin's revoke) are checked
+against the same schemas by hand.
+
+The admin session's run leaves out the session writes, `POST /api/websocket/sessions` and
+`DELETE /api/websocket/sessions/{ref}`: schemathesis reuses what answers give it, so it
+sends the id of a session it created as the `sessionId` cookie and query (tried before the
+bearer admin session: from then on it is that kiosk or staff session, 403), and it may
+follow the references of `GET /api/websocket/sessions` into a revoke of the very session
+it runs with (401 from then on). The API token's run fuzzes both (a token is checked
+before any session and cannot be revoked); an admin's create and revoke are checked by
+hand.
 
 schemathesis runs as its CLI in a subprocess through the reactor (its pytest integration
 does not fit pytest-twisted's asyncio reactor), deterministic, with a bounded number of
@@ -14,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -49,8 +59,13 @@ STATUSES = {
     ("/api/websocket/broadcast", "post"): {"200", "400", "401", "403", "404", "413", "503"},
     ("/api/websocket/events", "post"): {"201", "400", "401", "403", "409", "413", "503"},
     ("/api/websocket/health", "get"): {"200", "401", "503"},
+    ("/api/websocket/session", "get"): {"200", "401", "503"},
+    ("/api/websocket/sessions", "get"): {"200", "401", "403", "503"},
+    ("/api/websocket/sessions", "post"): {"201", "400", "401", "403", "413", "503"},
+    ("/api/websocket/sessions/{ref}", "delete"): {"200", "400", "401", "403", "404", "503"},
     ("/healthz", "get"): {"200", "503"},
 }
+REVOKE = "/api/websocket/sessions/{ref}"
 
 
 def _reactor():
@@ -113,7 +128,7 @@ def test_document_has_exactly_the_routes_of_the_api():
 
     document = yaml.safe_load(DOCUMENT.read_text(encoding="utf-8"))
     routes = {
-        (rule.rule, method.lower())
+        (re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method.lower())  # werkzeug's <ref> is OpenAPI's {ref}
         for rule in Api.app.url_map.iter_rules()
         for method in rule.methods
         if method != "HEAD"  # werkzeug adds HEAD to every GET
@@ -137,7 +152,7 @@ def test_document_lists_every_status_the_operation_can_answer(document, operatio
 def test_every_error_schema_is_the_common_error_shape(document):
     schemas = document["components"]["schemas"]
     common = validator(document, {"$ref": "#/components/schemas/Error"})
-    for name in ("Error400", "EventError400", "Error401", "Error403", "Error404", "Error405", "Error413", "Error503"):
+    for name in ("Error400", "EventError400", "SessionError400", "Error401", "Error403", "Error404", "Error405", "Error413", "Error503"):
         schema = schemas[name]
         assert schema["required"] == ["statusCode", "error", "message"], name
         assert schema["additionalProperties"] is False, name
@@ -160,16 +175,24 @@ def test_event_request_schema_accepts_the_documented_examples_and_refuses_drift(
 # -- schemathesis against a real process ---------------------------------------------------
 
 
+def operation_path(path: str) -> str:
+    """The document's path of a requested one (`/api/websocket/sessions/<any ref>`: REVOKE)."""
+    return REVOKE if path.startswith(REVOKE.removesuffix("{ref}")) else path
+
+
 def statuses_of(har: dict) -> collections.Counter:
-    """(method, path, status) of every exchange a HAR report recorded."""
+    """(method, operation path, status) of every exchange a HAR report recorded."""
     return collections.Counter(
-        (entry["request"]["method"], urlsplit(entry["request"]["url"]).path, entry["response"]["status"])
+        (entry["request"]["method"], operation_path(urlsplit(entry["request"]["url"]).path),
+         entry["response"]["status"])
         for entry in har["log"]["entries"]
     )
 
 
-async def schemathesis_run(url: str, headers: list[str], workdir: Path) -> tuple[dict, collections.Counter, str]:
-    """`schemathesis run` against `url`; (its JSON report, statuses seen, its output)."""
+async def schemathesis_run(url: str, headers: list[str], workdir: Path,
+                           options: tuple[str, ...] = ()) -> tuple[dict, collections.Counter, str]:
+    """`schemathesis run` against `url` (with more `options`); (its JSON report, statuses
+    seen, its output)."""
     reports = workdir / "reports"
     args = [
         "run", str(DOCUMENT),
@@ -185,6 +208,7 @@ async def schemathesis_run(url: str, headers: list[str], workdir: Path) -> tuple
     ]
     for header in headers:
         args += ["-H", header]
+    args += options
     d = getProcessOutputAndValue(SCHEMATHESIS, args, env=environment(), path=str(workdir), reactor=_reactor())
     d.addTimeout(120, _reactor())
     out, err, code = await d
@@ -210,16 +234,27 @@ EXPECTED = {
         ("POST", "/api/websocket/events", 201),
         ("POST", "/api/websocket/events", 400),
         ("GET", "/api/websocket/health", 401),  # an API token is not a session
+        ("GET", "/api/websocket/session", 401),
+        ("GET", "/api/websocket/sessions", 200),
+        ("POST", "/api/websocket/sessions", 201),
+        ("POST", "/api/websocket/sessions", 400),
+        ("DELETE", REVOKE, 404),
     },
     "admin_session": {
         ("POST", "/api/websocket/broadcast", 200),
         ("POST", "/api/websocket/events", 201),
         ("GET", "/api/websocket/health", 200),
+        ("GET", "/api/websocket/session", 200),
+        ("GET", "/api/websocket/sessions", 200),
     },
     "kiosk_session_cookie": {
         ("POST", "/api/websocket/broadcast", 403),
         ("POST", "/api/websocket/events", 403),
         ("GET", "/api/websocket/health", 200),
+        ("GET", "/api/websocket/session", 200),
+        ("GET", "/api/websocket/sessions", 403),
+        ("POST", "/api/websocket/sessions", 403),
+        ("DELETE", REVOKE, 403),
     },
     "no_credentials": {
         ("GET", "/api/websocket/status", 200),
@@ -227,6 +262,10 @@ EXPECTED = {
         ("POST", "/api/websocket/broadcast", 401),
         ("POST", "/api/websocket/events", 401),
         ("GET", "/api/websocket/health", 401),
+        ("GET", "/api/websocket/session", 401),
+        ("GET", "/api/websocket/sessions", 401),
+        ("POST", "/api/websocket/sessions", 401),
+        ("DELETE", REVOKE, 401),
     },
 }
 
@@ -244,11 +283,14 @@ async def test_schemathesis_finds_the_live_api_as_documented(spawn, tmp_path, ca
         headers = [f"Cookie: sessionId={await create_session(tmp_path, config, 'kiosk-1', 'kiosk')}"]
     else:
         headers = []
+    # The admin's run must stay that admin: no session writes (see the module's docstring).
+    writes = ("--exclude-operation-id", "createSession", "--exclude-operation-id", "revokeSession")
+    options = writes if caller == "admin_session" else ()
 
-    summary, seen, output = await schemathesis_run(gateway.http(""), headers, tmp_path)
+    summary, seen, output = await schemathesis_run(gateway.http(""), headers, tmp_path, options)
 
     cases = summary["test_cases"]
-    assert summary["operations"]["tested"] == 5, output
+    assert summary["operations"]["tested"] == len(STATUSES) - (2 if options else 0), output
     assert cases["with_failures"] == 0 and cases["errored"] == 0, output
     assert summary["failures"] == [] and summary["errors"] == [], output
     assert cases["generated"] >= 200, output
@@ -308,7 +350,7 @@ async def test_wrong_methods_answer_the_documented_405(tokened, document, method
     assert_documented(document, None, "MethodNotAllowed", code, headers, raw)
 
 
-@pytest.mark.parametrize("path", ["/api/websocket/broadcast", "/api/websocket/events"])
+@pytest.mark.parametrize("path", ["/api/websocket/broadcast", "/api/websocket/events", "/api/websocket/sessions"])
 @pytest_twisted.ensureDeferred
 async def test_bodies_over_the_limit_answer_the_documented_413(tokened, document, path):
     code, headers, raw = await request(tokened, "POST", path, raw=b"x" * 70_000, headers=AUTH)
@@ -392,9 +434,27 @@ async def test_event_with_a_lone_surrogate_property_name_is_a_documented_400(tok
 
 @pytest_twisted.ensureDeferred
 async def test_documented_request_examples_are_answered_as_documented(tokened, document):
-    for path in ("/api/websocket/broadcast", "/api/websocket/events"):
+    for path in ("/api/websocket/broadcast", "/api/websocket/events", "/api/websocket/sessions"):
         operation = document["paths"][path]["post"]
         for example in operation["requestBody"]["content"]["application/json"]["examples"].values():
             code, headers, raw = await request(tokened, "POST", path, example["value"], headers=AUTH)
             assert code in (200, 201), raw
             assert_documented(document, path, "post", code, headers, raw)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_admins_create_and_revoke_are_answered_as_documented(tokened, document):
+    """What the admin's schemathesis run leaves out (see the module's docstring)."""
+    admin = {"Authorization": f"Bearer {await tokened.session('alice', 'admin')}"}
+    for body, expected in (({"user_id": "k", "role": "kiosk"}, 400), ({"user_id": "bob", "role": "staff"}, 201)):
+        code, headers, raw = await request(tokened, "POST", "/api/websocket/sessions", body, headers=admin)
+        assert code == expected, raw
+        assert_documented(document, "/api/websocket/sessions", "post", code, headers, raw)
+    ref = json.loads(raw)["ref"]
+    for expected in (200, 404):  # revoked, then no longer live
+        code, headers, raw = await request(tokened, "DELETE", f"/api/websocket/sessions/{ref}", headers=admin)
+        assert code == expected, raw
+        assert_documented(document, REVOKE, "delete", code, headers, raw)
+    code, headers, raw = await request(tokened, "GET", "/api/websocket/sessions", headers=admin)
+    assert_documented(document, "/api/websocket/sessions", "get", code, headers, raw)
+    assert [s["state"] for s in json.loads(raw)["sessions"]] == ["live", "revoked"]

@@ -1,6 +1,6 @@
 """Sessions: who a session id belongs to (`Session`), the `ISessionStore` seam, and
-`first_valid_session`, which tries each credential candidate in order, and the rules
-every store applies to a new session."""
+`first_valid_session`, which tries each credential candidate in order, the rules every
+store applies to a new session, and those of a session asked for (CLI and HTTP API)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,18 @@ class ISessionStore(Interface):
     def ping():
         """Deferred that fires when the store answers (for /healthz)."""
 
+    def create(user_id, role, kiosk_id=None, ttl=86400.0):
+        """Deferred firing with the new `Session` (its id is known only to the caller)."""
+
+    def list():
+        """Deferred firing with every stored session as a `SessionRow`, oldest first."""
+
+    def revoke(id_or_ref):
+        """Deferred firing with 1 when a session was revoked by id or listed reference, else 0."""
+
+    def revoke_row(id_or_ref):
+        """As `revoke`; Deferred firing with the `SessionRow` revoked, else None."""
+
 
 def new_session_id() -> str:
     """256 random bits, URL-safe base64; never starting with `-`, which a command line
@@ -40,16 +52,64 @@ def new_session_id() -> str:
             return session_id
 
 
-def check_new_session(user_id: str, role: str, ttl: float) -> None:
-    """ValueError naming what is wrong with a session about to be created."""
+MAX_TTL = 10 * 365 * 86400  # seconds: the longest session (and sessions.default_ttl) there may be
+
+# How SessionError messages name each value; callers name them as their users give them
+# (`eformws sessions create`: --user, ...; the HTTP API: body/user_id, ...).
+FIELD_NAMES = {"user_id": "user", "role": "role", "kiosk_id": "kiosk id", "ttl": "ttl"}
+
+
+class SessionError(ValueError):
+    """What is wrong with a session about to be created; `field` is the value's key
+    (user_id, role, kiosk_id or ttl)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.field = key
+
+
+def _unicode(value: str | None) -> bool:
+    """Text UTF-8 can carry (no lone surrogate: SQLite and Redis cannot store one), or None."""
+    if value is None:
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_new_session(user_id: str, role: str, ttl: float, kiosk_id: str | None = None,
+                      names: dict[str, str] | None = None) -> None:
+    """SessionError naming what is wrong with a session about to be created: what every
+    store refuses."""
     from eformws.config import ROLES
 
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    name = {**FIELD_NAMES, **(names or {})}
+    for key, value in (("user_id", user_id), ("kiosk_id", kiosk_id)):
+        if not _unicode(value):
+            raise SessionError(key, f"{name[key]} must be valid Unicode text")
     if not user_id:
-        raise ValueError("user must not be empty")
-    if ttl <= 0:
-        raise ValueError("ttl must be positive")
+        raise SessionError("user_id", f"{name['user_id']} must not be empty")
+    if role not in ROLES:
+        raise SessionError("role", f"{name['role']} must be one of {', '.join(ROLES)}, got {role!r}")
+    if not 0 < ttl <= MAX_TTL:  # NaN and infinities fail too
+        raise SessionError("ttl", f"{name['ttl']} must be a number of seconds above 0 and at most {MAX_TTL}, "
+                                  f"got {ttl!r}")
+
+
+def check_session_request(user_id: str, role: str, kiosk_id: str | None, ttl: float,
+                          names: dict[str, str] | None = None) -> None:
+    """What may be asked for (`eformws sessions create`, POST /api/websocket/sessions):
+    what every store accepts, and a kiosk session names its kiosk (its own kiosk's room is
+    the one room it may join besides the default); a kiosk id given is not empty."""
+    check_new_session(user_id, role, ttl, kiosk_id, names)
+    name = {**FIELD_NAMES, **(names or {})}
+    if role == "kiosk" and not kiosk_id:
+        raise SessionError("kiosk_id", f"a kiosk session needs {name['kiosk_id']} (its own kiosk's room is the one "
+                                       "room it may join besides the default)")
+    if kiosk_id == "":
+        raise SessionError("kiosk_id", f"{name['kiosk_id']} must not be empty")
 
 
 @inlineCallbacks

@@ -48,6 +48,17 @@ def _record(text) -> dict | None:
     return record
 
 
+def _row(hashed: str, record: dict) -> SessionRow:
+    """What `sessions list` shows of a stored record (by the hash of its key); a record
+    without a usable `created_at` (it is optional) counts as the oldest."""
+    try:
+        created_at = float(record.get("created_at", 0.0))
+    except (ValueError, TypeError):
+        created_at = 0.0
+    return SessionRow(hashed[:REF_LENGTH], record["user_id"], record["role"], record.get("kiosk_id"),
+                      created_at, record["expires_at"], bool(record.get("revoked")))
+
+
 def parse_record(session_id: str, text, now: float) -> Session | None:
     """A live Session from a stored record; None for anything missing, malformed or over."""
     record = _record(text)
@@ -77,7 +88,7 @@ class RedisSessionStore(MultiService):
 
     @inlineCallbacks
     def create(self, user_id, role, kiosk_id=None, ttl=86400.0):
-        check_new_session(user_id, role, ttl)
+        check_new_session(user_id, role, ttl, kiosk_id)
         session_id = new_session_id()
         now = self._clock()
         yield self.connection.command(
@@ -107,33 +118,37 @@ class RedisSessionStore(MultiService):
             for hashed, text in zip(chunk, texts):
                 record = _record(text)
                 if record is not None:
-                    rows.append(SessionRow(
-                        hashed[:REF_LENGTH], record["user_id"], record["role"], record.get("kiosk_id"),
-                        float(record.get("created_at", 0.0)), record["expires_at"], bool(record.get("revoked")),
-                    ))
+                    rows.append(_row(hashed, record))
         return sorted(rows, key=lambda row: row.created_at)
 
     @inlineCallbacks
-    def revoke(self, id_or_ref):
+    def revoke_row(self, id_or_ref):
         """Mark revoked by full id, or by a reference that matches exactly one live session;
-        the count. The key keeps its expiry, so the record goes when it would have."""
-        keys = [self._key(id_hash(id_or_ref))]
+        the row revoked (as it was listed), else None. The key keeps its expiry, so the
+        record goes when it would have."""
+        hashes = [id_hash(id_or_ref)]
         ref = as_reference(id_or_ref)
         if ref is not None:
             matches = yield self._hashes(ref + "*")
-            keys.append(self._key(matches[0]) if len(matches) == 1 else None)
-        for key in keys:
-            if key is None:
+            hashes.append(matches[0] if len(matches) == 1 else None)
+        for hashed in hashes:
+            if hashed is None:
                 continue
+            key = self._key(hashed)
             record = _record((yield self.connection.command("GET", key)))
             if record is None or record.get("revoked"):
                 continue
+            row = _row(hashed, record)
             record["revoked"] = True
             written = yield self.connection.command(
                 "SET", key, json.dumps(record, separators=(",", ":")), "XX", "KEEPTTL"
             )
-            return 1 if written else 0
-        return 0
+            return row if written else None
+        return None
+
+    def revoke(self, id_or_ref):
+        """Revoke as `revoke_row` does; the count."""
+        return self.revoke_row(id_or_ref).addCallback(lambda row: 0 if row is None else 1)
 
     def ping(self):
         return self.connection.command("PING")

@@ -33,6 +33,11 @@ def id_hash(session_id: str) -> str:
     return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
 
 
+def reference(session_id: str) -> str:
+    """The reference `sessions list` shows for a session id (a prefix of its hash)."""
+    return id_hash(session_id)[:REF_LENGTH]
+
+
 @dataclass(frozen=True)
 class SessionRow:
     """What `sessions list` shows: a reference (hash prefix), never the id itself."""
@@ -45,6 +50,18 @@ class SessionRow:
     expires_at: float
     revoked: bool
 
+    def state(self, now: float) -> str:
+        """`revoked`, else `expired` once `expires_at` has come, else `live`."""
+        return "revoked" if self.revoked else ("expired" if self.expires_at <= now else "live")
+
+
+ROW_COLUMNS = "id_hash, user_id, role, kiosk_id, created_at, expires_at, revoked"
+
+
+def _row(r) -> SessionRow:
+    """A SessionRow of the ROW_COLUMNS of a row."""
+    return SessionRow(r[0][:REF_LENGTH], r[1], r[2], r[3], r[4], r[5], bool(r[6]))
+
 
 def create_session(
     connection: sqlite3.Connection,
@@ -54,7 +71,7 @@ def create_session(
     ttl: float,
     now: float | None = None,
 ) -> Session:
-    check_new_session(user_id, role, ttl)
+    check_new_session(user_id, role, ttl, kiosk_id)
     now = time.time() if now is None else now
     session_id = new_session_id()
     create_schema(connection)
@@ -82,11 +99,8 @@ def lookup_session(connection: sqlite3.Connection, session_id: str, now: float |
 
 def list_sessions(connection: sqlite3.Connection) -> list[SessionRow]:
     create_schema(connection)
-    rows = connection.execute(
-        "SELECT id_hash, user_id, role, kiosk_id, created_at, expires_at, revoked"
-        " FROM sessions ORDER BY created_at"
-    ).fetchall()
-    return [SessionRow(r[0][:REF_LENGTH], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+    rows = connection.execute(f"SELECT {ROW_COLUMNS} FROM sessions ORDER BY created_at").fetchall()
+    return [_row(r) for r in rows]
 
 
 def as_reference(id_or_ref: str) -> str | None:
@@ -97,24 +111,27 @@ def as_reference(id_or_ref: str) -> str | None:
     return ref
 
 
+def revoke_session_row(connection: sqlite3.Connection, id_or_ref: str) -> SessionRow | None:
+    """Revoke by full session id, or by the reference `sessions list` shows when it matches
+    exactly one session not revoked yet; the row revoked (as it was listed), else None."""
+    create_schema(connection)
+    found = connection.execute(
+        f"SELECT {ROW_COLUMNS} FROM sessions WHERE id_hash = ? AND revoked = 0", (id_hash(id_or_ref),)
+    ).fetchall()
+    ref = as_reference(id_or_ref)
+    if not found and ref is not None:
+        found = connection.execute(
+            f"SELECT {ROW_COLUMNS} FROM sessions WHERE id_hash LIKE ? AND revoked = 0", (ref + "%",)
+        ).fetchall()
+    if len(found) != 1:
+        return None
+    connection.execute("UPDATE sessions SET revoked = 1 WHERE id_hash = ?", (found[0][0],))
+    return _row(found[0])
+
+
 def revoke_session(connection: sqlite3.Connection, id_or_ref: str) -> int:
     """Revoke by full session id, or by the reference `sessions list` shows; the count."""
-    create_schema(connection)
-    cursor = connection.execute(
-        "UPDATE sessions SET revoked = 1 WHERE id_hash = ? AND revoked = 0", (id_hash(id_or_ref),)
-    )
-    ref = as_reference(id_or_ref)
-    if cursor.rowcount or ref is None:
-        return cursor.rowcount
-    matches = connection.execute(
-        "SELECT id_hash FROM sessions WHERE id_hash LIKE ? AND revoked = 0",
-        (ref + "%",),
-    ).fetchall()
-    if len(matches) != 1:
-        return 0
-    return connection.execute(
-        "UPDATE sessions SET revoked = 1 WHERE id_hash = ?", (matches[0][0],)
-    ).rowcount
+    return 0 if revoke_session_row(connection, id_or_ref) is None else 1
 
 
 @implementer(ISessionStore)
@@ -131,6 +148,12 @@ class SQLiteSessionStore:
 
     def revoke(self, id_or_ref):
         return self._db.run(revoke_session, id_or_ref)
+
+    def revoke_row(self, id_or_ref):
+        return self._db.run(revoke_session_row, id_or_ref)
+
+    def list(self):
+        return self._db.run(list_sessions)
 
     def ping(self):
         return self._db.run(lambda connection: connection.execute("SELECT 1").fetchone())
