@@ -33,7 +33,9 @@ FACTOR = 2.0  # the ceiling is multiplied by this after every failed attempt
 # Control messages of the protocol; every other message is an event for the application.
 CONTROL_TYPES = frozenset({"connection", "room_joined", "room_left", "pong", "resumed", "error"})
 # Refusals that another attempt cannot change: the client stops instead of retrying.
-FINAL_CLOSE_REASONS = frozenset({"Authentication required", "Authentication failed", "Forbidden", "Session expired"})
+FINAL_CLOSE_REASONS = frozenset(
+    {"Authentication required", "Authentication failed", "Forbidden", "Session expired", "Session revoked"}
+)
 FINAL_HTTP_STATUSES = frozenset({400, 401, 403, 404})
 CLOSE_POLICY = 1008
 RATE_LIMITED_RETRY = 0.25  # seconds before a request refused `rate_limited` is sent again
@@ -555,6 +557,7 @@ class EformClient:
         headers = {"Authorization": f"Bearer {self._session_id}"} if self._session_id else {}
         factory = WebSocketClientFactory(url, headers=headers, useragent="eformws-client", reactor=self._reactor)
         factory.protocol = _ClientProtocol
+        factory.noisy = False  # no "Starting factory" line per attempt: the client logs its own
         factory.client, factory.link = self, link
         ping_interval, ping_timeout = self._ping
         factory.setProtocolOptions(

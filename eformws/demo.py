@@ -1,5 +1,6 @@
 """The demo: a generator of realistic locker, help-request, command and status events for a
-few kiosks, run by `twistd -n eformws --demo` (or `eformws demo`) beside a demo admin session."""
+few kiosks, run by `twistd -n eformws --demo` (or `eformws demo`) beside a demo admin session
+and simulated kiosk, staff and WAMP clients (eformws/demo_clients.py)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
 from eformws import wire
+from eformws.demo_clients import SESSION_TTL, DemoClients, client_host
 from eformws.events import ValidationError
 
 log = Logger(namespace="eformws.demo")
+
+ADMIN = "demo-admin"  # the user of the admin session the demo prints
 
 KIOSKS = ("kiosk-1", "kiosk-2", "kiosk-3")
 LOCKERS_PER_KIOSK = 24
@@ -119,11 +123,13 @@ class DemoGenerator(TimerService):
 
 
 class DemoService(MultiService):
-    """The gateway on a throw-away SQLite file, an admin session made for the demo and
-    printed once on the terminal (not logged), and the event generator."""
+    """The gateway on a throw-away SQLite file (or on the Redis named), an admin session
+    made for the demo and printed once on the terminal (not logged), the event generator
+    and, unless `clients` is false, the simulated clients (`self.clients`, a DemoClients,
+    once the gateway listens)."""
 
-    def __init__(self, config, session_id: str, interval: float = 0.7, stream=None, inherited_fd: int | None = None,
-                 directory: str | None = None):
+    def __init__(self, config, interval: float = 0.7, stream=None, inherited_fd: int | None = None,
+                 directory: str | None = None, clients: bool = True):
         super().__init__()
         from eformws.service import EformService
 
@@ -131,15 +137,37 @@ class DemoService(MultiService):
         self.gateway = EformService(config, inherited_fd=inherited_fd)
         self.gateway.setServiceParent(self)
         self.generator = DemoGenerator(self.gateway.events, interval)
-        self.session_id = session_id
+        self.session_id = None  # the admin session's, once made in the gateway's own store
         self.stream = stream or sys.stdout
+        self.simulate = clients
+        self.clients = None
 
     def startService(self):
         super().startService()
-        self.gateway.ready.addCallback(lambda _: self._announce() if self.running else None)
+        self.gateway.ready.addCallback(self._when_listening)
+
+    @inlineCallbacks
+    def _when_listening(self, result):
+        """In the gateway's `ready` chain (whose result it passes on): the admin session,
+        made in the gateway's own store (SQLite, or Redis with --redis), printed; then the
+        generator and the simulated clients."""
+        if not self.running:
+            return result
+        try:
+            session = yield self.gateway.sessions.create(ADMIN, "admin", None, SESSION_TTL)
+        except Exception as e:
+            log.error("demo: its admin session could not be made ({error}); no events are generated",
+                      error=f"{type(e).__name__}: {e}")
+            return result
+        self.session_id = session.id
+        if self.running:
+            self._announce()
+        return result
 
     @inlineCallbacks
     def stopService(self):
+        if self.clients is not None and self.clients.running:
+            yield self.clients.stopService()  # the clients leave first, as real ones would
         yield super().stopService()
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -156,6 +184,22 @@ class DemoService(MultiService):
         )
         self.stream.flush()
         self.generator.setServiceParent(self)
+        if self.simulate:
+            self._start_clients()
+
+    def _start_clients(self):
+        if self.gateway.tls is not None:
+            log.info("demo: no simulated clients (they connect over plain ws:// and the gateway serves TLS)")
+            return
+        base_url = f"http://{client_host(self.gateway.config.get('server', 'host'))}:{self.gateway.port}"
+        self.clients = DemoClients(self.gateway.sessions, base_url, KIOSKS, reactor=self.gateway.reactor)
+        self.clients.setServiceParent(self)
+        d = self.clients.when_connected()
+        d.addCallbacks(lambda _: log.info(
+            "demo clients connected: {kiosks} kiosks on /ws/lockers (each in its kiosk's room), {staff} staff on "
+            "/ws/help, {wamp} WAMP session on /wamp", kiosks=len(self.clients.kiosks), staff=len(self.clients.staff),
+            wamp=1 if self.clients.wamp is not None else 0,
+        ), lambda _: None)  # stopped before they all connected: nothing to say
 
 
 def demo_config(options_overrides: dict, config_path: str | None, directory: str):
@@ -166,15 +210,3 @@ def demo_config(options_overrides: dict, config_path: str | None, directory: str
     overrides.setdefault(("sessions", "path"), os.path.join(directory, "demo.db"))
     overrides.setdefault(("events", "path"), os.path.join(directory, "demo.db"))
     return load_config(config_path, overrides)
-
-
-def demo_session(config) -> str:
-    """A new admin session in the demo's SQLite store; its id."""
-    from eformws.sessions.sqlite import create_session
-    from eformws.sqlite import connect
-
-    connection = connect(config.get("sessions", "path"))
-    try:
-        return create_session(connection, "demo-admin", "admin", None, 7 * 86400).id
-    finally:
-        connection.close()

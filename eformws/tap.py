@@ -34,8 +34,8 @@ class Options(usage.Options):
                 kept.append(line)
         return "\n".join(kept) + "\n"
     optFlags = [
-        ["demo", None, "Demo: a throw-away store, an admin session printed on start, and a generator of "
-         "realistic events (see also `eformws demo`)."],
+        ["demo", None, "Demo: a throw-away store, an admin session printed on start, a generator of "
+         "realistic events and simulated kiosk, staff and WAMP clients (see also `eformws demo`)."],
     ]
     optParameters = [
         ["config", "c", None, "TOML configuration file (default: none, embedded defaults)."],
@@ -114,7 +114,7 @@ def _demo(options):
     import shutil
     import tempfile
 
-    from eformws.demo import DemoService, demo_config, demo_session
+    from eformws.demo import DemoService, demo_config
 
     overrides = options.overrides()
     overrides.setdefault(("server", "host"), "127.0.0.1")
@@ -127,4 +127,4 @@ def _demo(options):
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
-    return DemoService(config, demo_session(config), inherited_fd=listener.detach(), directory=directory)
+    return DemoService(config, inherited_fd=listener.detach(), directory=directory)
