@@ -5,36 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import shutil
 import time
 import uuid
-from pathlib import Path
 
-import pytest
 import pytest_twisted
 import treq
+from browser import WIDE, Recorder, closing_after, chromium, emit_status, expect, future, log_in, logged_in, open_console  # noqa: F401
 from conftest import aio
-from twisted.internet import defer
-from twisted.logger import formatEvent, globalLogPublisher
 
 from eformws.console import content_security_policy
 
-try:  # the browser tests say what is missing (tests/test_console.py::_playwright)
-    from playwright.async_api import async_playwright, expect
-except ImportError:
-    async_playwright = expect = None
-
-REPO = Path(__file__).resolve().parents[1]
-SCREENSHOT = REPO / "artifacts" / "console.png"
 LOCKERS = "/ws/lockers"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def future(deferred: defer.Deferred) -> asyncio.Future:
-    """Await a Twisted Deferred from asyncio code (the browser scenarios are asyncio)."""
-    return deferred.asFuture(asyncio.get_event_loop())
 
 
 async def get(server, path: str, method: str = "GET", **kwargs):
@@ -134,82 +116,18 @@ def test_the_policy_names_the_host_only_when_it_is_a_plain_host():
         assert b"connect-src 'self';" in content_security_policy(hostile)
 
 
-# -- in a real browser -------------------------------------------------------------------
-
-
-def _playwright():
-    """Playwright and Debian's Chromium; under scripts/test (which installs them) or in CI
-    their absence is a failure, else a skip."""
-    problem = (
-        "playwright is not installed (pip install -e '.[test]')" if async_playwright is None
-        else "no chromium on PATH (apt-get install chromium)" if CHROMIUM is None
-        else None
-    )
-    if problem:
-        if os.environ.get("CI") or os.environ.get("EFORMWS_TEST_REQUIRE_ALL"):
-            pytest.fail(f"the console's browser tests need {problem}")
-        pytest.skip(problem)
-
-
-@pytest_twisted.async_yield_fixture(scope="module")
-async def chromium():
-    _playwright()
-    playwright = await aio(async_playwright().start())
-    browser = await aio(playwright.chromium.launch(executable_path=CHROMIUM))
-    yield browser
-    await aio(browser.close())
-    await aio(playwright.stop())
-
-
-class Recorder:
-    """Every URL the browser asked for and every line the server logged, to show that a
-    session id appears in neither."""
-
-    def __init__(self, page):
-        self.urls: list[str] = []
-        self.lines: list[str] = []
-        self.errors: list[str] = []
-        page.on("request", lambda request: self.urls.append(request.url))
-        page.on("websocket", lambda socket: self.urls.append(socket.url))
-        page.on("pageerror", lambda error: self.errors.append(str(error)))
-        page.on("console", self.console)
-
-    def console(self, message):
-        if "Content Security Policy" in message.text:
-            self.errors.append(message.text)
-
-    def observe(self, event):
-        if event.get("log_format"):
-            self.lines.append(formatEvent(event))
-        self.lines.extend(str(part) for part in event.get("message", ()))
-        if event.get("log_io"):
-            self.lines.append(event["log_io"])
-
-    def __enter__(self):
-        globalLogPublisher.addObserver(self.observe)
-        return self
-
-    def __exit__(self, *exc):
-        globalLogPublisher.removeObserver(self.observe)
-
-
-async def log_in(page, server, session_id: str):
-    await page.goto(server.http("/"))
-    assert page.url == server.http("/console")
-    await page.fill("#session-id", session_id)
-    await page.click("#login-form button")
+# -- in a real browser: logging in, the event stream, the status cards --------------------
 
 
 @pytest_twisted.ensureDeferred
-async def test_staff_log_in_see_a_live_event_within_a_second_and_broadcast_to_another_client(server, chromium, capsys):
+async def test_staff_log_in_see_a_live_event_within_a_second_and_broadcast_to_another_client(server, chromium):
     session_id = await server.session("alice", "admin")
     kiosk = await server.join(LOCKERS, await server.session("kiosk-7", "kiosk", kiosk="kiosk-7"))
-    context = await aio(chromium.new_context(viewport={"width": 1280, "height": 900}))
+    context = await aio(chromium.new_context(viewport=WIDE))
     page = await aio(context.new_page())
 
     async def scenario():
-        await log_in(page, server, session_id)
-        await page.wait_for_selector("#link-state.on", timeout=5000)  # /ws/events is open
+        await logged_in(page, server, session_id)
         assert await page.is_hidden("#login")
 
         cookies = {c["name"]: c for c in await context.cookies()}
@@ -226,9 +144,7 @@ async def test_staff_log_in_see_a_live_event_within_a_second_and_broadcast_to_an
         # A live event, timed from just before its emission to its row in the page.
         marker = f"health-{uuid.uuid4().hex[:8]}"
         emitted_ms = time.time() * 1000
-        stored = await future(server.service.events.emit(
-            "system_status", {"component": "kiosk", "status": "online", "health_score": 97, "message": marker}
-        ))
+        stored = await future(emit_status(server, marker))
         row = await page.wait_for_selector(f'#events tbody tr:has-text("{marker}")', timeout=1000)
         received_ms = float(await row.get_attribute("data-received"))
         assert received_ms - emitted_ms < 1000
@@ -250,19 +166,11 @@ async def test_staff_log_in_see_a_live_event_within_a_second_and_broadcast_to_an
         assert (message["type"], message["namespace"], message["data"]) == ("maintenance", LOCKERS, {"minutes": 5})
         await page.wait_for_selector("#broadcast-result.ok", timeout=5000)
         assert (await page.inner_text("#broadcast-result")).startswith("Broadcast sent to /ws/lockers (1 connection")
-
-        # Let the latency chart draw a few points, then keep a picture for CI.
         await expect(page.locator("#lat-p99")).to_have_text(re.compile(r"^(?!0\.00$)[0-9]+\.[0-9]{2}$"))
-        await asyncio.sleep(2.5)
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        await page.screenshot(path=str(SCREENSHOT), full_page=True)
 
     with Recorder(page) as recorded:
-        await aio(scenario())
-        await aio(context.close())
+        await closing_after(context, scenario())
     await kiosk.close()
-    with capsys.disabled():
-        print(f"\nconsole screenshot: {SCREENSHOT}")
     assert recorded.errors == []
     assert any(url.endswith("/ws/events") for url in recorded.urls)
     assert recorded.lines, "the access log was not observed"
@@ -276,32 +184,137 @@ async def test_the_event_stream_resumes_after_a_dropped_connection_with_every_ev
     context = await aio(chromium.new_context())
     page = await aio(context.new_page())
 
-    def emit(n: int):
-        return server.service.events.emit(
-            "system_status", {"component": "kiosk", "status": "online", "health_score": 90, "message": f"m{n}"}
-        )
-
     async def scenario():
-        await log_in(page, server, session_id)
-        await page.wait_for_selector("#link-state.on", timeout=5000)
-        before = [await future(emit(n)) for n in range(3)]
+        await logged_in(page, server, session_id)  # recorded from the first socket on
+        before = [await future(emit_status(server, f"m{n}", 90)) for n in range(3)]
         await expect(page.locator("#events tbody tr[data-seq]")).to_have_count(3)
         for connection in list(server.hub.namespaces["/ws/events"].connections.values()):
             connection.abort()  # the network drops it: no close frame
         await page.wait_for_selector("#link-state.warn", timeout=5000)
-        missed = [await future(emit(n)) for n in range(3, 13)]  # while the page reconnects
+        missed = [await future(emit_status(server, f"m{n}", 90)) for n in range(3, 13)]  # while the page reconnects
         await page.wait_for_selector("#link-state.on", timeout=10_000)
         rows = page.locator("#events tbody tr[data-seq]")
         await expect(rows).to_have_count(13)
         seqs = [await rows.nth(i).get_attribute("data-seq") for i in range(13)]
         assert sorted(seqs, key=int) == [e["seq"] for e in before + missed]  # each once
-        await context.close()
 
     with Recorder(page) as recorded:
-        await aio(scenario())
+        await closing_after(context, scenario())
     sockets = [url for url in recorded.urls if "/ws/events" in url]
     assert len(sockets) == 2 and "since=" in sockets[1] and "epoch=" in sockets[1], sockets
     assert recorded.errors == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_clicking_an_event_row_shows_its_full_json_and_copies_it(server, chromium):
+    context, page, session_id = await open_console(server, chromium, "alice", "admin", clipboard=True)
+
+    async def scenario():
+        stored = await future(emit_status(server, "x" * 400))  # far wider than its cell
+        row = page.locator(f'#events tbody tr.event[data-seq="{stored["seq"]}"]')
+        await row.click()
+        assert await row.get_attribute("aria-expanded") == "true"
+        detail = page.locator("#events tbody tr.detail")
+        shown = json.loads(await detail.locator("pre").inner_text())
+        assert shown == stored  # the whole envelope, data untruncated
+        await detail.locator("button.copy").click()
+        await expect(detail.locator("button.copy")).to_have_text("Copied")
+        assert json.loads(await page.evaluate("navigator.clipboard.readText()")) == stored
+        await row.press("Enter")  # the keyboard closes it as a click does
+        await expect(detail).to_have_count(0)
+        assert await row.get_attribute("aria-expanded") == "false"
+
+    with Recorder(page) as recorded:
+        await closing_after(context, scenario())
+    assert recorded.errors == []
+
+
+class ScriptedStatus:
+    """Answers the page's status polls: each poll the first answer of `answers` (a p99 in
+    ms, or None for a failed request), the last one repeating. `polled(n)` fires once n
+    more polls were answered."""
+
+    def __init__(self, real: dict):
+        self.real = real
+        self.answers: list[float | None] = [1.0]
+        self.polls = 0
+        self.waiting: list[tuple[int, asyncio.Future]] = []
+
+    async def handle(self, route):
+        value = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if value is None:
+            await route.abort("connectionrefused")
+        else:
+            body = dict(self.real, latency_metrics={"median": value / 4, "p95": value / 2, "p99": value})
+            await route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+        self.polls += 1
+        for target, waiter in list(self.waiting):
+            if self.polls >= target and not waiter.done():
+                waiter.set_result(None)
+
+    def polled(self, n: int) -> asyncio.Future:
+        waiter = asyncio.get_event_loop().create_future()
+        self.waiting.append((self.polls + n, waiter))
+        return waiter
+
+
+async def scripted_status(server, page) -> ScriptedStatus:
+    response = await future(treq.get(server.http("/api/websocket/status"), persistent=False))
+    script = ScriptedStatus(await future(response.json()))
+    await page.route("**/api/websocket/status", script.handle)
+    return script
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_latency_scale_stays_put_while_values_move_within_its_decades(server, chromium):
+    context, page, _ = await open_console(server, chromium)
+    chart = page.locator("#latency-chart")
+
+    async def showing(p99: float) -> str:
+        await expect(page.locator("#lat-p99")).to_have_text(f"{p99:.2f}")
+        return await chart.get_attribute("data-top")
+
+    async def scenario():
+        script = await scripted_status(server, page)
+        tops = []
+        for p99 in (2.0, 9.0, 3.0, 8.0, 5.0):
+            script.answers = [p99]
+            tops.append(await showing(p99))
+        assert tops == ["10"] * 5  # a linear 1-2-5 axis would have jumped between 5 and 10
+        script.answers = [40.0]
+        assert await showing(40.0) == "100"
+        script.answers = [3.0]
+        assert await showing(3.0) == "100"  # the spike is still in the window: no jump back
+        assert await chart.get_attribute("data-bottom") == "0.1"  # the p50s (a quarter of the p99s) reach below 1 ms
+
+    await closing_after(context, scenario())
+
+
+@pytest_twisted.ensureDeferred
+async def test_while_the_status_cannot_be_fetched_the_numbers_are_greyed_and_the_chart_has_a_gap(server, chromium):
+    context, page, session_id = await open_console(server, chromium, "alice", "admin")
+    app = page.locator("#app")
+    cell = page.locator("#namespaces tbody td").first
+
+    async def scenario():
+        script = await scripted_status(server, page)
+        script.answers = [5.0]
+        await expect(page.locator("#lat-p99")).to_have_text("5.00")
+        live_colour = await cell.evaluate("td => getComputedStyle(td).color")
+        script.answers = [None]
+        await expect(app).to_have_class(re.compile(r"\bstale\b"))
+        await expect(page.locator("#updated")).to_contain_text("status unavailable since")
+        assert await cell.evaluate("td => getComputedStyle(td).color") != live_colour
+        await expect(page.locator(".live-numbers .stale-note").first).to_be_visible()
+        await script.polled(2)
+        script.answers = [6.0]
+        await expect(page.locator("#lat-p99")).to_have_text("6.00")
+        await expect(app).not_to_have_class(re.compile(r"\bstale\b"))
+        assert await cell.evaluate("td => getComputedStyle(td).color") == live_colour
+        path = await page.locator("#latency-chart path.p99").get_attribute("d")
+        assert path.count("M") == 2, path  # before the outage, after it: no line across it
+
+    await closing_after(context, scenario())
 
 
 @pytest_twisted.ensureDeferred
@@ -318,75 +331,42 @@ async def test_a_wrong_session_id_is_refused_and_not_kept(server, chromium):
         await page.fill("#session-id", "has;semicolon=x")
         await page.click("#login-form button")
         await expect(page.locator("#login-error")).to_have_text("That is not a session id.")
-        await context.close()
 
-    await aio(scenario())
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_staff_session_sees_why_its_broadcast_was_refused(server, chromium):
-    session_id = await server.session("bob", "staff")
-    context = await aio(chromium.new_context())
-    page = await aio(context.new_page())
-
-    async def scenario():
-        await log_in(page, server, session_id)
-        await page.wait_for_selector("#link-state.on", timeout=5000)
-        await page.fill("#bc-event", "maintenance")
-        await page.click("#broadcast-form button")
-        await page.wait_for_selector("#broadcast-result.error", timeout=5000)
-        assert await page.inner_text("#broadcast-result") == "403 Forbidden: This session may not do that"
-        await page.fill("#bc-data", "[1, 2]")
-        await page.click("#broadcast-form button")
-        await expect(page.locator("#broadcast-result")).to_have_text("Data must be a JSON object.")
-        await context.close()
-
-    await aio(scenario())
+    await closing_after(context, scenario())
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_revoked_session_returns_to_the_login_and_a_reload_stays_there(start_server, chromium):
+async def test_a_revoked_session_returns_to_the_login_saying_so_and_a_reload_stays_there(start_server, chromium):
     server = await start_server({"sessions.recheck_interval": 0.1})
-    session_id = await server.session("carol", "admin")
-    context = await aio(chromium.new_context())
-    page = await aio(context.new_page())
+    context, page, session_id = await open_console(server, chromium, "carol", "admin")
 
     async def scenario():
-        await log_in(page, server, session_id)
-        await page.wait_for_selector("#link-state.on", timeout=5000)
         await future(server.service.sessions.revoke(session_id))
         await page.wait_for_selector("#login", state="visible", timeout=5000)
-        assert await page.inner_text("#login-error") == "Session expired"
+        assert await page.inner_text("#login-error") == "Session revoked"
         assert [c for c in await context.cookies() if c["name"] == "sessionId"] == []
         await page.reload()
         await page.wait_for_selector("#login", state="visible", timeout=5000)
         assert await page.is_hidden("#app")
-        await context.close()
 
-    await aio(scenario())
+    await closing_after(context, scenario())
 
 
 @pytest_twisted.ensureDeferred
 async def test_logging_out_forgets_the_cookie_and_closes_the_event_stream(server, chromium):
-    session_id = await server.session("dave", "admin")
-    context = await aio(chromium.new_context())
-    page = await aio(context.new_page())
+    context, page, session_id = await open_console(server, chromium, "dave", "admin")
 
     async def scenario():
-        await log_in(page, server, session_id)
-        await page.wait_for_selector("#link-state.on", timeout=5000)
         assert server.hub.connection_count("/ws/events") == 1
+        connection = next(iter(server.hub.namespaces["/ws/events"].connections.values()))
+        closed = connection.closed
         await page.click("#logout")
         await page.wait_for_selector("#login", state="visible")
         assert [c for c in await context.cookies() if c["name"] == "sessionId"] == []
-        for _ in range(50):
-            if server.hub.connection_count("/ws/events") == 0:
-                break
-            await asyncio.sleep(0.05)
+        await future(closed)
         assert server.hub.connection_count("/ws/events") == 0
-        await context.close()
 
-    await aio(scenario())
+    await closing_after(context, scenario())
 
 
 @pytest_twisted.ensureDeferred
@@ -394,15 +374,10 @@ async def test_with_redis_each_node_is_listed_with_its_connections(start_server,
     server = await start_server({"redis.url": redis_url, "redis.prefix": redis_prefix})
     for part in (server.service.sessions, server.service.nodes):
         await part.connection.when_connected()
-    session_id = await server.session("erin", "admin")
-    context = await aio(chromium.new_context())
-    page = await aio(context.new_page())
+    context, page, session_id = await open_console(server, chromium, "erin", "admin")
 
     async def scenario():
-        await log_in(page, server, session_id)
-        await page.wait_for_selector("#link-state.on", timeout=5000)
         row = page.locator("#nodes tbody tr", has_text=server.service.node_id)
         await expect(row).to_contain_text("/ws/events 1")
-        await context.close()
 
-    await aio(scenario())
+    await closing_after(context, scenario())

@@ -2,43 +2,75 @@
 // kept in a cookie, status is polled over HTTP, events are followed over WebSocket.
 //
 // What it uses, all on this origin (docs/protocol.md):
-//   GET  /api/websocket/health     any valid session: does the cookie log us in?
-//   GET  /api/websocket/status     connections, rooms, nodes, latency percentiles
-//   WS   /ws/events                every event as it happens (the cookie authenticates;
-//                                  `?since=<seq>&epoch=<epoch>` resumes after a reconnect)
-//   POST /api/websocket/broadcast  admins only; others are shown the server's message
+//   GET    /api/websocket/health          any valid session: does the cookie log us in?
+//   GET    /api/websocket/session         who we are and what our role may do
+//   GET    /api/websocket/status          connections, rooms, nodes, latency percentiles
+//   WS     /ws/events                     every event as it happens (the cookie authenticates;
+//                                         `?since=<seq>&epoch=<epoch>` resumes after a reconnect)
+//   POST   /api/websocket/broadcast       roles in auth.broadcast_roles
+//   POST   /api/websocket/events          the same roles: a structured event, validated by the server
+//   GET    /api/websocket/sessions        roles in auth.session_admin_roles: references, never ids
+//   POST   /api/websocket/sessions        ... create (the id is answered once)
+//   DELETE /api/websocket/sessions/<ref>  ... revoke
 // Data from the server is only ever written with textContent, never as HTML.
 "use strict";
 
 (() => {
   const COOKIE = "sessionId";
   const STATUS_INTERVAL_MS = 1000;
+  const SESSIONS_INTERVAL_MS = 10000;
   const MAX_EVENTS = 500; // rows kept; the oldest go first
-  const MAX_POINTS = 120; // latency samples on the chart (two minutes at one a second)
+  const CHART_SPAN_MS = 120000; // the latency chart shows the last two minutes
   const RECONNECT_MAX_MS = 10000;
+  const CONFIRM_MS = 5000; // how long a "Confirm revoke" button waits for its second click
   // RFC 6265 cookie-octets: what a cookie value may hold without quoting (no ; , space " \).
   const COOKIE_VALUE = /^[\x21\x23-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]{1,512}$/;
-  const SERIES = [
-    {key: "median", color: "#2f6fde"},
-    {key: "p95", color: "#e08a00"},
-    {key: "p99", color: "#d2344a"},
-  ];
+  // The status's latency_metrics keys, as the chart and legend name them.
+  const SERIES = [["p50", "median"], ["p95", "p95"], ["p99", "p99"]];
+  const SVG = "http://www.w3.org/2000/svg";
 
   const $ = (id) => document.getElementById(id);
   const state = {
     running: false,
+    me: null, // GET /api/websocket/session: {user_id, role, kiosk_id, may: {...}}
     statusTimer: null,
+    sessionsTimer: null,
     socket: null,
     reconnectTimer: null,
     reconnectDelay: 1000,
     lastSeq: null, // the newest structured event's seq: where a reconnect resumes ...
     lastEpoch: null, // ... in this event log
     seenIds: new Set(), // ids of structured events shown (a replay may repeat some)
-    events: [], // {message, receivedAt}, oldest first
+    events: [], // {message, receivedAt, row, detail}, oldest first
+    rows: new WeakMap(), // row -> its entry
     types: new Set(),
-    latency: [], // {t, median, p95, p99}
+    latency: [], // {t, p50, p95, p99} or {t, gap: true}, oldest first
     namespaces: [],
+    sessions: [],
   };
+
+  // -- requests -----------------------------------------------------------------------
+
+  /** {ok, status, body}: a JSON request on this origin; status 0 when unreachable. */
+  async function request(method, path, body) {
+    const init = {method, cache: "no-store", headers: {}};
+    if (method !== "GET") init.headers["Content-Type"] = "application/json"; // what a cookie-authenticated change must send
+    if (body !== undefined) init.body = JSON.stringify(body);
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (error) {
+      return {ok: false, status: 0, body: {message: "The server cannot be reached."}};
+    }
+    const answer = await response.json().catch(() => ({}));
+    return {ok: response.ok, status: response.status, body: answer};
+  }
+
+  /** "403 Forbidden: This session may not do that" */
+  function problem(answer) {
+    if (answer.status === 0) return answer.body.message;
+    return `${answer.status} ${answer.body.error || ""}: ${answer.body.message || ""}`;
+  }
 
   // -- the session cookie ------------------------------------------------------------
 
@@ -56,15 +88,9 @@
 
   /** null when the cookies sent log us in, else {status, message}: the server's reason. */
   async function checkSession() {
-    let response;
-    try {
-      response = await fetch("/api/websocket/health", {cache: "no-store"});
-    } catch (error) {
-      return {status: 0, message: "The server cannot be reached."};
-    }
-    if (response.ok) return null;
-    const body = await response.json().catch(() => ({}));
-    return {status: response.status, message: body.message || `HTTP ${response.status}`};
+    const answer = await request("GET", "/api/websocket/health");
+    if (answer.ok) return null;
+    return {status: answer.status, message: answer.body.message || `HTTP ${answer.status}`};
   }
 
   async function logIn(event) {
@@ -77,10 +103,10 @@
       return;
     }
     setSessionCookie(value);
-    const problem = await checkSession();
-    if (problem) {
+    const refused = await checkSession();
+    if (refused) {
       clearSessionCookie();
-      showLogin(problem.message);
+      showLogin(refused.message);
       return;
     }
     start();
@@ -96,6 +122,7 @@
     $("login").hidden = false;
     $("app").hidden = true;
     $("logout").hidden = true;
+    $("who").hidden = true;
     $("login-error").textContent = message;
     setLink("signed out", "off");
     $("session-id").focus();
@@ -103,7 +130,7 @@
 
   // -- running ----------------------------------------------------------------------
 
-  function start() {
+  async function start() {
     state.running = true;
     $("login").hidden = true;
     $("app").hidden = false;
@@ -111,14 +138,31 @@
     $("login-error").textContent = "";
     pollStatus();
     connectEvents();
+    await loadMe();
   }
 
   function stop() {
     state.running = false;
+    state.me = null;
     clearTimeout(state.statusTimer);
+    clearTimeout(state.sessionsTimer);
     clearTimeout(state.reconnectTimer);
     if (state.socket) state.socket.close(1000, "Console closed");
     state.socket = null;
+  }
+
+  /** Who we are; the cards our role cannot use stay hidden. */
+  async function loadMe() {
+    const answer = await request("GET", "/api/websocket/session");
+    if (!state.running) return;
+    state.me = answer.ok ? answer.body : {may: {}};
+    const may = state.me.may || {};
+    for (const card of document.querySelectorAll("[data-needs]")) card.hidden = !may[card.dataset.needs];
+    if (answer.ok) {
+      $("who").textContent = `${state.me.user_id} · ${state.me.role}`;
+      $("who").hidden = false;
+    }
+    if (may.manage_sessions) loadSessions();
   }
 
   function setLink(text, kind) {
@@ -131,15 +175,21 @@
 
   async function pollStatus() {
     if (!state.running) return;
-    try {
-      const response = await fetch("/api/websocket/status", {cache: "no-store"});
-      if (!response.ok) throw new Error(`HTTP ${response.status}`);
-      renderStatus(await response.json());
+    const answer = await request("GET", "/api/websocket/status");
+    if (!state.running) return;
+    if (answer.ok) {
+      $("app").classList.remove("stale");
+      renderStatus(answer.body);
       $("updated").textContent = `updated ${clock(new Date())}`;
-    } catch (error) {
-      $("updated").textContent = `status unavailable (${error.message})`;
+    } else {
+      // Keep the last numbers, greyed; the chart gets a gap, never a made-up zero.
+      if (!$("app").classList.contains("stale")) {
+        $("updated").textContent = `status unavailable since ${clock(new Date())} (${answer.status ? `HTTP ${answer.status}` : "unreachable"})`;
+      }
+      $("app").classList.add("stale");
+      addLatency({t: Date.now(), gap: true});
     }
-    if (state.running) state.statusTimer = setTimeout(pollStatus, STATUS_INTERVAL_MS);
+    state.statusTimer = setTimeout(pollStatus, STATUS_INTERVAL_MS);
   }
 
   function renderStatus(status) {
@@ -156,13 +206,13 @@
             node.id + (node.stale ? " (Redis unreachable)" : ""),
             node.connections,
             perNamespace(node.namespaces),
-            node.last_seen ? clock(new Date(node.last_seen)) : "",
+            node.last_seen ? clock(new Date(node.last_seen)).slice(0, 8) : "",
           ])
         : [[
             "this process (no Redis)",
             status.total_connections,
             perNamespace(status.namespaces),
-            status.timestamp ? clock(new Date(status.timestamp)) : "",
+            status.timestamp ? clock(new Date(status.timestamp)).slice(0, 8) : "",
           ]],
     );
 
@@ -174,11 +224,13 @@
 
     setNamespaces(Object.keys(status.namespaces || {}));
 
+    // An empty window (no deliveries yet) has nothing to plot: a gap, and "–".
     const m = status.latency_metrics || {};
-    state.latency.push({t: Date.now(), median: m.median || 0, p95: m.p95 || 0, p99: m.p99 || 0});
-    if (state.latency.length > MAX_POINTS) state.latency.shift();
-    for (const {key} of SERIES) $(`lat-${key}`).textContent = (m[key] || 0).toFixed(2);
-    drawChart();
+    const point = {t: Date.now()};
+    for (const [key, field] of SERIES) point[key] = Number(m[field]) || 0;
+    if (!point.p99) point.gap = true;
+    for (const [key] of SERIES) $(`lat-${key}`).textContent = point.gap ? "–" : point[key].toFixed(2);
+    addLatency(point);
   }
 
   /** "/ws/lockers 3, /ws/events 1": the namespaces that have connections. */
@@ -215,76 +267,95 @@
     }
   }
 
-  // -- the latency chart: a canvas, drawn by hand ------------------------------------
+  // -- the latency chart: SVG, log scale -------------------------------------------------
+
+  function addLatency(point) {
+    state.latency.push(point);
+    const oldest = point.t - CHART_SPAN_MS;
+    while (state.latency.length && state.latency[0].t < oldest) state.latency.shift();
+    drawChart();
+  }
+
+  /** [bottom, top] of the log scale in whole decades, at least two: a function of the
+   *  window's values only, so the axis moves when a value leaves its decades, not with
+   *  every sample, and narrows again only once the whole window fits. */
+  function logRange(points) {
+    const values = points.filter((p) => !p.gap).flatMap((p) => SERIES.map(([key]) => p[key])).filter((v) => v > 0);
+    if (!values.length) return [0.1, 10];
+    let low = Math.floor(Math.log10(Math.min(...values)));
+    let high = Math.floor(Math.log10(Math.max(...values))) + 1;
+    low = Math.max(low, -2); // 0.01 ms: finer than the server reports
+    if (high <= low) high = low + 1;
+    if (high - low < 2) low = Math.max(-2, high - 2);
+    if (high - low < 2) high = low + 2;
+    return [decade(low), decade(high)];
+  }
+
+  function decade(power) {
+    return Number((10 ** power).toPrecision(1));
+  }
+
+  function svgElement(name, attributes) {
+    const element = document.createElementNS(SVG, name);
+    for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, value);
+    return element;
+  }
 
   function drawChart() {
-    const canvas = $("latency-chart");
-    const ratio = window.devicePixelRatio || 1;
-    const width = canvas.clientWidth || canvas.width;
-    const height = canvas.clientHeight || canvas.height;
-    if (canvas.width !== Math.round(width * ratio)) canvas.width = Math.round(width * ratio);
-    if (canvas.height !== Math.round(height * ratio)) canvas.height = Math.round(height * ratio);
-    const g = canvas.getContext("2d");
-    g.setTransform(ratio, 0, 0, ratio, 0, 0);
-    g.clearRect(0, 0, width, height);
-
-    const pad = {left: 40, right: 14, top: 10, bottom: 24};
+    const svg = $("latency-chart");
+    const width = svg.clientWidth || 400;
+    const height = svg.clientHeight || 200;
+    svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    const pad = {left: 44, right: 10, top: 8, bottom: 22};
     const plotW = width - pad.left - pad.right;
     const plotH = height - pad.top - pad.bottom;
     const points = state.latency;
-    const [top, divisions] = niceScale(Math.max(1, ...points.map((p) => p.p99)));
-    const now = Date.now();
-    const span = MAX_POINTS * STATUS_INTERVAL_MS;
-    const x = (t) => pad.left + plotW * (1 - (now - t) / span);
-    const y = (v) => pad.top + plotH * (1 - v / top);
+    const [bottom, top] = logRange(points);
+    svg.dataset.bottom = bottom;
+    svg.dataset.top = top;
+    const now = points.length ? points[points.length - 1].t : Date.now();
+    const x = (t) => pad.left + plotW * (1 - (now - t) / CHART_SPAN_MS);
+    const logBottom = Math.log10(bottom);
+    const span = Math.log10(top) - logBottom;
+    const y = (v) => pad.top + plotH * (1 - (Math.log10(Math.min(top, Math.max(bottom, v))) - logBottom) / span);
 
-    g.font = "11px system-ui, sans-serif";
-    g.lineWidth = 1;
-    g.strokeStyle = "#d9dee7";
-    g.fillStyle = "#5b6475";
-    g.textAlign = "right";
-    g.textBaseline = "middle";
-    for (let i = 0; i <= divisions; i += 1) {
-      const v = (top * i) / divisions;
-      g.beginPath();
-      g.moveTo(pad.left, Math.round(y(v)) + 0.5);
-      g.lineTo(width - pad.right, Math.round(y(v)) + 0.5);
-      g.stroke();
-      g.fillText(formatMs(v), pad.left - 6, y(v));
+    const parts = [];
+    for (let power = Math.round(logBottom); power <= Math.round(Math.log10(top)); power += 1) {
+      const value = decade(power);
+      const at = Math.round(y(value)) + 0.5;
+      parts.push(svgElement("line", {class: "grid", x1: pad.left, x2: width - pad.right, y1: at, y2: at}));
+      const label = svgElement("text", {x: pad.left - 6, y: at + 4, "text-anchor": "end"});
+      label.textContent = value >= 1000 ? `${value / 1000} s` : String(value);
+      parts.push(label);
     }
-    g.textAlign = "center";
-    g.textBaseline = "top";
-    for (let s = 0; s <= span / 1000; s += 30) {
-      g.fillText(s === 0 ? "now" : `-${s}s`, x(now - s * 1000), height - pad.bottom + 6);
+    for (let s = 0; s <= CHART_SPAN_MS / 1000; s += 30) {
+      const label = svgElement("text", {x: x(now - s * 1000), y: height - 6, "text-anchor": "middle"});
+      label.textContent = s === 0 ? "now" : `-${s}s`;
+      parts.push(label);
     }
-
-    g.save();
-    g.beginPath();
-    g.rect(pad.left, pad.top - 2, plotW, plotH + 4);
-    g.clip();
-    g.lineWidth = 2;
-    g.lineJoin = "round";
-    for (const {key, color} of SERIES) {
-      g.strokeStyle = color;
-      g.beginPath();
-      points.forEach((p, i) => (i ? g.lineTo(x(p.t), y(p[key])) : g.moveTo(x(p.t), y(p[key]))));
-      g.stroke();
+    // A line per percentile, broken wherever a sample is missing (a gap, or a poll that
+    // came late, as in a background tab): nothing is drawn that was not measured.
+    for (const [key] of SERIES) {
+      let d = "";
+      let previous = null;
+      for (const p of points) {
+        if (p.gap) {
+          previous = null;
+          continue;
+        }
+        const joined = previous && p.t - previous.t <= 2.5 * STATUS_INTERVAL_MS;
+        // A segment's first point is drawn as a dot (a zero-length line with round caps).
+        d += `${joined ? "L" : "M"}${x(p.t).toFixed(1)} ${y(p[key]).toFixed(1)} ${joined ? "" : "l0 0 "}`;
+        previous = p;
+      }
+      parts.push(svgElement("path", {class: key, d: d.trim()}));
     }
-    g.restore();
-  }
-
-  /** [top, divisions]: the axis top is 1, 2 or 5 times a power of ten, at least `value`,
-   *  cut into steps that are round numbers too (1 → 5 × 0.2, 2 → 4 × 0.5, 5 → 5 × 1). */
-  function niceScale(value) {
-    const power = 10 ** Math.floor(Math.log10(value));
-    for (const [step, divisions] of [[1, 5], [2, 4], [5, 5], [10, 5]]) {
-      if (step * power >= value) return [step * power, divisions];
+    if (!points.some((p) => !p.gap)) {
+      const empty = svgElement("text", {x: pad.left + plotW / 2, y: pad.top + plotH / 2, "text-anchor": "middle"});
+      empty.textContent = "no deliveries measured yet";
+      parts.push(empty);
     }
-    return [10 * power, 5];
-  }
-
-  function formatMs(v) {
-    return String(Number(v.toPrecision(3)));
+    svg.replaceChildren(...parts);
   }
 
   // -- the event stream ------------------------------------------------------------
@@ -314,7 +385,7 @@
       state.socket = null;
       if (!state.running) return;
       if (e.code === 1008) {
-        // Authentication required / failed, Forbidden, Session expired: log in again.
+        // Authentication required / failed, Forbidden, Session expired / revoked: log in again.
         clearSessionCookie();
         stop();
         showLogin(e.reason || "The server closed the event stream.");
@@ -370,11 +441,11 @@
   }
 
   function addEvent(message) {
-    const entry = {message, receivedAt: Date.now()};
+    const entry = {message, receivedAt: Date.now(), row: null, detail: null};
     state.events.push(entry);
     while (state.events.length > MAX_EVENTS) {
       const old = state.events.shift();
-      if (old.row) old.row.remove();
+      removeRow(old);
       if (old.message.id) state.seenIds.delete(old.message.id);
     }
     if (!state.types.has(message.type)) {
@@ -405,6 +476,9 @@
   function prependRow(entry) {
     const {message} = entry;
     const row = document.createElement("tr");
+    row.className = message.type === "notice" ? "event notice" : "event";
+    row.tabIndex = 0;
+    row.setAttribute("aria-expanded", "false");
     row.dataset.type = message.type;
     row.dataset.received = String(entry.receivedAt);
     if (message.seq !== undefined) row.dataset.seq = message.seq;
@@ -418,13 +492,55 @@
       data,
     ];
     for (const value of cells) row.insertCell().textContent = value;
+    row.cells[1].className = "opt";
     row.cells[2].className = "type";
+    row.cells[3].className = "opt";
+    row.cells[4].className = "opt";
     row.cells[5].className = "data";
-    row.cells[5].title = data;
-    if (message.type === "notice") row.className = "notice";
     entry.row = row;
+    state.rows.set(row, entry);
     const body = document.querySelector("#events tbody");
     body.insertBefore(row, body.firstChild);
+  }
+
+  function removeRow(entry) {
+    if (entry.row) entry.row.remove();
+    if (entry.detail) entry.detail.remove();
+    entry.row = entry.detail = null;
+  }
+
+  /** A row's full message as indented JSON below it, with a copy button; again to close. */
+  function toggleDetail(entry) {
+    if (entry.detail) {
+      entry.detail.remove();
+      entry.detail = null;
+      entry.row.setAttribute("aria-expanded", "false");
+      return;
+    }
+    const detail = document.createElement("tr");
+    detail.className = "detail";
+    const cell = detail.insertCell();
+    cell.colSpan = 6;
+    const json = document.createElement("pre");
+    json.textContent = JSON.stringify(entry.message, null, 2);
+    const copyButton = document.createElement("button");
+    copyButton.type = "button";
+    copyButton.className = "quiet copy";
+    copyButton.textContent = "Copy JSON";
+    copyButton.addEventListener("click", () => copy(json.textContent, copyButton));
+    cell.append(json, copyButton);
+    entry.row.after(detail);
+    entry.detail = detail;
+    entry.row.setAttribute("aria-expanded", "true");
+  }
+
+  function eventRowAction(event) {
+    if (event.type === "keydown" && event.key !== "Enter" && event.key !== " ") return;
+    const row = event.target.closest("tr.event");
+    const entry = row && state.rows.get(row);
+    if (!entry) return;
+    if (event.type === "keydown") event.preventDefault();
+    toggleDetail(entry);
   }
 
   /** Show again every kept event that passes the filters (after a filter change). */
@@ -433,20 +549,20 @@
     body.replaceChildren();
     const f = filters();
     for (const entry of state.events) {
-      entry.row = null;
+      entry.row = entry.detail = null;
       if (matches(entry.message, f)) prependRow(entry);
     }
     countEvents();
   }
 
   function countEvents() {
-    const shown = document.querySelectorAll("#events tbody tr").length;
+    const shown = document.querySelectorAll("#events tbody tr.event").length;
     const paused = $("f-pause").checked ? ", paused" : "";
     $("event-count").textContent = `${shown} of ${state.events.length}${paused}`;
   }
 
   function clearEvents() {
-    for (const entry of state.events) if (entry.row) entry.row.remove();
+    for (const entry of state.events) removeRow(entry);
     state.events = [];
     countEvents();
   }
@@ -455,71 +571,285 @@
 
   async function sendBroadcast(event) {
     event.preventDefault();
-    const result = $("broadcast-result");
-    result.className = "";
     let data;
     try {
       data = JSON.parse($("bc-data").value.trim() || "{}");
     } catch (error) {
-      showResult("error", "Data is not valid JSON.");
+      showResult("broadcast-result", "error", "Data is not valid JSON.");
       return;
     }
     if (data === null || typeof data !== "object" || Array.isArray(data)) {
-      showResult("error", "Data must be a JSON object.");
+      showResult("broadcast-result", "error", "Data must be a JSON object.");
       return;
     }
     const body = {namespace: $("bc-namespace").value, event: $("bc-event").value.trim(), data};
     const room = $("bc-room").value.trim();
     if (room) body.room = room;
-    try {
-      const response = await fetch("/api/websocket/broadcast", {
-        method: "POST",
-        headers: {"Content-Type": "application/json"},
-        body: JSON.stringify(body),
-        cache: "no-store",
-      });
-      const reply = await response.json().catch(() => ({}));
-      if (response.ok) {
-        showResult("ok", `${reply.message} (${reply.delivered} connection${reply.delivered === 1 ? "" : "s"} on this node)`);
-      } else {
-        showResult("error", `${response.status} ${reply.error || ""}: ${reply.message || response.statusText}`);
-      }
-    } catch (error) {
-      showResult("error", `The server cannot be reached (${error.message}).`);
+    const answer = await request("POST", "/api/websocket/broadcast", body);
+    if (answer.ok) {
+      const n = answer.body.delivered;
+      showResult("broadcast-result", "ok", `${answer.body.message} (${n} connection${n === 1 ? "" : "s"} on this node)`);
+    } else {
+      showResult("broadcast-result", "error", problem(answer));
     }
   }
 
-  function showResult(kind, text) {
-    const result = $("broadcast-result");
+  function showResult(id, kind, text) {
+    const result = $(id);
     result.className = kind;
     result.textContent = text;
   }
 
+  // -- emit: the five event types, validated by the server -----------------------------
+
+  /** A valid example of each type's data (docs/events.md), times set to now. */
+  function templates() {
+    const now = new Date().toISOString();
+    return {
+      locker_state_changed: {lockerId: "kiosk-1:7", oldState: "closed", newState: "open", kioskId: "kiosk-1",
+        userId: "user-42", reason: "assign"},
+      help_requested: {id: 1001, kiosk_id: "kiosk-1", category: "hardware_problem", status: "open",
+        created_at: now, priority: "medium", locker_no: 7, note: "door stuck"},
+      help_status_updated: {id: 1001, old_status: "open", new_status: "assigned", updated_at: now, agent_id: "staff-1"},
+      command_applied: {
+        command: {id: "cmd-1", type: "open", issued_by: "staff-1", issued_at: now, lockerId: "kiosk-1:7", kioskId: "kiosk-1"},
+        result: {success: true, timestamp: now, execution_time_ms: 120},
+      },
+      system_status: {component: "gateway", status: "online", health_score: 98, message: "all good"},
+    };
+  }
+
+  function fillTemplate() {
+    $("em-data").value = JSON.stringify(templates()[$("em-type").value], null, 2);
+    fieldError("em-data", "");
+  }
+
+  /** The message under a field, and the field marked invalid (or both cleared). */
+  function fieldError(id, message) {
+    $(`${id}-error`).textContent = message;
+    if (message) $(id).setAttribute("aria-invalid", "true");
+    else $(id).removeAttribute("aria-invalid");
+  }
+
+  /** Select the first `"name"` of a dotted error path (data.command.type → "type") in the
+   *  JSON text, so the field the server refused is where the cursor is. */
+  function pointAt(textarea, path) {
+    const name = String(path || "").split(".").pop();
+    const at = name ? textarea.value.indexOf(`"${name}"`) : -1;
+    textarea.focus();
+    if (at >= 0) textarea.setSelectionRange(at, at + name.length + 2);
+  }
+
+  async function emitEvent(event) {
+    event.preventDefault();
+    const textarea = $("em-data");
+    showResult("emit-result", "", "");
+    let data;
+    try {
+      data = JSON.parse(textarea.value);
+    } catch (error) {
+      fieldError("em-data", `Not valid JSON: ${error.message}`);
+      textarea.focus();
+      return;
+    }
+    if (data === null || typeof data !== "object" || Array.isArray(data)) {
+      fieldError("em-data", "Data must be a JSON object.");
+      return;
+    }
+    fieldError("em-data", "");
+    const answer = await request("POST", "/api/websocket/events", {type: $("em-type").value, data});
+    if (answer.ok) {
+      showResult("emit-result", "ok", `Stored as seq ${answer.body.seq} and delivered.`);
+    } else if (answer.status === 400) {
+      fieldError("em-data", answer.body.message || "The server refused this event.");
+      pointAt(textarea, answer.body.field);
+    } else {
+      showResult("emit-result", "error", problem(answer));
+    }
+  }
+
+  // -- sessions: list by reference, create (the id shown once), revoke ------------------
+
+  async function loadSessions() {
+    clearTimeout(state.sessionsTimer);
+    if (!state.running || !(state.me && state.me.may && state.me.may.manage_sessions)) return;
+    const answer = await request("GET", "/api/websocket/sessions");
+    if (!state.running) return;
+    if (answer.ok) {
+      state.sessions = answer.body.sessions || [];
+      renderSessions();
+    } else {
+      showResult("session-result", "error", `Sessions could not be listed: ${problem(answer)}`);
+    }
+    state.sessionsTimer = setTimeout(loadSessions, SESSIONS_INTERVAL_MS);
+  }
+
+  function renderSessions() {
+    const all = $("ss-ended").checked;
+    const shown = state.sessions.filter((s) => all || s.state === "live");
+    const live = state.sessions.filter((s) => s.state === "live").length;
+    $("sessions-count").textContent = `${live} live`;
+    const items = shown.map((session) => {
+      const item = document.createElement("li");
+      item.dataset.ref = session.ref;
+      const parts = [
+        ["code", session.ref],
+        ["span user", session.user_id],
+        ["span", session.role + (session.kiosk_id ? ` · ${session.kiosk_id}` : "")],
+        ["span muted", `expires ${when(session.expires_at)}`],
+        [`span state-${session.state}`, session.state],
+      ];
+      for (const [tag, text] of parts) {
+        const [name, ...classes] = tag.split(" ");
+        const element = document.createElement(name);
+        if (classes.length) element.className = classes.join(" ");
+        element.textContent = text;
+        item.append(element);
+      }
+      if (session.state === "live") {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "quiet revoke";
+        button.textContent = "Revoke";
+        button.addEventListener("click", () => revoke(session, button));
+        item.append(button);
+      }
+      return item;
+    });
+    if (!items.length) {
+      const empty = document.createElement("li");
+      empty.className = "empty";
+      empty.textContent = all ? "No sessions." : "No live sessions.";
+      items.push(empty);
+    }
+    $("sessions").replaceChildren(...items);
+  }
+
+  /** First click arms the button ("Confirm revoke"), a second within CONFIRM_MS revokes. */
+  async function revoke(session, button) {
+    if (!button.classList.contains("danger")) {
+      button.classList.replace("quiet", "danger");
+      button.textContent = "Confirm revoke";
+      setTimeout(() => {
+        button.classList.replace("danger", "quiet");
+        button.textContent = "Revoke";
+      }, CONFIRM_MS);
+      return;
+    }
+    button.disabled = true;
+    const answer = await request("DELETE", `/api/websocket/sessions/${encodeURIComponent(session.ref)}`);
+    if (answer.ok) {
+      showResult("session-result", "ok", `Revoked ${session.user_id}'s session ${session.ref}; its connections are closed.`);
+    } else {
+      showResult("session-result", "error", problem(answer));
+    }
+    loadSessions();
+  }
+
+  const SESSION_FIELDS = {user_id: "ss-user", kiosk_id: "ss-kiosk", ttl: "ss-ttl"};
+
+  async function createSession(event) {
+    event.preventDefault();
+    for (const id of Object.values(SESSION_FIELDS)) fieldError(id, "");
+    showResult("session-result", "", "");
+    const body = {user_id: $("ss-user").value.trim(), role: $("ss-role").value};
+    if (body.role === "kiosk") body.kiosk_id = $("ss-kiosk").value.trim();
+    const hours = $("ss-ttl").value.trim();
+    if (hours) {
+      const ttl = Number(hours) * 3600;
+      if (!Number.isFinite(ttl) || ttl <= 0) {
+        fieldError("ss-ttl", "A number of hours greater than 0.");
+        return;
+      }
+      body.ttl = ttl;
+    }
+    const answer = await request("POST", "/api/websocket/sessions", body);
+    if (answer.ok) {
+      $("new-session-id").textContent = answer.body.id;
+      $("new-session").hidden = false;
+      $("session-form").reset();
+      showKioskField();
+      loadSessions();
+      return;
+    }
+    const field = String(answer.body.field || "").replace(/^body[./]/, "");
+    if (answer.status === 400 && SESSION_FIELDS[field]) {
+      fieldError(SESSION_FIELDS[field], answer.body.message);
+      $(SESSION_FIELDS[field]).focus();
+    } else {
+      showResult("session-result", "error", problem(answer));
+    }
+  }
+
+  function forgetNewSession() {
+    $("new-session-id").textContent = "";
+    $("new-session").hidden = true;
+  }
+
+  function showKioskField() {
+    const kiosk = $("ss-role").value === "kiosk";
+    for (const element of document.querySelectorAll(".kiosk-only")) element.hidden = !kiosk;
+  }
+
   // -- helpers and wiring --------------------------------------------------------------
+
+  /** Copy text to the clipboard; the button says whether it worked. */
+  async function copy(text, button) {
+    const label = button.textContent;
+    try {
+      await navigator.clipboard.writeText(text);
+      button.textContent = "Copied";
+    } catch (error) {
+      button.textContent = "Copy failed: select and copy by hand";
+    }
+    setTimeout(() => { button.textContent = label; }, 1500);
+  }
 
   function clock(date) {
     const two = (n) => String(n).padStart(2, "0");
     return `${two(date.getHours())}:${two(date.getMinutes())}:${two(date.getSeconds())}.${String(date.getMilliseconds()).padStart(3, "0")}`;
   }
 
+  /** "2026-12-02 18:04" in local time. */
+  function when(iso) {
+    const date = new Date(iso);
+    if (Number.isNaN(date.getTime())) return String(iso);
+    const two = (n) => String(n).padStart(2, "0");
+    return `${date.getFullYear()}-${two(date.getMonth() + 1)}-${two(date.getDate())} ${two(date.getHours())}:${two(date.getMinutes())}`;
+  }
+
   async function boot() {
     $("login-form").addEventListener("submit", logIn);
     $("logout").addEventListener("click", logOut);
     $("broadcast-form").addEventListener("submit", sendBroadcast);
+    $("emit-form").addEventListener("submit", emitEvent);
+    $("em-template").addEventListener("click", fillTemplate);
+    $("em-type").addEventListener("change", fillTemplate);
+    for (const name of Object.keys(templates())) $("em-type").add(new Option(name, name));
+    fillTemplate();
+    $("session-form").addEventListener("submit", createSession);
+    $("ss-role").addEventListener("change", showKioskField);
+    $("ss-ended").addEventListener("change", renderSessions);
+    $("new-session-copy").addEventListener("click", () => copy($("new-session-id").textContent, $("new-session-copy")));
+    $("new-session-done").addEventListener("click", forgetNewSession);
+    showKioskField();
+    const events = document.querySelector("#events");
+    events.addEventListener("click", eventRowAction);
+    events.addEventListener("keydown", eventRowAction);
     for (const id of ["f-type", "f-room", "f-text"]) $(id).addEventListener("input", rerender);
     $("f-namespace").addEventListener("change", rerender);
     $("f-pause").addEventListener("change", rerender);
     $("f-clear").addEventListener("click", clearEvents);
     window.addEventListener("resize", drawChart);
     // Already logged in (our cookie, or the panel's `session` cookie)? Then go straight in.
-    const problem = await checkSession();
-    if (problem === null) {
+    const refused = await checkSession();
+    if (refused === null) {
       start();
-    } else if (problem.status === 401) {
+    } else if (refused.status === 401) {
       clearSessionCookie(); // unknown, revoked or expired: forget it
-      showLogin(problem.message === "Authentication required" ? "" : "Your session has ended; log in again.");
+      showLogin(refused.message === "Authentication required" ? "" : "Your session has ended; log in again.");
     } else {
-      showLogin(problem.message);
+      showLogin(refused.message);
     }
   }
 
