@@ -14,6 +14,7 @@ from klein import Klein
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from werkzeug.routing import RequestRedirect
 
 from eformws import metrics, wire
 from eformws.events import ValidationError, json_value
@@ -25,6 +26,7 @@ from eformws.store.redis import EmitTimeout, EmitUnconfirmed
 from eformws.sessions import SessionError, check_session_request, first_valid_session
 from eformws.sessions.credentials import bearer_token, candidates, cookie_values
 from eformws.sessions.sqlite import as_reference, reference
+from eformws.site import logged_path
 
 REASONS = {
     400: "Bad Request",
@@ -191,6 +193,9 @@ class Snapshot:
 
 class Api:
     app = Klein()
+    # `//` in a path is not a route: werkzeug would answer it with a redirect (Klein turned
+    # that into a 500, with the path in the log); it is a 404 as any other unknown path.
+    app.url_map.merge_slashes = False
     log = Logger()
 
     def __init__(self, hub, sessions, config, events, event_store, bus=None, nodes=None, recheck_sessions=None):
@@ -232,17 +237,19 @@ class Api:
         """A store in Redis that cannot answer now: 503, try again. An emit that could not be
         written in time says so (and whether it may have been stored) in its own words."""
         error = failure.value
-        self.log.warn("{path}: redis unavailable ({error})", path=request.path, error=type(error).__name__)
+        self.log.warn("{path}: redis unavailable ({error})", path=logged_path(request.path.decode("latin-1")),
+                      error=type(error).__name__)
         message = str(error) if isinstance(error, (EmitTimeout, EmitUnconfirmed)) else "Redis is unreachable; try again"
         return _json(request, 503, {"statusCode": 503, "error": REASONS[503], "message": message})
 
     @app.handle_errors
     def _unexpected(self, request, failure):
-        status = getattr(failure.value, "code", 500)
+        status = 404 if failure.check(RequestRedirect) else getattr(failure.value, "code", 500)
         if status not in REASONS:
             status = 500
-        if status == 500:
-            self.log.failure("unexpected error in {path}", failure=failure, path=request.path)
+        if status == 500:  # the path as the access log writes it: never a session id
+            self.log.failure("unexpected error in {path}", failure=failure,
+                             path=logged_path(request.path.decode("latin-1")))
         return _json(request, status, {"statusCode": status, "error": REASONS[status], "message": REASONS[status]})
 
     # -- credentials ---------------------------------------------------------

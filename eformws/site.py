@@ -45,9 +45,11 @@ HEX_REFERENCE = re.compile(r"[0-9A-Fa-f]{8,64}")
 
 
 def logged_path(path: str) -> str:
-    """The path as the access log writes it: under /api/websocket/sessions/, anything but
-    a reference (a session id sent by mistake, say) is written `<not a reference>`."""
-    if path.startswith(SESSIONS_PATH) and not HEX_REFERENCE.fullmatch(path[len(SESSIONS_PATH):]):
+    """The path as the access log writes it: under /api/websocket/sessions/ (in any case,
+    with any run of slashes), anything but a reference (a session id sent by mistake, say)
+    is written `<not a reference>`."""
+    folded = re.sub("/+", "/", path).lower()
+    if folded.startswith(SESSIONS_PATH) and not HEX_REFERENCE.fullmatch(folded[len(SESSIONS_PATH):]):
         return SESSIONS_PATH + "<not a reference>"
     return path
 

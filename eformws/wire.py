@@ -148,17 +148,26 @@ def room_of(message: dict) -> str:
     return check_room(room)
 
 
+def name_problem(name: str, max_length: int) -> str | None:
+    """What is wrong with a name (a room, a session's user or kiosk id), as the end of a
+    sentence naming it; None if nothing."""
+    if not name:
+        return "must not be empty"
+    if len(name) > max_length:
+        return f"must be at most {max_length} characters"
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in name):
+        return "must not contain control characters"
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+        return "must be valid Unicode text"
+    return None
+
+
 def check_room(room: Any) -> str:
     if not isinstance(room, str):
         raise ClientMessageError("invalid_room", "Room must be a string")
-    if not room:
-        raise ClientMessageError("invalid_room", "Room must not be empty")
-    if len(room) > MAX_ROOM_LENGTH:
-        raise ClientMessageError("invalid_room", f"Room must be at most {MAX_ROOM_LENGTH} characters")
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in room):
-        raise ClientMessageError("invalid_room", "Room must not contain control characters")
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in room):
-        raise ClientMessageError("invalid_room", "Room must be valid Unicode text")
+    problem = name_problem(room, MAX_ROOM_LENGTH)
+    if problem:
+        raise ClientMessageError("invalid_room", f"Room {problem}")
     return room
 
 

@@ -5,6 +5,7 @@ validation shown inline; the layout at 1440 px and at 390 px, with screenshots s
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import pytest_twisted
@@ -169,6 +170,17 @@ async def test_at_1440_px_the_event_stream_comes_first_and_fills_the_window(serv
     await closing_after(context, scenario())
 
 
+async def sideways(page) -> list:
+    """What sticks out past the right edge of the window: the page's scroll width if it
+    is wider than the window, and up to five visible elements that reach past it."""
+    widths = await page.evaluate("[document.documentElement.scrollWidth, document.body.scrollWidth]")
+    wider = await page.evaluate(
+        "[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > innerWidth + 0.5"
+        " && e.offsetParent !== null).map(e => e.id || e.className || e.tagName).slice(0, 5)"
+    )
+    return ([max(widths)] if max(widths) > await page.evaluate("innerWidth") else []) + wider
+
+
 @pytest_twisted.ensureDeferred
 async def test_at_390_px_nothing_scrolls_sideways(server, chromium):
     context, page = await admin_page_with_events(server, chromium, PHONE)
@@ -178,16 +190,76 @@ async def test_at_390_px_nothing_scrolls_sideways(server, chromium):
         await page.select_option("#ss-role", "kiosk")
         await page.click("#session-form button[type=submit]")
         await expect(page.locator("#ss-user-error")).not_to_be_empty()
-        widths = await page.evaluate("[document.documentElement.scrollWidth, document.body.scrollWidth]")
-        assert max(widths) <= PHONE["width"], widths
-        wider = await page.evaluate(
-            "[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > innerWidth + 0.5"
-            " && e.offsetParent !== null).map(e => e.id || e.className || e.tagName).slice(0, 5)"
-        )
-        assert wider == [], wider
+        assert await sideways(page) == []
         stream = await page.locator("#stream").bounding_box()
         connections = await page.locator("#connections-title").bounding_box()
         assert stream["y"] < connections["y"]  # the stream first on a phone too
         await screenshot(page, "console-390.png")
+
+    await closing_after(context, scenario())
+
+
+@pytest_twisted.ensureDeferred
+async def test_ids_as_long_as_a_session_may_have_wrap_instead_of_widening_the_page(server, chromium):
+    longest = "u" * 128
+    await server.session("k" * 128, "kiosk", kiosk="kiosk-" + "9" * 122)
+    context, page, session_id = await open_console(server, chromium, longest, "admin", PHONE)
+
+    async def scenario():
+        await expect(page.locator("#who")).to_contain_text(longest)
+        await expect(page.locator("#sessions li")).to_have_count(2)
+        assert await sideways(page) == []
+        await page.set_viewport_size(WIDE)
+        assert await sideways(page) == []
+
+    await closing_after(context, scenario())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_revoke_waiting_for_its_second_click_stays_on_its_session_when_the_list_changes(server, chromium):
+    gone = await server.session("first", "staff")
+    target = await server.session("target", "staff")
+    await server.session("innocent", "staff")
+    await server.service.sessions.revoke(gone)
+    context, page, session_id = await open_console(server, chromium, "alice", "admin")
+
+    async def scenario():
+        target_button = page.locator("#sessions li", has_text="target").locator("button.revoke")
+        await target_button.click()
+        await expect(target_button).to_have_text("Confirm revoke")
+        await page.check("#ss-ended")  # the list is drawn again, a revoked row above the target
+        await expect(page.locator("#sessions li")).to_have_count(4)
+        await expect(target_button).to_have_text("Confirm revoke")
+        assert await page.locator("#sessions li", has_text="innocent").locator("button.revoke").inner_text() == "Revoke"
+        await target_button.click()
+        await expect(page.locator("#session-result.ok")).to_contain_text("Revoked target's session")
+        assert (await future(health(server, target)), await future(health(server, session_id))) == (401, 200)
+        states = {s.user_id: s.state(time.time()) for s in await future(server.service.sessions.list())}
+        assert states["innocent"] == "live"
+
+    await closing_after(context, scenario())
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_log_out_the_next_person_sees_nothing_of_the_last_session(server, chromium):
+    staff = await server.session("bob", "staff")
+    context, page, session_id = await open_console(server, chromium, "alice", "admin")
+
+    async def scenario():
+        await page.fill("#ss-user", "new-screen")
+        await page.click("#session-form button[type=submit]")
+        await expect(page.locator("#new-session")).to_be_visible()
+        created = await page.inner_text("#new-session-id")
+        await future(emit_status(server, "seen by alice"))
+        await expect(page.locator("#events tbody tr.event")).to_have_count(1)
+        await page.click("#logout")  # the new id was never dismissed with Done
+        await expect(page.locator("#events tbody tr.event")).to_have_count(0)  # what alice's role was shown
+        await page.fill("#session-id", staff)
+        await page.click("#login-form button")
+        await page.wait_for_selector("#link-state.on", timeout=5000)
+        await expect(page.locator("#who")).to_have_text("bob · staff")
+        content = await page.content()
+        assert created not in content and "new-screen" not in content
+        assert await page.is_hidden("#new-session")
 
     await closing_after(context, scenario())

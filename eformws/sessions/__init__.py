@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from twisted.internet.defer import inlineCallbacks
 from zope.interface import Interface
 
+from eformws import wire
+
 
 @dataclass(frozen=True)
 class Session:
@@ -102,14 +104,19 @@ def check_session_request(user_id: str, role: str, kiosk_id: str | None, ttl: fl
                           names: dict[str, str] | None = None) -> None:
     """What may be asked for (`eformws sessions create`, POST /api/websocket/sessions):
     what every store accepts, and a kiosk session names its kiosk (its own kiosk's room is
-    the one room it may join besides the default); a kiosk id given is not empty."""
+    the one room it may join besides the default); user and kiosk ids are names as rooms
+    are (at most 128 characters, no control characters), so logs and pages can show them."""
     check_new_session(user_id, role, ttl, kiosk_id, names)
     name = {**FIELD_NAMES, **(names or {})}
     if role == "kiosk" and not kiosk_id:
         raise SessionError("kiosk_id", f"a kiosk session needs {name['kiosk_id']} (its own kiosk's room is the one "
                                        "room it may join besides the default)")
-    if kiosk_id == "":
-        raise SessionError("kiosk_id", f"{name['kiosk_id']} must not be empty")
+    for key, value in (("user_id", user_id), ("kiosk_id", kiosk_id)):
+        if value is None:
+            continue
+        problem = wire.name_problem(value, wire.MAX_ROOM_LENGTH) or (None if value.strip() else "must not be blank")
+        if problem:
+            raise SessionError(key, f"{name[key]} {problem}")
 
 
 @inlineCallbacks

@@ -23,6 +23,15 @@ from eformws.sessions.sqlite import (
 
 SCAN_COUNT = 500
 
+# KEYS[1] := ARGV[2] (keeping its expiry) only if it still holds ARGV[1]: 1 if written, else 0.
+REPLACE_IF_UNCHANGED = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+    return 1
+end
+return 0
+"""
+
 
 def session_record(user_id: str, role: str, kiosk_id: str | None, created_at: float, expires_at: float) -> str:
     record = {"user_id": user_id, "role": role, "created_at": created_at, "expires_at": expires_at}
@@ -108,42 +117,47 @@ class RedisSessionStore(MultiService):
                 return sorted(found)
 
     @inlineCallbacks
-    def list(self) -> list[SessionRow]:
-        """Every stored session by reference (hash prefix), oldest first."""
-        hashes = yield self._hashes("*")
-        rows = []
+    def _records(self, pattern: str) -> list[tuple[str, dict]]:
+        """(hash, record) of every well-formed session matching `pattern`."""
+        hashes = yield self._hashes(pattern)
+        found = []
         for start in range(0, len(hashes), SCAN_COUNT):
             chunk = hashes[start:start + SCAN_COUNT]
             texts = yield self.connection.command("MGET", *[self._key(h) for h in chunk])
-            for hashed, text in zip(chunk, texts):
-                record = _record(text)
-                if record is not None:
-                    rows.append(_row(hashed, record))
+            found.extend((hashed, record) for hashed, text in zip(chunk, texts) if (record := _record(text)) is not None)
+        return found
+
+    @inlineCallbacks
+    def list(self) -> list[SessionRow]:
+        """Every stored session by reference (hash prefix), oldest first."""
+        rows = [_row(hashed, record) for hashed, record in (yield self._records("*"))]
         return sorted(rows, key=lambda row: row.created_at)
 
     @inlineCallbacks
     def revoke_row(self, id_or_ref):
-        """Mark revoked by full id, or by a reference that matches exactly one live session;
-        the row revoked (as it was listed), else None. The key keeps its expiry, so the
-        record goes when it would have."""
-        hashes = [id_hash(id_or_ref)]
+        """Mark revoked by full id, or by a reference that matches exactly one session not
+        revoked yet (as the SQLite store); the row revoked (as it was listed), else None.
+        The write is a compare-and-set, so of concurrent revokes of one session exactly one
+        gets the row. The key keeps its expiry, so the record goes when it would have."""
+        candidates = [id_hash(id_or_ref)]
         ref = as_reference(id_or_ref)
         if ref is not None:
-            matches = yield self._hashes(ref + "*")
-            hashes.append(matches[0] if len(matches) == 1 else None)
-        for hashed in hashes:
+            unrevoked = [hashed for hashed, record in (yield self._records(ref + "*")) if not record.get("revoked")]
+            candidates.append(unrevoked[0] if len(unrevoked) == 1 else None)
+        for hashed in candidates:
             if hashed is None:
                 continue
             key = self._key(hashed)
-            record = _record((yield self.connection.command("GET", key)))
+            text = yield self.connection.command("GET", key)
+            record = _record(text)
             if record is None or record.get("revoked"):
                 continue
             row = _row(hashed, record)
             record["revoked"] = True
             written = yield self.connection.command(
-                "SET", key, json.dumps(record, separators=(",", ":")), "XX", "KEEPTTL"
+                "EVAL", REPLACE_IF_UNCHANGED, 1, key, text, json.dumps(record, separators=(",", ":"))
             )
-            return row if written else None
+            return row if written == 1 else None
         return None
 
     def revoke(self, id_or_ref):

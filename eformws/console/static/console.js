@@ -23,6 +23,7 @@
   const CHART_SPAN_MS = 120000; // the latency chart shows the last two minutes
   const RECONNECT_MAX_MS = 10000;
   const CONFIRM_MS = 5000; // how long a "Confirm revoke" button waits for its second click
+  const MAX_TYPES = 200; // event types the Type filter suggests (any name can still be typed)
   // RFC 6265 cookie-octets: what a cookie value may hold without quoting (no ; , space " \).
   const COOKIE_VALUE = /^[\x21\x23-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]{1,512}$/;
   // The status's latency_metrics keys, as the chart and legend name them.
@@ -47,6 +48,7 @@
     latency: [], // {t, p50, p95, p99} or {t, gap: true}, oldest first
     namespaces: [],
     sessions: [],
+    armed: null, // {ref, until}: the session whose Revoke was clicked once, waiting for the second click
   };
 
   // -- requests -----------------------------------------------------------------------
@@ -149,6 +151,22 @@
     clearTimeout(state.reconnectTimer);
     if (state.socket) state.socket.close(1000, "Console closed");
     state.socket = null;
+    forgetWhatWasSeen();
+  }
+
+  /** The next person to log in on this page sees nothing of this session's: not its
+   *  events (redacted for its role), nor its session list, nor a new session's id. */
+  function forgetWhatWasSeen() {
+    clearEvents();
+    state.seenIds.clear();
+    state.lastSeq = state.lastEpoch = null;
+    state.types.clear();
+    $("known-types").replaceChildren();
+    state.sessions = [];
+    state.armed = null;
+    $("sessions").replaceChildren();
+    forgetNewSession();
+    for (const id of ["session-result", "broadcast-result", "emit-result"]) showResult(id, "", "");
   }
 
   /** Who we are; the cards our role cannot use stay hidden. */
@@ -448,7 +466,7 @@
       removeRow(old);
       if (old.message.id) state.seenIds.delete(old.message.id);
     }
-    if (!state.types.has(message.type)) {
+    if (!state.types.has(message.type) && state.types.size < MAX_TYPES) {
       state.types.add(message.type);
       $("known-types").append(new Option(message.type));
     }
@@ -709,9 +727,11 @@
       if (session.state === "live") {
         const button = document.createElement("button");
         button.type = "button";
-        button.className = "quiet revoke";
-        button.textContent = "Revoke";
-        button.addEventListener("click", () => revoke(session, button));
+        const armed = isArmed(session.ref);
+        button.className = `revoke ${armed ? "danger" : "quiet"}`;
+        button.textContent = armed ? "Confirm revoke" : "Revoke";
+        button.setAttribute("aria-label", `${armed ? "Confirm revoke of" : "Revoke"} ${session.user_id}'s session ${session.ref}`);
+        button.addEventListener("click", () => revoke(session));
         item.append(button);
       }
       return item;
@@ -725,18 +745,28 @@
     $("sessions").replaceChildren(...items);
   }
 
-  /** First click arms the button ("Confirm revoke"), a second within CONFIRM_MS revokes. */
-  async function revoke(session, button) {
-    if (!button.classList.contains("danger")) {
-      button.classList.replace("quiet", "danger");
-      button.textContent = "Confirm revoke";
+  function isArmed(ref) {
+    return state.armed !== null && state.armed.ref === ref && Date.now() < state.armed.until;
+  }
+
+  /** First click arms that session's button ("Confirm revoke"), a second within CONFIRM_MS
+   *  revokes. The arming belongs to the session, not to the button: a list refreshed in
+   *  between keeps it on the same session, wherever its row has moved. */
+  async function revoke(session) {
+    if (!isArmed(session.ref)) {
+      state.armed = {ref: session.ref, until: Date.now() + CONFIRM_MS};
+      renderSessions();
       setTimeout(() => {
-        button.classList.replace("danger", "quiet");
-        button.textContent = "Revoke";
-      }, CONFIRM_MS);
+        if (state.armed && state.armed.ref === session.ref && !isArmed(session.ref)) {
+          state.armed = null;
+          renderSessions();
+        }
+      }, CONFIRM_MS + 50);
       return;
     }
-    button.disabled = true;
+    state.armed = null;
+    const button = $("sessions").querySelector(`li[data-ref="${session.ref}"] button.revoke`);
+    if (button) button.disabled = true;
     const answer = await request("DELETE", `/api/websocket/sessions/${encodeURIComponent(session.ref)}`);
     if (answer.ok) {
       showResult("session-result", "ok", `Revoked ${session.user_id}'s session ${session.ref}; its connections are closed.`);
