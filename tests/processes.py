@@ -39,10 +39,10 @@ def environment() -> dict:
     return env
 
 
-def run(executable: str, *args: str, cwd: Path) -> defer.Deferred:
+def run(executable: str, *args: str, cwd: Path, timeout: float = TIMEOUT) -> defer.Deferred:
     """Run a command to its end; fires with (stdout text, stderr text, exit code)."""
     d = getProcessOutputAndValue(executable, args, env=environment(), path=str(cwd), reactor=_reactor())
-    d.addTimeout(TIMEOUT, _reactor())
+    d.addTimeout(timeout, _reactor())
     d.addCallback(lambda r: (r[0].decode("utf-8", "replace"), r[1].decode("utf-8", "replace"), r[2]))
     return d
 
