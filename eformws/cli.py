@@ -98,7 +98,7 @@ def _in_sqlite(config, action, creating: bool = False):
     if not os.path.exists(path):
         if not creating:
             raise CommandError(f"no session database at {os.path.abspath(path)} (the server's: --config FILE, "
-                               "or --sessions-db FILE as given to twistd eformws)")
+                               "--sessions-db FILE or --redis URL, as given to twistd eformws)")
         sys.stderr.write(f"eformws: warning: created a new session database at {os.path.abspath(path)}; the server "
                          "must use this file (twistd eformws --sessions-db, or sessions.path)\n")
     connection = connect(path)
@@ -168,14 +168,41 @@ def sessions_revoke(args) -> int:
     return 0
 
 
-def _gateway(args) -> tuple[str, str | None]:
+HTTP_SCHEMES = ("http", "https")
+WEBSOCKET_SCHEMES = ("http", "https", "ws", "wss")  # tail: its client takes either
+
+
+def _gateway(args, schemes: tuple[str, ...] = HTTP_SCHEMES) -> tuple[str, str | None]:
     """The gateway's base URL and the bearer credential: --url/--token, else
-    EFORMWS_URL/EFORMWS_TOKEN, else the config's port and first API token."""
+    EFORMWS_URL/EFORMWS_TOKEN, else the config's port and first API token. A URL of
+    another scheme than `schemes`, or without a host, is UsageError naming where it came from."""
     config = _config(args)
-    url = args.url or os.environ.get("EFORMWS_URL") or f"http://127.0.0.1:{config.get('server', 'port')}"
+    if args.url:
+        url, source = args.url, "--url"
+    elif os.environ.get("EFORMWS_URL"):
+        url, source = os.environ["EFORMWS_URL"], "EFORMWS_URL"
+    else:
+        url, source = f"http://127.0.0.1:{config.get('server', 'port')}", None
+    if source is not None:
+        _check_url(url, source, schemes)
     tokens = config.get("auth", "api_tokens")
     token = args.token or os.environ.get("EFORMWS_TOKEN") or (tokens[0] if tokens else None)
     return url.rstrip("/"), token
+
+
+def _check_url(url: str, source: str, schemes: tuple[str, ...]) -> None:
+    """UsageError unless `url` is scheme://host[:port][/path] with one of `schemes`."""
+    allowed = " or ".join(", ".join(f"{scheme}://" for scheme in schemes).rsplit(", ", 1))
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is no number)
+    except ValueError:
+        raise UsageError(f"{source} has a port that is not a number from 0 to 65535, got {url!r}") from None
+    if parts.scheme not in schemes or not url.lower().startswith(f"{parts.scheme}://"):
+        raise UsageError(f"{source} must start with {allowed}, got {url!r}")
+    if not parts.hostname:
+        raise UsageError(f"{source} must name a host after {parts.scheme}:// (like {parts.scheme}://127.0.0.1:3000), "
+                         f"got {url!r}")
 
 
 class _Trust(NamedTuple):
@@ -287,21 +314,31 @@ def _post(args, path: str, body: dict) -> dict:
     return _request(args, "POST", path, body)
 
 
-def _json_argument(text: str, name: str):
+def _json_object(text: str, name: str) -> dict:
+    """The JSON object an option gives; UsageError (exit 2) for anything else."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except ValueError as e:
-        raise CommandError(f"{name} is not valid JSON ({e.msg} at character {e.pos})") from None
+        raise UsageError(f"{name} is not valid JSON ({e.msg} at character {e.pos}); it must be a JSON object, "
+                         "like '{\"minutes\": 5}'") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{name} must be a JSON object ({{...}}), got {JSON_KINDS.get(type(value), 'another value')}: "
+                         f"{text!r}")
+    return value
+
+
+JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false",
+              type(None): "null"}
 
 
 def emit(args) -> int:
-    stored = _post(args, "/api/websocket/events", {"type": args.type, "data": _json_argument(args.data, "--data")})
+    stored = _post(args, "/api/websocket/events", {"type": args.type, "data": _json_object(args.data, "--data")})
     sys.stdout.write(json.dumps(stored, separators=(",", ":")) + "\n")
     return 0
 
 
 def broadcast(args) -> int:
-    body = {"namespace": args.namespace, "event": args.event, "data": _json_argument(args.data, "--data")}
+    body = {"namespace": args.namespace, "event": args.event, "data": _json_object(args.data, "--data")}
     if args.room is not None:
         body["room"] = args.room
     answer = _post(args, "/api/websocket/broadcast", body)
@@ -490,7 +527,9 @@ def tail(args) -> int:
 
     from eformws.client import ClientError, EformClient
 
-    url, _ = _gateway(args)
+    if args.epoch is not None and args.since is None:
+        raise UsageError("--epoch needs --since (it is the epoch of that seq)")
+    url, _ = _gateway(args, WEBSOCKET_SCHEMES)
     session_id = args.session or os.environ.get("EFORMWS_SESSION") or None
     rooms = args.room or []
     trust = _trust(args)

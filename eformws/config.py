@@ -63,6 +63,18 @@ def _strings(key: str, value: Any) -> list[str]:
     return list(value)
 
 
+def _tokens(key: str, value: Any) -> list[str]:
+    """As _strings, but the message shows what was wrong, never the value (a token)."""
+    if not isinstance(value, list):
+        kind = {str: "a string", int: "a number", float: "a number", bool: "true or false", dict: "a table"}.get(
+            type(value), "another value")
+        raise ConfigError(f"{key}: must be a list of non-empty strings, got {kind} (value not shown)")
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not item:
+            raise ConfigError(f"{key}: must be a list of non-empty strings; item {index} is not (value not shown)")
+    return list(value)
+
+
 def _roles(key: str, value: Any) -> list[str]:
     roles = _strings(key, value)
     unknown = [r for r in roles if r not in ROLES]
@@ -126,7 +138,7 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[str, Any], Any]]] = {
     ("wamp", "max_subscriptions"): (100, _integer(1, 100_000)),
     ("wamp", "max_uri_length"): (512, _integer(64, 65_536)),
     ("auth", "cookie_names"): (["sessionId", "session"], _strings),
-    ("auth", "api_tokens"): ([], _strings),
+    ("auth", "api_tokens"): ([], _tokens),
     ("auth", "broadcast_roles"): (["admin"], _roles),
     ("auth", "restricted_roles"): (["kiosk"], _roles),
     ("auth", "sensitive_roles"): (["admin", "staff"], _roles),
@@ -248,6 +260,17 @@ def _resolve_backends(values: dict) -> None:
         raise ConfigError("server.workers: more than 1 worker needs redis.url (workers deliver to each other through Redis)")
 
 
+def _outside_sections(key: str) -> str:
+    """The error for `key = value` above every [section] of the file: where it belongs."""
+    if key in SECTIONS:
+        return f"{key}: must be a table ([{key}] on a line of its own, then its keys)"
+    sections = sorted(section for section, name in SCHEMA if name == key)
+    if sections:
+        where = " or ".join(f"[{section}]" for section in sections)
+        return f"{key}: settings go in a section: write {where} on a line above {key} = ..."
+    return f"{key}: settings go in a section, and no section has a key {key} (sections: {', '.join(sorted(SECTIONS))})"
+
+
 def unknown_environment(environ) -> list[str]:
     """EFORMWS_* variables that eformws does not read (a misspelt setting, most likely)."""
     return sorted(name for name in set(environ) - ENVIRONMENT_NAMES
@@ -277,7 +300,7 @@ def load_config(
                 namespace_tables = table
                 continue
             if not isinstance(table, dict):
-                raise ConfigError(f"{section}: must be a table")
+                raise ConfigError(_outside_sections(section))
             if section not in SECTIONS:
                 raise ConfigError(f"[{section}]: unknown section (sections: {', '.join(sorted(SECTIONS))}, [[namespaces]])")
             for key, value in table.items():
@@ -294,7 +317,9 @@ def load_config(
     for (section, key) in SCHEMA:
         name = f"EFORMWS_{section}_{key}".upper()
         if name in environ:
-            raw[(section, key)] = _parse_env_value(name, environ[name])
+            value = _parse_env_value(name, environ[name])
+            SCHEMA[(section, key)][1](f"{section}.{key} from {name}", value)  # even where an option overrides it
+            raw[(section, key)] = value
     for name in unknown_environment(environ):
         log.warn("{name} is not a setting of eformws and is ignored (settings: EFORMWS_<SECTION>_<KEY>, "
                  "e.g. EFORMWS_SERVER_PORT)", name=name)

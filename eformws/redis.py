@@ -142,7 +142,7 @@ class RedisConnection(Service):
         self.last_error: str | None = "not connected yet"
         self._waiting: list[Deferred] = []
         self._ever_connected = False
-        self._said_unreachable = False
+        self._said_down = False
         self.startup_wait = startup_wait
 
     @property
@@ -160,7 +160,7 @@ class RedisConnection(Service):
         class Factory(txredisapi.RedisFactory):
             def retryDelay(self, attempt):
                 if attempt == 1:
-                    owner._unreachable()  # the first failed attempt in a row: a change of state
+                    owner._down()  # the first failed attempt in a row, or a loss: a change of state
                 return backoff_delay(attempt, owner.initial_delay, owner.max_delay)
 
             def addConnection(self, conn):
@@ -191,20 +191,33 @@ class RedisConnection(Service):
         with quiet_client_services():  # one line of ours per change of state, not one per retry
             self.factory.startConnecting(HostnameEndpoint(reactor, address.host, address.port, timeout=5))
 
-    def _unreachable(self) -> None:
-        """Connecting failed after being connected, or at start: said once until it connects."""
-        if not self._said_unreachable:
-            self._said_unreachable = True
+    def _down(self) -> None:
+        """One warning per change of state: `connection lost` when a connection that worked
+        goes away (whichever of its loss and the first retry comes first), `cannot reach`
+        when none could be made since the start. Said once, until a connection is made again;
+        not at all while stopping."""
+        if self._said_down or not self.running:
+            return
+        self._said_down = True
+        fields = dict(name=self.name, host=self.address.host, port=self.address.port, max_delay=self.max_delay)
+        if self.last_error is None:
+            log.warn("redis {name} connection lost ({host}:{port}); retrying with backoff (up to {max_delay:g} s apart)",
+                     **fields)
+        else:
             log.warn("redis {name} cannot reach {host}:{port}; retrying with backoff (up to {max_delay:g} s apart)",
-                     name=self.name, host=self.address.host, port=self.address.port, max_delay=self.max_delay)
+                     **fields)
 
     def _connected(self, conn):
-        if self._said_unreachable:
-            log.warn("redis {name} reached {host}:{port} again", name=self.name, host=self.address.host,
-                     port=self.address.port)
+        if self._said_down:
+            if self._ever_connected:
+                log.warn("redis {name} reached {host}:{port} again", name=self.name, host=self.address.host,
+                         port=self.address.port)
+            else:  # unreachable since the start: this is its first connection
+                log.warn("redis {name} reached {host}:{port}", name=self.name, host=self.address.host,
+                         port=self.address.port)
         elif self.last_error is not None:
             log.info("redis {name} connected to {host}:{port}", name=self.name, host=self.address.host, port=self.address.port)
-        self._said_unreachable = False
+        self._said_down = False
         self.last_error = None
         self._ever_connected = True
         for callback in list(self.on_connected):
@@ -223,8 +236,7 @@ class RedisConnection(Service):
 
     def _disconnected(self):
         if self.factory.size == 0:
-            if self.last_error is None:
-                log.warn("redis {name} connection lost; retrying with backoff", name=self.name)
+            self._down()
             self.last_error = "connection lost"
             for callback in list(self.on_disconnected):
                 callback()

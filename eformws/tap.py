@@ -40,7 +40,7 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "TOML configuration file (default: none, embedded defaults)."],
         ["port", "p", None, "TCP port to listen on (server.port, default 3000; 0 picks one).", int],
-        ["host", None, None, "Interface to listen on (server.host, default 0.0.0.0)."],
+        ["host", None, None, "Interface to listen on (server.host, default 0.0.0.0; 127.0.0.1 with --demo)."],
         ["sessions-db", None, None, "SQLite file of the session store (sessions.path)."],
         ["redis", None, None, "Redis URL, redis://host:port/db (redis.url): deliver across processes."],
         ["tls-certificate", None, None, "PEM certificate chain: serve wss:// and https:// (server.tls_certificate)."],

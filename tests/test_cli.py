@@ -12,6 +12,7 @@ import treq
 from processes import (
     EFORMWS,
     TIMEOUT,
+    TWISTD,
     Process,
     create_session,
     environment,
@@ -27,13 +28,23 @@ LOCKERS = "/ws/lockers"
 # -- harness -----------------------------------------------------------------------------
 
 
-def cli(*args: str, cwd, env: dict | None = None) -> defer.Deferred:
-    """Run `eformws ARGS` to its end (EFORMWS_* only as `env` gives them); fires with
+def command(executable: str, *args: str, cwd, env: dict | None = None) -> defer.Deferred:
+    """Run `executable ARGS` to its end (EFORMWS_* only as `env` gives them); fires with
     (stdout, stderr, exit code)."""
-    d = getProcessOutputAndValue(EFORMWS, args, env={**environment(), **(env or {})}, path=str(cwd), reactor=reactor)
+    d = getProcessOutputAndValue(executable, args, env={**environment(), **(env or {})}, path=str(cwd), reactor=reactor)
     d.addTimeout(TIMEOUT, reactor)
     d.addCallback(lambda r: (r[0].decode("utf-8", "replace"), r[1].decode("utf-8", "replace"), r[2]))
     return d
+
+
+def cli(*args: str, cwd, env: dict | None = None) -> defer.Deferred:
+    """`eformws ARGS`, as `command` runs it."""
+    return command(EFORMWS, *args, cwd=cwd, env=env)
+
+
+def twistd(*args: str, cwd, env: dict | None = None) -> defer.Deferred:
+    """`twistd -n --pidfile= eformws ARGS`, as `command` runs it."""
+    return command(TWISTD, "-n", "--pidfile=", "eformws", *args, cwd=cwd, env=env)
 
 
 def one_line_error(err: str) -> bool:
@@ -162,6 +173,50 @@ async def test_sessions_revoke_reads_an_id_that_begins_with_a_dash_as_the_id(tmp
         assert (out, err, code) == ("", "eformws: no live session matches that id or reference\n", 1)
 
 
+@pytest.mark.parametrize("url", ["127.0.0.1:3918", "ftp://x", "ws://127.0.0.1:3000"], ids=["no scheme", "ftp", "ws"])
+@pytest_twisted.ensureDeferred
+async def test_a_url_that_is_not_http_or_https_is_a_usage_error_naming_it(tmp_path, url):
+    out, err, code = await cli("status", "--url", url, cwd=tmp_path)
+    assert (out, err, code) == ("", f"eformws: --url must start with http:// or https://, got {url!r}\n", 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_url_without_a_host_is_a_usage_error_naming_it(tmp_path):
+    out, err, code = await cli("status", "--url", "http://", cwd=tmp_path)
+    assert (out, code) == ("", 2)
+    assert err == "eformws: --url must name a host after http:// (like http://127.0.0.1:3000), got 'http://'\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_eformws_url_that_is_not_http_or_https_is_a_usage_error_naming_the_variable(tmp_path):
+    out, err, code = await cli("emit", "system_status", "--data", "{}", cwd=tmp_path, env={"EFORMWS_URL": "ftp://x"})
+    assert (out, err, code) == ("", "eformws: EFORMWS_URL must start with http:// or https://, got 'ftp://x'\n", 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_emit_data_that_is_not_json_is_a_usage_error(tmp_path):
+    out, err, code = await cli("emit", "system_status", "--data", "notjson", "--url", "http://127.0.0.1:1", cwd=tmp_path)
+    assert (out, code) == ("", 2)
+    assert one_line_error(err), err
+    assert err.startswith("eformws: --data is not valid JSON (Expecting value at character 0)"), err
+
+
+@pytest.mark.parametrize("data,kind", [("5", "a number"), ("[1]", "an array"), ('"text"', "a string")])
+@pytest_twisted.ensureDeferred
+async def test_broadcast_data_that_is_not_a_json_object_is_a_usage_error(tmp_path, data, kind):
+    out, err, code = await cli("broadcast", LOCKERS, "maintenance", "--data", data, "--url", "http://127.0.0.1:1",
+                               cwd=tmp_path)
+    assert (out, err, code) == ("", f"eformws: --data must be a JSON object ({{...}}), got {kind}: {data!r}\n", 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_list_without_a_database_names_every_way_to_point_at_the_servers_store(tmp_path):
+    out, err, code = await cli("sessions", "list", "--sessions-db", str(tmp_path / "none.db"), cwd=tmp_path)
+    assert (out, code) == ("", 1)
+    assert err == (f"eformws: no session database at {tmp_path / 'none.db'} (the server's: --config FILE, "
+                   "--sessions-db FILE or --redis URL, as given to twistd eformws)\n")
+
+
 # -- status ------------------------------------------------------------------------------------
 
 
@@ -276,6 +331,30 @@ async def test_tail_since_a_seq_of_another_epoch_warns_that_events_were_missed(t
                  env={"EFORMWS_SESSION": session_id})
     assert await tail.printed(2) == stored  # what the log holds, instead
     await tail.said(r"EVENTS WERE MISSED")
+    tail.signal("INT")
+    assert await tail.ended() == (0, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tail_epoch_without_since_is_a_usage_error(tmp_path):
+    out, err, code = await cli("tail", LOCKERS, "--epoch", "abc", cwd=tmp_path)
+    assert (out, err, code) == ("", "eformws: --epoch needs --since (it is the epoch of that seq)\n", 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tail_url_without_a_scheme_is_a_usage_error_naming_the_websocket_schemes_too(tmp_path):
+    out, err, code = await cli("tail", LOCKERS, "--url", "127.0.0.1:3918", cwd=tmp_path)
+    assert (out, code) == ("", 2)
+    assert err == "eformws: --url must start with http://, https://, ws:// or wss://, got '127.0.0.1:3918'\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_tail_takes_a_ws_url(tmp_path, start_server, tails):
+    server = await start_server()
+    tail = tails([LOCKERS, "--url", server.url(""), "--no-replay"], tmp_path, env={"EFORMWS_SESSION": await server.session()})
+    await tail.said(r"tailing /ws/lockers \(rooms: locker_updates\)")
+    stored = await emit(server, 1)
+    assert await tail.printed(1) == [stored]
     tail.signal("INT")
     assert await tail.ended() == (0, None)
 
@@ -495,6 +574,32 @@ async def test_a_bad_value_in_the_file_is_reported_even_where_an_option_override
     out, err, code = await run(TWISTD, "-n", "--pidfile=", "eformws", "--config", str(path), "--port", "0", cwd=tmp_path)
     assert code == 1
     assert err == f"eformws: configuration error: server.port in {path}: must be an integer from 0 to 65535, got 'abc'\n"
+
+
+@pytest.mark.parametrize("options", [(), ("--port", "0")], ids=["alone", "even_where_an_option_overrides_it"])
+@pytest_twisted.ensureDeferred
+async def test_a_bad_environment_value_is_reported_naming_the_variable(tmp_path, options):
+    out, err, code = await twistd(*options, cwd=tmp_path, env={"EFORMWS_SERVER_PORT": "abc"})
+    assert code == 1
+    assert err == ("eformws: configuration error: server.port from EFORMWS_SERVER_PORT: must be an integer from 0 to "
+                   "65535, got 'abc'\n")
+    assert "listening" not in out
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_setting_above_every_section_is_told_the_section_it_goes_in(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("port = 3967\n")
+    out, err, code = await twistd("--config", str(path), cwd=tmp_path)
+    assert code == 1
+    assert err == "eformws: configuration error: port: settings go in a section: write [server] on a line above port = ...\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_help_gives_the_host_default_and_the_demos(tmp_path):
+    out, err, code = await twistd("--help", cwd=tmp_path)
+    assert code == 0, err
+    assert "(server.host, default 0.0.0.0; 127.0.0.1 with --demo)" in " ".join(out.split()), out
 
 
 @pytest_twisted.ensureDeferred

@@ -48,3 +48,28 @@ def test_a_redis_store_without_a_redis_url_is_refused_naming_the_key():
 def test_several_workers_without_redis_are_refused_naming_the_key():
     with pytest.raises(ConfigError, match=r"^server\.workers: more than 1 worker needs redis\.url"):
         load_config(overrides={("server", "workers"): 2}, environ={})
+
+
+@pytest.mark.parametrize("text, message", [
+    ('path = "x.db"\n', r"^path: settings go in a section: write \[events\] or \[sessions\] on a line above path = \.\.\.$"),
+    ("prot = 3000\n", r"^prot: settings go in a section, and no section has a key prot \(sections: auth, events, .*websocket\)$"),
+    ("server = 1\n", r"^server: must be a table \(\[server\] on a line of its own, then its keys\)$"),
+], ids=["a_key_above_every_section_names_each_section_it_may_go_in",
+        "a_key_no_section_has_lists_the_sections",
+        "a_section_name_given_a_value_is_told_to_be_a_table"])
+def test_a_file_without_its_section_headers_is_told_where_settings_go(tmp_path, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(str(path), environ={})
+
+
+def test_an_environment_value_names_its_variable_even_where_an_override_wins():
+    with pytest.raises(ConfigError, match=r"^redis\.prefix from EFORMWS_REDIS_PREFIX: must be a non-empty string"):
+        load_config(overrides={("redis", "prefix"): "ok:"}, environ={"EFORMWS_REDIS_PREFIX": '""'})
+
+
+def test_a_bad_api_token_setting_is_refused_without_showing_the_token():
+    with pytest.raises(ConfigError, match=r"^auth\.api_tokens from EFORMWS_AUTH_API_TOKENS: must be a list of non-empty "
+                                          r"strings, got a string \(value not shown\)$"):
+        load_config(environ={"EFORMWS_AUTH_API_TOKENS": "secret-token"})

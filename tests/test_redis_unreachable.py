@@ -1,6 +1,7 @@
-"""A Redis that is not there when `twistd eformws` starts: one eformws warning per
-connection when it cannot be reached and one when it is reached again, none of Twisted's
-per-retry lines; `eformws status` shows the failing health checks."""
+"""A Redis that is not there when `twistd eformws` starts, or that goes away: one eformws
+warning per connection and change of state (`cannot reach` at start, `connection lost`
+when a working Redis goes, `reached` when it comes), none of Twisted's per-retry lines;
+`eformws status` shows the failing health checks."""
 
 from __future__ import annotations
 
@@ -10,10 +11,18 @@ import pytest_twisted
 from processes import RedisServer, eformws, free_port, write_config
 
 RETRIES = "[redis]\nreconnect_initial_delay = 0.05\nreconnect_max_delay = 0.2\n"
+CONNECTIONS = ("bus writer", "bus reader", "event store", "event log reader", "session store", "node registry")
+
+
+async def pause(seconds: float) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, seconds, lambda: None)
 
 
 @pytest_twisted.ensureDeferred
-async def test_redis_down_at_start_is_said_once_per_connection_and_again_when_it_is_back(tmp_path, spawn):
+async def test_redis_down_at_start_is_said_once_per_connection_and_reached_without_again_when_it_comes(tmp_path, spawn):
     redis = RedisServer(tmp_path, free_port())
     config = write_config(tmp_path, RETRIES)
     process = spawn.raw(["--config", str(config), "--port", "0", "--host", "127.0.0.1", "--redis", redis.url], tmp_path)
@@ -22,11 +31,40 @@ async def test_redis_down_at_start_is_said_once_per_connection_and_again_when_it
     unreachable = re.findall(r"redis (.+?) cannot reach 127\.0\.0\.1:\d+; retrying", down)
     assert unreachable and len(unreachable) == len(set(unreachable)), down  # once per connection
     assert "Scheduling retry" not in down
-    mark = len(process.out)
+    mark = process.mark
     await redis.start()
     try:
-        for name in set(unreachable):
-            await process.line(rf"redis {re.escape(name)} reached 127\.0\.0\.1:\d+ again", after=mark)
+        for name in set(unreachable):  # never connected before: "reached", not "reached ... again"
+            await process.line(rf"redis {re.escape(name)} reached 127\.0\.0\.1:{redis.port}\n", after=mark)
+        assert " again" not in process.out[mark:].decode(), process.log
+    finally:
+        await redis.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_lost_while_running_is_said_once_per_connection_and_reached_again_when_it_is_back(tmp_path, spawn):
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    try:
+        config = write_config(tmp_path, RETRIES)
+        gateway = await spawn(["--config", str(config), "--port", "0", "--host", "127.0.0.1", "--redis", redis.url],
+                              tmp_path)
+        for name in CONNECTIONS:
+            await gateway.process.line(rf"redis {name} connected to 127\.0\.0\.1:{redis.port}")
+        mark = gateway.process.mark
+        await redis.stop()
+        for name in CONNECTIONS:
+            await gateway.process.line(rf"redis {name} connection lost \(127\.0\.0\.1:{redis.port}\); retrying with "
+                                       r"backoff \(up to 0\.2 s apart\)", after=mark)
+        await pause(1.0)  # reconnect attempts at most 0.2 s apart: several fail meanwhile
+        await redis.start()
+        for name in CONNECTIONS:
+            await gateway.process.line(rf"redis {name} reached 127\.0\.0\.1:{redis.port} again", after=mark)
+        outage = gateway.process.out[mark:].decode()
+        for name in CONNECTIONS:
+            assert len(re.findall(rf"redis {name} connection lost", outage)) == 1, outage
+            assert len(re.findall(rf"redis {name} reached", outage)) == 1, outage
+        assert "cannot reach" not in outage and "Scheduling retry" not in outage, outage
     finally:
         await redis.stop()
 
