@@ -11,10 +11,12 @@ import pytest_twisted
 import treq
 from processes import Gateway
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.logger import formatEvent, globalLogPublisher
 
 from eformws.demo import KIOSKS, DemoGenerator, DemoService, demo_config
 from eformws.demo_clients import WAMP_REFUSALS
+from eformws.events import ValidationError
 
 
 @pytest.fixture(autouse=True)
@@ -67,23 +69,43 @@ def test_generator_produces_every_event_type_over_time():
     }
 
 
-@pytest_twisted.ensureDeferred
-async def test_every_generated_event_passes_validation(server):
-    generator = DemoGenerator(server.service.events, seed=11)
-    emitted = []
-    original = server.service.events.emit
+async def refusals(events, generator, count: int) -> list:
+    """The failures of `count` events from `generator` (the generator itself only logs
+    them: its errback would hide them from a test that awaited what it emitted)."""
+    outcomes, original = [], events.emit
 
     def emit(event_type, data, idempotency_key=None):
         d = original(event_type, data, idempotency_key)
+        d.addBoth(lambda result: outcomes.append(result) or result)  # before the generator's errback
         emitted.append(d)
         return d
 
-    server.service.events.emit = emit
-    for _ in range(300):
-        generator.emit_one()
-    for d in emitted:
-        await d  # a ValidationError would fail here
-    assert len(emitted) == 300
+    emitted = []
+    events.emit = emit
+    try:
+        for _ in range(count):
+            generator.emit_one()
+        for d in emitted:
+            await d
+    finally:
+        del events.emit
+    assert len(outcomes) == count
+    return [outcome for outcome in outcomes if isinstance(outcome, Failure)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_generated_event_passes_validation(server):
+    assert await refusals(server.service.events, DemoGenerator(server.service.events, seed=11), 300) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_generator_making_invalid_events_is_caught_by_that_check(server):
+    class Broken(DemoGenerator):
+        def _status(self):
+            return self.events.emit("system_status", {"component": "kiosk", "status": "sleepy", "health_score": 5})
+
+    refused = await refusals(server.service.events, Broken(server.service.events, seed=11), 300)
+    assert refused and all(failure.check(ValidationError) for failure in refused)
 
 
 @pytest_twisted.ensureDeferred
