@@ -6,6 +6,7 @@ from __future__ import annotations
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 
+from eformws.compat import frame_bytes
 from eformws.flow import unsent_bytes, when_drained
 
 
@@ -37,8 +38,8 @@ class PacedWriter:
                 continue  # an event that cannot be sent (logged): left out
             connection.write_frame(frame)
             written += 1
-            burst += len(frame.payloadHybi)
-            size += len(frame.payloadHybi)
+            burst += len(frame_bytes(frame))
+            size += len(frame_bytes(frame))
             if burst >= self.step:
                 burst = 0
                 if unsent_bytes(connection.transport) > self.high:

@@ -9,6 +9,8 @@ import termios
 
 from twisted.internet.defer import Deferred
 
+from eformws.compat import twisted_write_buffer
+
 CLOSE_TRY_AGAIN_LATER = 1013
 SLOW_CONSUMER = "Slow consumer"
 
@@ -17,15 +19,14 @@ def unsent_bytes(transport) -> int:
     """Bytes written to a Twisted TCP transport that the peer has not acknowledged: those
     in Twisted's buffer plus those in the kernel's send queue (Linux `SIOCOUTQ`), which
     alone may hold megabytes for a peer that stopped reading."""
-    if transport is None:
-        return 0
-    buffered = getattr(transport, "dataBuffer", b"")
-    total = len(buffered) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
+    if transport is None or not hasattr(transport, "fileno"):
+        return 0  # gone, or a test's transport without a socket
+    total = twisted_write_buffer(transport)  # a socket without Twisted's buffer: compat is out of date, fail
     try:
         queued = fcntl.ioctl(transport.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
         total += struct.unpack("i", queued)[0]
     except (AttributeError, OSError, ValueError):
-        pass  # no socket (a test transport), or not Linux: Twisted's buffer alone
+        pass  # the socket is closed (Twisted drops it then), or not Linux: Twisted's buffer alone
     return total
 
 

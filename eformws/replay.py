@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
-from autobahn.websocket.protocol import PreparedMessage
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from eformws import wire
+from eformws.compat import Frame, frame_bytes
 from eformws.store import log_position
 
 log = Logger(namespace="eformws.replay")
@@ -87,7 +87,7 @@ class EventFrames:
         self._frames: OrderedDict = OrderedDict()
         self._bytes = 0
 
-    def frame(self, envelope: dict, sees_sensitive: bool) -> PreparedMessage | None:
+    def frame(self, envelope: dict, sees_sensitive: bool) -> Frame | None:
         """The frame of a stored event for one audience; None (logged) for one that cannot be
         framed, so that one bad event never stops a catch-up."""
         key = (envelope.get("id"), envelope.get("seq"), sees_sensitive)
@@ -99,10 +99,8 @@ class EventFrames:
             except (TypeError, ValueError, RecursionError):
                 log.warn("left out event {seq}: it cannot be framed", seq=envelope.get("seq"))
                 return None
-            frame = PreparedMessage(payload, False, False, True)
-            frame.position = log_position(envelope)
-            self._frames[key] = frame
-            self._bytes += len(frame.payloadHybi)
+            frame = self._frames[key] = Frame(payload, False, log_position(envelope))
+            self._bytes += len(frame_bytes(frame))
             while len(self._frames) > self.size or self._bytes > self.max_bytes:
-                self._bytes -= len(self._frames.popitem(last=False)[1].payloadHybi)
+                self._bytes -= len(frame_bytes(self._frames.popitem(last=False)[1]))
         return frame

@@ -17,6 +17,7 @@ from eformws import emitter, metrics
 from eformws.api import Api
 from eformws.bus.local import LocalBus
 from eformws.bus.redis import RedisBus
+from eformws.compat import forget_exit_signal
 from eformws.console import mounted as console_resources
 from eformws.emitter import WebSocketEvents
 from eformws.deferreds import shielded
@@ -45,13 +46,6 @@ from eformws.websocket import (
 
 
 LISTEN_WAIT = 5.0  # seconds the start waits for the event log's position before listening anyway
-
-
-def orderly_exit(reactor) -> None:
-    """twistd re-raises the SIGTERM/SIGINT that stopped the reactor once it has stopped, so
-    the process would end "killed by signal"; call this when the shutdown was orderly: exit 0."""
-    if getattr(reactor, "_exitSignal", None) is not None:
-        reactor._exitSignal = None
 
 
 class EformService(MultiService):
@@ -239,7 +233,7 @@ class EformService(MultiService):
         emitter.install(None)
         metrics.REGISTRY.unregister(self.metrics)
         yield super().stopService()
-        orderly_exit(self.reactor)
+        forget_exit_signal(self.reactor)  # an orderly shutdown: exit 0
         self.log.info("eformws stopped")
 
     def close_clients(self, code: int, reason: str):

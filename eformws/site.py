@@ -17,6 +17,7 @@ from twisted.web.server import Request, Site
 from zope.interface import provider
 
 from eformws import wire
+from eformws.compat import drop_pipelined_requests, has_pipelined_requests
 from eformws.flow import unsent_bytes
 
 # Twisted's own idle timeout (reset by every byte, off while a request is being answered)
@@ -190,12 +191,12 @@ class DeadlineChannel(HTTPChannel):
             # requests it sent and the answers it left.
             self._log.info("HTTP client from {peer} does not read its answers: dropped",
                            peer=self.transport.getPeer().host)
-            self._dataBuffer = []
+            drop_pipelined_requests(self)
             self._closing = True
             self.transport.abortConnection()
         # Before super(): it may parse a pipelined request that was buffered meanwhile.
         self._closing = self._closing or not self.persistent
-        self._await_request(receiving=any(self._dataBuffer))
+        self._await_request(receiving=has_pipelined_requests(self))
         super().requestDone(request)
 
     def _deadline_passed(self) -> None:

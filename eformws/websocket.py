@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -18,6 +17,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from eformws import metrics, wire
+from eformws.compat import Frame, frame_bytes, use_exact_timers, writes_frames_directly
 from eformws.catchup import PacedWriter
 from eformws.flow import CLOSE_TRY_AGAIN_LATER, SLOW_CONSUMER, SlowConsumerGuard
 from eformws.feed import LOG_INTERRUPTED
@@ -44,9 +44,7 @@ class JsonFraming:
     """Legacy clients get the envelope itself as one unmasked, uncompressed text frame."""
 
     def prepare(self, message):
-        frame = PreparedMessage(message.payload, False, False, True)
-        frame.position = message.position  # structured events have one
-        return frame
+        return Frame(message.payload, False, message.position)  # structured events have a position
 
 
 JSON_FRAMING = JsonFraming()
@@ -482,7 +480,7 @@ class LegacyProtocol(GatewayProtocol):
         if self._held is not None:
             if self.writable:
                 self._held.append(frame)
-                self._held_bytes += len(frame.payloadHybi)
+                self._held_bytes += len(frame_bytes(frame))
                 if self._held_bytes > self.guard.limit:
                     self._held.clear()
                     self.slow_consumer()
@@ -501,8 +499,8 @@ class LegacyProtocol(GatewayProtocol):
     def write_frame(self, frame) -> None:
         """A prepared frame to the peer, unless it was found to be a slow consumer or is closing."""
         if self.writable:
-            if self._perMessageCompress is None and not self.send_queue:
-                payload = frame.payloadHybi
+            if writes_frames_directly(self):
+                payload = frame_bytes(frame)
                 self.transport.write(payload)  # what sendPreparedMessage does, minus its per-frame debug log
                 self.wrote(len(payload))
             else:
@@ -610,33 +608,12 @@ class LegacyProtocol(GatewayProtocol):
         self._gone_for_good()
 
 
-class _Call:
-    def __init__(self, delayed_call):
-        self._delayed_call = delayed_call
-
-    def cancel(self) -> None:
-        if self._delayed_call.active():
-            self._delayed_call.cancel()
-
-
-class ExactTimer:
-    """Autobahn's timers (auto-ping, ping timeout, handshake timeouts) at the time asked for.
-    txaio's batched timer floors every deadline to a whole second, so a ping timeout under
-    a second can fire before the peer had any chance to answer, and pings repeat at once."""
-
-    def __init__(self, reactor):
-        self._reactor = reactor
-
-    def call_later(self, delay, func, *args, **kwargs):
-        return _Call(self._reactor.callLater(delay, func, *args, **kwargs))
-
-
 class NamespaceFactory(WebSocketServerFactory):
     protocol = LegacyProtocol
 
     def __init__(self, namespace: Namespace, settings: WebSocketSettings, admission: Admission, options: dict):
         super().__init__(server="eformws")
-        self._batched_timer = ExactTimer(self.reactor)
+        use_exact_timers(self)
         self.namespace = namespace
         self.settings = settings
         self.admission = admission

@@ -13,8 +13,8 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
+from eformws.compat import forget_exit_signal
 from eformws.listener import bind_listener
-from eformws.service import orderly_exit
 
 log = Logger(namespace="eformws.workers")
 
@@ -128,7 +128,7 @@ class WorkerParent(Service):
                 call.cancel()
             if self.socket is not None:
                 self.socket.close()
-            orderly_exit(self.reactor)
+            forget_exit_signal(self.reactor)  # an orderly shutdown: exit 0
             log.info("eformws stopped")
 
         d.addBoth(done)

@@ -3,10 +3,10 @@ envelope is encoded once and each matched subscription's EVENT framed once for a
 
 from __future__ import annotations
 
-from autobahn.websocket.protocol import PreparedMessage
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from eformws.compat import Frame
 from eformws.hub import IFraming
 
 log = Logger(namespace="eformws.wamp")
@@ -21,34 +21,36 @@ class EventFraming:
         self._broker = broker
 
     def prepare(self, message):
-        return EventFrame(self.codec, self._broker.delivery_of(message))
+        return EventFrame(self.codec, self._broker.delivery_of(message), message)
 
 
 class EventFrame:
-    """One message for the sessions of one serialization. `events_for(connection)` are the
-    prepared EVENTs that connection gets, one per subscription of its that matched; the
-    EVENT of a (subscription, topic) is built on first use and shared by every subscriber."""
+    """One message, as one audience sees it (`message`: the original or its redacted copy),
+    for the sessions of one serialization. `events_for(connection)` are the prepared EVENTs
+    that connection gets, one per subscription of its that matched; the EVENT of a
+    (subscription, topic) is built on first use and shared by every subscriber."""
 
-    __slots__ = ("_codec", "_delivery", "_envelope", "_events")
+    __slots__ = ("_codec", "_delivery", "_message", "_envelope", "_events")
 
-    def __init__(self, codec, delivery):
+    def __init__(self, codec, delivery, message):
         self._codec = codec
         self._delivery = delivery
+        self._message = message
         self._envelope: bytes | None = None
-        self._events: dict[tuple[int, str], PreparedMessage] = {}
+        self._events: dict[tuple[int, str], Frame] = {}
 
-    def events_for(self, connection) -> list[PreparedMessage]:
+    def events_for(self, connection) -> list[Frame]:
         matched = self._delivery.matches.get(connection)
         if not matched:
             return []
         if self._envelope is None:
             try:
-                self._envelope = self._codec.envelope(self._delivery.message)
+                self._envelope = self._codec.envelope(self._message)
             except (OverflowError, TypeError, ValueError) as e:
                 # e.g. an integer beyond 64 bits: JSON carries it, MessagePack cannot.
                 log.warn(
                     "cannot encode a {type} message for {subprotocol} sessions: {error}",
-                    type=self._delivery.message.envelope.get("type"),
+                    type=self._message.envelope.get("type"),
                     subprotocol=self._codec.subprotocol,
                     error=str(e),
                 )
@@ -63,6 +65,6 @@ class EventFrame:
                 payload = self._codec.event(
                     subscription.id, self._delivery.publication, subscription.details(topic), self._envelope
                 )
-                frame = self._events[key] = PreparedMessage(payload, self._codec.binary, False, True)
+                frame = self._events[key] = Frame(payload, self._codec.binary)
             frames.append(frame)
         return frames

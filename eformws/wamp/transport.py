@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from eformws import metrics
+from eformws.compat import use_exact_timers
 from eformws.flow import SlowConsumerGuard
 from eformws.hub import IConnection
 from eformws.origins import origin_allowed
@@ -18,7 +19,7 @@ from eformws.ratelimit import TokenBucket
 from eformws.sessions.credentials import cookie_values
 from eformws.wamp.codec import BadUri, Undecodable
 from eformws.wamp.session import CLOSE_NORMAL, OPENING, RouterSession
-from eformws.websocket import ExactTimer, GatewayProtocol
+from eformws.websocket import GatewayProtocol
 
 log = Logger(namespace="eformws.wamp")
 RECEIVED = metrics.messages_received.labels(metrics.WAMP)
@@ -173,6 +174,6 @@ class WampFactory(WebSocketServerFactory):
 
     def __init__(self, router, options: dict):
         super().__init__(server="eformws")
-        self._batched_timer = ExactTimer(self.reactor)
+        use_exact_timers(self)
         self.router = router
         self.setProtocolOptions(**options)

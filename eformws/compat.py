@@ -1,0 +1,83 @@
+"""What eformws takes from the private parts of Twisted and Autobahn, in one place; each is
+pinned by tests/test_compat.py, which fails loudly when a release of either changes it."""
+
+from __future__ import annotations
+
+from autobahn.websocket.protocol import PreparedMessage
+
+# -- Autobahn --------------------------------------------------------------------------------
+
+
+class Frame(PreparedMessage):
+    """A WebSocket frame serialized once for every recipient (Autobahn's PreparedMessage)
+    that also carries the event-log position of the event it holds (None for others)."""
+
+    def __init__(self, payload: bytes, binary: bool, position=None):
+        super().__init__(payload, binary, False, True)  # not masked, never compressed
+        self.position = position
+
+
+def frame_bytes(frame: PreparedMessage) -> bytes:
+    """The whole frame as it goes on the wire (header and payload)."""
+    return frame.payloadHybi
+
+
+def writes_frames_directly(protocol) -> bool:
+    """Whether a prepared frame may be written to the protocol's transport as it is: no
+    per-message compression negotiated and nothing queued in Autobahn's send queue (what
+    `sendPreparedMessage` checks before it does the same)."""
+    return protocol._perMessageCompress is None and not protocol.send_queue
+
+
+class _Call:
+    def __init__(self, delayed_call):
+        self._delayed_call = delayed_call
+
+    def cancel(self) -> None:
+        if self._delayed_call.active():
+            self._delayed_call.cancel()
+
+
+class ExactTimer:
+    """Autobahn's timers (auto-ping, ping timeout, handshake timeouts) at the time asked for.
+    txaio's batched timer floors every deadline to a whole second, so a ping timeout under
+    a second can fire before the peer had any chance to answer, and pings repeat at once."""
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+
+    def call_later(self, delay, func, *args, **kwargs):
+        return _Call(self._reactor.callLater(delay, func, *args, **kwargs))
+
+
+def use_exact_timers(factory) -> None:
+    """Give an Autobahn factory (and so its protocols) the exact timer instead of txaio's
+    batched one."""
+    factory._batched_timer = ExactTimer(factory.reactor)
+
+
+# -- Twisted ---------------------------------------------------------------------------------
+
+
+def twisted_write_buffer(transport) -> int:
+    """Bytes written to a Twisted TCP transport (or a wrapper of one: TLS, the policies
+    wrappers delegate attributes) that are still in Twisted's own buffer. AttributeError
+    for a transport that has none (a test's StringTransport)."""
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+def drop_pipelined_requests(channel) -> None:
+    """Forget the requests an HTTP/1.1 channel has received but not started (pipelined
+    behind the one being answered)."""
+    channel._dataBuffer = []
+
+
+def has_pipelined_requests(channel) -> bool:
+    """Whether an HTTP/1.1 channel holds received bytes of requests not started yet."""
+    return any(channel._dataBuffer)
+
+
+def forget_exit_signal(reactor) -> None:
+    """twistd re-raises the SIGTERM/SIGINT that stopped the reactor once it has stopped, so
+    the process would end "killed by signal"; forgetting the signal makes it exit 0."""
+    reactor._exitSignal = None

@@ -1,0 +1,126 @@
+"""Each private part of Twisted and Autobahn that eformws/compat.py uses, pinned: these fail
+when a release of either library renames or changes it, before the slow-consumer guard,
+the exact timers or an orderly exit weaken without a word."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest_twisted
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import PreparedMessage
+from twisted.application import app
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.protocols.policies import WrappingFactory
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+from eformws.compat import (
+    Frame,
+    drop_pipelined_requests,
+    forget_exit_signal,
+    frame_bytes,
+    has_pipelined_requests,
+    twisted_write_buffer,
+    use_exact_timers,
+    writes_frames_directly,
+)
+
+PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+def test_a_frame_is_the_bytes_autobahn_sends_and_keeps_its_position():
+    frame = Frame(b"hello", False, position=("epoch", 7))
+    assert isinstance(frame, PreparedMessage)
+    assert frame_bytes(frame) == b"\x81\x05hello"  # FIN + text, unmasked, length 5
+    assert frame.position == ("epoch", 7)
+    assert frame_bytes(Frame(b"\x00", True))[:2] == b"\x82\x01"  # binary
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_without_compression_writes_prepared_frames_directly(server):
+    client = await server.join("/ws/lockers", await server.session())
+    connection, = server.hub.namespaces["/ws/lockers"].connections.values()
+    assert isinstance(connection, WebSocketServerProtocol)
+    assert writes_frames_directly(connection) is True
+    connection.send_queue.append(("queued",))  # what Autobahn queues while it is sending
+    assert writes_frames_directly(connection) is False
+    connection.send_queue.clear()
+    await client.close()
+
+
+class _Transport(StringTransport):
+    def unregisterProducer(self):
+        pass  # Autobahn unregisters whether or not it registered; a socket's transport allows it
+
+
+def test_exact_timers_fire_autobahns_timeouts_at_the_time_asked():
+    clock = Clock()
+    factory = WebSocketServerFactory(reactor=clock)
+    factory.protocol = WebSocketServerProtocol
+    assert hasattr(factory, "_batched_timer")  # what use_exact_timers replaces
+    factory.setProtocolOptions(openHandshakeTimeout=0.25)
+    use_exact_timers(factory)
+    transport = _Transport()
+    factory.buildProtocol(PEER).makeConnection(transport)
+    clock.advance(0.24)
+    assert not transport.disconnecting
+    clock.advance(0.02)  # txaio's batched timer would wait for a whole second
+    assert transport.disconnecting
+
+
+class _Silent(protocol.Protocol):
+    pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_twisted_write_buffer_counts_what_a_tcp_transport_has_not_sent_yet_through_wrappers():
+    accepted = defer.Deferred()
+
+    class Accept(protocol.Factory):
+        def buildProtocol(self, addr):
+            built = _Silent()
+            reactor.callLater(0, accepted.callback, built)
+            return built
+
+    port = reactor.listenTCP(0, WrappingFactory(Accept()), interface="127.0.0.1")  # TLS is such a wrapper too
+    client = await protocol.ClientCreator(reactor, _Silent).connectTCP("127.0.0.1", port.getHost().port)
+    server_side = await accepted
+    try:
+        assert twisted_write_buffer(server_side.transport) == 0
+        server_side.transport.write(b"x" * 100_000)
+        assert twisted_write_buffer(server_side.transport) == 100_000  # not sent before the reactor runs
+    finally:
+        client.transport.abortConnection()
+        server_side.transport.abortConnection()
+        await port.stopListening()
+
+
+class _Pending(Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        return NOT_DONE_YET
+
+
+def test_requests_pipelined_behind_an_unanswered_one_are_seen_and_can_be_dropped():
+    site = Site(_Pending())
+    channel = HTTPChannel()  # what eformws.site's channel is (the Site wraps one for HTTP/2 negotiation)
+    channel.site, channel.requestFactory = site, site.requestFactory
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert has_pipelined_requests(channel)
+    drop_pipelined_requests(channel)
+    assert not has_pipelined_requests(channel)
+
+
+def test_the_exit_signal_twistd_re_raises_is_the_reactors_and_can_be_forgotten():
+    assert "reactor._exitSignal" in inspect.getsource(app.ApplicationRunner)  # what twistd exits with
+    clock_reactor = type("R", (), {"_exitSignal": 15})()
+    forget_exit_signal(clock_reactor)
+    assert clock_reactor._exitSignal is None
+    assert hasattr(reactor, "_exitSignal")
