@@ -56,6 +56,11 @@ class Message:
             )
         return self._redacted
 
+    def is_or_redacts(self, other: "Message") -> bool:
+        """Whether `other` is this message or the copy of it redacted for other roles (one
+        message, two audiences)."""
+        return other is self or other is self._redacted
+
     @property
     def payload(self) -> bytes:
         """The envelope as compact JSON, computed once whatever the number of readers."""

@@ -99,6 +99,20 @@ async def test_wamp_subscriber_without_the_role_gets_the_redacted_envelope(serve
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_wamp_event_has_one_publication_id_whatever_the_audience(server):
+    kiosk = open_peer(server, "json", ticket=await server.session(user="k1", role="kiosk", kiosk="kiosk-1"))
+    admin = open_peer(server, "msgpack", ticket=await server.session(user="alice", role="admin"))
+    await within(kiosk.joined)
+    await within(admin.joined)
+    inboxes = [(await subscribe(peer, "eform.help.help_requests"))[0] for peer in (kiosk, admin)]
+    for _ in range(2):
+        await server.service.events.emit("help_requested", help_request())
+        (redacted, seen_by_kiosk), (full, seen_by_admin) = [await inbox.next() for inbox in inboxes]
+        assert "note" not in redacted["data"] and full["data"]["note"] == "door stuck"
+        assert seen_by_kiosk.publication == seen_by_admin.publication  # was a new random id per audience
+
+
+@pytest_twisted.ensureDeferred
 async def test_health_endpoint_redacts_recent_events_for_kiosk_sessions(server):
     await server.service.events.emit("help_requested", help_request())
     session_id = await server.session(user="k1", role="kiosk", kiosk="kiosk-1")

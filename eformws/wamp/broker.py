@@ -3,6 +3,7 @@ delivered message reaches and on which topic, and PUBLISH as a broadcast through
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Iterator
 
 from twisted.internet.defer import Deferred
@@ -10,7 +11,7 @@ from twisted.internet.defer import Deferred
 from eformws import wire
 from eformws.events import ValidationError, json_value
 from eformws.message import Message
-from eformws.wamp.errors import INVALID_ARGUMENT, NOT_AUTHORIZED, SUBSCRIPTION_LIMIT, WampError, new_id
+from eformws.wamp.errors import INVALID_ARGUMENT, MAX_ID, NOT_AUTHORIZED, SUBSCRIPTION_LIMIT, WampError, new_id
 from eformws.wamp.topics import (
     EXACT,
     PREFIX_MATCH,
@@ -167,10 +168,11 @@ class Broker:
         return True
 
     def delivery_of(self, message: Message) -> Delivery:
-        """The delivery `recipients` computed for this message (the hub asks for recipients,
-        then for frames, within one `deliver` call), else a new one."""
+        """The delivery `recipients` computed for this message or the message it is the
+        redacted copy of (the hub asks for recipients, then for each audience's frames,
+        within one `deliver` call), else a new one. One resolution, one publication id."""
         delivery = self._delivery
-        if delivery is None or delivery.message is not message:
+        if delivery is None or not delivery.message.is_or_redacts(message):
             delivery = self._delivery = self._resolve(message)
         return delivery
 
@@ -196,7 +198,7 @@ class Broker:
                     if self.may_receive(connection, topic):
                         matches.setdefault(connection, []).append((subscription, topic))
                         break
-        return Delivery(message, meta.get("publication") or new_id(), matches)
+        return Delivery(message, publication_of(message), matches)
 
     # -- PUBLISH -------------------------------------------------------------------------
 
@@ -223,6 +225,23 @@ class Broker:
             d = self._hub.broadcast_to_room(path, room, event, data, meta={META: meta})
         d.addCallback(lambda _: publication)
         return d
+
+
+def publication_of(message: Message) -> int:
+    """The publication id of a message, one whatever the audience: the publisher's (a WAMP
+    PUBLISH), else one derived from the event's `id` (so every process gives a structured
+    event the same), else one drawn once and kept in `meta` (which a redacted copy shares)."""
+    meta = message.meta.setdefault(META, {})
+    publication = meta.get("publication")
+    if publication is None:
+        event_id = message.envelope.get("id")
+        if isinstance(event_id, str):
+            digest = hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+            publication = int.from_bytes(digest, "big") % MAX_ID + 1
+        else:
+            publication = new_id()
+        meta["publication"] = publication
+    return publication
 
 
 _UNSUPPORTED = (
