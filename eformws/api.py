@@ -17,8 +17,10 @@ from twisted.python.failure import Failure
 from werkzeug.routing import RequestRedirect
 
 from eformws import metrics, wire
-from eformws.events import ValidationError, json_value
+from eformws.broadcasts import BroadcastError, UnknownNamespace, check_broadcast, send_broadcast
+from eformws.events import ValidationError
 from eformws.origins import origin_allowed
+from eformws.policy import Policy
 from eformws.emitter import check_idempotency_key
 from eformws.redis import RedisUnavailable
 from eformws.store import IdempotencyConflict
@@ -205,12 +207,10 @@ class Api:
         self.bus = bus
         self.nodes = nodes
         self.sessions = sessions
-        self.sensitive_roles = frozenset(config.get("auth", "sensitive_roles"))
+        self.policy = Policy.from_config(config)
         self.events = events
         self.event_store = event_store
         self.api_tokens = [t.encode("utf-8") for t in config.get("auth", "api_tokens")]
-        self.broadcast_roles = frozenset(config.get("auth", "broadcast_roles"))
-        self.session_admin_roles = frozenset(config.get("auth", "session_admin_roles"))
         self.default_ttl = config.get("sessions", "default_ttl")
         self.cookie_names = tuple(config.get("auth", "cookie_names"))
         self.allowed_origins = frozenset(config.get("server", "allowed_origins"))
@@ -279,9 +279,9 @@ class Api:
         return session
 
     @inlineCallbacks
-    def require_privileged(self, request, changes: bool = True, roles: frozenset | None = None):
-        """An API token (None), or a session whose role is in `roles` (default: those that
-        may broadcast); else 401 or 403. A request that `changes` something and is
+    def require_privileged(self, request, changes: bool = True, may: Callable | None = None):
+        """An API token (None), or a session the policy's `may` allows (default: that it may
+        publish); else 401 or 403. A request that `changes` something and is
         authenticated by a cookie must not be cross-site (a read needs no such check: a
         cross-site page cannot read the answer)."""
         if self._is_api_token(request):
@@ -289,7 +289,7 @@ class Api:
         session = yield self.require_session(request)
         if changes and session.id in cookie_values(_headers(request, b"cookie"), self.cookie_names):
             self._refuse_cross_site(request)
-        if session.role not in (self.broadcast_roles if roles is None else roles):
+        if not (may or self.policy.may_publish)(session):
             metrics.auth_failures.labels(metrics.HTTP, "forbidden").inc()
             raise HTTPError(403, "This session may not do that")
         return session
@@ -346,8 +346,8 @@ class Api:
     def _build_status(self, full: bool):
         """The status object; with several processes, counts add up their registry entries."""
         hub = self.hub
-        namespaces = {path: len(ns.connections) for path, ns in hub.namespaces.items()}
-        endpoints = {path: len(endpoint.connections) for path, endpoint in hub.endpoints.items()}
+        counts = hub.counts()
+        namespaces, endpoints = counts.namespaces, counts.endpoints
         nodes = None
         if self.nodes is not None:
             try:
@@ -397,36 +397,14 @@ class Api:
         if not event:
             raise HTTPError(400, "body/event must NOT have fewer than 1 characters")
         try:
-            # What cannot be framed (NaN, Infinity, 1e400, lone surrogates) was accepted, then
-            # failed when framed: a 500 with listeners, dropped without. eform.broadcast checks too.
-            json_value("body/event", event)
-            json_value("body/data", data)
-        except ValidationError as e:
+            check_broadcast(event, data, room, prefix="body/")
+        except BroadcastError as e:
             raise HTTPError(400, str(e)) from None
-        if namespace not in self.hub.namespaces:
-            raise HTTPError(404, f"Unknown namespace: {namespace}")
-        if room is None:
-            delivered = yield self.hub.broadcast(namespace, event, data)
-            where = namespace
-        else:
-            try:
-                wire.check_room(room)
-            except wire.ClientMessageError as e:
-                raise HTTPError(400, f"body/room: {e.message}") from None
-            delivered = yield self.hub.broadcast_to_room(namespace, room, event, data)
-            where = f"{namespace}/{room}"
-        return (
-            _json(
-                request,
-                200,
-                {
-                    "success": True,
-                    "message": f"Broadcast sent to {where}",
-                    "delivered": delivered or 0,
-                    "timestamp": wire.js_timestamp(),
-                },
-            )
-        )
+        try:
+            answer = yield send_broadcast(self.hub, namespace, event, data, room)
+        except UnknownNamespace as e:
+            raise HTTPError(404, str(e)) from None
+        return _json(request, 200, answer)
 
     @app.route("/api/websocket/events", methods=["POST"])
     @inlineCallbacks
@@ -459,7 +437,8 @@ class Api:
         statistics = yield self.event_store.stats()
         recent = yield self.event_store.recent(None, RECENT_WINDOW, RECENT_LIMIT)
         hub = self.hub
-        if session.role not in self.sensitive_roles:
+        counts = hub.counts()
+        if not self.policy.sees_sensitive(session):
             recent = [hub.redactor.redact(envelope) for envelope in recent]
         return _json(
             request,
@@ -467,8 +446,8 @@ class Api:
             {
                 "websocket_available": True,
                 "connection_health": {
-                    "total_connections": hub.connection_count(),
-                    "namespaces": {path: len(ns.connections) for path, ns in hub.namespaces.items()},
+                    "total_connections": counts.total,
+                    "namespaces": counts.namespaces,
                     "latency_metrics": hub.latency_metrics(),
                 },
                 "event_statistics": statistics,
@@ -484,27 +463,21 @@ class Api:
     def session_route(self, request):
         """Who the request's session is and what its role may do; never its id."""
         session = yield self.require_session(request)
-        role = session.role
         return _json(
             request,
             200,
             {
                 "user_id": session.user_id,
-                "role": role,
+                "role": session.role,
                 "kiosk_id": session.kiosk_id,
                 "expires_at": _timestamp(session.expires_at),
-                "may": {
-                    "broadcast": role in self.broadcast_roles,
-                    "emit": role in self.broadcast_roles,  # POST /api/websocket/events takes the same
-                    "manage_sessions": role in self.session_admin_roles,
-                    "see_sensitive": role in self.sensitive_roles,
-                },
+                "may": self.policy.abilities(session),
             },
         )
 
     def _require_session_admin(self, request, changes: bool = True) -> Deferred:
         """An API token (None) or a session whose role is in `auth.session_admin_roles`."""
-        return self.require_privileged(request, changes, self.session_admin_roles)
+        return self.require_privileged(request, changes, self.policy.may_manage_sessions)
 
     @app.route("/api/websocket/sessions", methods=["GET"])
     @inlineCallbacks
@@ -577,9 +550,9 @@ class Api:
                 checks[name] = "ok"
             except Exception as e:
                 checks[name] = f"unavailable: {e}"
-        bus_healthy = getattr(self.bus, "healthy", None)  # None: the bus of one process
+        bus_healthy = None if self.bus is None else self.bus.healthy  # None: the bus of one process (IBus)
         if bus_healthy is not None:
-            refused = getattr(self.bus, "write_error", None)
+            refused = self.bus.write_error
             checks["redis_bus"] = (
                 "ok" if bus_healthy
                 else f"unavailable: redis refuses writes ({refused}), delivering locally and buffering" if refused

@@ -18,6 +18,9 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
 
+from eformws.backoff import FACTOR, INITIAL_DELAY, MAX_DELAY, backoff_delay
+from eformws.wire import CLOSE_POLICY
+
 __all__ = [
     "ClientError", "Disconnect", "EformClient", "GaveUp", "Refused", "Resumed", "ServerError",
     "backoff_delay", "seq_order", "websocket_url",
@@ -26,9 +29,6 @@ __all__ = [
 log = Logger(namespace="eformws.client")
 
 # Reconnection defaults, as Autobahn's Component and Socket.IO's client have them.
-INITIAL_DELAY = 0.5  # seconds: the ceiling of the first wait
-MAX_DELAY = 30.0  # seconds: the ceiling never grows past this
-FACTOR = 2.0  # the ceiling is multiplied by this after every failed attempt
 
 # Control messages of the protocol; every other message is an event for the application.
 CONTROL_TYPES = frozenset({"connection", "room_joined", "room_left", "pong", "resumed", "error"})
@@ -37,19 +37,7 @@ FINAL_CLOSE_REASONS = frozenset(
     {"Authentication required", "Authentication failed", "Forbidden", "Session expired", "Session revoked"}
 )
 FINAL_HTTP_STATUSES = frozenset({400, 401, 403, 404})
-CLOSE_POLICY = 1008
 RATE_LIMITED_RETRY = 0.25  # seconds before a request refused `rate_limited` is sent again
-
-
-def backoff_delay(attempt: int, initial: float = INITIAL_DELAY, maximum: float = MAX_DELAY,
-                  factor: float = FACTOR, random: Callable[[], float] = _random.random) -> float:
-    """Seconds to wait before reconnection attempt `attempt` (0 for the first): "full jitter",
-    a uniform draw from [0, min(maximum, initial * factor ** attempt))."""
-    try:
-        ceiling = min(maximum, initial * factor ** attempt)
-    except OverflowError:
-        ceiling = maximum
-    return random() * ceiling
 
 
 def seq_order(seq) -> tuple:

@@ -51,22 +51,28 @@ def _missing(path: str) -> ValidationError:
     return ValidationError(path, "is required", present=False)
 
 
-def text(path: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValidationError(path, "a non-empty string", value)
-    return value
+def _kind(expectation: str, accepts: Callable[[Any], bool]) -> Check:
+    """A check that a value is of one kind: the value if `accepts` it, else ValidationError
+    saying it must be `expectation`."""
+    def check(path: str, value: Any) -> Any:
+        if not accepts(value):
+            raise ValidationError(path, expectation, value)
+        return value
+
+    return check
 
 
-def string(path: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValidationError(path, "a string", value)
-    return value
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def integer(path: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(path, "an integer", value)
-    return value
+text = _kind("a non-empty string", lambda value: isinstance(value, str) and bool(value))
+string = _kind("a string", lambda value: isinstance(value, str))
+integer = _kind("an integer", _is_integer)
+boolean = _kind("true or false", lambda value: isinstance(value, bool))
+obj = _kind("an object", lambda value: isinstance(value, dict))
+text_or_integer = _kind("a non-empty string or an integer",
+                        lambda value: _is_integer(value) or (isinstance(value, str) and bool(value)))
 
 
 def number(low: float | None = None, high: float | None = None) -> Check:
@@ -80,25 +86,7 @@ def number(low: float | None = None, high: float | None = None) -> Check:
     return check
 
 
-def boolean(path: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValidationError(path, "true or false", value)
-    return value
-
-
-def obj(path: str, value: Any) -> dict:
-    if not isinstance(value, dict):
-        raise ValidationError(path, "an object", value)
-    return value
-
-
 def anything(path: str, value: Any) -> Any:
-    return value
-
-
-def text_or_integer(path: str, value: Any) -> Any:
-    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value)):
-        raise ValidationError(path, "a non-empty string or an integer", value)
     return value
 
 

@@ -12,10 +12,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from eformws import metrics
+from eformws.wire import CLOSE_POLICY
 
 log = Logger(namespace="eformws.expiry")
 
-CLOSE_POLICY = 1008
 SESSION_EXPIRED = "Session expired"
 SESSION_REVOKED = "Session revoked"
 

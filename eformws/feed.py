@@ -8,10 +8,10 @@ from twisted.logger import Logger
 from eformws import events
 from eformws.message import Message
 from eformws.store import Position, parse_cursor
+from eformws.wire import CLOSE_SERVICE_RESTART
 
 log = Logger(namespace="eformws.feed")
 
-CLOSE_SERVICE_RESTART = 1012
 LOG_INTERRUPTED = "Event stream interrupted; reconnect and resume"
 
 

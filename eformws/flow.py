@@ -11,7 +11,6 @@ from twisted.internet.defer import Deferred
 
 from eformws.compat import twisted_write_buffer
 
-CLOSE_TRY_AGAIN_LATER = 1013
 SLOW_CONSUMER = "Slow consumer"
 
 

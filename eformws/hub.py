@@ -4,6 +4,7 @@ clients, which resolves recipients through room indexes and frames each message 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from twisted.internet.defer import Deferred
@@ -18,29 +19,41 @@ from eformws.sensitive import Redactor
 
 
 class IFraming(Interface):
-    """How one kind of transport turns a message into a frame it can send many times."""
+    """How one kind of transport turns a message into a frame it can send many times. A
+    framing is shared by every connection of its kind and is a dict key of the hub's
+    frame cache (hashable)."""
 
     def prepare(message):
-        """Return a frame for `message`, to be handed to `IConnection.send`."""
+        """Return a frame for `message` (the original, or its copy redacted for those who
+        may not see sensitive fields), to be handed to `IConnection.send` of every
+        recipient with this framing and audience: called once per message, framing and
+        audience."""
 
 
 class IConnection(Interface):
-    id = Attribute("connection id (uuid4 string)")
-    namespace = Attribute("namespace path")
-    session = Attribute("the Session, or None when anonymous")
-    rooms = Attribute("set of room names this connection is in")
+    """One client connection as the hub, shutdown and the session recheck (`SessionWatch`)
+    see it: in a namespace's registry and rooms, or an `IEndpoint`'s connections."""
+
+    id = Attribute("connection id (uuid4 string), set when it opens (None before)")
+    namespace = Attribute("namespace path, or the path of the endpoint it belongs to (e.g. /wamp)")
+    session = Attribute("the Session, or None when anonymous (or not authenticated yet)")
+    rooms = Attribute("set of room names this connection is in (empty for an endpoint's connections)")
     framing = Attribute("the IFraming that makes frames for this connection")
     sees_sensitive = Attribute("whether its role may see sensitive fields (else it gets them removed)")
-    closed = Attribute("Deferred that fires once the connection is closed")
+    closed = Attribute("a Deferred (a new one each time it is read) that fires once the connection is "
+                       "gone and out of the hub; at once when it already is")
 
     def send(frame):
-        """Hand a prepared frame to the transport."""
+        """Hand a frame its framing prepared to the transport (one that may be sent nothing
+        more, closing or a slow consumer, drops it)."""
 
     def close(code, reason):
-        """Start closing with a WebSocket close code and reason."""
+        """Start closing with a WebSocket close code (any, 1008 and 1013 included) and
+        reason."""
 
     def abort():
-        """Drop the transport at once, without a closing handshake."""
+        """Drop the transport at once, without a closing handshake (shutdown, when the
+        closing handshake did not end within `server.shutdown_timeout`)."""
 
 
 class IEndpoint(Interface):
@@ -48,8 +61,8 @@ class IEndpoint(Interface):
     sessions subscribe to topics): the hub counts and closes them, and asks the endpoint
     which of them get each message it delivers."""
 
-    path = Attribute("where its clients connect, e.g. /wamp")
-    connections = Attribute("dict of connection id -> IConnection")
+    path = Attribute("where its clients connect, e.g. /wamp (its key in `Hub.endpoints`)")
+    connections = Attribute("dict of connection id -> IConnection: those the hub counts and closes")
 
     def recipients(message):
         """The connections that get `message`, each once (none of them in a namespace)."""
@@ -98,6 +111,18 @@ class _Frames:
             frame = self.frames[key] = framing.prepare(view)
         self.last_framing, self.last_sees, self.last_frame = framing, sees, frame
         return frame
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Connections per namespace path and per endpoint path (e.g. /wamp) of one process."""
+
+    namespaces: dict[str, int]
+    endpoints: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.namespaces.values()) + sum(self.endpoints.values())
 
 
 class Hub:
@@ -186,17 +211,26 @@ class Hub:
         registry = self.namespaces.get(path) or self.endpoints.get(path)
         return len(registry.connections) if registry else 0
 
+    def counts(self) -> Counts:
+        """This process's connections per namespace and per endpoint, at this moment: the
+        one snapshot the status, health, node registry and metrics report from."""
+        return Counts(
+            {path: len(ns.connections) for path, ns in self.namespaces.items()},
+            {path: len(endpoint.connections) for path, endpoint in self.endpoints.items()},
+        )
+
     def get_connection_stats(self) -> dict:
+        counts = self.counts()
         return {
-            "total_connections": self.connection_count(),
+            "total_connections": counts.total,
             "namespaces": {
                 path: {
-                    "connections": len(ns.connections),
+                    "connections": counts.namespaces[path],
                     "rooms": {room: len(members) for room, members in ns.rooms.items()},
                 }
                 for path, ns in self.namespaces.items()
             },
-            "endpoints": {path: {"connections": len(e.connections)} for path, e in self.endpoints.items()},
+            "endpoints": {path: {"connections": count} for path, count in counts.endpoints.items()},
             "latency_metrics": self.latency_metrics(),
         }
 

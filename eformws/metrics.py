@@ -86,11 +86,13 @@ class ServiceCollector:
             "eformws_connections", "Open connections of this process", labels=["namespace", "transport"]
         )
         rooms = GaugeMetricFamily("eformws_rooms", "Rooms with at least one member", labels=["namespace"])
+        counts = self.hub.counts()
+        for path, count in counts.namespaces.items():
+            connections.add_metric([path, WEBSOCKET], count)
         for path, namespace in self.hub.namespaces.items():
-            connections.add_metric([path, WEBSOCKET], len(namespace.connections))
             rooms.add_metric([path], len(namespace.rooms))
-        for path, endpoint in self.hub.endpoints.items():
-            connections.add_metric([path, WAMP], len(endpoint.connections))
+        for path, count in counts.endpoints.items():
+            connections.add_metric([path, WAMP], count)
         yield connections
         yield rooms
         if self.redis_connections:

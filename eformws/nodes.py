@@ -32,11 +32,12 @@ class NodeRegistry(MultiService):
         TimerService(interval, self.heartbeat).setServiceParent(self)
 
     def local(self) -> dict:
+        counts = self.hub.counts()
         return {
             "id": self.node_id,
-            "connections": self.hub.connection_count(),
-            "namespaces": {path: len(ns.connections) for path, ns in self.hub.namespaces.items()},
-            "endpoints": {path: len(endpoint.connections) for path, endpoint in self.hub.endpoints.items()},
+            "connections": counts.total,
+            "namespaces": counts.namespaces,
+            "endpoints": counts.endpoints,
             "last_seen": wire.js_timestamp(),
         }
 

@@ -4,7 +4,6 @@ exponential backoff and jitter, its state for /healthz, Lua scripts, and the set
 from __future__ import annotations
 
 import hashlib
-import random
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -12,6 +11,8 @@ from urllib.parse import urlsplit
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
 from twisted.logger import Logger
+
+from eformws.backoff import EQUAL_JITTER, backoff_delay
 
 log = Logger(namespace="eformws.redis")
 
@@ -98,12 +99,11 @@ class RedisAddress:
         return cls(parts.hostname, parts.port or 6379, int(db_text), parts.password)
 
 
-def backoff_delay(attempt: int, initial: float, cap: float) -> float:
-    """Seconds before reconnect attempt `attempt` (1, 2, ...): exponential from `initial`,
-    capped at `cap`, with "equal jitter" (half fixed, half random) so that many processes
-    do not reconnect in step after an outage, and none waits longer than the cap."""
-    delay = min(cap, initial * 2 ** min(attempt - 1, 64))
-    return delay / 2 + random.uniform(0, delay / 2)
+def retry_delay(failures: int, initial: float, cap: float) -> float:
+    """Seconds before the next try after `failures` (1, 2, ...) in a row: exponential from
+    `initial`, capped at `cap`, with "equal jitter" (half fixed, half random) so that many
+    processes do not reconnect in step after an outage, and none waits longer than the cap."""
+    return backoff_delay(failures - 1, initial, cap, floor=EQUAL_JITTER)
 
 
 @contextmanager
@@ -161,7 +161,7 @@ class RedisConnection(Service):
             def retryDelay(self, attempt):
                 if attempt == 1:
                     owner._down()  # the first failed attempt in a row, or a loss: a change of state
-                return backoff_delay(attempt, owner.initial_delay, owner.max_delay)
+                return retry_delay(attempt, owner.initial_delay, owner.max_delay)
 
             def addConnection(self, conn):
                 super().addConnection(conn)

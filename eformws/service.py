@@ -36,13 +36,8 @@ from eformws.store.redis import RedisEventStore
 from eformws.store.sqlite import SQLiteEventStore
 from eformws.tls import tls_options
 from eformws.wamp import WampRouter
-from eformws.websocket import (
-    CLOSE_GOING_AWAY,
-    Admission,
-    NamespaceRoot,
-    WebSocketSettings,
-    protocol_options,
-)
+from eformws.websocket import Admission, NamespaceRoot, WebSocketSettings, protocol_options
+from eformws.wire import CLOSE_GOING_AWAY
 
 
 LISTEN_WAIT = 5.0  # seconds the start waits for the event log's position before listening anyway

@@ -19,22 +19,22 @@ from zope.interface import implementer
 from eformws import metrics, wire
 from eformws.compat import Frame, frame_bytes, use_exact_timers, writes_frames_directly
 from eformws.catchup import PacedWriter
-from eformws.flow import CLOSE_TRY_AGAIN_LATER, SLOW_CONSUMER, SlowConsumerGuard
+from eformws.flow import SLOW_CONSUMER, SlowConsumerGuard
 from eformws.feed import LOG_INTERRUPTED
 from eformws.hub import IConnection, IFraming, Namespace
 from eformws.origins import origin_allowed
+from eformws.policy import Policy
 from eformws.ratelimit import TokenBucket
 from eformws.replay import EventFrames, RecentEvents
 from eformws.sessions import first_valid_session
 from eformws.sessions.credentials import candidates
 from eformws.store import EventFilter, Position, Resumption, parse_cursor
+from eformws.wire import CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER
 
 log = Logger(namespace="eformws.websocket")
 
 RECEIVED = metrics.messages_received.labels(metrics.WEBSOCKET)
 
-CLOSE_POLICY = 1008
-CLOSE_GOING_AWAY = 1001
 EVENT_LOG_UNAVAILABLE = "Event log unavailable"
 FIRST_BATCH = 16  # events a catch-up asks the log for first (at most 16 × 64 KiB held)
 
@@ -63,13 +63,12 @@ class WebSocketSettings:
     rate_limit: float
     rate_burst: int
     rate_limit_close_after: int
-    restricted_roles: frozenset[str]
     event_store: object
     replay_window: float
     replay_limit: int
     catch_up_batch: int
     max_unsent_bytes: int
-    sensitive_roles: frozenset[str]
+    policy: Policy
     replay: RecentEvents
     catch_up: PacedWriter
 
@@ -85,13 +84,12 @@ class WebSocketSettings:
             rate_limit=config.get("websocket", "rate_limit"),
             rate_burst=config.get("websocket", "rate_burst"),
             rate_limit_close_after=config.get("websocket", "rate_limit_close_after"),
-            restricted_roles=frozenset(config.get("auth", "restricted_roles")),
             event_store=event_store,
             replay_window=config.get("events", "replay_window"),
             replay_limit=config.get("events", "replay_limit"),
             catch_up_batch=config.get("events", "catch_up_batch"),
             max_unsent_bytes=config.get("websocket", "max_unsent_bytes"),
-            sensitive_roles=frozenset(config.get("auth", "sensitive_roles")),
+            policy=Policy.from_config(config),
             replay=RecentEvents(event_store, hub, config.get("events", "replay_window"), config.get("events", "replay_limit")),
             catch_up=PacedWriter(EventFrames(hub.redactor), config.get("websocket", "max_unsent_bytes"), reactor),
         )
@@ -313,7 +311,7 @@ class LegacyProtocol(GatewayProtocol):
             if session is None:
                 self._refusal = "Authentication failed" if present else "Authentication required"
                 metrics.auth_failures.labels(metrics.WEBSOCKET, "invalid" if present else "missing").inc()
-            elif session.role not in namespace.roles:
+            elif not self.factory.settings.policy.may_use(session, namespace):
                 self._refusal = "Forbidden"
                 metrics.auth_failures.labels(metrics.WEBSOCKET, "forbidden").inc()
         self.session = session
@@ -333,7 +331,7 @@ class LegacyProtocol(GatewayProtocol):
         self.id = str(uuid.uuid4())
         self.bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
         self.guard = SlowConsumerGuard(settings.max_unsent_bytes)
-        self.sees_sensitive = self.session is not None and self.session.role in settings.sensitive_roles
+        self.sees_sensitive = settings.policy.sees_sensitive(self.session)
         hub.add(self)
         self._registered = True
         # From here on every structured event this process delivers reaches this client
@@ -543,19 +541,11 @@ class LegacyProtocol(GatewayProtocol):
             log.failure("unexpected error handling a client message on {namespace}", namespace=self.namespace)
             self._send(wire.error("internal_error", "Internal error"))
 
-    def _may_join(self, room: str) -> bool:
-        session = self.session
-        if session is None or session.role not in self.factory.settings.restricted_roles:
-            return True
-        return room == self.factory.namespace.default_room or (
-            session.kiosk_id is not None and room == session.kiosk_id
-        )
-
     def _join_room(self, message: dict) -> None:
         room = wire.room_of(message)
         settings = self.factory.settings
         if room not in self.rooms:
-            if not self._may_join(room):
+            if not settings.policy.may_join(self.session, self.factory.namespace, room):
                 raise wire.ClientMessageError("forbidden", "This session may not join that room")
             if len(self.rooms) >= settings.max_rooms:
                 raise wire.ClientMessageError(

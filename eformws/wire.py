@@ -11,6 +11,14 @@ from typing import Any
 MAX_ROOM_LENGTH = 128
 MAX_DEPTH = 128  # arrays and objects inside one another, in a client message or an API body
 
+# WebSocket close codes eformws sends (RFC 6455 section 7.4; docs/protocol.md section 3).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_POLICY = 1008  # authentication failed, session expired or revoked, forbidden
+CLOSE_SERVICE_RESTART = 1012
+CLOSE_TRY_AGAIN_LATER = 1013  # a slow consumer, or an event log that moved under it
+
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 

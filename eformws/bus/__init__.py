@@ -1,10 +1,22 @@
 """The bus seam: every path into the system ends in `publish(message)`, and each process's
-hub receives every published message through the callback given to `start`."""
+hub receives every published message through the callback given to `start`; /healthz
+reads `healthy` and `write_error`."""
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 
 class IBus(Interface):
+    healthy = Attribute(
+        "True while published messages reach every process, False while they reach this "
+        "process's clients only and wait for the others (the transport is unreachable or "
+        "refuses writes); None for a bus of one process, which has no other to reach "
+        "(/healthz then has no `redis_bus` check)."
+    )
+    write_error = Attribute(
+        "Why the transport refuses writes now (e.g. Redis out of memory), one line, else "
+        "None (also while it is only unreachable); /healthz tells it."
+    )
+
     def start(on_message):
         """Begin delivering published messages to `on_message(message) -> int`."""
 

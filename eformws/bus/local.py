@@ -9,6 +9,9 @@ from eformws.bus import IBus
 
 @implementer(IBus)
 class LocalBus:
+    healthy = None  # one process: nothing to reach, nothing to report
+    write_error = None
+
     def __init__(self):
         self._on_message = None
 

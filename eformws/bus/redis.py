@@ -15,7 +15,7 @@ from zope.interface import implementer
 
 from eformws.bus import IBus
 from eformws.message import Message
-from eformws.redis import RedisConnection, Script, backoff_delay, retryable_reply
+from eformws.redis import RedisConnection, Script, retry_delay, retryable_reply
 
 log = Logger(namespace="eformws.bus.redis")
 
@@ -92,6 +92,7 @@ class RedisBus(MultiService):
 
     @property
     def healthy(self) -> bool:
+        """Both connections up and writes taken: messages reach every process now."""
         return self.writer.connected and self.reader.connected and self.write_error is None
 
     def stopService(self):
@@ -125,7 +126,7 @@ class RedisBus(MultiService):
                     if retryable_reply(e):
                         self._failures += 1
                         self._paused = self._reactor().callLater(
-                            backoff_delay(self._failures, *self._backoff), self._resume_writing
+                            retry_delay(self._failures, *self._backoff), self._resume_writing
                         )
                     return
                 if self.write_error is not None:

@@ -1,6 +1,8 @@
-"""Sessions: who a session id belongs to (`Session`), the `ISessionStore` seam, and
-`first_valid_session`, which tries each credential candidate in order, the rules every
-store applies to a new session, and those of a session asked for (CLI and HTTP API)."""
+"""Sessions: who a session id belongs to (`Session`), the seams `ISessionStore` (what
+connections and /healthz use) and `ISessionAdmin` (what `eformws sessions` and the HTTP
+API's session endpoints use), `first_valid_session`, which tries each credential candidate
+in order, the rules every store applies to a new session, and those of a session asked for
+(CLI and HTTP API)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,9 @@ class Session:
 
 
 class ISessionStore(Interface):
+    """Who a session id belongs to: what handshakes, WAMP authentication, the session
+    recheck (`SessionWatch`) and /healthz ask of the store the server runs on."""
+
     def lookup(session_id):
         """Deferred firing with the `Session` when `session_id` is known, live and not
         revoked, else None."""
@@ -32,8 +37,18 @@ class ISessionStore(Interface):
     def ping():
         """Deferred that fires when the store answers (for /healthz)."""
 
+
+class ISessionAdmin(Interface):
+    """Sessions made, listed and revoked: `eformws sessions create|list|revoke` (on a
+    Redis store; on SQLite the command uses the same functions on the file), the HTTP
+    API's /api/websocket/sessions endpoints and the demo's simulated clients, which
+    create their own. A listed session is a `SessionRow`
+    (eformws.sessions.sqlite): a reference, a prefix of the SHA-256 of its id, never the
+    id itself."""
+
     def create(user_id, role, kiosk_id=None, ttl=86400.0):
-        """Deferred firing with the new `Session` (its id is known only to the caller)."""
+        """Deferred firing with the new `Session` (its id is known only to the caller);
+        failing with `SessionError` for what `check_new_session` refuses."""
 
     def list():
         """Deferred firing with every stored session as a `SessionRow`, oldest first."""

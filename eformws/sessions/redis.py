@@ -12,7 +12,7 @@ from zope.interface import implementer
 
 from eformws.config import ROLES
 from eformws.redis import RedisConnection
-from eformws.sessions import ISessionStore, Session, check_new_session, new_session_id
+from eformws.sessions import ISessionAdmin, ISessionStore, Session, check_new_session, new_session_id
 from eformws.sessions.sqlite import (
     MAX_SESSION_ID_LENGTH,
     REF_LENGTH,
@@ -76,7 +76,7 @@ def parse_record(session_id: str, text, now: float) -> Session | None:
     return Session(session_id, record["user_id"], record["role"], record.get("kiosk_id"), record["expires_at"])
 
 
-@implementer(ISessionStore)
+@implementer(ISessionStore, ISessionAdmin)
 class RedisSessionStore(MultiService):
     def __init__(self, address, prefix: str, initial_delay: float = 0.5, max_delay: float = 10.0, clock=time.time):
         super().__init__()

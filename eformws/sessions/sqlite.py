@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from zope.interface import implementer
 
-from eformws.sessions import ISessionStore, Session, check_new_session, new_session_id
+from eformws.sessions import ISessionAdmin, ISessionStore, Session, check_new_session, new_session_id
 
 MAX_SESSION_ID_LENGTH = 512
 REF_LENGTH = 12
@@ -134,7 +134,7 @@ def revoke_session(connection: sqlite3.Connection, id_or_ref: str) -> int:
     return 0 if revoke_session_row(connection, id_or_ref) is None else 1
 
 
-@implementer(ISessionStore)
+@implementer(ISessionStore, ISessionAdmin)
 class SQLiteSessionStore:
     def __init__(self, database):
         self._db = database

@@ -1,5 +1,5 @@
 """The event-log seam: `IEventStore` (append with seq and epoch, follow in log order, since,
-recent, expire, stats) and what every implementation shares: positions, the address
+recent, expire, stats, ping) and what every implementation shares: positions, the address
 filter, cursor parsing, idempotency keys, the resume rule, statistics."""
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ log = Logger(namespace="eformws.store")
 
 
 class IEventStore(Interface):
+    """The event log (with Redis, one for every process): the emit path
+    (`WebSocketEvents`) appends, `EventFeed` follows, connections resume (`since`) and
+    replay (`recent`), the sweep expires, /api/websocket/health reads `stats` and
+    `recent`, /healthz `ping`s."""
+
     def append(envelope, addresses, ttl, idempotency=None):
         """Write envelope D (its `seq` and `epoch` None) to the log with the (namespace,
         room) pairs it is addressed to, kept `ttl` seconds; fire with an `Appended` once
@@ -33,7 +38,7 @@ class IEventStore(Interface):
         or events were removed before it read them). Fires with the `Position` the log
         had when following began (None while the store cannot say)."""
 
-    def since(cursor, epoch, event_filter, limit, upto):
+    def since(cursor, epoch, event_filter, limit, upto=None):
         """Fire with a `Resumption`: the first `limit` matching events after `cursor` up to
         the `Position` `upto` (None: the newest), oldest first, `more` when others follow
         them; or `recovered` False when the log no longer has all of them."""

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from eformws.redis import RedisConnection, RedisUnavailable, Script, backoff_delay, check_durability, retryable_reply
+from eformws.redis import RedisConnection, RedisUnavailable, Script, check_durability, retry_delay, retryable_reply
 from eformws.store import (
     Appended,
     IdempotencyConflict,
@@ -374,7 +374,7 @@ class RedisEventStore(MultiService):
                      error=self.write_error)
         self._failures += 1
         if self._paused is None:
-            delay = backoff_delay(self._failures, *self._backoff)
+            delay = retry_delay(self._failures, *self._backoff)
             self._paused = self.reactor.callLater(delay, self._resume_writing)
 
     def _resume_writing(self) -> None:
@@ -447,7 +447,7 @@ class RedisEventStore(MultiService):
             if self.running and self.reader.connected:
                 # Not a lost connection (that restarts reading on reconnect): try again soon.
                 self._read_failures += 1
-                delay = backoff_delay(self._read_failures, *self._backoff)
+                delay = retry_delay(self._read_failures, *self._backoff)
                 log.warn("reading the event log failed ({error}); again in {delay:.1f} s",
                          error=str(e).split("\r")[0][:200] or type(e).__name__, delay=delay)
                 self._retry_read = self.reactor.callLater(delay, self._read)

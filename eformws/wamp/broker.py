@@ -9,7 +9,7 @@ from typing import Any, Iterator
 from twisted.internet.defer import Deferred
 
 from eformws import wire
-from eformws.events import ValidationError, json_value
+from eformws.broadcasts import BroadcastError, check_broadcast
 from eformws.message import Message
 from eformws.wamp.errors import INVALID_ARGUMENT, MAX_ID, NOT_AUTHORIZED, SUBSCRIPTION_LIMIT, WampError, new_id
 from eformws.wamp.topics import (
@@ -53,10 +53,9 @@ class Delivery:
 
 
 class Broker:
-    def __init__(self, hub, restricted_roles, publish_roles, max_subscriptions: int = 100):
+    def __init__(self, hub, policy, max_subscriptions: int = 100):
         self._hub = hub
-        self._restricted = frozenset(restricted_roles)
-        self._publish_roles = frozenset(publish_roles)
+        self._policy = policy
         self._max_subscriptions = max_subscriptions  # per connection (one session at a time)
         self._by_key: dict[tuple[str, str], Subscription] = {}
         self._by_id: dict[int, Subscription] = {}
@@ -154,18 +153,9 @@ class Broker:
     # -- the hub's side: who gets a message --------------------------------------------
 
     def may_receive(self, connection, topic: Topic) -> bool:
-        """What a legacy connection of the same session could get: a namespace its role may
-        use; for restricted roles (kiosks), only the default room, its own kiosk's room and
-        namespace-wide broadcasts."""
+        """What a legacy connection of the same session could get (the policy's rule)."""
         namespace = self._hub.namespaces.get(topic.namespace)
-        if namespace is None:
-            return False
-        session = connection.session
-        if namespace.require_auth and session.role not in namespace.roles:
-            return False
-        if session.role in self._restricted and topic.room is not None:
-            return topic.room == namespace.default_room or topic.room == session.kiosk_id
-        return True
+        return namespace is not None and self._policy.may_receive(connection.session, namespace, topic.room)
 
     def delivery_of(self, message: Message) -> Delivery:
         """The delivery `recipients` computed for this message or the message it is the
@@ -205,7 +195,7 @@ class Broker:
     def publish(self, connection, request) -> Deferred:
         """A broadcast through the hub (so legacy clients get it too); fires with the
         publication id. Raises `WampError` when the session may not or the request is bad."""
-        if connection.session.role not in self._publish_roles:
+        if not self._policy.may_publish(connection.session):
             raise WampError(NOT_AUTHORIZED, "this session may not publish")
         _refuse_unsupported(request)
         path, room = target_of(request.topic, self._hub.namespaces)
@@ -271,13 +261,8 @@ def publication_arguments(args, kwargs) -> tuple[str, dict]:
         raise WampError(INVALID_ARGUMENT, "publish args [event, data] or kwargs {event, data}")
     event = args[0] if args else kwargs.get("event")
     data = args[1] if len(args) > 1 else kwargs.get("data", {})
-    if not isinstance(event, str) or not event:
-        raise WampError(INVALID_ARGUMENT, "event must be a non-empty string")
-    if not isinstance(data, dict):
-        raise WampError(INVALID_ARGUMENT, "data must be an object")
     try:
-        json_value("event", event)
-        json_value("data", data)
-    except ValidationError as e:
+        check_broadcast(event, data)
+    except BroadcastError as e:
         raise WampError(INVALID_ARGUMENT, str(e)) from None
     return event, data

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 
-from eformws import wire
+from eformws.broadcasts import BroadcastError, UnknownNamespace, check_broadcast, send_broadcast
 from eformws.events import ValidationError, json_value
 from eformws.redis import RedisUnavailable
 from eformws.store import IdempotencyConflict
@@ -45,11 +45,11 @@ def bind(procedure: str, names: tuple[str, ...], required: int, args, kwargs) ->
 
 
 class Dealer:
-    def __init__(self, hub, events, status: Callable[[], Any], privileged_roles):
+    def __init__(self, hub, events, status: Callable[[], Any], policy):
         self._hub = hub
         self._events = events
         self._status = status
-        self._privileged = frozenset(privileged_roles)
+        self._policy = policy
         self._procedures = {
             "eform.status": (self.status, False),
             "eform.broadcast": (self.broadcast, True),
@@ -67,7 +67,7 @@ class Dealer:
         if entry is None:
             raise WampError(NO_SUCH_PROCEDURE, f"no procedure {procedure}")
         handler, privileged = entry
-        if privileged and connection.session.role not in self._privileged:
+        if not self._policy.may_call(connection.session, privileged):
             raise WampError(NOT_AUTHORIZED, f"this session may not call {procedure}")
         return maybeDeferred(handler, args, kwargs)
 
@@ -84,36 +84,16 @@ class Dealer:
         namespace, event, data, room = (given.get(n) for n in ("namespace", "event", "data", "room"))
         if not isinstance(namespace, str):
             raise WampError(INVALID_ARGUMENT, "namespace must be a string")
-        if not isinstance(event, str) or not event:
-            raise WampError(INVALID_ARGUMENT, "event must be a non-empty string")
-        if not isinstance(data, dict):
-            raise WampError(INVALID_ARGUMENT, "data must be an object")
         try:
             json_value("namespace", namespace)  # lone surrogates: nothing naming them could be written
-            json_value("event", event)
-            json_value("data", data)
-            if room is not None:
-                wire.check_room(room)
-        except ValidationError as e:
+            check_broadcast(event, data, room)
+        except (ValidationError, BroadcastError) as e:
             raise WampError(INVALID_ARGUMENT, str(e)) from None
-        except wire.ClientMessageError as e:
-            raise WampError(INVALID_ARGUMENT, f"room: {e.message}") from None
-        if namespace not in self._hub.namespaces:
-            raise WampError(NO_SUCH_NAMESPACE, f"Unknown namespace: {namespace}")
-        if room is None:
-            delivered = yield self._hub.broadcast(namespace, event, data)
-            where = namespace
-        else:
-            delivered = yield self._hub.broadcast_to_room(namespace, room, event, data)
-            where = f"{namespace}/{room}"
-        return [
-            {
-                "success": True,
-                "message": f"Broadcast sent to {where}",
-                "delivered": delivered or 0,
-                "timestamp": wire.js_timestamp(),
-            }
-        ]
+        try:
+            answer = yield send_broadcast(self._hub, namespace, event, data, room)
+        except UnknownNamespace as e:
+            raise WampError(NO_SUCH_NAMESPACE, str(e)) from None
+        return [answer]
 
     @inlineCallbacks
     def emit(self, args, kwargs):

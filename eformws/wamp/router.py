@@ -9,6 +9,7 @@ from autobahn.twisted.resource import WebSocketResource
 from zope.interface import implementer
 
 from eformws.hub import IEndpoint
+from eformws.policy import Policy
 from eformws.wamp.broker import Broker
 from eformws.wamp.codec import codecs
 from eformws.wamp.dealer import Dealer
@@ -32,12 +33,10 @@ class WampRouter:
         *,
         cookie_names=("sessionId", "session"),
         allowed_origins=frozenset(),
-        restricted_roles=("kiosk",),
-        privileged_roles=("admin",),
+        policy: Policy = Policy(),
         hello_timeout: float = 10.0,
         goodbye_timeout: float = 5.0,
         max_unsent_bytes: int = 1_048_576,
-        sensitive_roles=("admin", "staff"),
         admission=None,
         rate_limit: float = 20.0,
         rate_burst: int = 40,
@@ -52,14 +51,14 @@ class WampRouter:
         self.hello_timeout = hello_timeout
         self.goodbye_timeout = goodbye_timeout
         self.max_unsent_bytes = max_unsent_bytes
-        self.sensitive_roles = frozenset(sensitive_roles)
+        self.policy = policy
         self.admission = admission
         self.rate_limit = rate_limit
         self.rate_burst = rate_burst
         self.rate_limit_close_after = rate_limit_close_after
         self.codecs = codecs(max_uri_length)
-        self.broker = Broker(hub, restricted_roles, privileged_roles, max_subscriptions)
-        self.dealer = Dealer(hub, events, status, privileged_roles)
+        self.broker = Broker(hub, policy, max_subscriptions)
+        self.dealer = Dealer(hub, events, status, policy)
         self.framings = {name: EventFraming(codec, self.broker) for name, codec in self.codecs.items()}
         self.connections: dict[str, Any] = {}  # joined sessions' transports by connection id
         self._options = options or {}
@@ -77,12 +76,10 @@ class WampRouter:
             status,
             cookie_names=config.get("auth", "cookie_names"),
             allowed_origins=config.get("server", "allowed_origins"),
-            restricted_roles=config.get("auth", "restricted_roles"),
-            privileged_roles=config.get("auth", "broadcast_roles"),
+            policy=Policy.from_config(config),
             hello_timeout=config.get("websocket", "open_handshake_timeout"),
             goodbye_timeout=config.get("websocket", "close_handshake_timeout"),
             max_unsent_bytes=config.get("websocket", "max_unsent_bytes"),
-            sensitive_roles=config.get("auth", "sensitive_roles"),
             admission=admission,
             rate_limit=config.get("websocket", "rate_limit"),
             rate_burst=config.get("websocket", "rate_burst"),

@@ -13,6 +13,7 @@ from eformws.sessions import first_valid_session
 from eformws.wamp import errors
 from eformws.wamp.errors import WampError, new_id
 from eformws.wamp.topics import EXACT, REALM, is_uri
+from eformws.wire import CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR
 
 log = Logger(namespace="eformws.wamp")
 
@@ -22,9 +23,6 @@ ROUTER_ROLES = {
 }
 AUTH_PROVIDER = "eformws"
 
-CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008
-CLOSE_PROTOCOL_ERROR = 1002
 SHUTDOWN_CODES = (1001, 1012)
 
 # session states
@@ -207,7 +205,7 @@ class RouterSession:
 
     def _welcome(self, session, method: str) -> None:
         self.connection.session = session
-        self.connection.sees_sensitive = session.role in self.router.sensitive_roles
+        self.connection.sees_sensitive = self.router.policy.sees_sensitive(session)
         self.id = new_id()
         self.state = ESTABLISHED
         self.connection.stop_timer()

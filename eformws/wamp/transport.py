@@ -18,8 +18,9 @@ from eformws.origins import origin_allowed
 from eformws.ratelimit import TokenBucket
 from eformws.sessions.credentials import cookie_values
 from eformws.wamp.codec import BadUri, Undecodable
-from eformws.wamp.session import CLOSE_NORMAL, OPENING, RouterSession
+from eformws.wamp.session import OPENING, RouterSession
 from eformws.websocket import GatewayProtocol
+from eformws.wire import CLOSE_NORMAL
 
 log = Logger(namespace="eformws.wamp")
 RECEIVED = metrics.messages_received.labels(metrics.WAMP)
