@@ -544,12 +544,7 @@ WINDOW = 1.0  # the smallest events.idempotency_window the configuration takes
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_idempotency_key_is_forgotten_after_its_window(request, make_store):
-    if make_store.kind == "redis":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "RedisEventStore keeps a key's record max(30 s, 2 x emit_timeout, window) "
-            "(eformws/store/redis.py _send, INTERNAL_KEY_LIFETIME): a key is remembered 30 s "
-            "whatever events.idempotency_window (1 to 29 s allowed)")))
+async def test_an_idempotency_key_is_forgotten_after_its_window(make_store):
     clock = Clock()
     store = make_store(clock)
     first = await appended_with(store, locker(), key_for(locker(), window=WINDOW))

@@ -270,10 +270,6 @@ async def test_past_the_outage_buffer_the_other_process_misses_the_oldest_broadc
     assert b.hub.got == [2, 3, 4]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "eformws/bus/redis.py _flush: once a batch is written it removes len(batch) entries from the "
-    "left of `pending`, but publish, finding the buffer full, has meanwhile dropped its oldest "
-    "entry (one of the batch being written): a broadcast never written is removed instead"))
 @pytest_twisted.ensureDeferred
 async def test_a_broadcast_published_while_a_full_outage_buffer_is_being_written_reaches_the_other_process(
         processes, own_redis):
@@ -293,10 +289,6 @@ async def test_a_broadcast_published_while_a_full_outage_buffer_is_being_written
     assert b.hub.got == [0, 1, 2, 3, "end"]  # nothing was dropped unwritten: every one arrives
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "eformws/bus/redis.py _start_reading: an error reply to XREAD (LOADING while a restarted Redis "
-    "loads its data; also BUSY, MASTERDOWN) ends the read loop with 'resumes on reconnect', but the "
-    "connection is fine: the process reads the bus no more until the next disconnect"))
 @pytest_twisted.ensureDeferred
 async def test_broadcasts_reach_the_other_process_after_redis_restarts_and_loads_its_data(processes, tmp_path):
     # Debian's persistence (an RDB snapshot saved at shutdown), loaded slowly enough that the

@@ -51,6 +51,8 @@ class RedisBus(MultiService):
         self._backoff = (initial_delay, max_delay)
         self._paused = None  # the delayed call that retries after Redis refused a write
         self._failures = 0
+        self._read_retry = None  # the delayed call that reads again after an error reply
+        self._read_failures = 0
         self.write_error: str | None = None
         self.writer = RedisConnection(address, "bus writer", initial_delay, max_delay)
         self.reader = RedisConnection(address, "bus reader", initial_delay, max_delay, reply_timeout=None)
@@ -62,6 +64,7 @@ class RedisBus(MultiService):
         self.dropped = 0
         self._n = 0
         self._flushing = False
+        self._writing: list[str] = []  # the batch being written: the first entries of `pending`
         self._reading = False
         self._last_id: str | None = None
         self._seen: dict[str, int] = {}
@@ -82,7 +85,7 @@ class RedisBus(MultiService):
         self._n += 1
         entry = json.dumps({"node": self.node_id, "n": self._n, "message": message.to_json()}, separators=(",", ":"))
         if len(self.pending) >= self.buffer_size:
-            self.pending.popleft()
+            self._drop_oldest()
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warn("redis outage buffer full: {dropped} messages dropped for other processes", dropped=self.dropped)
@@ -96,9 +99,10 @@ class RedisBus(MultiService):
         return self.writer.connected and self.reader.connected and self.write_error is None
 
     def stopService(self):
-        if self._paused is not None and self._paused.active():
-            self._paused.cancel()
-        self._paused = None
+        for call in (self._paused, self._read_retry):
+            if call is not None and call.active():
+                call.cancel()
+        self._paused = self._read_retry = None
         return super().stopService()
 
     # -- writing ---------------------------------------------------------------------
@@ -112,10 +116,11 @@ class RedisBus(MultiService):
         self._flushing = True
         try:
             while self.pending and self.writer.connected and self._paused is None:
-                batch = list(islice(self.pending, WRITE_BATCH))
+                batch = self._writing = list(islice(self.pending, WRITE_BATCH))
                 try:
                     yield PUBLISH.run(self.writer, [self.key], [self.stream_length, *batch])
                 except Exception as e:
+                    self._writing = []
                     first = self.write_error is None
                     if retryable_reply(e):
                         # Refused (out of memory, ...): retried on its own, not on the next publish.
@@ -133,10 +138,31 @@ class RedisBus(MultiService):
                     log.info("redis takes bus writes again")
                 self.write_error = None
                 self._failures = 0
-                for _ in batch:
+                for _ in range(self._written_still_pending()):
                     self.pending.popleft()
+                self._writing = []
         finally:
             self._flushing = False
+
+    def _written_still_pending(self) -> int:
+        """How many of the batch being written are still first in `pending` (a full buffer
+        may have dropped some of them meanwhile)."""
+        writing = {id(entry) for entry in self._writing}
+        count = 0
+        for entry in self.pending:
+            if id(entry) not in writing:
+                break
+            count += 1
+        return count
+
+    def _drop_oldest(self) -> None:
+        """Make room in a full buffer: drop the oldest entry that is not being written, or,
+        when all are, the oldest (which the write under way may still deliver)."""
+        being_written = self._written_still_pending()
+        if being_written < len(self.pending):
+            del self.pending[being_written]
+        else:
+            self.pending.popleft()
 
     def _resume_writing(self):
         self._paused = None
@@ -168,15 +194,29 @@ class RedisBus(MultiService):
                 reply = yield self.reader.command(
                     "XREAD", "BLOCK", self.block_ms, "COUNT", READ_BATCH, "STREAMS", self.key, self._last_id
                 )
+                self._read_failures = 0
                 for _, entries in reply or ():
                     for entry_id, fields in entries:
                         self._last_id = entry_id
                         self._receive(fields)
         except Exception as e:
-            if self.running:
+            if self.running and self.reader.connected:
+                # An error reply on a live connection (LOADING while a restarted Redis loads
+                # its data, BUSY, ...): no reconnect will come to restart the loop; retry it.
+                self._read_failures += 1
+                delay = retry_delay(self._read_failures, *self._backoff)
+                if self._read_failures == 1:
+                    log.warn("redis bus read refused ({error}); reading again in {delay:.1f} s",
+                             error=str(e).split("\r")[0][:200], delay=delay)
+                self._read_retry = self._reactor().callLater(delay, self._read_again)
+            elif self.running:
                 log.warn("redis bus read stopped ({error}); resumes on reconnect", error=type(e).__name__)
         finally:
             self._reading = False
+
+    def _read_again(self) -> None:
+        self._read_retry = None
+        self._start_reading()
 
     def _receive(self, fields) -> None:
         try:

@@ -72,15 +72,23 @@ end
 
 # KEYS: stream, meta, key record. ARGV: deadline (ms of Redis's clock), a candidate epoch,
 # max length, envelope, addresses, created, expires, fingerprint ('-': no producer key),
-# key lifetime (ms), this entry's nonce, and the epoch and seq this process has seen.
-# Answers {'ok', seq, epoch}, {'dup', record} or {'late'}.
+# key lifetime (ms), this entry's nonce, the epoch and seq this process has seen, the
+# idempotency window (ms; 0: no producer key) and the envelope's id. Answers {'ok', seq, epoch}, {'dup', record} or {'late'}.
 APPEND = Script(
     "#!lua\n" + _EPOCHS + """
 local stream, meta, record = KEYS[1], KEYS[2], KEYS[3]
-local prior = redis.call('GET', record)
-if prior then return {'dup', prior} end  -- written before: whatever the time, say so
 local now = redis.call('TIME')
-if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[1]) then
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local prior = redis.call('GET', record)
+if prior then
+  -- Written before: say so, whatever the time; except that an idempotency key whose window
+  -- has passed is free again for another append (the record outlives the window only so
+  -- that resends of the append that wrote it are still answered as done).
+  local p = cjson.decode(prior)
+  local forget_at = tonumber(p[5] or 0)
+  if not (forget_at > 0 and now_ms > forget_at and p[6] ~= ARGV[14]) then return {'dup', prior} end
+end
+if now_ms > tonumber(ARGV[1]) then
   return {'late'}
 end
 local epoch = ensure(stream, meta, ARGV[2])
@@ -95,7 +103,9 @@ redis.call('XADD', stream, 'MAXLEN', '~', ARGV[3], seq .. '-0',
 redis.call('HSET', meta, 'last', ARGV[10])
 local body = ''
 if ARGV[8] ~= '-' then body = ARGV[4] end
-redis.call('SET', record, cjson.encode({ARGV[8], tostring(seq), epoch, body}), 'PX', ARGV[9])
+local forget_at = 0
+if tonumber(ARGV[13]) > 0 then forget_at = now_ms + tonumber(ARGV[13]) end
+redis.call('SET', record, cjson.encode({ARGV[8], tostring(seq), epoch, body, forget_at, ARGV[14]}), 'PX', ARGV[9])
 return {'ok', tostring(seq), epoch}
 """
 )
@@ -327,6 +337,7 @@ class RedisEventStore(MultiService):
                 json.dumps(item.envelope, separators=(",", ":")), json.dumps(item.addresses, separators=(",", ":")),
                 repr(item.created), repr(item.expires), mark, int(lifetime * 1000),
                 new_nonce(), seen.epoch, seen.seq,
+                0 if idempotency is None else int(idempotency.window * 1000), item.envelope["id"],
             ],
         )
         d.addBoth(self._answered, item)
@@ -358,7 +369,7 @@ class RedisEventStore(MultiService):
             return Appended(stored(item.envelope, Position(reply[2], int(reply[1]))))
         if kind == "late":
             return EmitTimeout("redis took the write after its deadline and refused it; it was not stored")
-        mark, seq, epoch, body = json.loads(reply[1])
+        mark, seq, epoch, body = json.loads(reply[1])[:4]
         first = item.envelope if item.idempotency is None else json.loads(body)
         if first["id"] == item.envelope["id"]:  # our own resend of a write that had been done
             self._saw(Position(epoch, int(seq)))
