@@ -401,7 +401,7 @@ class Api:
         except BroadcastError as e:
             raise HTTPError(400, str(e)) from None
         try:
-            answer = yield send_broadcast(self.hub, namespace, event, data, room)
+            answer = yield send_broadcast(self.events, namespace, event, data, room)
         except UnknownNamespace as e:
             raise HTTPError(404, str(e)) from None
         return _json(request, 200, answer)

@@ -42,16 +42,17 @@ def check_broadcast(event: Any, data: Any, room: Any = None, prefix: str = "") -
 
 
 @inlineCallbacks
-def send_broadcast(hub, namespace: str, event: str, data: dict, room: str | None = None):
-    """Send a checked broadcast to a namespace, or to one of its rooms; fires with the answer
-    both request forms give. UnknownNamespace (at once) for a namespace not configured."""
-    if namespace not in hub.namespaces:
+def send_broadcast(publisher, namespace: str, event: str, data: dict, room: str | None = None):
+    """Send a checked broadcast through the publisher (WebSocketEvents) to a namespace, or to
+    one of its rooms; fires with the answer both request forms give. UnknownNamespace (at
+    once) for a namespace not configured."""
+    if namespace not in publisher.hub.namespaces:
         raise UnknownNamespace(f"Unknown namespace: {namespace}")
     if room is None:
-        delivered = yield hub.broadcast(namespace, event, data)
+        delivered = yield publisher.broadcast(namespace, event, data)
         where = namespace
     else:
-        delivered = yield hub.broadcast_to_room(namespace, room, event, data)
+        delivered = yield publisher.broadcast_to_room(namespace, room, event, data)
         where = f"{namespace}/{room}"
     return {
         "success": True,

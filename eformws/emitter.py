@@ -1,6 +1,7 @@
-"""`WebSocketEvents`, the public Python API: validated emits (validate -> append to the event
-log, whose feed delivers them) and the hub's broadcasts; and module-level functions that
-reach the running gateway."""
+"""`WebSocketEvents`, the one way messages are published and the public Python API:
+structured events (validate -> append to the event log, whose feed delivers them through
+the bus) and broadcasts, room broadcasts and direct sends (build -> bus); and module-level
+functions that reach the running gateway."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail
 
-from eformws import events, metrics
+from eformws import events, metrics, wire
 from eformws.deferreds import shielded
+from eformws.message import Message, Target
 from eformws.store import Idempotency, addresses_of, fingerprint
 
 MAX_KEY_LENGTH = 255
@@ -111,15 +113,30 @@ class WebSocketEvents:
         data.update(_present(metrics=metrics, message=message, details=details))
         return self.emit("system_status", data, idempotency_key)
 
-    # -- the hub's broadcasts, on the same object ------------------------------------
+    # -- broadcasts and direct sends: built here, published on the bus ------------------
 
-    def broadcast(self, namespace, event, data):
-        return self.hub.broadcast(namespace, event, data)
+    def broadcast(self, namespace: str, event: str, data: Any, meta: dict | None = None) -> Deferred:
+        """Envelope B to every connection of `namespace` on every process; fires with the
+        count of this process's connections that got it. `meta` travels with the message
+        untouched, for endpoints (see `Message.meta`). UnknownNamespace at once."""
+        self.hub.namespace(namespace)
+        envelope = wire.namespace_broadcast(event, data, namespace)
+        return self.bus.publish(Message(envelope, (Target(namespace),), meta=meta or {}))
 
-    def broadcast_to_room(self, namespace, room, event, data):
-        return self.hub.broadcast_to_room(namespace, room, event, data)
+    def broadcast_to_room(self, namespace: str, room: str, event: str, data: Any,
+                          meta: dict | None = None) -> Deferred:
+        """Envelope C to the members of `room` in `namespace` only."""
+        self.hub.namespace(namespace)
+        envelope = wire.room_broadcast(event, data, namespace, room)
+        return self.bus.publish(Message(envelope, (Target(namespace, rooms=(room,)),), meta=meta or {}))
 
-    def get_connection_stats(self):
+    def send(self, connection_id: str, event: str, data: Any) -> Deferred:
+        """Envelope A to one connection, wherever it is connected."""
+        targets = tuple(Target(path, connection_id=connection_id) for path in self.hub.namespaces)
+        return self.bus.publish(Message(wire.direct(event, data), targets))
+
+    def get_connection_stats(self) -> dict:
+        """This process's connections, rooms and delivery latency (see docs/protocol.md)."""
         return self.hub.get_connection_stats()
 
 

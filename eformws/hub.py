@@ -7,11 +7,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
-from eformws import metrics, wire
+from eformws import metrics
 from eformws.config import ROLES
 from eformws.latency import LatencyWindow
 from eformws.message import Message, Target
@@ -134,7 +133,6 @@ class Hub:
         self.endpoints: dict[str, Any] = {}
         self.latency = LatencyWindow(latency_window)
         self.position = None  # the event log's Position this process has delivered through
-        self.bus = None
 
     # -- registry -----------------------------------------------------------
 
@@ -236,26 +234,6 @@ class Hub:
 
     def latency_metrics(self) -> dict:
         return {**self.latency.percentiles(), "connection_count": self.connection_count()}
-
-    # -- the way in: publish on the bus --------------------------------------
-
-    def broadcast(self, namespace: str, event: str, data: Any, meta: dict | None = None) -> Deferred:
-        """Envelope B to every connection of `namespace`; fires with the local count.
-        `meta` travels with the message untouched, for endpoints (see `Message.meta`)."""
-        self.namespace(namespace)
-        envelope = wire.namespace_broadcast(event, data, namespace)
-        return self.bus.publish(Message(envelope, (Target(namespace),), meta=meta or {}))
-
-    def broadcast_to_room(self, namespace: str, room: str, event: str, data: Any, meta: dict | None = None) -> Deferred:
-        """Envelope C to the members of `room` in `namespace` only."""
-        self.namespace(namespace)
-        envelope = wire.room_broadcast(event, data, namespace, room)
-        return self.bus.publish(Message(envelope, (Target(namespace, rooms=(room,)),), meta=meta or {}))
-
-    def send(self, connection_id: str, event: str, data: Any) -> Deferred:
-        """Envelope A to one connection, wherever it is connected."""
-        targets = tuple(Target(path, connection_id=connection_id) for path in self.namespaces)
-        return self.bus.publish(Message(wire.direct(event, data), targets))
 
     # -- the way out ---------------------------------------------------------
 

@@ -64,7 +64,6 @@ class EformService(MultiService):
         for ns in config.namespaces:
             self.hub.create_namespace(ns.path, ns.require_auth, ns.default_room, ns.roles, ns.echo)
         self.bus = self._bus()
-        self.hub.bus = self.bus
         self.nodes = self._node_registry()
         self.events = WebSocketEvents(self.hub, self.event_store, self.bus, config.get("events", "idempotency_window"),
                                       config.get("events", "max_data_bytes"))

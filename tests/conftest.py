@@ -1,10 +1,16 @@
 """Test harness: a real eformws service listening on port 0 with a real SQLite file, and a
-WebSocket client from another library (`websockets`) on the same asyncio event loop."""
+WebSocket client from another library (`websockets`) on the same asyncio event loop; and
+the helpers test modules share (`from conftest import refused, until_pong, ...`: a test
+module never imports another test module; WAMP clients are in wamp_peer.py and
+wamp_frames.py, processes in processes.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
+import uuid
+from datetime import datetime, timezone
 
 import pytest
 import pytest_twisted
@@ -22,6 +28,8 @@ def aio(awaitable) -> defer.Deferred:
 
 class Client:
     """A `websockets` connection with Deferred-returning helpers."""
+
+    connection_id: str | None = None  # set by `Server.join`
 
     def __init__(self, connection):
         self.connection = connection
@@ -108,16 +116,115 @@ class Server:
         d.addCallback(Client)
         return d
 
-    async def join(self, path: str, session_id: str | None = None) -> Client:
-        """Connect with `?sessionId=` and read `connection` and `room_joined`."""
+    async def join(self, path: str, session_id: str | None = None, rooms=()) -> Client:
+        """Connect with `?sessionId=` (none without `session_id`), read `connection` and,
+        where the namespace has a default room, `room_joined`; then join each of `rooms`,
+        answered `room_joined` with nothing else. The client's `connection_id` is the one
+        `connection` gave."""
         query = f"?sessionId={session_id}" if session_id else ""
         client = await self.connect(path + query)
         first = await client.recv()
         assert first["type"] == "connection", first
+        client.connection_id = first["data"]["connectionId"]
         if self.hub.namespaces[path].default_room is not None:
             second = await client.recv()
             assert second["type"] == "room_joined", second
+        for room in rooms:
+            await client.send({"type": "join_room", "room": room})
+            reply = await client.recv()
+            assert reply == {"type": "room_joined", "data": {"room": room}, "timestamp": reply.get("timestamp")}, reply
         return client
+
+
+# -- helpers the test modules share (imported from here: `from conftest import refused`) --------
+
+REFUSED = 1008  # the close code of every refusal after the handshake (policy violation)
+TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")  # every timestamp on the wire
+
+
+def parse_ts(text: str) -> float:
+    """A wire timestamp (`TS`) as seconds since the epoch."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+def within(d: defer.Deferred, seconds: float = 5.0) -> defer.Deferred:
+    """`d`, failed with a TimeoutError if it has not fired in time (no test hangs)."""
+    from twisted.internet import reactor  # the asyncio reactor pytest-twisted installed
+
+    return d.addTimeout(seconds, reactor)
+
+
+def bearer(credential: str) -> dict:
+    """An `Authorization: Bearer` header (a session id or an API token)."""
+    return {"Authorization": f"Bearer {credential}"}
+
+
+def session_cookie(session_id: str) -> dict:
+    """A `Cookie` header carrying `sessionId`."""
+    return {"Cookie": f"sessionId={session_id}"}
+
+
+def locker(n: int = 12, kiosk: str = "kiosk-1", **extra) -> dict:
+    """Valid `locker_state_changed` data: locker `n` of `kiosk`, closed to open, plus `extra`
+    (which may replace any field)."""
+    return {"lockerId": f"{kiosk}:{n}", "oldState": "closed", "newState": "open", "kioskId": kiosk, **extra}
+
+
+async def ask(client, message) -> dict:
+    """Send `message` and read the next message (its answer, where nothing else is due)."""
+    await client.send(message)
+    return await client.recv()
+
+
+async def accepted(client) -> dict:
+    """Read `connection` then `room_joined` (the namespace has a default room); return the
+    connection data. Fails if the server refused or sent anything else first."""
+    connection = await client.recv()
+    assert connection["type"] == "connection", connection
+    joined = await client.recv()
+    assert joined["type"] == "room_joined", joined
+    return connection["data"]
+
+
+async def refused(client) -> tuple[int, str]:
+    """The handshake completed, then the server closed before sending any message: the
+    (code, reason) it closed with."""
+    with pytest.raises(ConnectionClosed):
+        message = await aio(asyncio.wait_for(client.connection.recv(), 5.0))
+        pytest.fail(f"refused connection got a message first: {message!r}")
+    return await client.closed()
+
+
+async def handshake_status(server, path: str, **kwargs) -> int:
+    """The HTTP status a handshake that the server rejects is answered with."""
+    with pytest.raises(websockets.InvalidStatus) as rejected:
+        client = await server.connect(path, **kwargs)
+        await client.close()
+    return rejected.value.response.status_code
+
+
+async def until_pong(client, raw: bool = False) -> list:
+    """Send a ping with a fresh marker and read up to its pong: everything the client got
+    before it (the server answers in order, so anything sent earlier arrives first). As JSON,
+    or with `raw` as the text frames were sent. Only meaningful once no replay or resume is
+    running: live frames are held back meanwhile, a pong (a reply) never is."""
+    marker = str(uuid.uuid4())
+    await client.send({"type": "ping", "data": {"timestamp": marker}})
+    got = []
+    while True:
+        frame = await client.recv_raw()
+        message = json.loads(frame)
+        data = message.get("data")
+        if message.get("type") == "pong" and isinstance(data, dict) and data.get("timestamp") == marker:
+            return got
+        got.append(frame if raw else message)
+
+
+async def assert_got_nothing(client) -> None:
+    """Nothing was sent to the client (the connection is open and in sync): a ping's pong is
+    its very next message."""
+    got = await until_pong(client)
+    assert got == [], got
 
 
 def make_config(tmp_path, **overrides):
@@ -211,6 +318,4 @@ def redis_url(tmp_path_factory):
 @pytest.fixture
 def redis_prefix():
     """A key prefix no other test uses."""
-    import uuid
-
     return f"test-{uuid.uuid4().hex[:12]}:"

@@ -10,13 +10,12 @@ import shutil
 import sys
 from pathlib import Path
 
-import pytest
 import pytest_twisted
 import websockets
 from twisted.internet import defer, protocol
 from twisted.internet.utils import getProcessOutputAndValue
 
-from conftest import Client, aio
+from conftest import Client, accepted, aio
 
 BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
@@ -140,12 +139,9 @@ class Gateway:
         return d
 
     async def join(self, path: str, session_id: str) -> Client:
+        """Connect with `?sessionId=`, read `connection` (authenticated) and `room_joined`."""
         client = await self.connect(f"{path}?sessionId={session_id}")
-        connection = await client.recv()
-        assert connection["type"] == "connection", connection
-        assert connection["data"]["authenticated"] is True
-        joined = await client.recv()
-        assert joined["type"] == "room_joined", joined
+        assert (await accepted(client))["authenticated"] is True
         return client
 
 
@@ -195,16 +191,6 @@ async def create_session(cwd: Path, config: Path, user="alice", role="admin", ki
                                    "--config", str(config), cwd=cwd)
     assert code == 0, err
     return out.strip()
-
-
-async def refused(client) -> tuple[int, str]:
-    """(code, reason) of a connection the server closed before sending any message."""
-    from websockets.exceptions import ConnectionClosed
-
-    with pytest.raises(ConnectionClosed):
-        message = await client.recv()
-        pytest.fail(f"refused connection got a message first: {message!r}")
-    return await client.closed()
 
 
 # -- twistd plugin ------------------------------------------------------------------

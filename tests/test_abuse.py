@@ -24,7 +24,7 @@ import pytest
 import pytest_twisted
 import treq
 import websockets
-from conftest import aio
+from conftest import REFUSED, accepted, aio, bearer, handshake_status, refused
 from processes import create_session as cli_session
 from processes import eformws, write_config
 from websockets.exceptions import ConnectionClosed
@@ -33,7 +33,6 @@ from eformws.sessions.sqlite import create_session, id_hash
 from eformws.sqlite import connect
 
 LOCKERS = "/ws/lockers"
-REFUSED = 1008
 TOKEN = "abuse-token-3f9a1c5be2d04e87"
 OVERSIZED = 100 * 1024
 ADMIN_ONLY = "/ws/ops"
@@ -42,36 +41,8 @@ ADMIN_ONLY = "/ws/ops"
 # -- helpers ---------------------------------------------------------------------------------
 
 
-async def accepted(client) -> dict:
-    """Read `connection` and `room_joined`; the connection data."""
-    connection = await client.recv()
-    assert connection["type"] == "connection", connection
-    joined = await client.recv()
-    assert joined["type"] == "room_joined", joined
-    return connection["data"]
-
-
-async def refused(client) -> tuple[int, str]:
-    """(code, reason) of a connection closed before any message."""
-    with pytest.raises(ConnectionClosed):
-        message = await aio(asyncio.wait_for(client.connection.recv(), 5.0))
-        pytest.fail(f"refused connection got a message first: {message!r}")
-    return await client.closed()
-
-
-async def handshake_status(server, path: str, **kwargs) -> int:
-    with pytest.raises(websockets.InvalidStatus) as rejected:
-        client = await server.connect(path, **kwargs)
-        await client.close()
-    return rejected.value.response.status_code
-
-
 def query(session_id: str) -> str:
     return f"?sessionId={urllib.parse.quote(session_id, safe='')}"
-
-
-def bearer(credential: str) -> dict:
-    return {"Authorization": f"Bearer {credential}"}
 
 
 async def http(server, method: str, path: str, body=None, headers: dict | None = None):
@@ -445,7 +416,7 @@ async def test_message_flood_is_closed_1008_while_a_calm_client_is_served_as_usu
     await calm.send({"type": "ping", "data": {"timestamp": "calm"}})
     pong = await calm.recv()
     assert (pong["type"], pong["data"]["timestamp"]) == ("pong", "calm")
-    delivered = await server.hub.broadcast(LOCKERS, "after_the_flood", {})
+    delivered = await server.service.events.broadcast(LOCKERS, "after_the_flood", {})
     assert delivered == 1
     assert (await calm.recv())["type"] == "after_the_flood"
     await calm.close()

@@ -14,48 +14,25 @@ import time
 
 import pytest
 import pytest_twisted
-from conftest import aio
+from conftest import REFUSED, accepted, aio, assert_got_nothing, bearer, refused
 from twisted.logger import formatEvent, globalLogPublisher
-from websockets.exceptions import ConnectionClosed
 
 from eformws.sessions.sqlite import create_session
 
-REFUSED = 1008
-
-
 # -- helpers ---------------------------------------------------------------------
-
-
-async def accepted(client) -> dict:
-    """Read `connection` then `room_joined` (the namespace has a default room); return the
-    connection data. Fails if the server refused or sent anything else first."""
-    connection = await client.recv()
-    assert connection["type"] == "connection", connection
-    joined = await client.recv()
-    assert joined["type"] == "room_joined", joined
-    return connection["data"]
-
-
-async def refused(client) -> tuple[int, str]:
-    """The handshake completed, then the server closed before sending any message: the
-    (code, reason) it closed with."""
-    with pytest.raises(ConnectionClosed):
-        message = await aio(asyncio.wait_for(client.connection.recv(), 5.0))
-        pytest.fail(f"refused connection got a message first: {message!r}")
-    return await client.closed()
 
 
 def cookie(value: str) -> dict:
     return {"Cookie": value}
 
 
-def bearer(session_id: str) -> dict:
-    return {"Authorization": f"Bearer {session_id}"}
-
-
 def unknown_id() -> str:
     """An id in the store's format that was never issued."""
     return secrets.token_urlsafe(32)
+
+
+def percent_encoded(session_id: str) -> str:
+    return "".join(f"%{ord(c):02X}" for c in session_id)
 
 
 ADMIN_ONLY = "/ws/ops"
@@ -68,262 +45,100 @@ require_auth = true
 roles = ["admin"]
 """
 
-
-# -- where the session id comes from ------------------------------------------------
-
-
-@pytest_twisted.ensureDeferred
-async def test_session_id_accepted_from_cookie_named_sessionId(server):
-    session_id = await server.session()
-    client = await server.connect("/ws/lockers", additional_headers=cookie(f"sessionId={session_id}"))
-    assert (await accepted(client))["authenticated"] is True
-    await client.close()
+CONFIGURED_COOKIE = {"auth.cookie_names": ["eform_sid"]}
 
 
-@pytest_twisted.ensureDeferred
-async def test_session_id_accepted_from_cookie_named_session(server):
-    session_id = await server.session()
-    client = await server.connect("/ws/lockers", additional_headers=cookie(f"session={session_id}"))
-    assert (await accepted(client))["authenticated"] is True
-    await client.close()
+def place(test_id: str, credentials, overrides: dict | None = None):
+    """One parametrization: `credentials(session_id)` gives the (query string, headers) a
+    client connects to /ws/lockers with; `overrides` configure the server."""
+    return pytest.param(credentials, overrides or {}, id=test_id)
 
 
-@pytest_twisted.ensureDeferred
-async def test_session_id_accepted_among_other_cookies(server):
-    session_id = await server.session()
-    header = cookie(f"theme=dark; sessionId={session_id}; lang=de")
-    client = await server.connect("/ws/lockers", additional_headers=header)
-    assert (await accepted(client))["authenticated"] is True
-    await client.close()
+async def connect_lockers(start_server, credentials, overrides):
+    """A server configured with `overrides`, a valid admin session, and a client connected
+    to /ws/lockers with what `credentials` makes of that session's id."""
+    server = await start_server(overrides)
+    query, headers = credentials(await server.session())
+    return await server.connect("/ws/lockers" + query, additional_headers=headers)
 
 
-@pytest_twisted.ensureDeferred
-async def test_session_id_accepted_from_authorization_bearer(server):
-    session_id = await server.session()
-    client = await server.connect("/ws/lockers", additional_headers=bearer(session_id))
-    assert (await accepted(client))["authenticated"] is True
-    await client.close()
+# -- where the session id comes from, and the order candidates are tried in -------------------
 
 
-@pytest_twisted.ensureDeferred
-async def test_session_id_accepted_from_query_parameter(server):
-    session_id = await server.session()
-    client = await server.connect(f"/ws/lockers?sessionId={session_id}")
-    assert (await accepted(client))["authenticated"] is True
-    await client.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_authorization_scheme_is_case_insensitive(server):
-    session_id = await server.session()
-    client = await server.connect("/ws/lockers", additional_headers={"Authorization": f"bearer {session_id}"})
-    assert (await accepted(client))["authenticated"] is True
-    await client.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_authorization_with_another_scheme_is_no_candidate(server):
-    session_id = await server.session()
-    client = await server.connect("/ws/lockers", additional_headers={"Authorization": f"Basic {session_id}"})
-    assert await refused(client) == (REFUSED, "Authentication required")
-
-
-# -- order of trial ---------------------------------------------------------------------
-
-
-@pytest_twisted.ensureDeferred
-async def test_invalid_cookie_then_valid_bearer_is_accepted(server):
-    session_id = await server.session()
-    headers = {**cookie(f"sessionId={unknown_id()}"), **bearer(session_id)}
-    client = await server.connect("/ws/lockers", additional_headers=headers)
-    assert (await accepted(client))["authenticated"] is True
-    await client.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_invalid_cookie_and_bearer_then_valid_query_is_accepted(server):
-    session_id = await server.session()
-    headers = {**cookie(f"sessionId={unknown_id()}"), **bearer(unknown_id())}
-    client = await server.connect(f"/ws/lockers?sessionId={session_id}", additional_headers=headers)
-    assert (await accepted(client))["authenticated"] is True
-    await client.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_valid_cookie_wins_over_valid_bearer(start_configured):
-    # Observable through the role: the cookie's staff session is tried first and wins, so the
-    # admin-only namespace refuses, although the bearer's admin session would be allowed.
-    server = await start_configured(ADMIN_ONLY_CONFIG)
-    staff = await server.session(user="sam", role="staff")
-    admin = await server.session(user="ada", role="admin")
-    headers = {**cookie(f"sessionId={staff}"), **bearer(admin)}
-    client = await server.connect(ADMIN_ONLY, additional_headers=headers)
-    assert await refused(client) == (REFUSED, "Forbidden")
-
-
-@pytest_twisted.ensureDeferred
-async def test_valid_bearer_wins_over_valid_query(start_configured):
-    server = await start_configured(ADMIN_ONLY_CONFIG)
-    staff = await server.session(user="sam", role="staff")
-    admin = await server.session(user="ada", role="admin")
-    client = await server.connect(f"{ADMIN_ONLY}?sessionId={admin}", additional_headers=bearer(staff))
-    assert await refused(client) == (REFUSED, "Forbidden")
-
-
-@pytest_twisted.ensureDeferred
-async def test_first_valid_candidate_decides_the_role(start_configured):
-    # The mirror image of the two tests above: admin first, staff after, is accepted.
-    server = await start_configured(ADMIN_ONLY_CONFIG)
-    staff = await server.session(user="sam", role="staff")
-    admin = await server.session(user="ada", role="admin")
-    headers = {**cookie(f"sessionId={admin}"), **bearer(staff)}
-    client = await server.connect(f"{ADMIN_ONLY}?sessionId={staff}", additional_headers=headers)
-    assert (await accepted(client))["authenticated"] is True
-    await client.close()
-
-
-# -- failures --------------------------------------------------------------------------
-
-
-@pytest_twisted.ensureDeferred
-async def test_no_candidate_is_closed_authentication_required(server):
-    client = await server.connect("/ws/lockers")
-    assert await refused(client) == (REFUSED, "Authentication required")
-
-
-@pytest_twisted.ensureDeferred
-async def test_unknown_session_id_is_closed_authentication_failed(server):
-    client = await server.connect(f"/ws/lockers?sessionId={unknown_id()}")
-    assert await refused(client) == (REFUSED, "Authentication failed")
-
-
-@pytest_twisted.ensureDeferred
-async def test_expired_session_is_closed_authentication_failed(server):
-    session = await server.service.database.run(create_session, "alice", "admin", None, 1, time.time() - 10)
-    client = await server.connect(f"/ws/lockers?sessionId={session.id}")
-    assert await refused(client) == (REFUSED, "Authentication failed")
-
-
-@pytest_twisted.ensureDeferred
-async def test_revoked_session_is_closed_authentication_failed(server):
-    session_id = await server.session()
-    assert await server.service.sessions.revoke(session_id) == 1
-    client = await server.connect(f"/ws/lockers?sessionId={session_id}")
-    assert await refused(client) == (REFUSED, "Authentication failed")
-
-
-@pytest_twisted.ensureDeferred
-async def test_only_invalid_candidates_in_every_place_is_closed_authentication_failed(server):
-    headers = {**cookie(f"sessionId={unknown_id()}; session={unknown_id()}"), **bearer(unknown_id())}
-    client = await server.connect(f"/ws/lockers?sessionId={unknown_id()}", additional_headers=headers)
-    assert await refused(client) == (REFUSED, "Authentication failed")
-
-
-@pytest_twisted.ensureDeferred
-async def test_role_not_allowed_on_namespace_is_closed_forbidden(start_configured):
-    server = await start_configured(ADMIN_ONLY_CONFIG)
-    staff = await server.session(user="sam", role="staff")
-    client = await server.connect(f"{ADMIN_ONLY}?sessionId={staff}")
-    assert await refused(client) == (REFUSED, "Forbidden")
-
-
-@pytest_twisted.ensureDeferred
-async def test_role_allowed_on_namespace_is_accepted(start_configured):
-    server = await start_configured(ADMIN_ONLY_CONFIG)
-    admin = await server.session(user="ada", role="admin")
-    client = await server.connect(f"{ADMIN_ONLY}?sessionId={admin}")
-    data = await accepted(client)
-    assert data["namespace"] == ADMIN_ONLY and data["authenticated"] is True
-    await client.close()
-
-
-# -- cookie parsing ---------------------------------------------------------------------------
-
-
-@pytest_twisted.ensureDeferred
-async def test_cookie_whose_name_only_ends_in_sessionId_is_no_candidate(server):
-    # Parsed as cookie pairs, not found by substring: `xsessionId` is another cookie, so no
-    # candidate is present at all.
-    session_id = await server.session()
-    client = await server.connect("/ws/lockers", additional_headers=cookie(f"xsessionId={session_id}"))
-    assert await refused(client) == (REFUSED, "Authentication required")
-
-
-@pytest_twisted.ensureDeferred
-async def test_session_id_inside_another_cookie_value_is_no_candidate(server):
-    session_id = await server.session()
-    header = cookie(f"prefs=sessionId={session_id}")
-    client = await server.connect("/ws/lockers", additional_headers=header)
-    assert await refused(client) == (REFUSED, "Authentication required")
-
-
-@pytest_twisted.ensureDeferred
-async def test_duplicate_cookie_bad_then_good_is_accepted(server):
-    session_id = await server.session()
-    header = cookie(f"sessionId={unknown_id()}; sessionId={session_id}")
-    client = await server.connect("/ws/lockers", additional_headers=header)
-    assert (await accepted(client))["authenticated"] is True
-    await client.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_second_cookie_header_with_valid_id_after_a_bad_one_is_accepted(server):
+@pytest.mark.parametrize("credentials, overrides", [
+    place("cookie-sessionId", lambda sid: ("", cookie(f"sessionId={sid}"))),
+    place("cookie-session", lambda sid: ("", cookie(f"session={sid}"))),
+    place("cookie-among-other-cookies", lambda sid: ("", cookie(f"theme=dark; sessionId={sid}; lang=de"))),
+    place("cookie-double-quoted-is-unquoted", lambda sid: ("", cookie(f'sessionId="{sid}"'))),
+    place("cookie-configured-name", lambda sid: ("", cookie(f"eform_sid={sid}")), CONFIGURED_COOKIE),
+    place("cookie-duplicate-bad-then-good", lambda sid: ("", cookie(f"sessionId={unknown_id()}; sessionId={sid}"))),
     # Two Cookie header lines (as some proxies and HTTP/2 gateways send them).
-    session_id = await server.session()
-    headers = [("Cookie", f"sessionId={unknown_id()}"), ("Cookie", f"sessionId={session_id}")]
-    client = await server.connect("/ws/lockers", additional_headers=headers)
+    place("cookie-second-header-after-a-bad-one",
+          lambda sid: ("", [("Cookie", f"sessionId={unknown_id()}"), ("Cookie", f"sessionId={sid}")])),
+    place("authorization-bearer", lambda sid: ("", bearer(sid))),
+    place("authorization-scheme-case-insensitive", lambda sid: ("", {"Authorization": f"bearer {sid}"})),
+    place("query-parameter", lambda sid: (f"?sessionId={sid}", {})),
+    # The contrast to the cookie: a query string is URL-encoded by definition.
+    place("query-percent-encoded-is-decoded", lambda sid: (f"?sessionId={percent_encoded(sid)}", {})),
+    place("invalid-cookie-then-valid-bearer",
+          lambda sid: ("", {**cookie(f"sessionId={unknown_id()}"), **bearer(sid)})),
+    place("invalid-cookie-and-bearer-then-valid-query",
+          lambda sid: (f"?sessionId={sid}", {**cookie(f"sessionId={unknown_id()}"), **bearer(unknown_id())})),
+])
+@pytest_twisted.ensureDeferred
+async def test_a_valid_session_id_is_accepted(start_server, credentials, overrides):
+    client = await connect_lockers(start_server, credentials, overrides)
     assert (await accepted(client))["authenticated"] is True
     await client.close()
 
 
+@pytest.mark.parametrize("credentials, overrides", [
+    place("no-candidate", lambda sid: ("", {})),
+    place("authorization-other-scheme", lambda sid: ("", {"Authorization": f"Basic {sid}"})),
+    # Parsed as cookie pairs, not found by substring: `xsessionId` is another cookie.
+    place("cookie-name-only-ending-in-sessionId", lambda sid: ("", cookie(f"xsessionId={sid}"))),
+    place("cookie-sessionId-inside-another-value", lambda sid: ("", cookie(f"prefs=sessionId={sid}"))),
+    place("cookie-default-name-when-names-are-configured",
+          lambda sid: ("", cookie(f"sessionId={sid}")), CONFIGURED_COOKIE),
+])
 @pytest_twisted.ensureDeferred
-async def test_configured_cookie_name_is_accepted(start_server):
-    server = await start_server({"auth.cookie_names": ["eform_sid"]})
-    session_id = await server.session()
-    client = await server.connect("/ws/lockers", additional_headers=cookie(f"eform_sid={session_id}"))
-    assert (await accepted(client))["authenticated"] is True
-    await client.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_default_cookie_name_is_no_candidate_when_names_are_configured(start_server):
-    server = await start_server({"auth.cookie_names": ["eform_sid"]})
-    session_id = await server.session()
-    client = await server.connect("/ws/lockers", additional_headers=cookie(f"sessionId={session_id}"))
+async def test_no_candidate_is_closed_authentication_required(start_server, credentials, overrides):
+    client = await connect_lockers(start_server, credentials, overrides)
     assert await refused(client) == (REFUSED, "Authentication required")
 
 
-@pytest_twisted.ensureDeferred
-async def test_percent_encoded_cookie_value_is_not_decoded(server):
+@pytest.mark.parametrize("credentials, overrides", [
+    place("unknown-id", lambda sid: (f"?sessionId={unknown_id()}", {})),
+    place("only-invalid-candidates-in-every-place", lambda sid: (
+        f"?sessionId={unknown_id()}",
+        {**cookie(f"sessionId={unknown_id()}; session={unknown_id()}"), **bearer(unknown_id())},
+    )),
     # Pinned: cookie values are taken as they are (ids are URL-safe base64 and never need
     # encoding), so the encoded form of a valid id is a different, unknown id.
-    session_id = await server.session()
-    encoded = "".join(f"%{ord(c):02X}" for c in session_id)
-    client = await server.connect("/ws/lockers", additional_headers=cookie(f"sessionId={encoded}"))
+    place("cookie-percent-encoded-is-not-decoded", lambda sid: ("", cookie(f"sessionId={percent_encoded(sid)}"))),
+    place("oversized-10-KiB-id", lambda sid: ("", cookie("sessionId=" + "A" * 10240))),
+])
+@pytest_twisted.ensureDeferred
+async def test_only_invalid_candidates_are_closed_authentication_failed(start_server, credentials, overrides):
+    client = await connect_lockers(start_server, credentials, overrides)
     assert await refused(client) == (REFUSED, "Authentication failed")
 
 
-@pytest_twisted.ensureDeferred
-async def test_percent_encoded_query_value_is_decoded(server):
-    # The contrast to the cookie: a query string is URL-encoded by definition.
+async def expired(server) -> str:
+    session = await server.service.database.run(create_session, "alice", "admin", None, 1, time.time() - 10)
+    return session.id
+
+
+async def revoked(server) -> str:
     session_id = await server.session()
-    encoded = "".join(f"%{ord(c):02X}" for c in session_id)
-    client = await server.connect(f"/ws/lockers?sessionId={encoded}")
-    assert (await accepted(client))["authenticated"] is True
-    await client.close()
+    assert await server.service.sessions.revoke(session_id) == 1
+    return session_id
 
 
+@pytest.mark.parametrize("no_longer_valid", [expired, revoked], ids=["expired", "revoked"])
 @pytest_twisted.ensureDeferred
-async def test_double_quoted_cookie_value_is_unquoted(server):
-    session_id = await server.session()
-    client = await server.connect("/ws/lockers", additional_headers=cookie(f'sessionId="{session_id}"'))
-    assert (await accepted(client))["authenticated"] is True
-    await client.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_oversized_session_id_is_closed_authentication_failed(server):
-    client = await server.connect("/ws/lockers", additional_headers=cookie("sessionId=" + "A" * 10240))
+async def test_a_session_no_longer_valid_is_closed_authentication_failed(server, no_longer_valid):
+    client = await server.connect(f"/ws/lockers?sessionId={await no_longer_valid(server)}")
     assert await refused(client) == (REFUSED, "Authentication failed")
 
 
@@ -337,42 +152,82 @@ async def test_server_keeps_serving_after_an_oversized_session_id(server):
     await client.close()
 
 
+# -- roles: the first valid candidate decides -------------------------------------------------
+# Observable through the role on an admin-only namespace: each case has a staff and an admin
+# session, and whichever of them the first valid candidate names is the connection's.
+
+
+def roles(test_id: str, credentials):
+    """`credentials(staff, admin)`: the (query string, headers) to connect with."""
+    return pytest.param(credentials, id=test_id)
+
+
+@pytest.mark.parametrize("credentials", [
+    roles("admin-query", lambda staff, admin: (f"?sessionId={admin}", {})),
+    roles("admin-cookie-before-staff-bearer-and-query",
+          lambda staff, admin: (f"?sessionId={staff}", {**cookie(f"sessionId={admin}"), **bearer(staff)})),
+])
+@pytest_twisted.ensureDeferred
+async def test_a_role_allowed_on_the_namespace_is_accepted(start_configured, credentials):
+    server = await start_configured(ADMIN_ONLY_CONFIG)
+    staff = await server.session(user="sam", role="staff")
+    admin = await server.session(user="ada", role="admin")
+    query, headers = credentials(staff, admin)
+    client = await server.connect(ADMIN_ONLY + query, additional_headers=headers)
+    data = await accepted(client)
+    assert data["namespace"] == ADMIN_ONLY and data["authenticated"] is True
+    await client.close()
+
+
+@pytest.mark.parametrize("credentials", [
+    roles("staff-query", lambda staff, admin: (f"?sessionId={staff}", {})),
+    # The cookie's staff session is tried first and wins, although the bearer's admin
+    # session would be allowed; and so on down the order.
+    roles("staff-cookie-before-admin-bearer",
+          lambda staff, admin: ("", {**cookie(f"sessionId={staff}"), **bearer(admin)})),
+    roles("staff-bearer-before-admin-query", lambda staff, admin: (f"?sessionId={admin}", bearer(staff))),
+])
+@pytest_twisted.ensureDeferred
+async def test_a_role_not_allowed_on_the_namespace_is_closed_forbidden(start_configured, credentials):
+    server = await start_configured(ADMIN_ONLY_CONFIG)
+    staff = await server.session(user="sam", role="staff")
+    admin = await server.session(user="ada", role="admin")
+    query, headers = credentials(staff, admin)
+    client = await server.connect(ADMIN_ONLY + query, additional_headers=headers)
+    assert await refused(client) == (REFUSED, "Forbidden")
+
+
 # -- namespaces without authentication -------------------------------------------------------
 
 
+async def valid_id(server) -> str:
+    return await server.session()
+
+
+async def no_id(server) -> None:
+    return None
+
+
+async def an_unknown_id(server) -> str:
+    return unknown_id()
+
+
+@pytest.mark.parametrize("session_id, authenticated", [
+    pytest.param(no_id, False, id="anonymous"),
+    pytest.param(valid_id, True, id="valid-session"),
+    pytest.param(an_unknown_id, False, id="invalid-credential-ignored"),
+])
 @pytest_twisted.ensureDeferred
-async def test_namespace_without_auth_accepts_anonymous_client_without_room(server):
+async def test_namespace_without_auth_accepts_the_client_without_a_room(server, session_id, authenticated):
     server.hub.create_namespace("/ws/custom", require_auth=False)
-    client = await server.connect("/ws/custom")
+    sid = await session_id(server)
+    client = await server.connect("/ws/custom" + (f"?sessionId={sid}" if sid is not None else ""))
     connection = await client.recv()
     assert connection["type"] == "connection"
     assert connection["data"]["namespace"] == "/ws/custom"
-    assert connection["data"]["authenticated"] is False
+    assert connection["data"]["authenticated"] is authenticated
     # No default room, so no room_joined: the next thing the client gets is the pong.
-    await client.send({"type": "ping", "data": {"timestamp": 7}})
-    reply = await client.recv()
-    assert reply["type"] == "pong" and reply["data"]["timestamp"] == 7, reply
-    await client.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_namespace_without_auth_marks_valid_session_authenticated(server):
-    server.hub.create_namespace("/ws/custom", require_auth=False)
-    session_id = await server.session()
-    client = await server.connect(f"/ws/custom?sessionId={session_id}")
-    connection = await client.recv()
-    assert connection["type"] == "connection"
-    assert connection["data"]["authenticated"] is True
-    await client.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_namespace_without_auth_ignores_invalid_credential(server):
-    server.hub.create_namespace("/ws/custom", require_auth=False)
-    client = await server.connect(f"/ws/custom?sessionId={unknown_id()}")
-    connection = await client.recv()
-    assert connection["type"] == "connection"
-    assert connection["data"]["authenticated"] is False
+    await assert_got_nothing(client)
     await client.close()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from processes import environment
+from processes import _reactor, environment
 from twisted.internet.utils import getProcessOutputAndValue
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,12 +25,6 @@ path = "/ws/echo"
 require_auth = false
 echo = true
 """
-
-
-def _reactor():
-    from twisted.internet import reactor
-
-    return reactor
 
 
 @pytest.fixture
@@ -74,6 +68,7 @@ async def test_permessage_deflate_offer_is_declined_so_suite_cases_12_and_13_are
     await client.close()
 
 
+@pytest.mark.slow  # ~45 s: the whole Autobahn Testsuite (cases 1-10) against a real twistd
 @pytest_twisted.ensureDeferred
 async def test_autobahn_testsuite_cases_1_to_10_have_no_failed_and_no_non_strict_case(tmp_path):
     """The CI hook of scripts/autobahn-testsuite (docs/reliability.md). Without a Python 2.7

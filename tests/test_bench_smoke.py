@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = 200
 BROADCASTS = 5
@@ -24,6 +26,7 @@ SERVER_KEYS = {
 }
 
 
+@pytest.mark.slow  # ~4 s: the fan-out bench with 200 clients
 def test_fanout_smoke(tmp_path):
     results = tmp_path / "results.jsonl"
     env = {k: v for k, v in os.environ.items() if not k.startswith("EFORMWS_")}

@@ -11,7 +11,7 @@ import json
 import pytest
 import pytest_twisted
 import websockets
-from conftest import aio
+from conftest import aio, locker
 from twisted.internet import defer, reactor
 
 from eformws.client import EformClient
@@ -21,15 +21,14 @@ LOCKERS = "/ws/lockers"
 LIMIT = 64 * 1024  # the slow-consumer bound: what a client misses below is hundreds of times more
 
 
-def locker(n: int) -> dict:
-    return {"lockerId": f"L{n}", "oldState": "closed", "newState": "open", "kioskId": "k1", "reason": "r" * 300}
+REASON = "r" * 300  # pads an event to about 500 bytes on the wire
 
 
 async def seed(server, count: int) -> list[str]:
     """`count` events in the log (about 500 bytes each on the wire); their seqs."""
     emitted = []
     for start in range(0, count, 5000):
-        batch = [server.service.events.emit("locker_state_changed", locker(n)) for n in range(start, min(count, start + 5000))]
+        batch = [server.service.events.emit("locker_state_changed", locker(n, kiosk="k1", reason=REASON)) for n in range(start, min(count, start + 5000))]
         emitted += await defer.gatherResults(batch, consumeErrors=True)
     return [envelope["seq"] for envelope in emitted]
 
@@ -64,6 +63,7 @@ async def behind(start_server, count: int):
     return server, seqs, server.url(f"{LOCKERS}?sessionId={session_id}&since=0&epoch={server.hub.position.epoch}")
 
 
+@pytest.mark.slow  # ~27 s: 50,000 events stored, then read slowly
 @pytest_twisted.ensureDeferred
 async def test_a_client_50000_events_behind_reading_slowly_gets_every_one_in_order(start_server):
     server, seqs, url = await behind(start_server, 50_000)
@@ -72,13 +72,14 @@ async def test_a_client_50000_events_behind_reading_slowly_gets_every_one_in_ord
     assert resumed == {"recovered": True, "count": 50_000, "seq": seqs[-1], "epoch": server.hub.position.epoch}
 
 
+@pytest.mark.slow  # ~7 s: a long catch-up
 @pytest_twisted.ensureDeferred
 async def test_events_emitted_during_a_long_catch_up_follow_it_in_order(start_server):
     server, seqs, url = await behind(start_server, 20_000)
     first_event = asyncio.Event()
     reading = aio(read_slowly(url, first_event))
     await aio(first_event.wait())  # the catch-up is under way
-    live = [(await server.service.events.emit("locker_state_changed", locker(n)))["seq"] for n in range(5)]
+    live = [(await server.service.events.emit("locker_state_changed", locker(n, kiosk="k1", reason=REASON)))["seq"] for n in range(5)]
     events, resumed = await reading
     assert [e["seq"] for e in events] == seqs + live
     assert (resumed["recovered"], resumed["seq"]) == (True, live[-1])
@@ -104,6 +105,7 @@ async def test_a_replay_of_many_events_reaches_a_slow_reader_whole(start_server)
     assert await aio(replayed()) == seqs
 
 
+@pytest.mark.slow  # ~7 and ~17 s: a long catch-up, cut and resumed
 @pytest.mark.parametrize("rooms", [(), ("k1",)], ids=["default-room", "with-a-kiosk-room"])
 @pytest_twisted.ensureDeferred
 async def test_the_python_client_cut_half_way_through_a_catch_up_resumes_from_the_last_event_it_got(start_server,

@@ -228,7 +228,7 @@ async def busy_server(start_server):
     await server.join("/ws/help", session_id)
     await lockers[0].send({"type": "join_room", "room": "kiosk-1"})
     assert (await lockers[0].recv())["type"] == "room_joined"
-    await server.hub.broadcast(LOCKERS, "notice", {})
+    await server.service.events.broadcast(LOCKERS, "notice", {})
     await lockers[0].recv()
     return server
 
@@ -297,7 +297,7 @@ async def test_tail_prints_each_event_as_one_json_line_and_ctrl_c_ends_it_with_0
     tail = tails([LOCKERS, "--url", server.http(""), "--no-replay"], tmp_path, env={"EFORMWS_SESSION": session_id})
     await tail.said(r"tailing /ws/lockers \(rooms: locker_updates\)")
     stored = [await emit(server, n) for n in range(5)]
-    await server.hub.broadcast(LOCKERS, "maintenance", {"minutes": 5})
+    await server.service.events.broadcast(LOCKERS, "maintenance", {"minutes": 5})
     printed = await tail.printed(6)
     assert printed[:5] == stored
     assert printed[5]["type"] == "maintenance" and printed[5]["data"] == {"minutes": 5}
@@ -367,12 +367,13 @@ async def test_tail_with_a_room_prints_only_that_rooms_events(tmp_path, start_se
     await tail.said(r"tailing /ws/lockers \(rooms: kiosk-7\)")
     stored = [await emit(server, n, kiosk) for n, kiosk in enumerate(["kiosk-1", "kiosk-7", "kiosk-2", "kiosk-7"])]
     assert await tail.printed(2) == [stored[1], stored[3]]
-    await server.hub.broadcast_to_room(LOCKERS, "kiosk-7", "marker", {})
+    await server.service.events.broadcast_to_room(LOCKERS, "kiosk-7", "marker", {})
     assert (await tail.printed(3))[2]["type"] == "marker"
     tail.signal("INT")
     assert await tail.ended() == (0, None)
 
 
+@pytest.mark.slow  # ~3.5 s: a gateway restarted under `tail`
 @pytest_twisted.ensureDeferred
 async def test_tail_survives_a_gateway_restart_and_prints_every_event_once_in_order(tmp_path, spawn, tails):
     config = write_config(tmp_path, f'[auth]\napi_tokens = ["{TOKEN}"]\n')
@@ -617,7 +618,7 @@ async def test_check_config_warns_about_an_eformws_variable_it_does_not_read(tmp
 async def tls_gateway(tmp_path, spawn):
     """`twistd -n eformws` serving https:// and wss:// with a self-signed certificate for
     127.0.0.1: (its https:// URL, the certificate's path, the config's path)."""
-    from test_tls import self_signed
+    from certificates import self_signed
 
     cert, key = self_signed(tmp_path)
     config = write_config(tmp_path, f'[auth]\napi_tokens = ["{TOKEN}"]\n')
@@ -667,7 +668,7 @@ async def test_cacert_option_wins_over_eformws_cacert(tmp_path, spawn):
 
 @pytest_twisted.ensureDeferred
 async def test_status_with_a_cacert_that_did_not_sign_the_certificate_names_the_file(tmp_path, spawn):
-    from test_tls import self_signed
+    from certificates import self_signed
 
     url, _, _ = await tls_gateway(tmp_path, spawn)
     other = tmp_path / "other"
@@ -714,7 +715,7 @@ async def test_a_cacert_file_that_is_not_there_is_one_line_naming_it_and_exit_2(
 
 @pytest_twisted.ensureDeferred
 async def test_a_cacert_file_without_a_pem_certificate_is_one_line_naming_it_and_exit_2(tmp_path):
-    from test_tls import self_signed
+    from certificates import self_signed
 
     _, key = self_signed(tmp_path)
     out, err, code = await cli("tail", LOCKERS, "--url", "wss://127.0.0.1:1", "--cacert", str(key), cwd=tmp_path)

@@ -138,7 +138,7 @@ async def test_callbacks_get_the_events_of_their_type_and_star_gets_every_event(
         await server.service.events.emit_system_status("kiosk", "online", 99),
         await emit(server, 2),
     ]
-    await server.hub.broadcast(EVENTS, "maintenance", {"minutes": 5})
+    await server.service.events.broadcast(EVENTS, "maintenance", {"minutes": 5})
     everything = await w.events.reach(4)
     assert [e["type"] for e in everything] == ["locker_state_changed", "system_status", "locker_state_changed", "maintenance"]
     assert everything[:3] == stored
@@ -187,12 +187,12 @@ async def test_join_fires_on_room_joined_room_broadcasts_arrive_and_leave_stops_
     w = await connected(clients, server, await server.session())
     assert await w.client.join("kiosk-9") == "kiosk-9"
     assert {"locker_updates", "kiosk-9"} == w.client.rooms == server_connections(server)[0].rooms
-    await server.hub.broadcast_to_room(LOCKERS, "kiosk-9", "door", {"n": 1})
+    await server.service.events.broadcast_to_room(LOCKERS, "kiosk-9", "door", {"n": 1})
     assert (await w.events.next())["data"] == {"n": 1}
     assert await w.client.leave("kiosk-9") == "kiosk-9"
     assert server_connections(server)[0].rooms == {"locker_updates"}
-    await server.hub.broadcast_to_room(LOCKERS, "kiosk-9", "door", {"n": 2})
-    await server.hub.broadcast(LOCKERS, "marker", {})
+    await server.service.events.broadcast_to_room(LOCKERS, "kiosk-9", "door", {"n": 2})
+    await server.service.events.broadcast(LOCKERS, "marker", {})
     assert (await w.events.next())["type"] == "marker"  # the room broadcast, sent first, never came
     assert w.client.rooms == {"locker_updates"}
 
@@ -217,7 +217,7 @@ async def test_the_same_event_sent_twice_is_delivered_once(start_server, clients
     await w.events.reach(1)
     [on_server] = server_connections(server)
     on_server.sendMessage(json.dumps(event).encode(), False)  # as a resume overlapping live delivery would
-    await server.hub.broadcast(LOCKERS, "marker", {})
+    await server.service.events.broadcast(LOCKERS, "marker", {})
     assert [e["type"] for e in await w.events.reach(2)] == ["locker_state_changed", "marker"]
 
 
@@ -293,8 +293,8 @@ async def test_rooms_outside_the_default_room_are_joined_again_and_their_missed_
     expected = first[0::2] + missed[0::2]
     assert await w.events.reach(len(expected)) == expected
     assert server_connections(server)[0].rooms == {"kiosk-7"}
-    await server.hub.broadcast_to_room(LOCKERS, "locker_updates", "marker", {})  # not a member: never delivered
-    await server.hub.broadcast_to_room(LOCKERS, "kiosk-7", "marker-7", {})
+    await server.service.events.broadcast_to_room(LOCKERS, "locker_updates", "marker", {})  # not a member: never delivered
+    await server.service.events.broadcast_to_room(LOCKERS, "kiosk-7", "marker-7", {})
     assert (await w.events.next())["type"] == "marker-7"
 
 

@@ -1,10 +1,7 @@
 """Connection lifecycle on the wire (PROTOCOL.md section 3): the first two messages."""
 
-import re
-
 import pytest_twisted
-
-TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+from conftest import TS
 
 
 @pytest_twisted.ensureDeferred

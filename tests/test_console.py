@@ -9,6 +9,7 @@ import re
 import time
 import uuid
 
+import pytest
 import pytest_twisted
 import treq
 from browser import WIDE, Recorder, closing_after, chromium, emit_status, expect, future, log_in, logged_in, open_console  # noqa: F401
@@ -265,6 +266,7 @@ async def scripted_status(server, page) -> ScriptedStatus:
     return script
 
 
+@pytest.mark.slow  # ~8 s: seven status polls in the browser
 @pytest_twisted.ensureDeferred
 async def test_the_latency_scale_stays_put_while_values_move_within_its_decades(server, chromium):
     context, page, _ = await open_console(server, chromium)
@@ -290,6 +292,7 @@ async def test_the_latency_scale_stays_put_while_values_move_within_its_decades(
     await closing_after(context, scenario())
 
 
+@pytest.mark.slow  # ~6 s: status polls through an outage in the browser
 @pytest_twisted.ensureDeferred
 async def test_while_the_status_cannot_be_fetched_the_numbers_are_greyed_and_the_chart_has_a_gap(server, chromium):
     context, page, session_id = await open_console(server, chromium, "alice", "admin")

@@ -8,16 +8,13 @@ import asyncio
 import base64
 import json
 import os
-import re
 import struct
 import uuid
 
 import pytest
 import pytest_twisted
-from conftest import aio
-from twisted.internet import reactor
+from conftest import TS, aio, assert_got_nothing, within
 
-TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 DEFAULT_ROOMS = {"/ws/lockers": "locker_updates", "/ws/help": "help_requests", "/ws/events": "system_events"}
 
@@ -33,6 +30,9 @@ class Joined:
     def recv(self):
         return self.client.recv()
 
+    def recv_raw(self):
+        return self.client.recv_raw()
+
     def send(self, value):
         return self.client.send(value)
 
@@ -43,44 +43,22 @@ class Joined:
 async def join(server, path="/ws/lockers", role="admin", kiosk=None, rooms=()):
     """Connect with a fresh session, read `connection` and `room_joined`, join `rooms`,
     and wait until the connection is live (past the replay on connect)."""
-    query = ""
+    session_id = None
     if server.hub.namespaces[path].require_auth:
-        query = "?sessionId=" + await server.session(f"user-{uuid.uuid4().hex[:8]}", role, kiosk)
-    client = await server.connect(path + query)
-    first = await client.recv()
-    assert first["type"] == "connection", first
-    connection_id = first["data"]["connectionId"]
-    if server.hub.namespaces[path].default_room is not None:
-        second = await client.recv()
-        assert second["type"] == "room_joined", second
-    for room in rooms:
-        await client.send({"type": "join_room", "room": room})
-        reply = await client.recv()
-        assert reply == {"type": "room_joined", "data": {"room": room}, "timestamp": reply["timestamp"]}
+        session_id = await server.session(f"user-{uuid.uuid4().hex[:8]}", role, kiosk)
+    client = await server.join(path, session_id, rooms)
+    connection_id = client.connection_id
     # Live frames are held back while the replay query runs; a direct message through the
     # hub comes after them, so once it arrives the connection is live and in order.
-    await server.hub.send(connection_id, "ready", {})
+    await server.service.events.send(connection_id, "ready", {})
     ready = await client.recv()
     assert ready["type"] == "ready", ready
     return Joined(client, connection_id, path)
 
 
-async def assert_got_nothing(joined):
-    """Nothing was queued for this client: a ping's pong is the very next message."""
-    marker = str(uuid.uuid4())
-    await joined.send({"type": "ping", "data": {"timestamp": marker}})
-    reply = await joined.recv()
-    assert reply["type"] == "pong" and reply["data"]["timestamp"] == marker, reply
-
-
 def server_side(server, joined):
     """The hub's connection object for a client."""
     return server.hub.namespaces[joined.path].connections[joined.id]
-
-
-def within(d, seconds=5.0):
-    """Bound an await on a Deferred so that a condition that never happens fails the test."""
-    return d.addTimeout(seconds, reactor)
 
 
 def rooms_holding(server, connection):
@@ -103,7 +81,7 @@ async def test_broadcast_reaches_every_client_of_the_namespace_as_envelope_b(ser
     await second.send({"type": "leave_room", "room": "locker_updates"})
     assert (await second.recv())["type"] == "room_left"
     data = {"lockerId": 7, "state": "open", "nested": {"list": [1, "two", None]}}
-    await server.hub.broadcast("/ws/lockers", "locker_opened", data)
+    await server.service.events.broadcast("/ws/lockers", "locker_opened", data)
     for joined in (first, second):
         got = await joined.recv()
         assert list(got) == ["type", "data", "timestamp", "namespace"], got
@@ -120,7 +98,7 @@ async def test_broadcast_does_not_reach_other_namespaces(server):
     lockers = await join(server, "/ws/lockers")
     help_ = await join(server, "/ws/help")
     events = await join(server, "/ws/events")
-    await server.hub.broadcast("/ws/lockers", "locker_opened", {"lockerId": 7})
+    await server.service.events.broadcast("/ws/lockers", "locker_opened", {"lockerId": 7})
     assert (await lockers.recv())["type"] == "locker_opened"
     await assert_got_nothing(help_)
     await assert_got_nothing(events)
@@ -130,11 +108,11 @@ async def test_broadcast_does_not_reach_other_namespaces(server):
 
 @pytest_twisted.ensureDeferred
 async def test_broadcast_fires_with_the_local_recipient_count(server):
-    assert await server.hub.broadcast("/ws/lockers", "evt", {}) == 0
+    assert await server.service.events.broadcast("/ws/lockers", "evt", {}) == 0
     clients = [await join(server, "/ws/lockers") for _ in range(3)]
     other = await join(server, "/ws/help")
-    assert await server.hub.broadcast("/ws/lockers", "evt", {}) == 3
-    assert await server.hub.broadcast("/ws/help", "evt", {}) == 1
+    assert await server.service.events.broadcast("/ws/lockers", "evt", {}) == 3
+    assert await server.service.events.broadcast("/ws/help", "evt", {}) == 1
     for joined in clients + [other]:
         await joined.close()
 
@@ -142,7 +120,7 @@ async def test_broadcast_fires_with_the_local_recipient_count(server):
 @pytest_twisted.ensureDeferred
 async def test_broadcast_frame_is_compact_json_and_keeps_an_explicit_null(server):
     joined = await join(server, "/ws/lockers")
-    await server.hub.broadcast("/ws/lockers", "evt", {"a": None, "b": [1, 2], "text": "a b: c, d"})
+    await server.service.events.broadcast("/ws/lockers", "evt", {"a": None, "b": [1, 2], "text": "a b: c, d"})
     raw = await joined.client.recv_raw()
     assert isinstance(raw, str)  # a text frame
     parsed = json.loads(raw)
@@ -156,9 +134,9 @@ async def test_broadcast_to_unknown_namespace_raises_unknown_namespace(server):
     from eformws.hub import UnknownNamespace
 
     with pytest.raises(UnknownNamespace):
-        server.hub.broadcast("/ws/nowhere", "evt", {})
+        server.service.events.broadcast("/ws/nowhere", "evt", {})
     with pytest.raises(UnknownNamespace):
-        server.hub.broadcast_to_room("/ws/nowhere", "kiosk-1", "evt", {})
+        server.service.events.broadcast_to_room("/ws/nowhere", "kiosk-1", "evt", {})
 
 
 @pytest_twisted.ensureDeferred
@@ -175,7 +153,7 @@ async def test_broadcast_is_framed_once_whatever_the_number_of_recipients(server
     monkeypatch.setattr(JsonFraming, "prepare", counting)
     clients = [await join(server, "/ws/lockers") for _ in range(4)]
     prepared.clear()
-    assert await server.hub.broadcast("/ws/lockers", "evt", {"n": 1}) == 4
+    assert await server.service.events.broadcast("/ws/lockers", "evt", {"n": 1}) == 4
     assert len(prepared) == 1
     for joined in clients:
         assert (await joined.recv())["data"] == {"n": 1}
@@ -189,7 +167,7 @@ async def test_broadcast_is_framed_once_whatever_the_number_of_recipients(server
 async def test_broadcast_to_room_reaches_only_members_as_envelope_c(server):
     member = await join(server, "/ws/lockers", rooms=("kiosk-1",))
     outsider = await join(server, "/ws/lockers", rooms=("kiosk-2",))
-    await server.hub.broadcast_to_room("/ws/lockers", "kiosk-1", "door", {"open": True})
+    await server.service.events.broadcast_to_room("/ws/lockers", "kiosk-1", "door", {"open": True})
     got = await member.recv()
     assert list(got) == ["type", "data", "timestamp", "namespace", "room"], got
     assert got["type"] == "door"
@@ -206,7 +184,7 @@ async def test_broadcast_to_room_reaches_only_members_as_envelope_c(server):
 async def test_broadcast_to_room_does_not_reach_the_same_room_in_another_namespace(server):
     member = await join(server, "/ws/lockers", rooms=("kiosk-1",))
     elsewhere = await join(server, "/ws/help", rooms=("kiosk-1",))
-    assert await server.hub.broadcast_to_room("/ws/lockers", "kiosk-1", "door", {}) == 1
+    assert await server.service.events.broadcast_to_room("/ws/lockers", "kiosk-1", "door", {}) == 1
     assert (await member.recv())["room"] == "kiosk-1"
     await assert_got_nothing(elsewhere)
     await member.close()
@@ -217,8 +195,8 @@ async def test_broadcast_to_room_does_not_reach_the_same_room_in_another_namespa
 async def test_broadcast_to_room_fires_with_the_member_count(server):
     members = [await join(server, "/ws/lockers", rooms=("kiosk-1",)) for _ in range(2)]
     outsider = await join(server, "/ws/lockers")
-    assert await server.hub.broadcast_to_room("/ws/lockers", "kiosk-1", "evt", {}) == 2
-    assert await server.hub.broadcast_to_room("/ws/lockers", "empty-room", "evt", {}) == 0
+    assert await server.service.events.broadcast_to_room("/ws/lockers", "kiosk-1", "evt", {}) == 2
+    assert await server.service.events.broadcast_to_room("/ws/lockers", "empty-room", "evt", {}) == 0
     for joined in members + [outsider]:
         await joined.close()
 
@@ -226,7 +204,7 @@ async def test_broadcast_to_room_fires_with_the_member_count(server):
 @pytest_twisted.ensureDeferred
 async def test_broadcast_to_an_empty_room_reaches_nobody(server):
     bystander = await join(server, "/ws/lockers")
-    assert await server.hub.broadcast_to_room("/ws/lockers", "kiosk-9", "evt", {}) == 0
+    assert await server.service.events.broadcast_to_room("/ws/lockers", "kiosk-9", "evt", {}) == 0
     await assert_got_nothing(bystander)
     await bystander.close()
 
@@ -236,7 +214,7 @@ async def test_after_leave_room_room_broadcasts_no_longer_arrive(server):
     joined = await join(server, "/ws/lockers", rooms=("kiosk-1",))
     await joined.send({"type": "leave_room", "room": "kiosk-1"})
     assert (await joined.recv())["type"] == "room_left"
-    assert await server.hub.broadcast_to_room("/ws/lockers", "kiosk-1", "evt", {}) == 0
+    assert await server.service.events.broadcast_to_room("/ws/lockers", "kiosk-1", "evt", {}) == 0
     await assert_got_nothing(joined)
     await joined.close()
 
@@ -244,8 +222,8 @@ async def test_after_leave_room_room_broadcasts_no_longer_arrive(server):
 @pytest_twisted.ensureDeferred
 async def test_room_member_gets_a_room_broadcast_and_a_namespace_broadcast_once_each(server):
     joined = await join(server, "/ws/lockers", rooms=("kiosk-1",))
-    await server.hub.broadcast_to_room("/ws/lockers", "kiosk-1", "evt", {"n": 1})
-    await server.hub.broadcast("/ws/lockers", "evt", {"n": 2})
+    await server.service.events.broadcast_to_room("/ws/lockers", "kiosk-1", "evt", {"n": 1})
+    await server.service.events.broadcast("/ws/lockers", "evt", {"n": 2})
     assert (await joined.recv())["data"] == {"n": 1}
     assert (await joined.recv())["data"] == {"n": 2}
     await assert_got_nothing(joined)
@@ -260,7 +238,7 @@ async def test_send_reaches_only_that_connection_as_envelope_a(server):
     target = await join(server, "/ws/lockers")
     other = await join(server, "/ws/lockers")
     elsewhere = await join(server, "/ws/help")
-    delivered = await server.hub.send(target.id, "notice", {"text": "hi"})
+    delivered = await server.service.events.send(target.id, "notice", {"text": "hi"})
     assert delivered == 1
     got = await target.recv()
     assert list(got) == ["type", "data", "timestamp"], got
@@ -276,7 +254,7 @@ async def test_send_reaches_only_that_connection_as_envelope_a(server):
 @pytest_twisted.ensureDeferred
 async def test_send_finds_a_connection_in_any_namespace(server):
     target = await join(server, "/ws/events")
-    assert await server.hub.send(target.id, "notice", {}) == 1
+    assert await server.service.events.send(target.id, "notice", {}) == 1
     assert (await target.recv())["type"] == "notice"
     await target.close()
 
@@ -284,7 +262,7 @@ async def test_send_finds_a_connection_in_any_namespace(server):
 @pytest_twisted.ensureDeferred
 async def test_send_to_an_unknown_connection_delivers_to_nobody(server):
     bystander = await join(server, "/ws/lockers")
-    assert await server.hub.send(str(uuid.uuid4()), "notice", {}) == 0
+    assert await server.service.events.send(str(uuid.uuid4()), "notice", {}) == 0
     await assert_got_nothing(bystander)
     await bystander.close()
 
@@ -327,7 +305,7 @@ async def test_get_connection_stats_reflects_connections_and_rooms(server):
 @pytest_twisted.ensureDeferred
 async def test_get_connection_stats_latency_metrics_measure_deliveries(server):
     joined = await join(server, "/ws/lockers")
-    await server.hub.broadcast("/ws/lockers", "evt", {})
+    await server.service.events.broadcast("/ws/lockers", "evt", {})
     await joined.recv()
     metrics = server.hub.get_connection_stats()["latency_metrics"]
     for key in ("median", "p95", "p99"):
@@ -347,7 +325,7 @@ async def test_namespace_created_at_runtime_accepts_clients_and_broadcasts(serve
     assert first["data"]["namespace"] == "/ws/custom"
     assert first["data"]["authenticated"] is False
     assert server.hub.connection_count("/ws/custom") == 1
-    assert await server.hub.broadcast("/ws/custom", "evt", {"x": 1}) == 1
+    assert await server.service.events.broadcast("/ws/custom", "evt", {"x": 1}) == 1
     got = await client.recv()
     assert got == {"type": "evt", "data": {"x": 1}, "timestamp": got["timestamp"], "namespace": "/ws/custom"}
     await client.close()
@@ -360,7 +338,7 @@ async def test_namespace_created_at_runtime_with_a_default_room_joins_it(server)
     assert (await client.recv())["type"] == "connection"
     joined = await client.recv()
     assert joined == {"type": "room_joined", "data": {"room": "all_kiosks"}, "timestamp": joined["timestamp"]}
-    assert await server.hub.broadcast_to_room("/ws/kiosks", "all_kiosks", "evt", {}) == 1
+    assert await server.service.events.broadcast_to_room("/ws/kiosks", "all_kiosks", "evt", {}) == 1
     got = await client.recv()
     assert (got["type"], got["namespace"], got["room"]) == ("evt", "/ws/kiosks", "all_kiosks")
     await client.close()
@@ -396,7 +374,7 @@ async def test_client_that_disconnects_is_in_no_room_and_not_counted(server):
         "locker_updates": 1,
         "kiosk-2": 1,
     }
-    assert await server.hub.broadcast_to_room("/ws/lockers", "kiosk-1", "evt", {}) == 0
+    assert await server.service.events.broadcast_to_room("/ws/lockers", "kiosk-1", "evt", {}) == 0
     await stays.close()
 
 
@@ -563,7 +541,7 @@ async def test_peer_that_never_answers_pings_is_dropped_and_removed_from_every_r
     assert 0x9 in frames, frames
     assert not [f for f in frames if isinstance(f, tuple)], frames
     # The client that answers pings is still there and still gets its room's broadcasts.
-    assert await server.hub.broadcast_to_room("/ws/lockers", "kiosk-1", "evt", {}) == 1
+    assert await server.service.events.broadcast_to_room("/ws/lockers", "kiosk-1", "evt", {}) == 1
     assert (await healthy.recv())["room"] == "kiosk-1"
     await healthy.close()
 
@@ -590,7 +568,7 @@ async def test_malformed_frame_closes_only_its_own_connection(server, frame, cod
     frames = await aio(peer.frames_until_end())
     assert (0x8, code) in frames, frames
     await within(connection.closed)
-    assert await server.hub.broadcast("/ws/lockers", "after", {"n": 1}) == 1
+    assert await server.service.events.broadcast("/ws/lockers", "after", {"n": 1}) == 1
     got = await bystander.recv()
     assert (got["type"], got["data"]) == ("after", {"n": 1})
     await assert_got_nothing(bystander)
@@ -606,5 +584,5 @@ async def test_the_autobahn_state_the_direct_frame_write_relies_on_is_there(serv
     (connection,) = server.hub.namespaces["/ws/lockers"].connections.values()
     assert connection._perMessageCompress is None
     assert len(connection.send_queue) == 0
-    await server.hub.broadcast("/ws/lockers", "direct", {"n": 1})
+    await server.service.events.broadcast("/ws/lockers", "direct", {"n": 1})
     assert (await client.recv())["data"] == {"n": 1}

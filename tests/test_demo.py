@@ -9,7 +9,7 @@ import io
 import pytest
 import pytest_twisted
 import treq
-from processes import Gateway
+from processes import Gateway, _reactor
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.logger import formatEvent, globalLogPublisher
@@ -29,6 +29,7 @@ def demo_tmpdir(tmp_path, monkeypatch):
     return temporary
 
 
+@pytest.mark.slow  # ~4 s: a demo twistd generating events
 @pytest_twisted.ensureDeferred
 async def test_demo_prints_an_admin_session_and_generates_events_a_client_receives(tmp_path, spawn):
     process = spawn.raw(["--demo", "--port", "0", "--host", "127.0.0.1"], tmp_path)
@@ -193,12 +194,6 @@ class LogLines:
 
     def close(self):
         globalLogPublisher.removeObserver(self)
-
-
-def _reactor():
-    from twisted.internet import reactor
-
-    return reactor
 
 
 @pytest.fixture

@@ -4,28 +4,22 @@ each event type reaches, envelope D, POST /api/websocket/events, and the Python 
 from __future__ import annotations
 
 import json
-import re
 import time
 import uuid
-from datetime import datetime, timezone
 
 import pytest
 import pytest_twisted
 import treq
+from conftest import TS, ask, locker, parse_ts, until_pong
 
 from eformws import wire
 from eformws.events import ValidationError
 
-TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 ENVELOPE_KEYS = ["id", "seq", "epoch", "type", "timestamp", "namespace", "room", "version", "data"]
 
 LOCKERS, HELP, EVENTS = "/ws/lockers", "/ws/help", "/ws/events"
 DEFAULT_ROOM = {LOCKERS: "locker_updates", HELP: "help_requests", EVENTS: "system_events"}
 CREATED_AT = "2024-01-15T10:30:00.000Z"
-
-
-def locker_data(kiosk="kiosk-1"):
-    return {"lockerId": f"{kiosk}:12", "oldState": "closed", "newState": "open", "kioskId": kiosk}
 
 
 def help_requested_data(kiosk="kiosk-1"):
@@ -48,7 +42,7 @@ def system_status_data():
 
 
 SAMPLES = {
-    "locker_state_changed": locker_data,
+    "locker_state_changed": locker,
     "help_requested": help_requested_data,
     "help_status_updated": help_status_data,
     "command_applied": command_data,
@@ -67,47 +61,14 @@ DELIVERED_ON = {
 # -- helpers ---------------------------------------------------------------------------
 
 
-async def ask(client, message) -> dict:
-    await client.send(message)
-    return await client.recv()
-
-
 async def client_in(server, path, join=(), leave=()):
     """A staff client of `path` past `room_joined`, then in `join` and out of `leave`."""
     session_id = await server.session("bob", "staff")
-    client = await server.join(path, session_id)
-    for room in join:
-        reply = await ask(client, {"type": "join_room", "room": room})
-        assert (reply["type"], reply["data"]) == ("room_joined", {"room": room}), reply
+    client = await server.join(path, session_id, rooms=join)
     for room in leave:
         reply = await ask(client, {"type": "leave_room", "room": room})
         assert (reply["type"], reply["data"]) == ("room_left", {"room": room}), reply
     return client
-
-
-async def received(client) -> list:
-    """Everything the client got before the pong to a ping sent now."""
-    marker = str(uuid.uuid4())
-    await client.send({"type": "ping", "data": {"timestamp": marker}})
-    got = []
-    while True:
-        message = await client.recv()
-        if message.get("type") == "pong" and message["data"].get("timestamp") == marker:
-            return got
-        got.append(message)
-
-
-async def received_raw(client) -> list[str]:
-    """As `received`, as the text frames were sent."""
-    marker = str(uuid.uuid4())
-    await client.send({"type": "ping", "data": {"timestamp": marker}})
-    got = []
-    while True:
-        raw = await client.recv_raw()
-        message = json.loads(raw)
-        if message.get("type") == "pong" and message["data"].get("timestamp") == marker:
-            return got
-        got.append(raw)
 
 
 async def total_events(server) -> int:
@@ -126,10 +87,6 @@ async def post_event(server, body, token=None):
     return response.code, content
 
 
-def parse_ts(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
-
-
 # -- delivery rule: namespaces ---------------------------------------------------------------
 
 
@@ -140,7 +97,7 @@ async def test_event_reaches_each_namespace_it_is_delivered_on_exactly_once(serv
     stored = await server.service.events.emit(event_type, SAMPLES[event_type]())
     for path, client in clients.items():
         expected = [stored] if path in DELIVERED_ON[event_type] else []
-        assert await received(client) == expected, path
+        assert await until_pong(client) == expected, path
 
 
 @pytest.mark.parametrize("event_type", list(SAMPLES))
@@ -152,14 +109,14 @@ async def test_event_skips_connections_in_no_addressed_room(server, event_type):
     ]
     await server.service.events.emit(event_type, SAMPLES[event_type]())
     for client in bystanders:
-        assert await received(client) == []
+        assert await until_pong(client) == []
 
 
 @pytest_twisted.ensureDeferred
 async def test_help_namespace_never_gets_locker_events_even_in_locker_rooms(server):
     client = await client_in(server, HELP, join=["locker_updates", "system_events", "kiosk-1"])
-    await server.service.events.emit("locker_state_changed", locker_data("kiosk-1"))
-    assert await received(client) == []
+    await server.service.events.emit("locker_state_changed", locker(kiosk="kiosk-1"))
+    assert await until_pong(client) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -170,7 +127,7 @@ async def test_lockers_namespace_never_gets_help_or_command_events_even_in_their
     await events.emit("help_status_updated", help_status_data())
     await events.emit("command_applied", command_data("kiosk-1"))
     await events.emit("system_status", system_status_data())
-    assert await received(client) == []
+    assert await until_pong(client) == []
 
 
 # -- delivery rule: kiosk rooms ----------------------------------------------------------
@@ -180,9 +137,9 @@ async def test_lockers_namespace_never_gets_help_or_command_events_even_in_their
 async def test_lockers_client_only_in_kiosk_room_gets_that_kiosks_locker_events_only(server):
     client = await client_in(server, LOCKERS, join=["kiosk-1"], leave=["locker_updates"])
     events = server.service.events
-    mine = await events.emit("locker_state_changed", locker_data("kiosk-1"))
-    await events.emit("locker_state_changed", locker_data("kiosk-2"))
-    assert await received(client) == [mine]
+    mine = await events.emit("locker_state_changed", locker(kiosk="kiosk-1"))
+    await events.emit("locker_state_changed", locker(kiosk="kiosk-2"))
+    assert await until_pong(client) == [mine]
 
 
 @pytest_twisted.ensureDeferred
@@ -192,7 +149,7 @@ async def test_help_client_only_in_kiosk_room_gets_that_kiosks_help_requests_onl
     mine = await events.emit("help_requested", help_requested_data("kiosk-1"))
     await events.emit("help_requested", help_requested_data("kiosk-2"))
     await events.emit("help_status_updated", help_status_data())  # names no kiosk
-    assert await received(client) == [mine]
+    assert await until_pong(client) == [mine]
 
 
 @pytest_twisted.ensureDeferred
@@ -203,33 +160,33 @@ async def test_events_client_only_in_kiosk_room_gets_command_applied_for_that_ki
     await events.emit("command_applied", command_data("kiosk-2"))
     await events.emit("command_applied", command_data(None))
     await events.emit("system_status", system_status_data())
-    assert await received(client) == [mine]
+    assert await until_pong(client) == [mine]
 
 
 @pytest_twisted.ensureDeferred
 async def test_events_client_only_in_kiosk_room_gets_that_kiosks_locker_and_help_events(server):
     client = await client_in(server, EVENTS, join=["kiosk-1"], leave=["system_events"])
     events = server.service.events
-    locker = await events.emit("locker_state_changed", locker_data("kiosk-1"))
-    await events.emit("locker_state_changed", locker_data("kiosk-2"))
+    locker_change = await events.emit("locker_state_changed", locker(kiosk="kiosk-1"))
+    await events.emit("locker_state_changed", locker(kiosk="kiosk-2"))
     help_request = await events.emit("help_requested", help_requested_data("kiosk-1"))
-    assert await received(client) == [locker, help_request]
+    assert await until_pong(client) == [locker_change, help_request]
 
 
 @pytest_twisted.ensureDeferred
 async def test_client_in_several_addressed_rooms_gets_the_event_once(server):
     lockers = await client_in(server, LOCKERS, join=["kiosk-1"])
     firehose = await client_in(server, EVENTS, join=["locker_updates", "kiosk-1"])
-    stored = await server.service.events.emit("locker_state_changed", locker_data("kiosk-1"))
-    assert await received(lockers) == [stored]
-    assert await received(firehose) == [stored]
+    stored = await server.service.events.emit("locker_state_changed", locker(kiosk="kiosk-1"))
+    assert await until_pong(lockers) == [stored]
+    assert await until_pong(firehose) == [stored]
 
 
 @pytest_twisted.ensureDeferred
 async def test_kiosk_room_named_like_a_default_room_still_delivers_once(server):
     client = await client_in(server, LOCKERS)
-    stored = await server.service.events.emit("locker_state_changed", locker_data("locker_updates"))
-    assert await received(client) == [stored]
+    stored = await server.service.events.emit("locker_state_changed", locker(kiosk="locker_updates"))
+    assert await until_pong(client) == [stored]
 
 
 # -- delivery never depends on who else is connected ----------------------------------------
@@ -240,26 +197,26 @@ async def test_events_clients_get_locker_events_while_another_events_client_is_i
     plain = await client_in(server, EVENTS)
     in_locker_updates = await client_in(server, EVENTS, join=["locker_updates"])
     only_locker_updates = await client_in(server, EVENTS, join=["locker_updates"], leave=["system_events"])
-    stored = await server.service.events.emit("locker_state_changed", locker_data())
-    assert await received(plain) == [stored]
-    assert await received(in_locker_updates) == [stored]
-    assert await received(only_locker_updates) == [stored]
+    stored = await server.service.events.emit("locker_state_changed", locker())
+    assert await until_pong(plain) == [stored]
+    assert await until_pong(in_locker_updates) == [stored]
+    assert await until_pong(only_locker_updates) == [stored]
 
 
 @pytest_twisted.ensureDeferred
 async def test_events_client_gets_locker_events_with_no_lockers_client_connected(server):
     client = await client_in(server, EVENTS)
-    stored = await server.service.events.emit("locker_state_changed", locker_data())
-    assert await received(client) == [stored]
+    stored = await server.service.events.emit("locker_state_changed", locker())
+    assert await until_pong(client) == [stored]
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_kiosk_room_member_does_not_take_the_event_from_default_room_members(server):
     default = await client_in(server, LOCKERS)
     kiosk_only = await client_in(server, LOCKERS, join=["kiosk-1"], leave=["locker_updates"])
-    stored = await server.service.events.emit("locker_state_changed", locker_data("kiosk-1"))
-    assert await received(default) == [stored]
-    assert await received(kiosk_only) == [stored]
+    stored = await server.service.events.emit("locker_state_changed", locker(kiosk="kiosk-1"))
+    assert await until_pong(default) == [stored]
+    assert await until_pong(kiosk_only) == [stored]
 
 
 # -- envelope D --------------------------------------------------------------------------------
@@ -268,8 +225,8 @@ async def test_a_kiosk_room_member_does_not_take_the_event_from_default_room_mem
 @pytest_twisted.ensureDeferred
 async def test_envelope_keys_are_in_protocol_order(server):
     client = await client_in(server, LOCKERS)
-    await server.service.events.emit("locker_state_changed", locker_data())
-    [message] = await received(client)
+    await server.service.events.emit("locker_state_changed", locker())
+    [message] = await until_pong(client)
     assert list(message) == ENVELOPE_KEYS
 
 
@@ -277,10 +234,10 @@ async def test_envelope_keys_are_in_protocol_order(server):
 async def test_envelope_on_ws_events_carries_the_home_namespace_and_room(server):
     client = await client_in(server, EVENTS)
     events = server.service.events
-    await events.emit("locker_state_changed", locker_data())
+    await events.emit("locker_state_changed", locker())
     await events.emit("help_requested", help_requested_data())
     await events.emit("system_status", system_status_data())
-    got = await received(client)
+    got = await until_pong(client)
     assert [(m["namespace"], m["room"]) for m in got] == [
         (LOCKERS, "locker_updates"),
         (HELP, "help_requests"),
@@ -292,7 +249,7 @@ async def test_envelope_on_ws_events_carries_the_home_namespace_and_room(server)
 async def test_envelope_has_uuid4_id_and_version_1_0_0(server):
     client = await client_in(server, EVENTS)
     await server.service.events.emit("system_status", system_status_data())
-    [message] = await received(client)
+    [message] = await until_pong(client)
     assert uuid.UUID(message["id"]).version == 4
     assert str(uuid.UUID(message["id"])) == message["id"]
     assert message["version"] == "1.0.0"
@@ -304,7 +261,7 @@ async def test_envelope_timestamp_is_js_iso_creation_time(server):
     before = time.time()
     await server.service.events.emit("system_status", system_status_data())
     after = time.time()
-    [message] = await received(client)
+    [message] = await until_pong(client)
     assert TS.match(message["timestamp"]), message["timestamp"]
     assert int(before * 1000) / 1000 <= parse_ts(message["timestamp"]) <= after
 
@@ -334,7 +291,7 @@ async def test_events_reach_a_client_in_seq_order(server):
     events = server.service.events
     pending = [events.emit(event_type, SAMPLES[event_type]()) for event_type in SAMPLES]
     stored = [await d for d in pending]
-    got = await received(client)
+    got = await until_pong(client)
     assert [m["seq"] for m in got] == [e["seq"] for e in stored]
 
 
@@ -345,7 +302,7 @@ async def test_emit_fires_with_exactly_the_envelope_clients_got(server):
         "kiosk-1:12", "closed", "open", "kiosk-1", user_id="u-7", metadata={"ownerType": "rfid"}
     )
     assert list(stored) == ENVELOPE_KEYS
-    assert await received_raw(client) == [wire.dumps(stored).decode("utf-8")]
+    assert await until_pong(client, raw=True) == [wire.dumps(stored).decode("utf-8")]
 
 
 # -- POST /api/websocket/events ------------------------------------------------------------
@@ -374,9 +331,9 @@ async def test_post_event_with_api_token_answers_201(start_server):
 async def test_posted_event_reaches_clients_as_stored(server):
     client = await client_in(server, LOCKERS)
     session_id = await server.session("root", "admin")
-    code, body = await post_event(server, {"type": "locker_state_changed", "data": locker_data()}, session_id)
+    code, body = await post_event(server, {"type": "locker_state_changed", "data": locker()}, session_id)
     assert code == 201
-    assert await received(client) == [body]
+    assert await until_pong(client) == [body]
 
 
 @pytest_twisted.ensureDeferred
@@ -406,7 +363,7 @@ async def test_post_event_with_staff_session_answers_403_and_stores_nothing(serv
 @pytest_twisted.ensureDeferred
 async def test_post_invalid_event_answers_400_naming_the_field(server):
     session_id = await server.session("root", "admin")
-    data = dict(locker_data(), oldState="shut")
+    data = dict(locker(), oldState="shut")
     code, body = await post_event(server, {"type": "locker_state_changed", "data": data}, session_id)
     assert code == 400
     assert body["statusCode"] == 400 and body["error"] == "Bad Request"
@@ -431,7 +388,7 @@ async def test_post_invalid_event_is_neither_stored_nor_delivered(server):
     code, body = await post_event(server, {"type": "system_status", "data": data}, session_id)
     assert (code, body["field"]) == (400, "data.health_score")
     assert await total_events(server) == before
-    assert await received(client) == []
+    assert await until_pong(client) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -443,7 +400,7 @@ async def test_post_event_with_infinity_in_metrics_answers_400_and_stores_nothin
     code, body = await post_event(server, raw, session_id)
     assert (code, body["field"]) == (400, "data.metrics.cpu_usage")
     assert await total_events(server) == 0
-    assert await received(client) == []
+    assert await until_pong(client) == []
 
 
 # -- the Python API: what each emit_* builds ---------------------------------------------------
@@ -566,7 +523,7 @@ async def test_bad_emit_is_neither_stored_nor_delivered(server):
         with pytest.raises(ValidationError):
             await call()
     assert await total_events(server) == 0
-    assert await received(client) == []
+    assert await until_pong(client) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -576,7 +533,7 @@ async def test_emit_with_a_value_json_cannot_carry_fails_and_stores_nothing(serv
         await server.service.events.emit_system_status("kiosk", "online", 50, metrics={"cpu_usage": float("inf")})
     assert failure.value.field == "data.metrics.cpu_usage"
     assert await total_events(server) == 0
-    assert await received(client) == []
+    assert await until_pong(client) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -595,7 +552,7 @@ async def test_module_level_emit_reaches_clients_of_the_running_service(server):
 
     client = await client_in(server, EVENTS)
     stored = await emit_system_status("gateway", "online", 100)
-    assert await received(client) == [stored]
+    assert await until_pong(client) == [stored]
 
 
 @pytest_twisted.ensureDeferred

@@ -10,15 +10,12 @@ import sqlite3
 import pytest
 import pytest_twisted
 import treq
-from test_wamp import call_error, join as wamp_join, within
 
+from conftest import locker
 from eformws.events import ValidationError
+from wamp_peer import call_error, join as wamp_join
 
 LOCKERS = "/ws/lockers"
-
-
-def locker(**extra) -> dict:
-    return {"lockerId": "L1", "oldState": "closed", "newState": "open", "kioskId": "k1", **extra}
 
 
 def nested(depth: int):

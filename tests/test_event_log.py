@@ -8,14 +8,11 @@ import json
 
 import pytest_twisted
 import treq
+from conftest import locker
 from twisted.internet import defer
 
 LOCKERS, EVENTS = "/ws/lockers", "/ws/events"
 TOKEN = "log-test-token"
-
-
-def locker(n: int, kiosk: str = "kiosk-1") -> dict:
-    return {"lockerId": f"{kiosk}:{n}", "oldState": "closed", "newState": "open", "kioskId": kiosk}
 
 
 def emit(server, n: int = 0, key: str | None = None):

@@ -6,7 +6,6 @@ a ValidationError naming the broken field."""
 from __future__ import annotations
 
 import json
-import re
 import string
 import uuid
 from datetime import datetime, timezone
@@ -15,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import TS, locker
 from eformws import events, wire
 from eformws.message import Target
 
 PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 ENVELOPE_KEYS = ["id", "seq", "epoch", "type", "timestamp", "namespace", "room", "version", "data"]
 CREATED_AT = "2024-01-15T10:30:00.000Z"
 
@@ -403,12 +402,6 @@ def test_validation_does_not_change_the_callers_data(event):
 
 
 # -- unit tests: the catalog --------------------------------------------------------------
-
-
-def locker(**changes):
-    data = {"lockerId": "kiosk-1:12", "oldState": "closed", "newState": "open", "kioskId": "kiosk-1"}
-    data.update(changes)
-    return data
 
 
 def help_request(**changes):

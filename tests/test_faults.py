@@ -17,10 +17,11 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 import treq
 import websockets
-from conftest import aio
+from conftest import aio, locker
 from processes import create_session, free_port, rss_kib, write_config
 from websockets.exceptions import ConnectionClosed
 
@@ -43,7 +44,7 @@ def configure(directory: Path, server: dict | None = None) -> Path:
 def locker_event(n: int) -> dict:
     return {
         "type": "locker_state_changed",
-        "data": {"lockerId": f"kiosk-1:{n}", "oldState": "closed", "newState": "open", "kioskId": "kiosk-1"},
+        "data": locker(n),
     }
 
 
@@ -154,6 +155,7 @@ def event_seqs(messages) -> list[int]:
     return [int(m["seq"]) for m in messages if "seq" in m]
 
 
+@pytest.mark.slow  # ~3.5 s: a twistd shut down under load
 @pytest_twisted.ensureDeferred
 async def test_sigterm_while_emitting_closes_every_client_1001_keeps_every_accepted_event_and_exits_0(tmp_path, spawn):
     config = configure(tmp_path, server={"shutdown_timeout": SHUTDOWN_TIMEOUT})
@@ -230,6 +232,7 @@ async def dropped(reader) -> bool:
     return reader.at_eof() or reader.exception() is not None
 
 
+@pytest.mark.slow  # ~3 s: waits out the shutdown timeout
 @pytest_twisted.ensureDeferred
 async def test_sigterm_with_clients_that_never_answer_the_close_exits_0_after_shutdown_timeout(tmp_path, spawn):
     timeout = 2.0
@@ -328,6 +331,7 @@ class ResumingClient:
         await self._task
 
 
+@pytest.mark.slow  # ~4 s: twistd killed and restarted under load
 @pytest_twisted.ensureDeferred
 async def test_clients_resume_after_kill_9_with_every_accepted_event_once_in_order(tmp_path, spawn):
     config = configure(tmp_path)
@@ -442,6 +446,7 @@ async def settled_status(gateway, timeout: float = 30.0) -> dict:
         await sleep(0.05)
 
 
+@pytest.mark.slow  # ~17 s: 10,000 connect-disconnect cycles
 @pytest_twisted.ensureDeferred
 async def test_ten_thousand_connect_disconnect_cycles_leak_no_connection_room_or_memory(tmp_path, spawn):
     config = configure(tmp_path)

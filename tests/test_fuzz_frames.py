@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +29,12 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 from websockets.exceptions import ConnectionClosed
 
+from conftest import TS
 from logcheck import logged_problems  # noqa: F401  (autouse: no failure in the log)
 
 LIMIT = 65536  # websocket.max_message_bytes
 MAX_DEPTH = 128  # eformws.wire.MAX_DEPTH
 MAX_ROOM = 128
-TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 OVERRIDES = {
     "websocket.rate_limit": 10000.0,
     "websocket.rate_burst": 10000,
@@ -276,7 +275,7 @@ class Fuzzer:
 
     async def others_unaffected(self, healthz: bool):
         marker = {"n": self.examples}
-        delivered = await self.server.hub.broadcast("/ws/help", "fuzz_check", marker)
+        delivered = await self.server.service.events.broadcast("/ws/help", "fuzz_check", marker)
         assert delivered == 1, delivered  # the bystander, and only it, on /ws/help
         got = await self.bystander.recv()
         assert (got["type"], got["data"], got["namespace"]) == ("fuzz_check", marker, "/ws/help"), got

@@ -4,31 +4,19 @@ docs/protocol.md section 2): 404 for paths that are no namespace, the Origin all
 
 from __future__ import annotations
 
-import pytest
 import pytest_twisted
-import websockets
+from conftest import accepted, handshake_status
 
 LOCKERS = "/ws/lockers"
-
-
-async def handshake_status(server, path: str, **kwargs) -> int:
-    """The HTTP status a handshake that the server rejects is answered with."""
-    with pytest.raises(websockets.InvalidStatus) as rejected:
-        client = await server.connect(path, **kwargs)
-        await client.close()
-    return rejected.value.response.status_code
 
 
 async def open_connection(server, session_id: str, **kwargs):
     """Connect to /ws/lockers and read `connection` and `room_joined`: (client, the server's
     side of the connection)."""
     client = await server.connect(f"{LOCKERS}?sessionId={session_id}", **kwargs)
-    connection = await client.recv()
-    assert connection["type"] == "connection", connection
-    assert connection["data"]["authenticated"] is True
-    joined = await client.recv()
-    assert joined["type"] == "room_joined", joined
-    return client, server.hub.namespaces[LOCKERS].connections[connection["data"]["connectionId"]]
+    data = await accepted(client)
+    assert data["authenticated"] is True
+    return client, server.hub.namespaces[LOCKERS].connections[data["connectionId"]]
 
 
 # -- paths ------------------------------------------------------------------------------------

@@ -8,14 +8,13 @@ WebSocket clients are `websockets` connections on the same event loop."""
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import pytest_twisted
 import treq
+from conftest import TS, assert_got_nothing, bearer, session_cookie
 
 NAMESPACES = ["/ws/lockers", "/ws/help", "/ws/events"]
-TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 TOKEN = "tok-123"
 
 
@@ -51,30 +50,8 @@ def broadcast(server, body=None, headers=None, raw=None):
     return post(server, "/api/websocket/broadcast", body, headers, raw)
 
 
-def bearer(credential: str) -> dict:
-    return {"Authorization": f"Bearer {credential}"}
-
-
 def error_body(status: int, error: str, message: str) -> dict:
     return {"statusCode": status, "error": error, "message": message}
-
-
-async def join(server, path: str, session_id: str):
-    """A connected client past `connection` and `room_joined`; (client, connection id)."""
-    client = await server.connect(f"{path}?sessionId={session_id}")
-    connection = await client.recv()
-    assert connection["type"] == "connection", connection
-    joined = await client.recv()
-    assert joined["type"] == "room_joined", joined
-    return client, connection["data"]["connectionId"]
-
-
-async def next_is_pong(client) -> None:
-    """Assert the client has been sent nothing else: a ping's pong is its next message
-    (the server answers in order, so anything sent earlier would arrive first)."""
-    await client.send({"type": "ping", "data": {"timestamp": "marker"}})
-    message = await client.recv()
-    assert message["type"] == "pong" and message["data"]["timestamp"] == "marker", message
 
 
 @pytest_twisted.async_fixture
@@ -105,9 +82,10 @@ async def test_status_has_the_contract_keys_in_order(server):
 @pytest_twisted.ensureDeferred
 async def test_status_counts_follow_real_connections(server):
     session_id = await server.session()
-    lockers_1, lockers_1_id = await join(server, "/ws/lockers", session_id)
-    lockers_2, _ = await join(server, "/ws/lockers", session_id)
-    help_1, _ = await join(server, "/ws/help", session_id)
+    lockers_1 = await server.join("/ws/lockers", session_id)
+    lockers_1_id = lockers_1.connection_id
+    lockers_2 = await server.join("/ws/lockers", session_id)
+    help_1 = await server.join("/ws/help", session_id)
 
     body = (await get(server, "/api/websocket/status")).json
     assert body["namespaces"] == {"/ws/lockers": 2, "/ws/help": 1, "/ws/events": 0}
@@ -133,7 +111,7 @@ async def test_status_latency_is_measured_from_broadcasts_to_clients(tokened):
     assert before["median"] == 0  # nothing delivered yet: an empty window
 
     session_id = await server.session()
-    clients = [(await join(server, "/ws/lockers", session_id))[0] for _ in range(3)]
+    clients = [await server.join("/ws/lockers", session_id) for _ in range(3)]
     for n in range(5):
         answer = await broadcast(server, {"namespace": "/ws/lockers", "event": "tick", "data": {"n": n}}, bearer(TOKEN))
         assert answer.code == 200 and answer.json["delivered"] == 3
@@ -150,20 +128,21 @@ async def test_status_latency_is_measured_from_broadcasts_to_clients(tokened):
         await client.close()
 
 
+@pytest.mark.slow  # ~10 s: 1,000 broadcasts
 @pytest_twisted.ensureDeferred
 async def test_status_latency_window_keeps_only_the_last_1000_deliveries(server):
     session_id = await server.session()
-    client, _ = await join(server, "/ws/lockers", session_id)
+    client = await server.join("/ws/lockers", session_id)
     # 20 old deliveries that took a minute each (2% of a full window, so they are p99),
     # then real deliveries: the 1000-sample window holds them until 1000 newer ones came.
     for _ in range(20):
         server.hub.latency.record(60_000.0)
     for n in range(980):
-        await server.hub.broadcast("/ws/lockers", "tick", {"n": n})
+        await server.service.events.broadcast("/ws/lockers", "tick", {"n": n})
     assert (await get(server, "/api/websocket/status")).json["latency_metrics"]["p99"] == 60_000.0
 
     for n in range(980, 1000):
-        await server.hub.broadcast("/ws/lockers", "tick", {"n": n})
+        await server.service.events.broadcast("/ws/lockers", "tick", {"n": n})
     metrics = (await get(server, "/api/websocket/status")).json["latency_metrics"]
     assert 0 < metrics["p99"] < 60_000.0  # the 20 old samples are out of the window
     assert metrics["median"] > 0
@@ -177,8 +156,8 @@ async def test_status_latency_window_keeps_only_the_last_1000_deliveries(server)
 async def test_broadcast_with_api_token_reaches_every_client_of_the_namespace(tokened):
     server = tokened
     session_id = await server.session(role="staff")
-    lockers = [(await join(server, "/ws/lockers", session_id))[0] for _ in range(2)]
-    help_client, _ = await join(server, "/ws/help", session_id)
+    lockers = [await server.join("/ws/lockers", session_id) for _ in range(2)]
+    help_client = await server.join("/ws/help", session_id)
 
     answer = await broadcast(
         server, {"namespace": "/ws/lockers", "event": "maintenance", "data": {"window": "tonight"}}, bearer(TOKEN)
@@ -198,7 +177,7 @@ async def test_broadcast_with_api_token_reaches_every_client_of_the_namespace(to
         assert message["data"] == {"window": "tonight"}
         assert message["namespace"] == "/ws/lockers"
         assert TS.match(message["timestamp"])
-    await next_is_pong(help_client)  # another namespace got nothing
+    await assert_got_nothing(help_client)  # another namespace got nothing
     for client in [*lockers, help_client]:
         await client.close()
 
@@ -207,10 +186,10 @@ async def test_broadcast_with_api_token_reaches_every_client_of_the_namespace(to
 async def test_broadcast_to_a_room_reaches_only_its_members(tokened):
     server = tokened
     session_id = await server.session(role="staff")
-    member, _ = await join(server, "/ws/lockers", session_id)
+    member = await server.join("/ws/lockers", session_id)
     await member.send({"type": "join_room", "room": "kiosk-1"})
     assert (await member.recv())["type"] == "room_joined"
-    outsider, _ = await join(server, "/ws/lockers", session_id)
+    outsider = await server.join("/ws/lockers", session_id)
 
     answer = await broadcast(
         server,
@@ -225,7 +204,7 @@ async def test_broadcast_to_a_room_reaches_only_its_members(tokened):
     assert list(message) == ["type", "data", "timestamp", "namespace", "room"]
     assert message["type"] == "door" and message["data"] == {"locker": 7}
     assert message["namespace"] == "/ws/lockers" and message["room"] == "kiosk-1"
-    await next_is_pong(outsider)
+    await assert_got_nothing(outsider)
     await member.close()
     await outsider.close()
 
@@ -233,7 +212,7 @@ async def test_broadcast_to_a_room_reaches_only_its_members(tokened):
 @pytest_twisted.ensureDeferred
 async def test_broadcast_with_admin_session_as_bearer_is_accepted(server):
     admin = await server.session(role="admin")
-    client, _ = await join(server, "/ws/help", admin)
+    client = await server.join("/ws/help", admin)
     answer = await broadcast(server, {"namespace": "/ws/help", "event": "hello", "data": {}}, bearer(admin))
     assert answer.code == 200
     assert answer.json["delivered"] == 1
@@ -244,7 +223,7 @@ async def test_broadcast_with_admin_session_as_bearer_is_accepted(server):
 @pytest_twisted.ensureDeferred
 async def test_broadcast_with_admin_session_cookie_is_accepted(server):
     admin = await server.session(role="admin")
-    client, _ = await join(server, "/ws/events", admin)
+    client = await server.join("/ws/events", admin)
     answer = await broadcast(
         server, {"namespace": "/ws/events", "event": "hello", "data": {}}, {"Cookie": f"sessionId={admin}"}
     )
@@ -274,12 +253,12 @@ async def test_broadcast_with_unknown_token_is_401(tokened):
 @pytest_twisted.ensureDeferred
 async def test_broadcast_with_staff_session_is_403_and_delivers_nothing(server):
     staff = await server.session(role="staff")
-    client, _ = await join(server, "/ws/lockers", staff)
+    client = await server.join("/ws/lockers", staff)
     answer = await broadcast(server, {"namespace": "/ws/lockers", "event": "x", "data": {}}, bearer(staff))
     assert answer.code == 403
     assert list(answer.json) == ["statusCode", "error", "message"]
     assert answer.json["statusCode"] == 403 and answer.json["error"] == "Forbidden"
-    await next_is_pong(client)
+    await assert_got_nothing(client)
     await client.close()
 
 
@@ -345,7 +324,7 @@ async def test_broadcast_to_unknown_namespace_is_404(tokened):
 async def test_broadcast_body_over_max_body_bytes_is_413(start_server):
     server = await start_server({"auth.api_tokens": [TOKEN], "server.max_body_bytes": 200})
     session_id = await server.session()
-    client, _ = await join(server, "/ws/lockers", session_id)
+    client = await server.join("/ws/lockers", session_id)
     small = {"namespace": "/ws/lockers", "event": "x", "data": {}}
     large = {"namespace": "/ws/lockers", "event": "x", "data": {"pad": "p" * 300}}
 
@@ -356,7 +335,7 @@ async def test_broadcast_body_over_max_body_bytes_is_413(start_server):
     assert answer.code == 413
     assert list(answer.json) == ["statusCode", "error", "message"]
     assert answer.json["statusCode"] == 413 and answer.json["error"] == "Payload Too Large"
-    await next_is_pong(client)  # the oversized broadcast was not delivered
+    await assert_got_nothing(client)  # the oversized broadcast was not delivered
     await client.close()
 
 
@@ -390,7 +369,7 @@ async def test_no_response_contains_a_session_id(start_server):
     staff = await server.session(role="staff")
     revoked = await server.session(role="admin")
     await server.service.sessions.revoke(revoked)
-    client, _ = await join(server, "/ws/lockers", admin)
+    client = await server.join("/ws/lockers", admin)
     body = {"namespace": "/ws/lockers", "event": "x", "data": {}}
 
     answers = [
@@ -422,17 +401,13 @@ async def test_no_response_contains_a_session_id(start_server):
 # -- cross-site requests: a session cookie is sent with any site's form post -----------------------
 
 
-def cookie(session_id: str) -> dict:
-    return {"Cookie": f"sessionId={session_id}"}
-
-
 BODY = {"namespace": "/ws/lockers", "event": "notice", "data": {}}
 
 
 @pytest_twisted.ensureDeferred
 async def test_cookie_authenticated_broadcast_that_is_not_json_is_403(server):
     admin = await server.session(role="admin")
-    answer = await broadcast(server, BODY, {**cookie(admin), "Content-Type": "text/plain"})
+    answer = await broadcast(server, BODY, {**session_cookie(admin), "Content-Type": "text/plain"})
     assert (answer.code, answer.json) == (403, error_body(
         403, "Forbidden", "A request authenticated by a cookie must send Content-Type: application/json"))
 
@@ -440,7 +415,7 @@ async def test_cookie_authenticated_broadcast_that_is_not_json_is_403(server):
 @pytest_twisted.ensureDeferred
 async def test_cookie_authenticated_json_broadcast_is_accepted(server):
     admin = await server.session(role="admin")
-    assert (await broadcast(server, BODY, cookie(admin))).code == 200
+    assert (await broadcast(server, BODY, session_cookie(admin))).code == 200
 
 
 @pytest_twisted.ensureDeferred
@@ -453,7 +428,7 @@ async def test_bearer_authenticated_broadcast_needs_no_json_content_type(server)
 async def test_cookie_authenticated_broadcast_from_an_origin_outside_the_allow_list_is_403(start_server):
     server = await start_server({"server.allowed_origins": ["https://panel.example"]})
     admin = await server.session(role="admin")
-    answer = await broadcast(server, BODY, {**cookie(admin), "Origin": "https://evil.example"})
+    answer = await broadcast(server, BODY, {**session_cookie(admin), "Origin": "https://evil.example"})
     assert (answer.code, answer.json["message"]) == (403, "Origin not allowed")
 
 
@@ -461,5 +436,5 @@ async def test_cookie_authenticated_broadcast_from_an_origin_outside_the_allow_l
 async def test_cookie_authenticated_broadcast_from_its_own_origin_is_accepted_with_an_allow_list(start_server):
     server = await start_server({"server.allowed_origins": ["https://panel.example"]})
     admin = await server.session(role="admin")
-    answer = await broadcast(server, BODY, {**cookie(admin), "Origin": f"http://127.0.0.1:{server.port}"})
+    answer = await broadcast(server, BODY, {**session_cookie(admin), "Origin": f"http://127.0.0.1:{server.port}"})
     assert answer.code == 200

@@ -16,6 +16,7 @@ import asyncio
 import json
 import time
 
+import pytest
 import pytest_twisted
 import treq
 
@@ -371,6 +372,7 @@ async def test_a_declared_body_past_max_body_bytes_is_answered_413_before_it_is_
     assert status == "HTTP/1.1 413 Payload Too Large"
 
 
+@pytest.mark.slow  # ~3 s: waits for the write buffer to fill
 @pytest_twisted.ensureDeferred
 async def test_pipelined_requests_whose_answers_are_not_read_are_dropped(start_server):
     import socket

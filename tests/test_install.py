@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 from processes import run
 
@@ -16,6 +17,7 @@ INSTALL_TIMEOUT = 300.0
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "artifacts", "node_modules", "*.egg-info", "__pycache__", "*.db*")
 
 
+@pytest.mark.slow  # ~22 s: a new virtualenv and a pip install
 @pytest_twisted.ensureDeferred
 async def test_a_plain_editable_install_gives_twistd_the_eformws_plugin(tmp_path):
     checkout = tmp_path / "eformws"

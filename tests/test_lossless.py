@@ -44,7 +44,9 @@ class Checked:
         return f"checker --mode {self.mode} exited {self.code}:\n{self.output[-6000:]}"
 
 
-@pytest.fixture(scope="module", params=["redis", "sqlite"])
+# slow (~18 s a mode, on the first test that asks for it): a 15 s checker run against real
+# gateways under injected faults; every test of `checked` is marked slow through its params.
+@pytest.fixture(scope="module", params=[pytest.param(mode, marks=pytest.mark.slow) for mode in ("redis", "sqlite")])
 def checked(request, tmp_path_factory) -> Checked:
     mode = request.param
     out = tmp_path_factory.mktemp(f"checker-{mode}")

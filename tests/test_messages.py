@@ -5,35 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-import uuid
 
 import pytest
 import pytest_twisted
 
-from conftest import aio
+from conftest import TS, aio, ask, assert_got_nothing
 
-TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
 async def lockers_client(server, role="admin", kiosk=None, user="alice"):
     """A /ws/lockers client past `connection` and `room_joined`."""
     session_id = await server.session(user, role, kiosk)
     return await server.join("/ws/lockers", session_id)
-
-
-async def assert_still_open(client):
-    """A ping gets its pong as the very next message: the connection is open and in sync."""
-    marker = str(uuid.uuid4())
-    await client.send({"type": "ping", "data": {"timestamp": marker}})
-    reply = await client.recv()
-    assert reply["type"] == "pong", reply
-    assert reply["data"]["timestamp"] == marker
-
-
-async def ask(client, message) -> dict:
-    await client.send(message)
-    return await client.recv()
 
 
 def assert_error(reply, code, message=None):
@@ -205,7 +188,7 @@ async def test_invalid_message_gets_invalid_message_error_and_stays_open(server,
     client = await lockers_client(server)
     reply = await ask(client, payload)
     assert_error(reply, "invalid_message", "Invalid message format")
-    await assert_still_open(client)
+    await assert_got_nothing(client)
     await client.close()
 
 
@@ -214,7 +197,7 @@ async def test_invalid_utf8_binary_frame_gets_invalid_message_error_and_stays_op
     client = await lockers_client(server)
     reply = await ask(client, b"\xff\xfe\x00garbage")
     assert_error(reply, "invalid_message", "Invalid message format")
-    await assert_still_open(client)
+    await assert_got_nothing(client)
     await client.close()
 
 
@@ -233,7 +216,7 @@ async def test_unknown_type_gets_unknown_type_error_and_stays_open(server):
     client = await lockers_client(server)
     reply = await ask(client, {"type": "subscribe", "data": {}})
     assert_error(reply, "unknown_type", "Unknown message type: subscribe")
-    await assert_still_open(client)
+    await assert_got_nothing(client)
     await client.close()
 
 
@@ -260,7 +243,7 @@ async def test_join_room_with_invalid_room_gets_invalid_room_error_saying_why(se
     client = await lockers_client(server)
     reply = await ask(client, message)
     assert_error(reply, "invalid_room", text)
-    await assert_still_open(client)
+    await assert_got_nothing(client)
     await client.close()
 
 
@@ -269,7 +252,7 @@ async def test_leave_room_with_invalid_room_gets_invalid_room_error(server):
     client = await lockers_client(server)
     reply = await ask(client, {"type": "leave_room", "room": ""})
     assert_error(reply, "invalid_room", "Room must not be empty")
-    await assert_still_open(client)
+    await assert_got_nothing(client)
     await client.close()
 
 
@@ -301,7 +284,7 @@ async def test_join_beyond_the_room_limit_gets_room_limit_and_stays_open(start_s
     assert (await ask(client, {"type": "join_room", "room": "b"}))["type"] == "room_joined"
     reply = await ask(client, {"type": "join_room", "room": "c"})
     assert_error(reply, "room_limit")
-    await assert_still_open(client)
+    await assert_got_nothing(client)
     await client.close()
 
 
@@ -345,7 +328,7 @@ async def test_kiosk_session_joining_another_kiosk_room_gets_forbidden_and_stays
     client = await lockers_client(server, "kiosk", "kiosk-1", user="kiosk-1")
     reply = await ask(client, {"type": "join_room", "room": "kiosk-2"})
     assert_error(reply, "forbidden")
-    await assert_still_open(client)
+    await assert_got_nothing(client)
     await client.close()
 
 
@@ -449,9 +432,9 @@ async def test_message_over_the_size_limit_leaves_other_clients_connected(server
     await offender.send(ping_of_size(70_000))
     assert (await offender.closed())[0] == 1009
     await offender_side.closed
-    delivered = await server.hub.broadcast("/ws/lockers", "after", {"n": 1})
+    delivered = await server.service.events.broadcast("/ws/lockers", "after", {"n": 1})
     assert delivered == 1
     got = await bystander.recv()
     assert (got["type"], got["data"]) == ("after", {"n": 1})
-    await assert_still_open(bystander)
+    await assert_got_nothing(bystander)
     await bystander.close()

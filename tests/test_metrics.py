@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest_twisted
 import treq
+from conftest import locker
 from prometheus_client.parser import text_string_to_metric_families
 
 LOCKERS = "/ws/lockers"
-LOCKER = {"lockerId": "kiosk-1:1", "oldState": "closed", "newState": "open", "kioskId": "kiosk-1"}
+LOCKER = locker(1)
 
 
 async def scrape(server) -> dict:
@@ -52,7 +53,7 @@ async def test_connections_gauge_counts_each_namespace_and_transport(server):
 async def test_a_broadcast_moves_messages_sent_and_the_delivery_latency_histogram(server):
     client = await server.join(LOCKERS, await server.session())
     before = await scrape(server)
-    await server.hub.broadcast(LOCKERS, "notice", {})
+    await server.service.events.broadcast(LOCKERS, "notice", {})
     await client.recv()
     after = await scrape(server)
     assert value(after, "eformws_messages_sent_total") - value(before, "eformws_messages_sent_total") == 1

@@ -35,7 +35,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from twisted.internet.utils import getProcessOutputAndValue
 
-from processes import create_session, environment, write_config
+from processes import _reactor, create_session, environment, write_config
 
 DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
@@ -66,12 +66,6 @@ STATUSES = {
     ("/healthz", "get"): {"200", "503"},
 }
 REVOKE = "/api/websocket/sessions/{ref}"
-
-
-def _reactor():
-    from twisted.internet import reactor
-
-    return reactor
 
 
 @pytest.fixture(scope="module")
@@ -270,6 +264,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.slow  # ~10-15 s a caller: schemathesis against a real twistd
 @pytest.mark.parametrize("caller", list(EXPECTED))
 @pytest_twisted.ensureDeferred
 async def test_schemathesis_finds_the_live_api_as_documented(spawn, tmp_path, caller):

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 import treq
+from conftest import REFUSED, refused
 from processes import (
     SESSION_ID,
     TIMEOUT,
     TWISTD,
     create_session,
     eformws,
-    refused,
     run,
     write_config,
 )
@@ -125,7 +125,7 @@ async def test_cli_sessions_revoke_makes_running_twistd_refuse_the_session(tmp_p
     assert code == 0, err
 
     client = await gateway.connect(f"/ws/lockers?sessionId={session_id}")
-    assert await refused(client) == (1008, "Authentication failed")
+    assert await refused(client) == (REFUSED, "Authentication failed")
     out, err, code = await eformws("sessions", "list", "--config", str(config), cwd=tmp_path)
     assert out.splitlines()[1].endswith("revoked"), out
 
@@ -218,7 +218,7 @@ async def test_session_id_in_query_never_appears_in_server_log(tmp_path, spawn):
     await client.send({"type": "join_room", "room": "kiosk-1"})
     assert (await client.recv())["type"] == "room_joined"
     stranger = await gateway.connect(f"/ws/lockers?sessionId={unknown}")
-    assert await refused(stranger) == (1008, "Authentication failed")
+    assert await refused(stranger) == (REFUSED, "Authentication failed")
     response = await treq.get(gateway.http(f"/api/websocket/health?sessionId={session_id}"), persistent=False)
     assert response.code == 200
     await treq.content(response)

@@ -13,6 +13,7 @@ import uuid
 import pytest
 import pytest_twisted
 import treq
+from conftest import locker
 from processes import (
     TIMEOUT,
     Gateway,
@@ -65,10 +66,6 @@ async def get(gateway, path, session_id=None):
     headers = {b"Authorization": [f"Bearer {session_id}".encode()]} if session_id else {}
     response = await treq.get(gateway.http(path), headers=headers, persistent=False)
     return response.code, await treq.json_content(response)
-
-
-def locker(n: int, kiosk="kiosk-1") -> dict:
-    return {"lockerId": f"{kiosk}:{n}", "oldState": "closed", "newState": "open", "kioskId": kiosk}
 
 
 async def emit(gateway, n: int) -> dict:
@@ -288,7 +285,8 @@ async def wait_for_status(gateway, condition, attempts=100):
 
 @pytest_twisted.ensureDeferred
 async def test_emit_on_one_process_reaches_a_wamp_subscriber_on_the_other(tmp_path, spawn, redis_url, redis_prefix):
-    from test_wamp import open_peer, subscribe, within
+    from conftest import within
+    from wamp_peer import open_peer, subscribe
 
     a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
     peer = open_peer(a, "msgpack", ticket=await create_session(tmp_path, a.config))
@@ -305,7 +303,8 @@ async def test_emit_on_one_process_reaches_a_wamp_subscriber_on_the_other(tmp_pa
 @pytest_twisted.ensureDeferred
 async def test_admin_wamp_publish_on_one_process_reaches_legacy_clients_on_the_other(tmp_path, spawn, redis_url, redis_prefix):
     from autobahn.wamp.types import PublishOptions
-    from test_wamp import open_peer, within
+    from conftest import within
+    from wamp_peer import open_peer
 
     a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
     session_id = await create_session(tmp_path, a.config)
@@ -333,6 +332,7 @@ async def test_more_than_one_worker_without_redis_stops_with_one_line(tmp_path, 
                      "(workers deliver to each other through Redis)"]
 
 
+@pytest.mark.slow  # ~4 s: worker processes killed and restarted
 @pytest_twisted.ensureDeferred
 async def test_workers_share_one_port_and_a_killed_worker_is_restarted(tmp_path, spawn, redis_url, redis_prefix):
     config = redis_config(tmp_path, redis_url, redis_prefix)
@@ -485,6 +485,7 @@ async def test_cli_sessions_list_shows_redis_sessions_by_reference(tmp_path, red
     assert re.search(r"^[0-9a-f]{12}\s+carol\s+kiosk\s+.*\blive$", out, re.M), out
 
 
+@pytest.mark.slow  # ~5 s: waits out the 5 s Redis connect timeout
 @pytest_twisted.ensureDeferred
 async def test_cli_with_unreachable_redis_fails_with_one_line(tmp_path, redis_prefix):
     from processes import free_port

@@ -5,13 +5,18 @@ settings that lose data."""
 
 from __future__ import annotations
 
+import json
 import time
+from functools import partial
 
 import pytest
 import pytest_twisted
+from conftest import locker
+from conftest import within as bounded
 from processes import RedisServer
 from proxy import FaultyProxy
 from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web._newclient import ResponseNeverReceived
 
@@ -25,19 +30,17 @@ from eformws.store.redis import APPEND, EmitTimeout, RedisEventStore
 TIMEOUT = 10.0
 
 
-def locker(n: int) -> dict:
-    data = {"lockerId": f"kiosk-1:{n}", "oldState": "closed", "newState": "open", "kioskId": "kiosk-1"}
-    return events.build("locker_state_changed", data)
+def locker_envelope(n: int) -> dict:
+    return events.build("locker_state_changed", locker(n))
 
 
 def append(store, n: int):
-    envelope = locker(n)
+    envelope = locker_envelope(n)
     d = store.append(envelope, addresses_of(events.targets_of(envelope)), 3600.0)
     return d.addCallback(lambda appended: appended.envelope)
 
 
-def within(d, seconds: float = TIMEOUT):
-    return d.addTimeout(seconds, reactor)
+within = partial(bounded, seconds=TIMEOUT)  # Redis round trips on a busy test machine
 
 
 def logged(text: str) -> defer.Deferred:
@@ -213,7 +216,7 @@ def _stored_text(envelope: dict) -> str:
 async def test_the_append_script_refuses_a_write_that_reaches_redis_after_its_deadline(stores):
     store = stores()
     await within(store.connection.when_connected())
-    envelope = locker(1)
+    envelope = locker_envelope(1)
     reply = await APPEND.run(
         store.connection, [store.stream, store.meta, store.key_prefix + "late"],
         [int((time.time() - 1) * 1000), "epoch", 1000, "{}", "[]", "0", "0", "-", 1000],
@@ -371,7 +374,7 @@ async def test_an_emit_whose_http_client_gives_up_during_an_outage_is_delivered_
     await own_redis.stop()
     request = treq.post(
         server.http("/api/websocket/events"), persistent=False,
-        data=json.dumps({"type": "locker_state_changed", "data": locker(5)["data"]}).encode(),
+        data=json.dumps({"type": "locker_state_changed", "data": locker_envelope(5)["data"]}).encode(),
         headers={b"Authorization": [b"Bearer outage-token"], b"Content-Type": [b"application/json"]},
     )
     # treq reports a cancelled request as CancelledError, or (once the request was sent) as
@@ -480,9 +483,27 @@ async def test_the_append_script_answers_a_resend_of_a_write_it_made_as_made_eve
     store = stores()
     await within(store.connection.when_connected())
     keys = [store.stream, store.meta, store.key_prefix + "id:resent"]
-    rest = ["candidate", 1000, "{}", "[]", "0", "0", "-", 60_000, "nonce", "", 0]
+    rest = ["candidate", 1000, "{}", "[]", "0", "0", "-", 60_000, "nonce", "", 0, 0, "resent"]
     assert (await APPEND.run(store.connection, keys, [int((time.time() + 5) * 1000), *rest]))[0] == "ok"
     assert (await APPEND.run(store.connection, keys, [int((time.time() - 1) * 1000), *rest]))[0] == "dup"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_append_script_frees_an_idempotency_key_after_its_window_except_for_a_resend(stores):
+    store = stores()
+    await within(store.connection.when_connected())
+    keys = [store.stream, store.meta, store.key_prefix + "key-digest"]
+
+    def append_as(event_id: str):
+        argv = [int((time.time() + 5) * 1000), "candidate", 1000, json.dumps({"id": event_id}), "[]", "0", "0",
+                "fingerprint", 60_000, "nonce-" + event_id, "", 0, 50, event_id]  # a 50 ms window
+        return APPEND.run(store.connection, keys, argv)
+
+    assert (await append_as("first"))[0] == "ok"
+    assert (await append_as("second"))[0] == "dup"  # within the window: the first is the answer
+    await deferLater(reactor, 0.1, lambda: None)  # Redis's clock passes the window (no event to await)
+    assert (await append_as("first"))[0] == "dup"  # a resend of the first is still answered as done
+    assert (await append_as("second"))[0] == "ok"  # the key is free for another event
 
 
 @pytest_twisted.ensureDeferred
@@ -508,7 +529,7 @@ async def test_a_resend_after_a_lost_answer_is_written_once_whatever_the_idempot
     store = make()
     await within(store.connection.when_connected())
     await within(append(store, 0))
-    envelope = locker(1)
+    envelope = locker_envelope(1)
     key = Idempotency("order-1", fingerprint("locker_state_changed", envelope["data"]), 0.001)  # gone at once
     proxy.swallowing = True
     pending = store.append(envelope, addresses_of(events.targets_of(envelope)), 3600.0, key)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import pytest_twisted
 from processes import RedisServer, eformws, free_port, write_config
 
@@ -21,6 +22,7 @@ async def pause(seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
 
 
+@pytest.mark.slow  # ~6 s: retries until Redis comes
 @pytest_twisted.ensureDeferred
 async def test_redis_down_at_start_is_said_once_per_connection_and_reached_without_again_when_it_comes(tmp_path, spawn):
     redis = RedisServer(tmp_path, free_port())
@@ -69,6 +71,7 @@ async def test_redis_lost_while_running_is_said_once_per_connection_and_reached_
         await redis.stop()
 
 
+@pytest.mark.slow  # ~21 s: `eformws status` against a gateway whose Redis never answers
 @pytest_twisted.ensureDeferred
 async def test_status_shows_the_health_checks_when_redis_is_down(tmp_path, spawn):
     config = write_config(tmp_path, RETRIES)

@@ -7,12 +7,11 @@ from __future__ import annotations
 import gc
 import json
 import time
-import uuid
-from datetime import datetime, timezone
 
 import pytest
 import pytest_twisted
 import treq
+from conftest import parse_ts, until_pong
 from twisted.internet import defer, reactor, task
 from twisted.logger import globalLogPublisher
 
@@ -69,20 +68,6 @@ async def read_raw(client, count) -> list[str]:
     return [await client.recv_raw() for _ in range(count)]
 
 
-async def received_raw(client) -> list[str]:
-    """Every text frame that arrives before the pong to a ping sent now. Only meaningful
-    once no replay or resume is running (the pong is a reply, never held back)."""
-    marker = str(uuid.uuid4())
-    await client.send({"type": "ping", "data": {"timestamp": marker}})
-    got = []
-    while True:
-        raw = await client.recv_raw()
-        message = json.loads(raw)
-        if message.get("type") == "pong" and message["data"].get("timestamp") == marker:
-            return got
-        got.append(raw)
-
-
 async def until_resumed(client) -> tuple[list[dict], dict]:
     """Messages up to `resumed`, and the `resumed` message."""
     got = []
@@ -96,10 +81,6 @@ async def until_resumed(client) -> tuple[list[dict], dict]:
 def frames(stored) -> list[str]:
     """Envelopes as the compact JSON text frames the server sends."""
     return [json.dumps(e, separators=(",", ":"), ensure_ascii=False) for e in stored]
-
-
-def parse_ts(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
 
 
 def seqs(envelopes) -> list[int]:
@@ -133,7 +114,7 @@ async def test_replay_comes_after_connection_and_room_joined_oldest_first(start)
     assert [m["type"] for m in got[:2]] == ["connection", "room_joined"]
     assert [m["id"] for m in got[2:]] == [e["id"] for e in stored]
     assert seqs(got[2:]) == sorted(seqs(got[2:]))
-    assert await received_raw(client) == []
+    assert await until_pong(client, raw=True) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -148,11 +129,11 @@ async def test_replayed_frames_are_byte_identical_to_the_live_frames(start):
     await server.service.events.emit_locker_state_changed(
         "kiosk-1:7", "open", "error", "kiosk-1", reason="Kapı sıkıştı ✓", metadata={"temp": 21.5, "n": [1, None, True]}
     )
-    live_frames = await received_raw(live)
+    live_frames = await until_pong(live, raw=True)
     assert len(live_frames) == len(SAMPLES) + 2
     newcomer = await server.join(EVENTS, session_id)
     assert await read_raw(newcomer, len(live_frames)) == live_frames
-    assert await received_raw(newcomer) == []
+    assert await until_pong(newcomer, raw=True) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -163,7 +144,7 @@ async def test_help_replay_has_no_locker_events(start):
     client = await server.join(HELP, session_id)
     expected = [e for e in stored if e["type"] in ON_HELP]
     assert await read_raw(client, len(expected)) == frames(expected)
-    assert await received_raw(client) == []
+    assert await until_pong(client, raw=True) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -175,7 +156,7 @@ async def test_events_namespace_replay_has_every_event_type(start):
     got = await read_raw(client, len(stored))
     assert got == frames(stored)
     assert {json.loads(raw)["type"] for raw in got} == set(SAMPLES)
-    assert await received_raw(client) == []
+    assert await until_pong(client, raw=True) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -185,7 +166,7 @@ async def test_replay_is_the_newest_replay_limit_events(start):
     stored = await emit_many(server, ["locker_state_changed"], 8)
     client = await server.join(LOCKERS, session_id)
     assert await read_raw(client, 5) == frames(stored[-5:])
-    assert await received_raw(client) == []
+    assert await until_pong(client, raw=True) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -195,7 +176,7 @@ async def test_default_replay_is_at_most_fifty_events(start):
     stored = await emit_many(server, ["locker_state_changed"], 60)
     client = await server.join(LOCKERS, session_id)
     assert await read_raw(client, 50) == frames(stored[-50:])
-    assert await received_raw(client) == []
+    assert await until_pong(client, raw=True) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -209,7 +190,7 @@ async def test_replay_leaves_out_events_older_than_the_replay_window(start):
     newer = await emit_many(server, ["locker_state_changed"], 2)
     client = await server.join(LOCKERS, session_id)
     assert await read_raw(client, 2) == frames(newer)
-    assert await received_raw(client) == []
+    assert await until_pong(client, raw=True) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -218,7 +199,7 @@ async def test_replay_is_off_with_a_replay_limit_of_zero(start):
     session_id = await server.session()
     await emit_many(server, ["locker_state_changed"], 3)
     client = await server.join(LOCKERS, session_id)
-    assert await received_raw(client) == []
+    assert await until_pong(client, raw=True) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -243,7 +224,7 @@ async def test_replay_never_contains_connection_bookkeeping_or_a_session_id(star
     await server.service.events.broadcast(EVENTS, "notice", {"text": "not a stored event"})
     client = await server.connect(EVENTS, additional_headers={"Cookie": f"sessionId={newcomer_session}"})
     everything = await read_raw(client, 2 + 1 + len(stored))
-    everything += await received_raw(client)
+    everything += await until_pong(client, raw=True)
     assert [json.loads(raw)["type"] for raw in everything[:2]] == ["connection", "room_joined"]
     replay = [json.loads(raw) for raw in everything[2:]]
     assert [m["type"] for m in replay] == ["system_status", *SAMPLES]
@@ -275,7 +256,7 @@ async def test_resume_message_sends_exactly_the_missed_events_then_resumed(start
     assert [m["id"] for m in got] == [e["id"] for e in missed]
     assert resumed["data"] == resumed_data(True, 300, emitted[-1])
     assert list(resumed) == ["type", "data", "timestamp"]
-    assert await received_raw(client) == []
+    assert await until_pong(client, raw=True) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -287,7 +268,7 @@ async def test_resumed_frames_are_byte_identical_to_the_live_frames(start):
     await client.close()
     for n, event_type in enumerate(SAMPLES):
         await emit(server, event_type, n)
-    live_frames = await received_raw(witness)
+    live_frames = await until_pong(witness, raw=True)
     client = await server.join(EVENTS, session_id)
     await client.send({"type": "resume", "data": {"since": last_seen}})
     assert await read_raw(client, len(live_frames)) == live_frames
@@ -311,7 +292,7 @@ async def test_since_on_the_url_takes_the_place_of_the_replay(start):
     assert raw[2:12] == frames(missed)
     assert got[12]["type"] == "resumed"
     assert got[12]["data"] == resumed_data(True, 10, missed[-1])
-    assert await received_raw(client) == []
+    assert await until_pong(client, raw=True) == []
 
 
 # -- events emitted while a resume is in progress ----------------------------------------
@@ -340,7 +321,7 @@ async def all_events_once(client, pending):
     """Everything up to `resumed`, then (once every pending emit is delivered) the rest."""
     got, resumed = await until_resumed(client)
     emitted = await defer.gatherResults(pending)
-    rest = [json.loads(raw) for raw in await received_raw(client)]
+    rest = [json.loads(raw) for raw in await until_pong(client, raw=True)]
     return got + rest, resumed, emitted
 
 
@@ -424,7 +405,7 @@ async def test_resume_after_a_server_restart_loses_and_duplicates_nothing(start)
     assert seqs(got) == seqs(expected)
     assert [m["id"] for m in got] == [e["id"] for e in expected]
     assert resumed["data"] == resumed_data(True, 20, after_restart[-1])
-    assert await received_raw(client) == []
+    assert await until_pong(client, raw=True) == []
 
 
 # -- recovered false and errors ----------------------------------------------------------
@@ -470,7 +451,7 @@ async def test_since_on_the_url_from_an_unknown_seq_is_not_recovered_and_gets_th
     assert [m["type"] for m in got] == ["connection", "room_joined", *["locker_state_changed"] * 2, "resumed"]
     assert seqs(got[2:4]) == seqs(stored[1:])
     assert got[4]["data"] == resumed_data(False, 2, stored[-1])
-    assert await received_raw(client) == []
+    assert await until_pong(client, raw=True) == []
 
 
 @pytest.mark.parametrize(
@@ -493,7 +474,7 @@ async def test_resume_without_a_since_is_an_invalid_message(start, message):
     reply = await client.recv()
     assert reply["type"] == "error"
     assert reply["data"]["code"] == "invalid_message"
-    assert await received_raw(client) == []  # no events, no resumed, and still open
+    assert await until_pong(client, raw=True) == []  # no events, no resumed, and still open
 
 
 # -- GET /api/websocket/health -------------------------------------------------------------

@@ -8,9 +8,10 @@ import pytest
 import pytest_twisted
 import treq
 
+from conftest import locker, within
 from eformws.sensitive import Redactor
 from eformws.websocket import JsonFraming
-from test_wamp import open_peer, subscribe, within
+from wamp_peer import open_peer, subscribe
 
 HELP, LOCKERS, EVENTS = "/ws/help", "/ws/lockers", "/ws/events"
 CREATED_AT = "2024-01-15T10:30:00.000Z"
@@ -24,10 +25,7 @@ def help_request(kiosk="kiosk-1"):
 
 
 def locker_change(kiosk="kiosk-1"):
-    return {
-        "lockerId": f"{kiosk}:12", "oldState": "closed", "newState": "open", "kioskId": kiosk,
-        "metadata": {"ownerKey": "rfid-55AA", "ownerType": "rfid"},
-    }
+    return locker(kiosk=kiosk, metadata={"ownerKey": "rfid-55AA", "ownerType": "rfid"})
 
 
 async def kiosk_client(server, path, kiosk="kiosk-1"):
@@ -64,7 +62,7 @@ async def test_admin_sees_the_nested_owner_key(server):
 @pytest_twisted.ensureDeferred
 async def test_plain_broadcasts_are_redacted_too(server):
     kiosk = await kiosk_client(server, LOCKERS)
-    server.hub.broadcast(LOCKERS, "notice", {"note": "private", "text": "public"})
+    server.service.events.broadcast(LOCKERS, "notice", {"note": "private", "text": "public"})
     assert (await kiosk.recv())["data"] == {"text": "public"}
 
 
@@ -149,7 +147,7 @@ async def test_an_event_without_sensitive_fields_is_framed_once_for_every_audien
     original = JsonFraming.prepare
     monkeypatch.setattr(JsonFraming, "prepare", lambda self, m: prepared.append(m) or original(self, m))
     clients = [await server.join(LOCKERS, await server.session(role="staff")), await kiosk_client(server, LOCKERS)]
-    server.hub.broadcast(LOCKERS, "notice", {"text": "public"})
+    server.service.events.broadcast(LOCKERS, "notice", {"text": "public"})
     for client in clients:
         await client.recv()
     assert len(prepared) == 1

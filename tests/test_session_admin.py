@@ -14,14 +14,13 @@ import time
 import pytest
 import pytest_twisted
 import treq
-from conftest import aio
+from conftest import TS, aio, bearer, session_cookie
 from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 
 from eformws.sessions.sqlite import REF_LENGTH, id_hash
 
 LOCKERS = "/ws/lockers"
-TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 REF = re.compile(rf"^[0-9a-f]{{{REF_LENGTH}}}$")
 TOKEN = "tok-sessions"
 SLOW_RECHECK = {"sessions.recheck_interval": 3600.0}  # only a revoke's own check can close anything
@@ -42,14 +41,6 @@ async def call(server, method: str, path: str, body=None, headers: dict | None =
     headers = {"Content-Type": "application/json", **(headers or {})}
     response = await treq.request(method, server.http(path), data=data, headers=headers, persistent=False)
     return Answer(response.code, await treq.content(response))
-
-
-def bearer(credential: str) -> dict:
-    return {"Authorization": f"Bearer {credential}"}
-
-
-def cookie(session_id: str) -> dict:
-    return {"Cookie": f"sessionId={session_id}"}
 
 
 def whoami(server, session_id: str) -> Answer:
@@ -136,7 +127,7 @@ async def test_whoami_follows_the_configured_roles(start_server):
 @pytest_twisted.ensureDeferred
 async def test_whoami_never_shows_the_session_id(server):
     session_id = await server.session()
-    for headers in (bearer(session_id), cookie(session_id)):
+    for headers in (bearer(session_id), session_cookie(session_id)):
         answer = await call(server, "GET", "/api/websocket/session", headers=headers)
         assert answer.code == 200 and session_id.encode() not in answer.raw
 
@@ -296,7 +287,7 @@ async def test_session_admin_roles_decide_which_sessions_may_manage_sessions(sta
 @pytest_twisted.ensureDeferred
 async def test_a_cookie_authenticated_create_that_is_not_json_is_refused_403(server):
     admin = await server.session()
-    response = await treq.post(server.http("/api/websocket/sessions"), persistent=False, headers=cookie(admin),
+    response = await treq.post(server.http("/api/websocket/sessions"), persistent=False, headers=session_cookie(admin),
                                data=b"user_id=mallory&role=admin")
     body = json.loads(await treq.content(response))
     assert (response.code, body) == (403, error(
@@ -309,7 +300,7 @@ async def test_a_cookie_authenticated_create_from_another_origin_is_refused_403(
     server = await start_server({"server.allowed_origins": ["https://panel.example"]})
     admin = await server.session()
     answer = await call(server, "POST", "/api/websocket/sessions", {"user_id": "m", "role": "admin"},
-                        {**cookie(admin), "Origin": "https://evil.example"})
+                        {**session_cookie(admin), "Origin": "https://evil.example"})
     assert (answer.code, answer.json["message"]) == (403, "Origin not allowed")
 
 
@@ -317,7 +308,7 @@ async def test_a_cookie_authenticated_create_from_another_origin_is_refused_403(
 async def test_a_cookie_authenticated_revoke_without_json_content_type_is_refused_403(server):
     admin = await server.session()
     victim = await server.session("bob", "staff")
-    response = await treq.delete(server.http(f"/api/websocket/sessions/{ref_of(victim)}"), headers=cookie(admin),
+    response = await treq.delete(server.http(f"/api/websocket/sessions/{ref_of(victim)}"), headers=session_cookie(admin),
                                  persistent=False)
     assert response.code == 403
     assert (await whoami(server, victim)).code == 200
@@ -327,7 +318,7 @@ async def test_a_cookie_authenticated_revoke_without_json_content_type_is_refuse
 async def test_a_cookie_authenticated_json_revoke_is_accepted(server):
     admin = await server.session()
     victim = await server.session("bob", "staff")
-    answer = await call(server, "DELETE", f"/api/websocket/sessions/{ref_of(victim)}", headers=cookie(admin))
+    answer = await call(server, "DELETE", f"/api/websocket/sessions/{ref_of(victim)}", headers=session_cookie(admin))
     assert (answer.code, answer.json) == (200, {"revoked": 1})
 
 
@@ -343,7 +334,7 @@ async def test_revoke_closes_this_process_websocket_of_that_session_at_once_with
     bystander = await server.join(LOCKERS, admin)
     assert (await revoke(server, admin, ref_of(victim))).json == {"revoked": 1}
     assert await client.closed(timeout=2) == (1008, "Session revoked")
-    server.hub.broadcast(LOCKERS, "still-here", {})
+    server.service.events.broadcast(LOCKERS, "still-here", {})
     assert (await bystander.recv())["type"] == "still-here"
 
 

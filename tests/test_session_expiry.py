@@ -8,9 +8,10 @@ from __future__ import annotations
 import pytest_twisted
 from twisted.internet.defer import Deferred, fail, succeed
 
+from conftest import within
 from eformws.expiry import SessionWatch
 from eformws.sessions import Session
-from test_wamp import open_peer, within
+from wamp_peer import open_peer
 
 LOCKERS = "/ws/lockers"
 FAST = {"sessions.recheck_interval": 0.1}
@@ -40,7 +41,7 @@ async def test_other_sessions_connections_stay_open_when_one_is_revoked(start_se
     staying = await server.join(LOCKERS, kept)
     await server.service.sessions.revoke(revoked)
     assert await gone.closed(timeout=5) == (1008, "Session revoked")
-    server.hub.broadcast(LOCKERS, "still-here", {})
+    server.service.events.broadcast(LOCKERS, "still-here", {})
     assert (await staying.recv())["type"] == "still-here"
 
 
@@ -51,7 +52,7 @@ async def test_anonymous_connections_are_not_closed_by_the_recheck(start_server)
     anonymous = await server.join("/ws/open")
     expiring = await server.join(LOCKERS, await server.session(ttl=0.3))
     assert await expiring.closed(timeout=5) == (1008, "Session expired")
-    server.hub.broadcast("/ws/open", "still-here", {})
+    server.service.events.broadcast("/ws/open", "still-here", {})
     assert (await anonymous.recv())["type"] == "still-here"
 
 

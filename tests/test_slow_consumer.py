@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 import pytest_twisted
 from conftest import aio
 from twisted.internet import reactor
@@ -34,6 +35,7 @@ async def drain(client, count: int) -> int:
     return got
 
 
+@pytest.mark.slow  # ~6 s: 2,000 broadcasts to 200 clients
 @pytest_twisted.ensureDeferred
 async def test_stalled_client_is_closed_1013_while_200_healthy_clients_get_every_broadcast(start_server):
     server = await start_server({"websocket.max_unsent_bytes": LIMIT, "websocket.close_handshake_timeout": 60.0})
@@ -45,7 +47,7 @@ async def test_stalled_client_is_closed_1013_while_200_healthy_clients_get_every
     stalled_connection = list(server.hub.namespaces[LOCKERS].connections.values())[-1]  # the newest
     most_unsent = 0
     for n in range(BROADCASTS):
-        server.hub.broadcast(LOCKERS, "tick", {"n": n, "pad": PAYLOAD})
+        server.service.events.broadcast(LOCKERS, "tick", {"n": n, "pad": PAYLOAD})
         if stalled_connection.transport is not None:
             most_unsent = max(most_unsent, unsent_bytes(stalled_connection.transport))
         if n % 20 == 0:
@@ -58,6 +60,7 @@ async def test_stalled_client_is_closed_1013_while_200_healthy_clients_get_every
     assert LIMIT < most_unsent <= LIMIT + LIMIT // 4 + 1024
 
 
+@pytest.mark.slow  # ~5 s: fills a stalled subscriber's buffer
 @pytest_twisted.ensureDeferred
 async def test_stalled_wamp_subscriber_is_closed_1013_and_others_keep_getting_events(start_server):
     server = await start_server({"websocket.max_unsent_bytes": LIMIT, "websocket.close_handshake_timeout": 60.0})
@@ -75,7 +78,7 @@ async def test_stalled_wamp_subscriber_is_closed_1013_and_others_keep_getting_ev
     stalled = await aio(StalledClient.connect(server.port, "/wamp", "wamp.2.json", subscribe))
     reader = aio(drain(healthy, 500))
     for n in range(500):
-        server.hub.broadcast(LOCKERS, "tick", {"n": n, "pad": PAYLOAD * 4})
+        server.service.events.broadcast(LOCKERS, "tick", {"n": n, "pad": PAYLOAD * 4})
         if n % 20 == 0:
             await deferLater(reactor, 0, lambda: None)
     assert await reader == 500

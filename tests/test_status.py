@@ -168,7 +168,8 @@ async def test_status_of_few_rooms_is_built_for_each_call(start_server):
 
 @pytest_twisted.ensureDeferred
 async def test_eform_status_over_wamp_is_the_public_answer(start_server):
-    from test_wamp import join, within
+    from conftest import within
+    from wamp_peer import join
 
     server = await start_server({**MANY, "server.status_room_limit": 3})
     clients = await sized_rooms(server)

@@ -16,123 +16,21 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from autobahn.twisted.wamp import ApplicationRunner, ApplicationSession
-from autobahn.twisted.websocket import WampWebSocketClientFactory, connectWS
-from autobahn.wamp.exception import ApplicationError
-from autobahn.wamp.serializer import JsonSerializer, MsgPackSerializer
-from autobahn.wamp.types import ComponentConfig, PublishOptions, SubscribeOptions
+from autobahn.twisted.wamp import ApplicationRunner
+from autobahn.wamp.serializer import MsgPackSerializer
+from autobahn.wamp.types import PublishOptions
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.protocol import ProcessProtocol
 
+from conftest import locker, within
 from eformws.message import Message, Target
 from eformws.wamp.codec import JsonCodec
 from logcheck import logged_problems  # noqa: F401  (autouse: no error in the log)
+from wamp_peer import REALM, Peer, call_error, join, open_peer, subscribe
 
 JS_DIR = Path(__file__).parent / "js"
-REALM = "eform"
 LOCKERS = "/ws/lockers"
-SERIALIZERS = {"json": JsonSerializer, "msgpack": MsgPackSerializer}
-TIMEOUT = 5.0
-
-
-def within(d: Deferred, seconds: float = TIMEOUT) -> Deferred:
-    """`d`, failed with a TimeoutError if it has not fired in time (no test hangs)."""
-    return d.addTimeout(seconds, reactor)
-
-
-def locker_data(kiosk="kiosk-1"):
-    return {"lockerId": f"{kiosk}:12", "oldState": "closed", "newState": "open", "kioskId": kiosk}
-
-
-class Peer(ApplicationSession):
-    """A stock Autobahn session: joins with the given methods, answers a ticket challenge,
-    and reports join, leave and disconnect as Deferreds."""
-
-    def __init__(self, realm=REALM, authmethods=None, ticket=None):
-        super().__init__(ComponentConfig(realm))
-        self.authmethods = authmethods
-        self.ticket = ticket
-        self.joined = Deferred()
-        self.left = Deferred()
-        self.gone = Deferred()
-        self.challenges = []
-
-    def onConnect(self):
-        self.join(self.config.realm, authmethods=self.authmethods)
-
-    def onChallenge(self, challenge):
-        self.challenges.append(challenge.method)
-        return self.ticket
-
-    def onJoin(self, details):
-        self.joined.callback(details)
-
-    def onLeave(self, details):
-        if not self.left.called:
-            self.left.callback(details)
-        self.disconnect()
-
-    def onDisconnect(self):
-        if not self.gone.called:
-            self.gone.callback(None)
-
-
-class Inbox:
-    """A subscription handler that queues what it gets: (envelope, details)."""
-
-    def __init__(self):
-        self._queue = DeferredQueue()
-
-    def __call__(self, *args, details=None, **kwargs):
-        self._queue.put((args, details))
-
-    async def next(self):
-        args, details = await within(self._queue.get())
-        assert len(args) == 1, args
-        return args[0], details
-
-    @property
-    def empty(self) -> bool:
-        return not self._queue.pending
-
-
-def open_peer(server, serializer="json", *, ticket=None, cookie=None, realm=REALM, authmethods=None) -> Peer:
-    """Connect a Peer over `serializer`; ticket auth when `ticket` is given, a session
-    cookie on the upgrade when `cookie` is."""
-    if authmethods is None:
-        authmethods = ["ticket"] if ticket is not None else None
-    peer = Peer(realm, authmethods, ticket)
-    headers = {"Cookie": f"sessionId={cookie}"} if cookie is not None else None
-    factory = WampWebSocketClientFactory(
-        lambda: peer, url=server.url("/wamp"), serializers=[SERIALIZERS[serializer]()], headers=headers
-    )
-    connectWS(factory)
-    return peer
-
-
-async def join(server, serializer="json", role="admin", kiosk=None, user="alice"):
-    """A joined Peer (ticket auth) of a new session with `role`."""
-    sid = await server.session(user=user, role=role, kiosk=kiosk)
-    peer = open_peer(server, serializer, ticket=sid)
-    await within(peer.joined)
-    return peer
-
-
-async def subscribe(peer, topic, match=None):
-    inbox = Inbox()
-    options = SubscribeOptions(match=match, details_arg="details")
-    subscription = await within(peer.subscribe(inbox, topic, options=options))
-    return inbox, subscription
-
-
-async def call_error(d) -> ApplicationError:
-    """The ApplicationError a call or acknowledged publish fails with."""
-    try:
-        await within(d)
-    except ApplicationError as e:
-        return e
-    raise AssertionError("expected an ERROR")
 
 
 # -- authentication ------------------------------------------------------------------
@@ -222,7 +120,7 @@ async def test_emit_reaches_the_room_topic_subscriber_and_the_legacy_client_alik
     peer = await join(server, serializer)
     inbox, _ = await subscribe(peer, "eform.lockers.locker_updates")
     legacy = await server.join(LOCKERS, await server.session())
-    stored = await server.service.events.emit("locker_state_changed", locker_data())
+    stored = await server.service.events.emit("locker_state_changed", locker())
     envelope, details = await inbox.next()
     assert envelope == stored
     assert await legacy.recv() == stored
@@ -233,7 +131,7 @@ async def test_emit_reaches_the_room_topic_subscriber_and_the_legacy_client_alik
 async def test_prefix_subscription_reports_the_concrete_topic(server):
     peer = await join(server)
     inbox, _ = await subscribe(peer, "eform.lockers", match="prefix")
-    await server.hub.broadcast_to_room(LOCKERS, "kiosk-7", "door", {"open": True})
+    await server.service.events.broadcast_to_room(LOCKERS, "kiosk-7", "door", {"open": True})
     envelope, details = await inbox.next()
     assert envelope["room"] == "kiosk-7" and envelope["type"] == "door"
     assert details.topic == "eform.lockers.kiosk-7"
@@ -244,8 +142,8 @@ async def test_a_subscription_gets_an_event_once_however_many_of_its_topics_matc
     peer = await join(server)
     inbox, _ = await subscribe(peer, "eform", match="prefix")
     # published on five topics: eform.lockers.{locker_updates,kiosk-1}, eform.events.{locker_updates,system_events,kiosk-1}
-    first = await server.service.events.emit("locker_state_changed", locker_data())
-    second = await server.service.events.emit("locker_state_changed", locker_data("kiosk-2"))
+    first = await server.service.events.emit("locker_state_changed", locker())
+    second = await server.service.events.emit("locker_state_changed", locker(kiosk="kiosk-2"))
     assert (await inbox.next())[0]["id"] == first["id"]
     assert (await inbox.next())[0]["id"] == second["id"]
 
@@ -256,7 +154,7 @@ async def test_each_matching_subscription_of_a_session_gets_its_own_event(server
     exact, exact_subscription = await subscribe(peer, "eform.lockers.kiosk-1")
     prefix, prefix_subscription = await subscribe(peer, "eform.lockers", match="prefix")
     assert exact_subscription.id != prefix_subscription.id
-    stored = await server.service.events.emit("locker_state_changed", locker_data())
+    stored = await server.service.events.emit("locker_state_changed", locker())
     assert (await exact.next())[0] == stored
     assert (await prefix.next())[0] == stored
 
@@ -265,7 +163,7 @@ async def test_each_matching_subscription_of_a_session_gets_its_own_event(server
 async def test_wildcard_subscription_matches_one_component_per_empty_one(server):
     peer = await join(server)
     inbox, _ = await subscribe(peer, "eform..kiosk-1", match="wildcard")
-    await server.hub.broadcast_to_room("/ws/help", "kiosk-1", "ring", {})
+    await server.service.events.broadcast_to_room("/ws/help", "kiosk-1", "ring", {})
     envelope, details = await inbox.next()
     assert envelope["namespace"] == "/ws/help" and details.topic == "eform.help.kiosk-1"
 
@@ -274,7 +172,7 @@ async def test_wildcard_subscription_matches_one_component_per_empty_one(server)
 async def test_namespace_broadcast_is_published_on_the_namespace_topic(server):
     peer = await join(server)
     inbox, _ = await subscribe(peer, "eform.lockers")
-    await server.hub.broadcast(LOCKERS, "maintenance", {"minutes": 5})
+    await server.service.events.broadcast(LOCKERS, "maintenance", {"minutes": 5})
     envelope, _ = await inbox.next()
     assert list(envelope) == ["type", "data", "timestamp", "namespace"]
     assert (envelope["type"], envelope["data"], envelope["namespace"]) == ("maintenance", {"minutes": 5}, LOCKERS)
@@ -286,8 +184,8 @@ async def test_unsubscribed_topic_gets_no_more_events(server):
     lockers, subscription = await subscribe(peer, "eform.lockers")
     help_, _ = await subscribe(peer, "eform.help")
     await within(subscription.unsubscribe())
-    await server.hub.broadcast(LOCKERS, "first", {})
-    await server.hub.broadcast("/ws/help", "second", {})
+    await server.service.events.broadcast(LOCKERS, "first", {})
+    await server.service.events.broadcast("/ws/help", "second", {})
     assert (await help_.next())[0]["type"] == "second"
     assert lockers.empty
 
@@ -296,8 +194,8 @@ async def test_unsubscribed_topic_gets_no_more_events(server):
 async def test_kiosk_session_sees_only_the_rooms_a_legacy_kiosk_may_join(server):
     peer = await join(server, role="kiosk", kiosk="kiosk-1")
     inbox, _ = await subscribe(peer, "eform.lockers", match="prefix")
-    await server.hub.broadcast_to_room(LOCKERS, "kiosk-2", "other", {})
-    await server.hub.broadcast_to_room(LOCKERS, "kiosk-1", "own", {})
+    await server.service.events.broadcast_to_room(LOCKERS, "kiosk-2", "other", {})
+    await server.service.events.broadcast_to_room(LOCKERS, "kiosk-1", "own", {})
     envelope, details = await inbox.next()
     assert envelope["type"] == "own" and details.topic == "eform.lockers.kiosk-1"
 
@@ -316,7 +214,7 @@ async def test_sessions_of_one_serialization_share_one_event_frame(server, monke
     for _ in range(3):
         peer = await join(server)
         inboxes.append((await subscribe(peer, "eform.lockers"))[0])
-    await server.hub.broadcast(LOCKERS, "once", {})
+    await server.service.events.broadcast(LOCKERS, "once", {})
     for inbox in inboxes:
         assert (await inbox.next())[0]["type"] == "once"
     assert len(built) == 1
@@ -444,7 +342,7 @@ async def test_broadcast_procedure_without_data_is_an_invalid_argument(server):
 async def test_emit_procedure_stores_and_delivers_the_event(server):
     legacy = await server.join(LOCKERS, await server.session())
     peer = await join(server)
-    stored = await within(peer.call("eform.emit", "locker_state_changed", locker_data()))
+    stored = await within(peer.call("eform.emit", "locker_state_changed", locker()))
     assert stored["type"] == "locker_state_changed" and stored["seq"] is not None
     assert await legacy.recv() == stored
 
@@ -452,7 +350,7 @@ async def test_emit_procedure_stores_and_delivers_the_event(server):
 @pytest_twisted.ensureDeferred
 async def test_emit_procedure_with_an_invalid_event_names_the_field(server):
     peer = await join(server)
-    error = await call_error(peer.call("eform.emit", "locker_state_changed", {**locker_data(), "newState": "ajar"}))
+    error = await call_error(peer.call("eform.emit", "locker_state_changed", {**locker(), "newState": "ajar"}))
     assert error.error == "eform.error.invalid_event"
     assert error.args[0].startswith("data.newState must be one of")
     assert error.kwargs == {"field": "data.newState"}
@@ -462,20 +360,20 @@ async def test_emit_procedure_with_an_invalid_event_names_the_field(server):
 async def test_emit_procedure_with_a_repeated_idempotency_key_answers_the_first_event(server):
     legacy = await server.join(LOCKERS, await server.session())
     peer = await join(server)
-    first = await within(peer.call("eform.emit", "locker_state_changed", locker_data(), idempotency_key="wamp-1"))
-    again = await within(peer.call("eform.emit", "locker_state_changed", locker_data(), idempotency_key="wamp-1"))
+    first = await within(peer.call("eform.emit", "locker_state_changed", locker(), idempotency_key="wamp-1"))
+    again = await within(peer.call("eform.emit", "locker_state_changed", locker(), idempotency_key="wamp-1"))
     assert again == first
     assert await legacy.recv() == first
-    other = await within(peer.call("eform.emit", "locker_state_changed", locker_data("kiosk-2")))
+    other = await within(peer.call("eform.emit", "locker_state_changed", locker(kiosk="kiosk-2")))
     assert await legacy.recv() == other  # the repeat was never delivered
 
 
 @pytest_twisted.ensureDeferred
 async def test_emit_procedure_with_a_key_used_for_another_event_is_an_idempotency_conflict(server):
     peer = await join(server)
-    await within(peer.call("eform.emit", "locker_state_changed", locker_data(), idempotency_key="wamp-2"))
+    await within(peer.call("eform.emit", "locker_state_changed", locker(), idempotency_key="wamp-2"))
     error = await call_error(
-        peer.call("eform.emit", "locker_state_changed", locker_data("kiosk-2"), idempotency_key="wamp-2")
+        peer.call("eform.emit", "locker_state_changed", locker(kiosk="kiosk-2"), idempotency_key="wamp-2")
     )
     assert (error.error, error.args[0]) == (
         "eform.error.idempotency_conflict", "idempotency_key was already used for a different event"
@@ -486,7 +384,7 @@ async def test_emit_procedure_with_a_key_used_for_another_event_is_an_idempotenc
 @pytest_twisted.ensureDeferred
 async def test_emit_procedure_with_a_malformed_idempotency_key_is_an_invalid_argument(server, key):
     peer = await join(server)
-    error = await call_error(peer.call("eform.emit", "locker_state_changed", locker_data(), idempotency_key=key))
+    error = await call_error(peer.call("eform.emit", "locker_state_changed", locker(), idempotency_key=key))
     assert error.error == "wamp.error.invalid_argument"
     assert error.args[0].startswith("idempotency_key must be")
 
@@ -585,7 +483,7 @@ async def test_autobahn_js_subscriber_gets_the_envelope_on_its_prefix(server, se
     reactor.spawnProcess(child, NODE[0], arguments, env=dict(os.environ), path=str(JS_DIR))
     ready = json.loads(await within(child.lines.get(), 20))
     assert ready == {"ready": True, "authmethod": "ticket", "wamp": 1}, child.stderr
-    stored = await server.service.events.emit("locker_state_changed", locker_data())
+    stored = await server.service.events.emit("locker_state_changed", locker())
     event = json.loads(await within(child.lines.get()))
     assert event == {"envelope": stored, "topic": "eform.lockers.locker_updates"}
     assert await within(child.ended) == 0, child.stderr

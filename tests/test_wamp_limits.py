@@ -1,8 +1,8 @@
 """WAMP sessions cannot make the router hold or scan without bound: subscriptions per session
 are capped, URIs have a length limit, and wildcard subscriptions are matched through an index.
 
-Frame-level clients (`websockets`, raw WAMP arrays) against a real server, as in
-test_wamp_raw.py; the index against a brute-force scan on Hypothesis-made patterns; and a
+Frame-level clients (`websockets`, raw WAMP arrays: tests/wamp_frames.py) against a real
+server, as in test_wamp_raw.py; the index against a brute-force scan on Hypothesis-made patterns; and a
 real `twistd` process: its RSS while sessions subscribe in a loop, and an admin's
 emit-to-delivery latency beside 3,000 wildcard patterns that match nothing."""
 
@@ -22,12 +22,13 @@ from hypothesis import strategies as st
 
 from conftest import aio
 from eformws.config import ConfigError, load_config
+from eformws.policy import Policy
 from eformws.wamp.broker import Broker
 from eformws.wamp.topics import EXACT, PREFIX_MATCH, WILDCARD, wildcard_matches
 from eformws.wamp.wildcards import WildcardIndex
 from logcheck import logged_problems  # noqa: F401  (autouse: no error in the log)
 from processes import create_session, rss_kib, write_config
-from test_wamp_raw import (  # noqa: F401  (close_raw_clients: autouse, closes raw clients first)
+from wamp_frames import (  # noqa: F401  (close_raw_clients: autouse, closes raw clients first)
     AUTHENTICATE,
     CALL,
     CHALLENGE,
@@ -111,7 +112,7 @@ async def test_a_session_at_the_limit_still_gets_events_of_its_subscriptions(sta
     client, _ = await join(server)
     answers = await subscribe_all(client, ["eform.lockers", "eform.help", "eform.events", "eform.lockers.kiosk-1"])
     assert [answer[0] for answer in answers] == [SUBSCRIBED] * 3 + [ERROR]
-    await server.hub.broadcast("/ws/lockers", "maintenance", {"minutes": 5})
+    await server.service.events.broadcast("/ws/lockers", "maintenance", {"minutes": 5})
     event = await client.recv()
     assert event[:2] == [EVENT, answers[0][2]] and event[4][0]["type"] == "maintenance"
 
@@ -230,7 +231,7 @@ async def test_each_matching_wildcard_subscription_gets_the_event_once(server):
     client, _ = await join(server)
     answers = await subscribe_all(client, MATCHING + NOT_MATCHING, match="wildcard")
     ids = {pattern: answer[2] for pattern, answer in zip(MATCHING + NOT_MATCHING, answers)}
-    await server.hub.broadcast_to_room("/ws/lockers", "kiosk-1", "door", {"open": True})
+    await server.service.events.broadcast_to_room("/ws/lockers", "kiosk-1", "door", {"open": True})
     events = await status_barrier(client)
     assert sorted(event[1] for event in events) == sorted(ids[pattern] for pattern in MATCHING)
     assert all(event[3] == {"topic": "eform.lockers.kiosk-1"} for event in events)
@@ -248,7 +249,7 @@ async def test_an_event_reaches_its_subscriber_past_30_sessions_full_of_wildcard
         crowd.append(client)
     subscriber, _ = await join(server)
     (subscribed,) = await subscribe_all(subscriber, ["eform..kiosk-1"], match="wildcard")
-    await server.hub.broadcast_to_room("/ws/lockers", "kiosk-1", "door", {"open": True})
+    await server.service.events.broadcast_to_room("/ws/lockers", "kiosk-1", "door", {"open": True})
     assert [event[:2] for event in await status_barrier(subscriber)] == [[EVENT, subscribed[2]]]
     assert [await status_barrier(client) for client in crowd] == [[]] * 30
 
@@ -341,7 +342,7 @@ def brute_force(model: dict, uri: str) -> list:
     probes=st.lists(topics, max_size=20),
 )
 def test_the_broker_matches_what_a_scan_of_every_subscription_matches(operations, probes):
-    broker, model, ids = Broker(None, (), ()), {}, {}
+    broker, model, ids = Broker(None, Policy()), {}, {}
     for add, connection, match, topic in operations:
         key = (match, topic)
         if add:
@@ -402,6 +403,7 @@ async def subscribe_in_a_loop(sessions: Sessions, session_id: str, session: int)
     return sum(a[0] == SUBSCRIBED for a in answers), sum(a[0] == ERROR and a[4] == LIMIT_ERROR for a in answers)
 
 
+@pytest.mark.slow  # ~3.5 s: a twistd's RSS over 10,000 SUBSCRIBEs
 @pytest_twisted.ensureDeferred
 async def test_sessions_subscribing_in_a_loop_hold_100_subscriptions_each_and_bounded_memory(tmp_path, spawn):
     config = write_config(tmp_path, UNLIMITED_RATE_TOML)

@@ -11,65 +11,31 @@ import msgpack
 import pytest
 import pytest_twisted
 import websockets
-from websockets.exceptions import ConnectionClosed
 
-from conftest import aio
 from logcheck import logged_problems  # noqa: F401  (autouse: no error in the log)
-
-HELLO, WELCOME, ABORT, CHALLENGE, AUTHENTICATE, GOODBYE, ERROR = 1, 2, 3, 4, 5, 6, 8
-PUBLISH, SUBSCRIBE, SUBSCRIBED, UNSUBSCRIBE, EVENT, CALL, RESULT = 16, 32, 33, 34, 36, 48, 50
-ROLES = {"subscriber": {}, "publisher": {}, "caller": {}}
-
-
-_opened: list = []  # this test's raw clients, closed before its server stops
-
-
-@pytest.fixture(autouse=True)
-def close_raw_clients(start_server):
-    """Raw clients do not answer the router's GOODBYE at shutdown: close them first."""
-    yield
-    while _opened:
-        pytest_twisted.blockon(_opened.pop().close())
-
-
-async def connect(server, subprotocol="wamp.2.json"):
-    client = await server.connect("/wamp", subprotocols=[subprotocol])
-    _opened.append(client)
-    return client
-
-
-async def join(server, role="admin", subprotocol="wamp.2.json"):
-    """A raw client past HELLO, CHALLENGE, AUTHENTICATE and WELCOME; (client, WELCOME)."""
-    client = await connect(server, subprotocol)
-    sid = await server.session(role=role)
-    await client.send([HELLO, "eform", {"roles": ROLES, "authmethods": ["ticket"]}])
-    assert await client.recv() == [CHALLENGE, "ticket", {}]
-    await client.send([AUTHENTICATE, sid, {}])
-    welcome = await client.recv()
-    assert welcome[0] == WELCOME, welcome
-    return client, welcome
-
-
-async def _next_or_close(client):
-    try:
-        return "message", json.loads(await asyncio.wait_for(client.connection.recv(), 5.0))
-    except ConnectionClosed:
-        received = client.connection.protocol.close_rcvd
-        return "closed", (received.code, received.reason) if received else (1006, "")
-
-
-def next_or_close(client):
-    """("message", the next message) or ("closed", (code, reason))."""
-    return aio(_next_or_close(client))
-
-
-async def assert_aborted(client, reason: str, code: int = 1002) -> dict:
-    """The next message is ABORT `reason`, then the server closes with `code`; the ABORT's
-    details are returned."""
-    kind, message = await next_or_close(client)
-    assert kind == "message" and message[0] == ABORT and message[2] == reason, message
-    assert (await client.closed())[0] == code
-    return message[1]
+from wamp_frames import (  # noqa: F401  (close_raw_clients: autouse, closes raw clients first)
+    ABORT,
+    AUTHENTICATE,
+    CALL,
+    CHALLENGE,
+    ERROR,
+    EVENT,
+    GOODBYE,
+    HELLO,
+    PUBLISH,
+    RESULT,
+    ROLES,
+    SUBSCRIBE,
+    SUBSCRIBED,
+    UNSUBSCRIBE,
+    WELCOME,
+    assert_aborted,
+    close_raw_clients,
+    connect,
+    join,
+    next_or_close,
+    opened,
+)
 
 
 # -- the handshake --------------------------------------------------------------------------
@@ -92,7 +58,7 @@ async def test_upgrade_with_only_unknown_subprotocols_is_refused_400(server):
 @pytest_twisted.ensureDeferred
 async def test_upgrade_takes_the_first_subprotocol_the_client_offers(server):
     client = await server.connect("/wamp", subprotocols=["wamp.2.msgpack", "wamp.2.json"])
-    _opened.append(client)
+    opened.append(client)
     assert client.connection.subprotocol == "wamp.2.msgpack"
 
 
@@ -114,7 +80,7 @@ async def test_event_is_subscription_publication_empty_details_and_the_envelope(
     await client.send([SUBSCRIBE, 1, {}, "eform.lockers"])
     subscribed = await client.recv()
     assert subscribed[:2] == [SUBSCRIBED, 1]
-    await server.hub.broadcast("/ws/lockers", "maintenance", {"minutes": 5})
+    await server.service.events.broadcast("/ws/lockers", "maintenance", {"minutes": 5})
     event = await client.recv()
     assert event[0] == EVENT and event[1] == subscribed[2] and isinstance(event[2], int)
     assert event[3] == {}
@@ -133,7 +99,7 @@ async def test_msgpack_event_carries_the_same_envelope(server):
     assert msgpack.unpackb(await client.recv_raw())[0] == WELCOME
     await client.send(msgpack.packb([SUBSCRIBE, 1, {"match": "prefix"}, "eform.lockers"]))
     subscription = msgpack.unpackb(await client.recv_raw())[2]
-    await server.hub.broadcast_to_room("/ws/lockers", "kiosk-1", "door", {"open": True})
+    await server.service.events.broadcast_to_room("/ws/lockers", "kiosk-1", "door", {"open": True})
     event = msgpack.unpackb(await client.recv_raw())
     assert event[:2] == [EVENT, subscription] and event[3] == {"topic": "eform.lockers.kiosk-1"}
     assert event[4][0]["data"] == {"open": True} and event[4][0]["room"] == "kiosk-1"

@@ -53,9 +53,10 @@ class Delivery:
 
 
 class Broker:
-    def __init__(self, hub, policy, max_subscriptions: int = 100):
+    def __init__(self, hub, policy, max_subscriptions: int = 100, publisher=None):
         self._hub = hub
         self._policy = policy
+        self._publisher = publisher  # WebSocketEvents: PUBLISH goes out as any broadcast
         self._max_subscriptions = max_subscriptions  # per connection (one session at a time)
         self._by_key: dict[tuple[str, str], Subscription] = {}
         self._by_id: dict[int, Subscription] = {}
@@ -210,9 +211,9 @@ class Broker:
         if request.exclude_me is not False:
             meta["exclude"] = connection.id
         if room is None:
-            d = self._hub.broadcast(path, event, data, meta={META: meta})
+            d = self._publisher.broadcast(path, event, data, meta={META: meta})
         else:
-            d = self._hub.broadcast_to_room(path, room, event, data, meta={META: meta})
+            d = self._publisher.broadcast_to_room(path, room, event, data, meta={META: meta})
         d.addCallback(lambda _: publication)
         return d
 

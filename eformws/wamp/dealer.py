@@ -90,7 +90,7 @@ class Dealer:
         except (ValidationError, BroadcastError) as e:
             raise WampError(INVALID_ARGUMENT, str(e)) from None
         try:
-            answer = yield send_broadcast(self._hub, namespace, event, data, room)
+            answer = yield send_broadcast(self._events, namespace, event, data, room)
         except UnknownNamespace as e:
             raise WampError(NO_SUCH_NAMESPACE, str(e)) from None
         return [answer]

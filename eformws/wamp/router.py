@@ -57,7 +57,7 @@ class WampRouter:
         self.rate_burst = rate_burst
         self.rate_limit_close_after = rate_limit_close_after
         self.codecs = codecs(max_uri_length)
-        self.broker = Broker(hub, policy, max_subscriptions)
+        self.broker = Broker(hub, policy, max_subscriptions, publisher=events)
         self.dealer = Dealer(hub, events, status, policy)
         self.framings = {name: EventFraming(codec, self.broker) for name, codec in self.codecs.items()}
         self.connections: dict[str, Any] = {}  # joined sessions' transports by connection id

@@ -1,0 +1,106 @@
+"""Stock Autobahn|Python WAMP sessions on a test server's /wamp (ticket or cookie auth, JSON
+or MessagePack): for every test module that talks WAMP as a real client would."""
+
+from __future__ import annotations
+
+from autobahn.twisted.wamp import ApplicationSession
+from autobahn.twisted.websocket import WampWebSocketClientFactory, connectWS
+from autobahn.wamp.exception import ApplicationError
+from autobahn.wamp.serializer import JsonSerializer, MsgPackSerializer
+from autobahn.wamp.types import ComponentConfig, SubscribeOptions
+from twisted.internet.defer import Deferred, DeferredQueue
+
+from conftest import within
+
+REALM = "eform"
+SERIALIZERS = {"json": JsonSerializer, "msgpack": MsgPackSerializer}
+
+
+class Peer(ApplicationSession):
+    """A stock Autobahn session: joins with the given methods, answers a ticket challenge,
+    and reports join, leave and disconnect as Deferreds."""
+
+    def __init__(self, realm=REALM, authmethods=None, ticket=None):
+        super().__init__(ComponentConfig(realm))
+        self.authmethods = authmethods
+        self.ticket = ticket
+        self.joined = Deferred()
+        self.left = Deferred()
+        self.gone = Deferred()
+        self.challenges = []
+
+    def onConnect(self):
+        self.join(self.config.realm, authmethods=self.authmethods)
+
+    def onChallenge(self, challenge):
+        self.challenges.append(challenge.method)
+        return self.ticket
+
+    def onJoin(self, details):
+        self.joined.callback(details)
+
+    def onLeave(self, details):
+        if not self.left.called:
+            self.left.callback(details)
+        self.disconnect()
+
+    def onDisconnect(self):
+        if not self.gone.called:
+            self.gone.callback(None)
+
+
+class Inbox:
+    """A subscription handler that queues what it gets: (envelope, details)."""
+
+    def __init__(self):
+        self._queue = DeferredQueue()
+
+    def __call__(self, *args, details=None, **kwargs):
+        self._queue.put((args, details))
+
+    async def next(self):
+        args, details = await within(self._queue.get())
+        assert len(args) == 1, args
+        return args[0], details
+
+    @property
+    def empty(self) -> bool:
+        return not self._queue.pending
+
+
+def open_peer(server, serializer="json", *, ticket=None, cookie=None, realm=REALM, authmethods=None) -> Peer:
+    """Connect a Peer over `serializer`; ticket auth when `ticket` is given, a session
+    cookie on the upgrade when `cookie` is."""
+    if authmethods is None:
+        authmethods = ["ticket"] if ticket is not None else None
+    peer = Peer(realm, authmethods, ticket)
+    headers = {"Cookie": f"sessionId={cookie}"} if cookie is not None else None
+    factory = WampWebSocketClientFactory(
+        lambda: peer, url=server.url("/wamp"), serializers=[SERIALIZERS[serializer]()], headers=headers
+    )
+    connectWS(factory)
+    return peer
+
+
+async def join(server, serializer="json", role="admin", kiosk=None, user="alice"):
+    """A joined Peer (ticket auth) of a new session with `role`."""
+    sid = await server.session(user=user, role=role, kiosk=kiosk)
+    peer = open_peer(server, serializer, ticket=sid)
+    await within(peer.joined)
+    return peer
+
+
+async def subscribe(peer, topic, match=None):
+    inbox = Inbox()
+    options = SubscribeOptions(match=match, details_arg="details")
+    subscription = await within(peer.subscribe(inbox, topic, options=options))
+    return inbox, subscription
+
+
+async def call_error(d) -> ApplicationError:
+    """The ApplicationError a call or acknowledged publish fails with."""
+    try:
+        await within(d)
+    except ApplicationError as e:
+        return e
+    raise AssertionError("expected an ERROR")
