@@ -1,4 +1,4 @@
-"""The HTTP API (PROTOCOL.md section 7) as a Klein app: status, broadcast, events, health,
+"""The HTTP API (docs/protocol.md section 7) as a Klein app: status, broadcast, events, health,
 healthz, and the session's own view and session administration; each route reads the
 request, calls one thing and answers JSON; errors become bodies in one place."""
 

@@ -14,7 +14,8 @@ import urllib.request
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from eformws.config import ROLES, ConfigError, load_config, unknown_environment
+from eformws.config import ConfigError, load_config, unknown_environment
+from eformws.policy import ROLES
 from eformws.sessions import SessionError, check_session_request
 from eformws.sessions import sqlite as session_sql
 from eformws.sqlite import connect

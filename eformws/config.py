@@ -10,11 +10,10 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
+from eformws.policy import ROLES
 from eformws.sessions import MAX_TTL
 
 log = Logger(namespace="eformws.config")
-
-ROLES = ("admin", "staff", "kiosk")
 
 
 class ConfigError(Exception):

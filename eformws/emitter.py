@@ -44,7 +44,7 @@ class WebSocketEvents:
     # -- the generic path (HTTP, WAMP, the helpers below) ---------------------------
 
     def emit(self, event_type: str, data: Any, idempotency_key: str | None = None) -> Deferred:
-        """Validate and append to the event log; fire with the stored envelope D (with `seq`
+        """Validate and append to the event log; fire with the stored structured-event envelope (D: with `seq`
         and `epoch`) once it is in the log, from which every process delivers it. An invalid
         event fails with `events.ValidationError`, nothing stored. With `idempotency_key`, a
         repeat within `events.idempotency_window` fires with the first stored envelope."""
@@ -82,7 +82,7 @@ class WebSocketEvents:
             counter.inc()
         return appended
 
-    # -- PROTOCOL.md section 6, the named emits ------------------------------------
+    # -- docs/protocol.md section 6, the named emits ------------------------------------
 
     def emit_locker_state_changed(self, locker_id, old_state, new_state, kiosk_id, *, user_id=None, reason=None,
                                   metadata=None, idempotency_key=None):
@@ -116,7 +116,7 @@ class WebSocketEvents:
     # -- broadcasts and direct sends: built here, published on the bus ------------------
 
     def broadcast(self, namespace: str, event: str, data: Any, meta: dict | None = None) -> Deferred:
-        """Envelope B to every connection of `namespace` on every process; fires with the
+        """The namespace-broadcast envelope (B) to every connection of `namespace` on every process; fires with the
         count of this process's connections that got it. `meta` travels with the message
         untouched, for endpoints (see `Message.meta`). UnknownNamespace at once."""
         self.hub.namespace(namespace)
@@ -125,13 +125,13 @@ class WebSocketEvents:
 
     def broadcast_to_room(self, namespace: str, room: str, event: str, data: Any,
                           meta: dict | None = None) -> Deferred:
-        """Envelope C to the members of `room` in `namespace` only."""
+        """The room-broadcast envelope (C) to the members of `room` in `namespace` only."""
         self.hub.namespace(namespace)
         envelope = wire.room_broadcast(event, data, namespace, room)
         return self.bus.publish(Message(envelope, (Target(namespace, rooms=(room,)),), meta=meta or {}))
 
     def send(self, connection_id: str, event: str, data: Any) -> Deferred:
-        """Envelope A to one connection, wherever it is connected."""
+        """The direct envelope (A) to one connection, wherever it is connected."""
         targets = tuple(Target(path, connection_id=connection_id) for path in self.hub.namespaces)
         return self.bus.publish(Message(wire.direct(event, data), targets))
 

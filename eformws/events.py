@@ -1,5 +1,5 @@
-"""The structured-event catalog (PROTOCOL.md section 6): per-type schemas and validation,
-envelope D, addressing (namespaces and rooms, kiosk room included) and time to live."""
+"""The structured-event catalog (docs/protocol.md section 6): per-type schemas and validation,
+the structured-event envelope (D), addressing (namespaces, rooms, the kiosk room) and TTL."""
 
 from __future__ import annotations
 
@@ -339,7 +339,7 @@ MAX_DATA_BYTES = 65536  # `events.max_data_bytes`: an event's data as JSON, the 
 
 
 def build(name: str, data: Any, now: float | None = None, max_bytes: int = MAX_DATA_BYTES) -> dict:
-    """Validate and return envelope D without its `seq` and `epoch` (the store assigns them);
+    """Validate and return the structured-event envelope (D) without its `seq` and `epoch` (the store assigns them);
     its data must be at most `max_bytes` as compact JSON."""
     now = time.time() if now is None else now
     kind = event_type(name)

@@ -11,9 +11,9 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
 from eformws import metrics
-from eformws.config import ROLES
 from eformws.latency import LatencyWindow
 from eformws.message import Message, Target
+from eformws.policy import ROLES
 from eformws.sensitive import Redactor
 
 

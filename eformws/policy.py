@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+ROLES = ("admin", "staff", "kiosk")  # what a session's role is one of
+
 
 @dataclass(frozen=True)
 class Policy:

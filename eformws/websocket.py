@@ -1,4 +1,4 @@
-"""The legacy JSON WebSocket protocol (PROTOCOL.md sections 2-5): handshake checks and
+"""The legacy JSON WebSocket protocol (docs/protocol.md sections 2-5): handshake checks and
 session auth, client-message dispatch and limits; one Autobahn factory per namespace."""
 
 from __future__ import annotations

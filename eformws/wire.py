@@ -1,5 +1,5 @@
 """The legacy JSON wire format: JS-style timestamps, compact JSON, envelopes A-C, and
-parsing and checking of client messages (PROTOCOL.md sections 3-5). No Twisted here."""
+parsing and checking of client messages (docs/protocol.md sections 3-5). No Twisted here."""
 
 from __future__ import annotations
 
@@ -37,17 +37,17 @@ def dumps(value: Any) -> bytes:
 
 
 def direct(type_: str, data: Any, at: float | None = None) -> dict:
-    """Envelope A: a reply or notice to one connection."""
+    """The direct envelope (A): a reply or notice to one connection."""
     return {"type": type_, "data": data, "timestamp": js_timestamp(at)}
 
 
 def namespace_broadcast(type_: str, data: Any, namespace: str, at: float | None = None) -> dict:
-    """Envelope B: a broadcast to every connection of a namespace."""
+    """The namespace-broadcast envelope (B): to every connection of a namespace."""
     return {"type": type_, "data": data, "timestamp": js_timestamp(at), "namespace": namespace}
 
 
 def room_broadcast(type_: str, data: Any, namespace: str, room: str, at: float | None = None) -> dict:
-    """Envelope C: a broadcast to the members of one room."""
+    """The room-broadcast envelope (C): to the members of one room."""
     return {
         "type": type_,
         "data": data,

@@ -13,6 +13,7 @@ from twisted.internet.defer import inlineCallbacks
 from zope.interface import Interface
 
 from eformws import wire
+from eformws.policy import ROLES
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,6 @@ def check_new_session(user_id: str, role: str, ttl: float, kiosk_id: str | None 
                       names: dict[str, str] | None = None) -> None:
     """SessionError naming what is wrong with a session about to be created: what every
     store refuses."""
-    from eformws.config import ROLES
-
     name = {**FIELD_NAMES, **(names or {})}
     for key, value in (("user_id", user_id), ("kiosk_id", kiosk_id)):
         if not _unicode(value):

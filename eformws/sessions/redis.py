@@ -10,7 +10,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import inlineCallbacks
 from zope.interface import implementer
 
-from eformws.config import ROLES
+from eformws.policy import ROLES
 from eformws.redis import RedisConnection
 from eformws.sessions import ISessionAdmin, ISessionStore, Session, check_new_session, new_session_id
 from eformws.sessions.sqlite import (

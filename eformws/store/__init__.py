@@ -25,11 +25,11 @@ class IEventStore(Interface):
     `recent`, /healthz `ping`s."""
 
     def append(envelope, addresses, ttl, idempotency=None):
-        """Write envelope D (its `seq` and `epoch` None) to the log with the (namespace,
-        room) pairs it is addressed to, kept `ttl` seconds; fire with an `Appended` once
-        it is in the log that `follow` reads. With an `Idempotency` whose key was used
-        within its window, nothing is written and the first envelope is the answer
-        (`IdempotencyConflict` when it was used for another event)."""
+        """Write a structured-event envelope (D; its `seq` and `epoch` None) to the log with
+        the (namespace, room) pairs it is addressed to, kept `ttl` seconds; fire with an
+        `Appended` once it is in the log that `follow` reads. With an `Idempotency` whose
+        key was used within its window, nothing is written and the first envelope is the
+        answer (`IdempotencyConflict` when it was used for another event)."""
 
     def follow(on_event, on_reset):
         """From now on, call `on_event(envelope, created)` for every event of the log,
