@@ -3,9 +3,6 @@ a `Config`, listens on the port, and shuts down by closing every client with 100
 
 from __future__ import annotations
 
-import os
-import socket
-
 import txaio
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
@@ -24,6 +21,7 @@ from eformws.deferreds import shielded
 from eformws.expiry import SessionWatch
 from eformws.feed import EventFeed
 from eformws.hub import Hub
+from eformws.listener import ListeningService, server_endpoint
 from eformws.nodes import NodeRegistry, node_id
 from eformws.redis import RedisAddress, RedisConnection, RedisUnavailable
 from eformws.sensitive import Redactor
@@ -91,7 +89,7 @@ class EformService(MultiService):
             min_body_rate=config.get("server", "min_body_rate"),
             reactor=self.reactor,
         )
-        self.listening_port = None
+        self.listener = None  # a ListeningService once the event log's position is known
         certificate = config.get("server", "tls_certificate")
         self.tls = tls_options(certificate, config.get("server", "tls_private_key")) if certificate else None
 
@@ -179,7 +177,7 @@ class EformService(MultiService):
     @property
     def port(self) -> int:
         """The port actually listened on (useful with port 0)."""
-        return self.listening_port.getHost().port
+        return self.listener.port.getHost().port
 
     def startService(self):
         """Start the parts, follow the event log, and listen once its position is known (at
@@ -194,20 +192,15 @@ class EformService(MultiService):
         self.ready = following.addCallback(lambda _: self._listen() if self.running else None)
 
     def _listen(self):
+        """Listen, as a child service, on the endpoint the configuration names."""
         factory = self.site if self.tls is None else TLSMemoryBIOFactory(self.tls, False, self.site)
-        if self.inherited_fd is not None:
-            # Bound before the reactor ran (`twistd eformws`: eformws.listener), or by the
-            # worker parent, whose workers all accept on it.
-            family = socket.AF_INET6 if ":" in self.config.get("server", "host") else socket.AF_INET
-            self.listening_port = self.reactor.adoptStreamPort(self.inherited_fd, family, factory)
-            os.close(self.inherited_fd)
-        else:
-            self.listening_port = self.reactor.listenTCP(
-                self.config.get("server", "port"),
-                factory,
-                backlog=self.config.get("server", "backlog"),
-                interface=self.config.get("server", "host"),
-            )
+        endpoint = server_endpoint(self.reactor, self.config.get("server", "host"), self.config.get("server", "port"),
+                                   self.config.get("server", "backlog"), self.inherited_fd)
+        self.listener = ListeningService(endpoint, factory)
+        self.listener.setServiceParent(self)
+        return self.listener.listening.addCallback(self._listening)
+
+    def _listening(self, port):
         self.log.info(
             "eformws listening on {host}:{port}{tls} (namespaces: {namespaces})",
             host=self.config.get("server", "host"),
@@ -220,8 +213,8 @@ class EformService(MultiService):
     @inlineCallbacks
     def stopService(self):
         """Stop accepting, close every client with 1001, wait (bounded), then stop parts."""
-        if self.listening_port is not None:
-            yield self.listening_port.stopListening()
+        if self.listener is not None:  # stop accepting first; the other parts after the clients
+            yield self.listener.stopService()
         yield self.close_clients(CLOSE_GOING_AWAY, "Server shutdown")
         self.bus.stop()
         emitter.install(None)
