@@ -11,7 +11,7 @@ import time
 from typing import Any, Callable
 
 from klein import Klein
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError, inlineCallbacks, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from werkzeug.routing import RequestRedirect
@@ -46,6 +46,7 @@ REASONS = {
 RECENT_WINDOW = 30.0  # seconds of events /api/websocket/health returns ...
 RECENT_LIMIT = 20  # ... at most this many
 STATUS_MAX_AGE = 1.0  # seconds a status answer of many rooms is answered again before it is rebuilt
+HEALTH_CHECK_TIMEOUT = 2.0  # seconds /healthz waits for a store's ping (they run at once)
 LAST_TIMESTAMP = 253402300799.999  # 9999-12-31T23:59:59.999Z, the last time a timestamp can show
 # How a refused session creation names the body's fields (the `field` of the 400, and its message).
 SESSION_FIELDS = {name: f"body/{name}" for name in ("user_id", "role", "kiosk_id", "ttl")}
@@ -543,13 +544,22 @@ class Api:
     @app.route("/healthz", methods=["GET"])
     @inlineCallbacks
     def healthz_route(self, request):
+        """The stores pinged at once, each for at most HEALTH_CHECK_TIMEOUT (a store in Redis
+        not reached yet would otherwise wait for its first connection), and the bus."""
+        from twisted.internet import reactor
+
+        names = ("session_store", "event_store")
+        pings = [maybeDeferred(store.ping).addTimeout(HEALTH_CHECK_TIMEOUT, reactor)
+                 for store in (self.sessions, self.event_store)]
+        results = yield DeferredList(pings, consumeErrors=True)
         checks = {}
-        for name, store in (("session_store", self.sessions), ("event_store", self.event_store)):
-            try:
-                yield store.ping()
+        for name, (ok, result) in zip(names, results):
+            if ok:
                 checks[name] = "ok"
-            except Exception as e:
-                checks[name] = f"unavailable: {e}"
+            elif result.check(TimeoutError, CancelledError):
+                checks[name] = f"unavailable: no answer within {HEALTH_CHECK_TIMEOUT:g} s"
+            else:
+                checks[name] = f"unavailable: {result.value}"
         bus_healthy = None if self.bus is None else self.bus.healthy  # None: the bus of one process (IBus)
         if bus_healthy is not None:
             refused = self.bus.write_error

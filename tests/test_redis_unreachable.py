@@ -9,6 +9,7 @@ import re
 
 import pytest
 import pytest_twisted
+import treq
 from processes import RedisServer, eformws, free_port, write_config
 
 RETRIES = "[redis]\nreconnect_initial_delay = 0.05\nreconnect_max_delay = 0.2\n"
@@ -81,3 +82,19 @@ async def test_status_shows_the_health_checks_when_redis_is_down(tmp_path, spawn
     assert code == 0, err
     assert re.search(r"^health\s+unavailable", out, re.M), out
     assert re.search(r"^\s+session_store\s+unavailable", out, re.M), out
+
+
+@pytest_twisted.ensureDeferred
+async def test_healthz_names_each_store_unavailable_while_redis_was_never_reached(tmp_path, spawn):
+    config = write_config(tmp_path, RETRIES)
+    gateway = await spawn(["--config", str(config), "--port", "0", "--host", "127.0.0.1",
+                           "--redis", f"redis://127.0.0.1:{free_port()}/0"], tmp_path)
+    response = await treq.get(gateway.http("/healthz"), persistent=False)
+    body = await response.json()
+    assert response.code == 503
+    # Both stores are asked at once, each for at most 2 s (a ping may wait for a first connection).
+    assert body["checks"]["session_store"] in ("unavailable: redis session store: not connected yet",
+                                               "unavailable: no answer within 2 s")
+    assert body["checks"]["event_store"] in ("unavailable: redis event store: not connected yet",
+                                             "unavailable: no answer within 2 s")
+    assert body["checks"]["redis_bus"].startswith("unavailable: redis unreachable")
