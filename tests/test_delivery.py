@@ -586,3 +586,14 @@ async def test_the_autobahn_state_the_direct_frame_write_relies_on_is_there(serv
     assert len(connection.send_queue) == 0
     await server.service.events.broadcast("/ws/lockers", "direct", {"n": 1})
     assert (await client.recv())["data"] == {"n": 1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_creating_a_namespace_that_exists_keeps_its_clients_and_rooms(server):
+    path = "/ws/lockers"
+    client = await server.join(path, await server.session())
+    server.hub.create_namespace(path, require_auth=False, default_room="elsewhere")
+    assert await server.service.events.broadcast_to_room(path, "locker_updates", "evt", {}) == 1
+    got = await client.recv()
+    assert (got["type"], got["namespace"], got["room"]) == ("evt", path, "locker_updates")
+    await client.close()

@@ -5,6 +5,7 @@ version or by hand) never fails a read: replay, resume and health leave it out."
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 
 import pytest
@@ -12,6 +13,7 @@ import pytest_twisted
 import treq
 
 from conftest import locker
+from eformws import wire
 from eformws.events import ValidationError
 from wamp_peer import call_error, join as wamp_join
 
@@ -123,3 +125,35 @@ async def test_a_call_to_a_procedure_with_a_lone_surrogate_gets_invalid_uri(serv
     error = json.loads(await client.recv_raw())
     assert error[:5] == [8, 48, 7, {}, "wamp.error.invalid_uri"]
     await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_data_of_exactly_max_data_bytes_is_accepted_and_stored(start_server):
+    server = await start_server({"events.max_data_bytes": 1024})
+    data = locker(reason="x")
+    data["reason"] = "x" * (1024 - len(wire.dumps(data)) + 1)
+    assert len(wire.dumps(data)) == 1024
+    stored = await server.service.events.emit("locker_state_changed", data)
+    assert stored["data"] == data
+    assert await stored_count(server) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_entry_that_decodes_but_cannot_be_framed_is_left_out_of_replay_and_resume(start_server, tmp_path):
+    server = await start_server({})
+    first = await server.service.events.emit("locker_state_changed", locker())
+    second = await server.service.events.emit("locker_state_changed", locker(lockerId="L2"))
+    unsendable = {**first, "data": {**first["data"], "metadata": {"weight": math.nan}}}
+    with sqlite3.connect(tmp_path / "eformws.db") as db:  # the test configuration's file
+        db.execute("UPDATE events SET envelope = ? WHERE seq = ?", (json.dumps(unsendable), int(first["seq"])))
+    session_id = await server.session(role="staff")
+
+    replayed = await server.join(LOCKERS, session_id)
+    assert (await replayed.recv())["seq"] == second["seq"]
+
+    resumed = await server.connect(f"{LOCKERS}?sessionId={session_id}&since=0&epoch={first['epoch']}")
+    messages = [await resumed.recv() for _ in range(4)]
+    assert [m["type"] for m in messages] == ["connection", "room_joined", "locker_state_changed", "resumed"]
+    assert messages[2]["seq"] == second["seq"]
+    for client in (replayed, resumed):
+        await client.close()

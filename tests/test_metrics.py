@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest_twisted
 import treq
-from conftest import locker
+from conftest import locker, until_pong
 from prometheus_client.parser import text_string_to_metric_families
 
 LOCKERS = "/ws/lockers"
@@ -195,3 +195,13 @@ async def test_each_redis_connection_reports_its_state(start_server, redis_url, 
         server, lambda s: all(value(s, "eformws_redis_up", connection=name) == 1 for name in names)
     )
     assert {dict(labels)["connection"] for name, labels in samples if name == "eformws_redis_up"} == set(names)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_event_for_a_client_in_two_of_its_rooms_counts_one_message_sent(server):
+    client = await server.join(LOCKERS, await server.session(), rooms=["kiosk-1"])
+    before = await scrape(server)
+    stored = await server.service.events.emit("locker_state_changed", locker(kiosk="kiosk-1"))
+    assert await until_pong(client) == [stored]
+    after = await scrape(server)
+    assert value(after, "eformws_messages_sent_total") - value(before, "eformws_messages_sent_total") == 1

@@ -11,7 +11,7 @@ import time
 import pytest
 import pytest_twisted
 import treq
-from conftest import parse_ts, until_pong
+from conftest import locker, parse_ts, until_pong
 from twisted.internet import defer, reactor, task
 from twisted.logger import globalLogPublisher
 
@@ -646,3 +646,18 @@ async def test_an_event_delivered_after_a_shared_replay_is_in_the_next_connectio
     second = await emit(server, n=2)
     late = await server.join(LOCKERS, session_id)
     assert [(await late.recv())["seq"] for _ in range(2)] == [first["seq"], second["seq"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_connecting_just_after_a_failed_replay_query_still_gets_live_events(server):
+    session_id = await server.session()
+    store = server.service.event_store
+    original = store.recent
+    failures = [RuntimeError("event store unavailable")]
+    store.recent = lambda *args, **kwargs: (defer.fail(failures.pop()) if failures
+                                            else original(*args, **kwargs))
+    first = await server.join(LOCKERS, session_id)  # its replay fails: left out
+    second = await server.join(LOCKERS, session_id)  # same filter and position, within a second
+    stored = await server.service.events.emit("locker_state_changed", locker())
+    assert await until_pong(first) == [stored]
+    assert await until_pong(second) == [stored]

@@ -186,3 +186,24 @@ def test_redactor_never_changes_the_original():
     envelope = {"type": "t", "data": {"note": "x", "metadata": {"ownerKey": "k", "o": 1}}}
     Redactor(["note", "metadata.ownerKey"]).redact(envelope)
     assert envelope == {"type": "t", "data": {"note": "x", "metadata": {"ownerKey": "k", "o": 1}}}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kiosk_replaying_an_event_staff_replayed_first_gets_it_redacted(server):
+    await server.service.events.emit("help_requested", help_request())
+    staff = await server.join(HELP, await server.session(role="staff"))
+    assert (await staff.recv())["data"]["note"] == "door stuck"
+    kiosk = await server.join(HELP, await server.session(user="k1", role="kiosk", kiosk="kiosk-1"))
+    replayed = await kiosk.recv()
+    assert replayed["type"] == "help_requested"
+    assert "note" not in replayed["data"] and "user_contact" not in replayed["data"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_staff_replaying_an_event_a_kiosk_replayed_first_get_its_sensitive_fields(server):
+    await server.service.events.emit("help_requested", help_request())
+    kiosk = await server.join(HELP, await server.session(user="k1", role="kiosk", kiosk="kiosk-1"))
+    assert "note" not in (await kiosk.recv())["data"]
+    staff = await server.join(HELP, await server.session(role="staff"))
+    replayed = await staff.recv()
+    assert (replayed["data"]["note"], replayed["data"]["user_contact"]) == ("door stuck", "+44 7700 900123")

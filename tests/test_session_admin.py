@@ -14,7 +14,7 @@ import time
 import pytest
 import pytest_twisted
 import treq
-from conftest import TS, aio, bearer, session_cookie
+from conftest import TS, aio, bearer, refused, session_cookie
 from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 
@@ -162,7 +162,7 @@ async def test_list_shows_references_oldest_first_never_ids(server):
 @pytest_twisted.ensureDeferred
 async def test_list_tells_live_expired_and_revoked_sessions_apart(server):
     admin = await server.session("alice", "admin")
-    expired = await server.session("old", "staff", ttl=0.05)
+    await server.session("old", "staff", ttl=0.05)
     revoked = await server.session("gone", "staff")
     await server.service.sessions.revoke(revoked)
     await aio(asyncio.sleep(0.1))
@@ -525,3 +525,30 @@ async def test_a_session_id_in_a_path_of_another_spelling_is_404_and_kept_out_of
     text = " ".join(formatEvent(e) + repr(e) for e in log.events)
     assert victim not in text
     assert "unexpected error" not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redis_session_past_its_expires_at_is_refused_though_its_key_remains(start_server, redis_url,
+                                                                                    redis_prefix):
+    server = await redis_server(start_server, redis_url, redis_prefix)
+    session_id = "panel-written-session-id-0123456789"
+    record = {"user_id": "bob", "role": "staff", "created_at": time.time() - 120, "expires_at": time.time() - 60}
+    await server.service.sessions.connection.command(
+        "SET", f"{redis_prefix}session:{id_hash(session_id)}", json.dumps(record), "PX", 60000)
+    client = await server.connect(f"{LOCKERS}?sessionId={session_id}")
+    assert await refused(client) == (1008, "Authentication failed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_store_revoke_of_a_reference_two_live_sessions_share_is_404_and_revokes_neither(
+        start_server, redis_url, redis_prefix):
+    server = await redis_server(start_server, redis_url, redis_prefix)
+    admin = await server.session("alice", "admin")
+    now = time.time()
+    for suffix in ("1", "2"):
+        record = {"user_id": "twin", "role": "staff", "created_at": now, "expires_at": now + 600}
+        await server.service.sessions.connection.command(
+            "SET", f"{redis_prefix}session:abcdef01{suffix * 56}", json.dumps(record), "PX", 600000)
+    assert (await revoke(server, admin, "abcdef01")).code == 404
+    states = [s["state"] for s in (await listed(server, admin)).json["sessions"] if s["user_id"] == "twin"]
+    assert states == ["live", "live"]
