@@ -431,6 +431,14 @@ class Api:
             request.setHeader(b"Idempotent-Replayed", b"true")
         return _json(request, 201, appended.envelope)
 
+    def _sendable(self, envelope: dict) -> bool:
+        """Whether a stored event can be sent; one that cannot (NaN, say, written by hand or
+        by an old version) is left out and logged, as replay leaves it out."""
+        if wire.sendable(envelope):
+            return True
+        self.log.warn("left out event {seq}: it cannot be framed", seq=envelope.get("seq"))
+        return False
+
     @app.route("/api/websocket/health", methods=["GET"])
     @inlineCallbacks
     def health_route(self, request):
@@ -441,6 +449,7 @@ class Api:
         counts = hub.counts()
         if not self.policy.sees_sensitive(session):
             recent = [hub.redactor.redact(envelope) for envelope in recent]
+        recent = [envelope for envelope in recent if self._sendable(envelope)]
         return _json(
             request,
             200,
