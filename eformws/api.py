@@ -557,24 +557,24 @@ class Api:
         not reached yet would otherwise wait for its first connection), and the bus."""
         from twisted.internet import reactor
 
-        names = ("session_store", "event_store")
-        pings = [maybeDeferred(store.ping).addTimeout(HEALTH_CHECK_TIMEOUT, reactor)
-                 for store in (self.sessions, self.event_store)]
+        parts = {"session_store": self.sessions, "event_store": self.event_store}
+        bus_healthy = None if self.bus is None else self.bus.healthy  # None: the bus of one process (IBus)
+        if bus_healthy:
+            parts["redis_bus"] = self.bus  # up as far as it knows: does Redis answer now?
+        pings = [maybeDeferred(part.ping).addTimeout(HEALTH_CHECK_TIMEOUT, reactor) for part in parts.values()]
         results = yield DeferredList(pings, consumeErrors=True)
         checks = {}
-        for name, (ok, result) in zip(names, results):
+        for name, (ok, result) in zip(parts, results):
             if ok:
                 checks[name] = "ok"
             elif result.check(TimeoutError, CancelledError):
                 checks[name] = f"unavailable: no answer within {HEALTH_CHECK_TIMEOUT:g} s"
             else:
                 checks[name] = f"unavailable: {result.value}"
-        bus_healthy = None if self.bus is None else self.bus.healthy  # None: the bus of one process (IBus)
-        if bus_healthy is not None:
+        if bus_healthy is False:
             refused = self.bus.write_error
             checks["redis_bus"] = (
-                "ok" if bus_healthy
-                else f"unavailable: redis refuses writes ({refused}), delivering locally and buffering" if refused
+                f"unavailable: redis refuses writes ({refused}), delivering locally and buffering" if refused
                 else "unavailable: redis unreachable, delivering locally and buffering"
             )
         healthy = all(v == "ok" for v in checks.values())

@@ -119,7 +119,7 @@ def json_value(path: str, value: Any) -> Any:
     pending = [(path, value, 1)]
     while pending:
         where, item, depth = pending.pop()
-        if item is None or isinstance(item, (bool, int)):
+        if item is None or isinstance(item, bool):
             continue
         if depth > wire.MAX_DEPTH and isinstance(item, (list, dict)):
             raise ValidationError(path, f"must not nest arrays and objects more than {wire.MAX_DEPTH} levels deep",
@@ -127,6 +127,9 @@ def json_value(path: str, value: Any) -> Any:
         if isinstance(item, float):
             if not math.isfinite(item):
                 raise ValidationError(where, "a finite number", item)
+        elif isinstance(item, int):
+            if abs(item) > wire.MAX_FINITE_INT:
+                raise ValidationError(where, "must be a finite number (this integer is beyond a double)", present=False)
         elif isinstance(item, str):
             try:
                 item.encode("utf-8")

@@ -4,12 +4,14 @@ parsing and checking of client messages (docs/protocol.md sections 3-5). No Twis
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 MAX_ROOM_LENGTH = 128
 MAX_DEPTH = 128  # arrays and objects inside one another, in a client message or an API body
+MAX_FINITE_INT = int(sys.float_info.max)  # larger integers are no finite double: refused as 1e400 is
 
 # WebSocket close codes eformws sends (RFC 6455 section 7.4; docs/protocol.md section 3).
 CLOSE_NORMAL = 1000
@@ -82,6 +84,15 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _finite_int(text: str) -> int:
+    """An integer literal beyond a double (`1` and 400 zeros) would be infinity to a
+    JavaScript client: refused, as `1e400` is."""
+    value = int(text)
+    if abs(value) > MAX_FINITE_INT:
+        raise ValueError("an integer beyond a double is out of range")
+    return value
+
+
 def sendable(value: Any) -> bool:
     """Whether `value` can be written as a frame: `dumps` refuses lone surrogates, which a
     `\\ud800` escape in JSON text gives and `json.loads` lets through."""
@@ -126,7 +137,7 @@ def parse_client_message(payload: bytes) -> dict:
     type, a ping's timestamp), nor listed in status."""
     try:
         text = bytes(payload).decode("utf-8") if not isinstance(payload, str) else payload
-        message = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        message = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_finite_int)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise ClientMessageError("invalid_message", "Invalid message format") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):

@@ -148,3 +148,12 @@ async def test_data_of_exactly_max_data_bytes_is_accepted_and_stored(start_serve
     stored = await server.service.events.emit("locker_state_changed", data)
     assert stored["data"] == data
     assert await stored_count(server) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_wamp_broadcast_of_an_integer_beyond_a_double_is_refused_invalid_argument(server):
+    peer = await wamp_join(server, role="admin")
+    error = await call_error(peer.call("eform.broadcast", LOCKERS, "tick", {"x": 10 ** 400}))
+    assert error.error == "wamp.error.invalid_argument"
+    assert error.args[0] == "data.x must be a finite number (this integer is beyond a double)"
+    peer.leave()

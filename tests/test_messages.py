@@ -179,6 +179,7 @@ INVALID = {
     "null_type": '{"type":null}',
     "nan_literal": '{"type":"ping","data":{"timestamp":NaN}}',
     "infinity_literal": '{"type":"ping","timestamp":Infinity}',
+    "integer_beyond_a_double": '{"type":"ping","data":{"timestamp":1' + "0" * 400 + '}}',
 }
 
 

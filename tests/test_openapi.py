@@ -360,6 +360,8 @@ UNSENDABLE_BROADCASTS = {
     "nan_in_data": (b'{"namespace":"/ws/lockers","event":"e","data":{"x":NaN}}', 400, "body/data.x must be a finite number, got nan"),
     "infinity_in_list": (b'{"namespace":"/ws/lockers","event":"e","data":{"x":[1,-Infinity]}}', 400, "body/data.x[1] must be a finite number, got -inf"),
     "1e400_in_data": (b'{"namespace":"/ws/lockers","event":"e","data":{"x":1e400}}', 400, "body/data.x must be a finite number, got inf"),
+    "integer_beyond_a_double": (b'{"namespace":"/ws/lockers","event":"e","data":{"x":1' + b"0" * 400 + b'}}', 400,
+                                "body/data.x must be a finite number (this integer is beyond a double)"),
     "surrogate_in_value": (b'{"namespace":"/ws/lockers","event":"e","data":{"x":"a\\ud800"}}', 400, "body/data.x must be valid Unicode text, got 'a\\ud800'"),
     "surrogate_in_key": (b'{"namespace":"/ws/lockers","event":"e","data":{"\\udfff":1}}', 400, "body/data must be valid Unicode text, got '\\udfff'"),
     "surrogate_in_event": (b'{"namespace":"/ws/lockers","event":"\\ud800","data":{}}', 400, "body/event must be valid Unicode text, got '\\ud800'"),

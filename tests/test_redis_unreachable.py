@@ -6,6 +6,7 @@ when a working Redis goes, `reached` when it comes), none of Twisted's per-retry
 from __future__ import annotations
 
 import re
+import signal
 
 import pytest
 import pytest_twisted
@@ -98,3 +99,22 @@ async def test_healthz_names_each_store_unavailable_while_redis_was_never_reache
     assert body["checks"]["event_store"] in ("unavailable: redis event store: not connected yet",
                                              "unavailable: no answer within 2 s")
     assert body["checks"]["redis_bus"].startswith("unavailable: redis unreachable")
+
+
+@pytest_twisted.ensureDeferred
+async def test_healthz_finds_a_hung_redis_that_still_holds_its_connections(tmp_path, start_server):
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    server = await start_server({"redis.url": redis.url, "redis.prefix": "hung:"})
+    await server.service.bus.writer.when_connected()
+    healthy = await treq.get(server.http("/healthz"), persistent=False)
+    assert (healthy.code, (await healthy.json())["checks"]["redis_bus"]) == (200, "ok")
+    redis.process.transport.signalProcess(signal.SIGSTOP)  # the sockets stay up; nothing answers
+    try:
+        response = await treq.get(server.http("/healthz"), persistent=False)
+        body = await response.json()
+        assert response.code == 503
+        assert body["checks"]["redis_bus"] == "unavailable: no answer within 2 s"  # was "ok": connected, so healthy
+    finally:
+        redis.process.transport.signalProcess(signal.SIGCONT)
+        await redis.stop()

@@ -26,3 +26,7 @@ class IBus(Interface):
 
     def stop():
         """Stop delivering; may return a Deferred."""
+
+    def ping():
+        """A Deferred firing once the transport answers (Redis: PING on the writer), at
+        once for a bus of one process; /healthz bounds the wait."""

@@ -28,3 +28,6 @@ class LocalBus:
 
     def stop(self):
         self._on_message = None
+
+    def ping(self):
+        return succeed(None)

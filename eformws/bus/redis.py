@@ -93,6 +93,11 @@ class RedisBus(MultiService):
         self._flush()
         return succeed(count)
 
+    def ping(self):
+        """PING on the writer: a connection that looks up but whose Redis hangs answers
+        nothing, which `healthy` alone cannot tell."""
+        return self.writer.command("PING")
+
     @property
     def healthy(self) -> bool:
         """Both connections up and writes taken: messages reach every process now."""
