@@ -319,3 +319,51 @@ def redis_url(tmp_path_factory):
 def redis_prefix():
     """A key prefix no other test uses."""
     return f"test-{uuid.uuid4().hex[:12]}:"
+
+
+async def redis_time_ms(connection) -> int:
+    """Redis's clock (TIME), in milliseconds."""
+    seconds, micros = await connection.command("TIME")
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def until_redis_clock_passes(connection, milliseconds: float) -> None:
+    """Wait (asking Redis's TIME, a round trip at a time) until Redis's clock has moved
+    `milliseconds` past now: windows measured by Redis have no event to await."""
+    deadline = await redis_time_ms(connection) + milliseconds
+    while await redis_time_ms(connection) <= deadline:
+        pass
+
+
+class Awaited:
+    """A recorder whose `until(condition)` fires once the condition holds: checked at once,
+    then again at each `wake()` (call it whenever something was recorded)."""
+
+    def __init__(self):
+        self._waiting: list = []
+
+    def wake(self) -> None:
+        for condition, d in list(self._waiting):
+            if condition():
+                self._waiting.remove((condition, d))
+                d.callback(None)
+
+    def until(self, condition, seconds: float = 10.0) -> defer.Deferred:
+        d = defer.Deferred()
+        if condition():
+            d.callback(None)
+        else:
+            self._waiting.append((condition, d))
+        return within(d, seconds)
+
+
+@pytest_twisted.async_yield_fixture
+async def own_redis(tmp_path):
+    """A redis-server of this test's own on a free port: its settings can be changed, it
+    can be stopped and started again."""
+    from processes import RedisServer  # processes imports this module
+
+    server = RedisServer(tmp_path)
+    await server.start()
+    yield server
+    await server.stop()

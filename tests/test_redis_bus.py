@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
+from conftest import Awaited
 from processes import RedisServer
 from proxy import FaultyProxy
 from twisted.internet import defer, reactor
@@ -29,37 +30,21 @@ def message(n) -> Message:
     return Message({"type": "n", "data": {"n": n}}, (Target("/ws/lockers"),))
 
 
-class Hub:
+class Hub(Awaited):
     """What a process's hub gets from its bus, in order (one recipient per message)."""
 
     def __init__(self):
+        super().__init__()
         self.got: list = []
-        self._waiting: list = []
 
     def __call__(self, message: Message) -> int:
         self.got.append(message.envelope["data"]["n"])
-        for entry in list(self._waiting):
-            if entry[0]():
-                self._waiting.remove(entry)
-                entry[1].callback(None)
+        self.wake()
         return 1
-
-    def until(self, condition) -> defer.Deferred:
-        d = defer.Deferred()
-        if condition():
-            d.callback(None)
-        else:
-            self._waiting.append((condition, d))
-        return within(d)
 
     def has(self, n, seconds: float = TIMEOUT) -> defer.Deferred:
         """Fires once the message numbered `n` has come."""
-        d = defer.Deferred()
-        if n in self.got:
-            d.callback(None)
-        else:
-            self._waiting.append((lambda: n in self.got, d))
-        return within(d, seconds)
+        return self.until(lambda: n in self.got, seconds)
 
 
 class Process:
@@ -115,15 +100,6 @@ def processes(redis_prefix):
     for process in started:
         if process.bus.running:
             pytest_twisted.blockon(defer.maybeDeferred(process.bus.stopService))
-
-
-@pytest_twisted.async_yield_fixture
-async def own_redis(tmp_path):
-    """A redis-server of this test's own on a free port, to stop and start again."""
-    server = RedisServer(tmp_path)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def pair(processes, url: str, **options) -> tuple[Process, Process]:

@@ -11,12 +11,11 @@ from functools import partial
 
 import pytest
 import pytest_twisted
-from conftest import locker
+from conftest import Awaited, locker, until_redis_clock_passes
 from conftest import within as bounded
 from processes import RedisServer
 from proxy import FaultyProxy
 from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web._newclient import ResponseNeverReceived
 
@@ -56,35 +55,21 @@ def logged(text: str) -> defer.Deferred:
     return within(d)
 
 
-class Follower:
+class Follower(Awaited):
     """What `follow` hands over: events in order, resets, and Deferreds for both."""
 
     def __init__(self):
+        super().__init__()
         self.events: list[dict] = []
         self.resets: list = []
-        self._waiting: list = []
 
     def event(self, envelope, created) -> None:
         self.events.append(envelope)
-        self._wake()
+        self.wake()
 
     def reset(self, position, why) -> None:
         self.resets.append((position, why))
-        self._wake()
-
-    def _wake(self):
-        for entry in list(self._waiting):
-            if entry[0]():
-                self._waiting.remove(entry)
-                entry[1].callback(None)
-
-    def until(self, condition) -> defer.Deferred:
-        d = defer.Deferred()
-        if condition():
-            d.callback(None)
-        else:
-            self._waiting.append((condition, d))
-        return within(d)
+        self.wake()
 
 
 @pytest.fixture
@@ -104,15 +89,6 @@ def stores(redis_url, redis_prefix):
     for store in started:
         if store.running:
             pytest_twisted.blockon(defer.maybeDeferred(store.stopService))
-
-
-@pytest_twisted.async_yield_fixture
-async def own_redis(tmp_path):
-    """A redis-server of this test's own (settings can be changed, it can be stopped)."""
-    server = RedisServer(tmp_path)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest_twisted.async_yield_fixture
@@ -501,7 +477,7 @@ async def test_the_append_script_frees_an_idempotency_key_after_its_window_excep
 
     assert (await append_as("first"))[0] == "ok"
     assert (await append_as("second"))[0] == "dup"  # within the window: the first is the answer
-    await deferLater(reactor, 0.1, lambda: None)  # Redis's clock passes the window (no event to await)
+    await until_redis_clock_passes(store.connection, 50)  # the window, on Redis's clock
     assert (await append_as("first"))[0] == "dup"  # a resend of the first is still answered as done
     assert (await append_as("second"))[0] == "ok"  # the key is free for another event
 
