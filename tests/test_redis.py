@@ -423,8 +423,10 @@ async def test_redis_outage_keeps_local_delivery_answers_503_and_loses_nothing(t
             broadcasts = [m for m in await until_marker(on_b, a, EVENTS) if m["type"] == "during-outage"]
         assert len(broadcasts) == 1
 
-        # Each connection to Redis comes back on its own backoff: B's session store too.
-        await b.process.line(r"redis session store (connected|reached)", after=marks[1])
+        # Each connection to Redis comes back on its own backoff: a resume needs B's session
+        # store and its event store (until then it is refused 1013 "Event log unavailable").
+        for name in ("session store", "event store"):
+            await b.process.line(rf"redis {name} (connected|reached)", after=marks[1])
         resumed = await b.connect(f"{EVENTS}?sessionId={session_id}&since={before[-1]['seq']}")
         messages = [await resumed.recv()]
         while messages[-1]["type"] != "resumed":
