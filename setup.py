@@ -23,7 +23,7 @@ setup(
     description="Real-time gateway of the eform locker system (WebSocket, WAMP, HTTP API)",
     python_requires=">=3.11",
     packages=find_packages(include=["eformws", "eformws.*"]) + ["twisted.plugins"],
-    package_data={"twisted.plugins": ["eformws_plugin.py"], "eformws.console": ["static/*"]},
+    package_data={"twisted.plugins": ["eformws_plugin.py"], "eformws.http.console": ["static/*"]},
     install_requires=[
         "twisted>=24.3",
         "autobahn>=24.4",

@@ -26,8 +26,8 @@ from twisted.logger import (
 from twisted.protocols.basic import LineReceiver
 
 from bench.floor import emit_loop
-from eformws.config import load_config
-from eformws.service import EformService
+from eformws.runtime.config import load_config
+from eformws.runtime.service import EformService
 
 
 class Control(LineReceiver):

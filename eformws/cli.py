@@ -14,11 +14,11 @@ import urllib.request
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from eformws.config import ConfigError, load_config, unknown_environment
-from eformws.policy import ROLES
+from eformws.backends.sqlite import connect
+from eformws.core.policy import ROLES
+from eformws.runtime.config import ConfigError, load_config, unknown_environment
 from eformws.sessions import SessionError, check_session_request
 from eformws.sessions import sqlite as session_sql
-from eformws.sqlite import connect
 
 
 class CommandError(Exception):
@@ -49,7 +49,7 @@ def _in_redis(config, action):
     result, or CommandError with one line (an unreachable Redis included)."""
     from twisted.internet.defer import inlineCallbacks
 
-    from eformws.redis import RedisAddress
+    from eformws.backends.redis import RedisAddress
     from eformws.sessions.redis import RedisSessionStore
 
     address = RedisAddress.parse(config.get("redis", "url"))
@@ -233,7 +233,7 @@ def _trust(args) -> _Trust | None:
     if path is None:
         return None
     source = "--cacert" if args.cacert else "EFORMWS_CACERT"
-    from eformws.tls import PEM_CERTIFICATE
+    from eformws.runtime.tls import PEM_CERTIFICATE
 
     try:
         with open(path, "rb") as f:

@@ -18,8 +18,8 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
 
-from eformws.backoff import FACTOR, INITIAL_DELAY, MAX_DELAY, backoff_delay
-from eformws.wire import CLOSE_POLICY
+from eformws.core.backoff import FACTOR, INITIAL_DELAY, MAX_DELAY, backoff_delay
+from eformws.core.wire import CLOSE_POLICY
 
 __all__ = [
     "ClientError", "Disconnect", "EformClient", "GaveUp", "Refused", "Resumed", "ServerError",

@@ -7,8 +7,8 @@ import sys
 
 from twisted.python import usage
 
-from eformws.config import ConfigError, load_config
-from eformws.listener import CannotListen, bind_listener
+from eformws.runtime.config import ConfigError, load_config
+from eformws.runtime.listener import CannotListen, bind_listener
 
 
 class Options(usage.Options):
@@ -78,9 +78,9 @@ class Options(usage.Options):
 
 
 def makeService(options):
-    from eformws.service import EformService
-    from eformws.tls import tls_options
-    from eformws.workers import WorkerParent, end_with_parent
+    from eformws.runtime.service import EformService
+    from eformws.runtime.tls import tls_options
+    from eformws.runtime.workers import WorkerParent, end_with_parent
 
     try:
         if options["demo"]:
@@ -114,7 +114,7 @@ def _demo(options):
     import shutil
     import tempfile
 
-    from eformws.demo import DemoService, demo_config
+    from eformws.runtime.demo import DemoService, demo_config
 
     overrides = options.overrides()
     overrides.setdefault(("server", "host"), "127.0.0.1")

@@ -18,7 +18,7 @@ import websockets
 from twisted.internet import defer
 from websockets.exceptions import ConnectionClosed
 
-from eformws.config import load_config
+from eformws.runtime.config import load_config
 
 
 def aio(awaitable) -> defer.Deferred:
@@ -245,7 +245,7 @@ def start_service():
     listening; stopped after the test."""
     # Imported here: Klein installs the default reactor on import, and pytest-twisted
     # must install the asyncio reactor first.
-    from eformws.service import EformService
+    from eformws.runtime.service import EformService
 
     started: list[EformService] = []
 
@@ -355,6 +355,11 @@ class Awaited:
         else:
             self._waiting.append((condition, d))
         return within(d, seconds)
+
+
+# The Redis connections of a gateway process, by the name its logs and metrics give them
+# (docs/operations.md): one for commands, one blocking reader per stream.
+REDIS_CONNECTIONS = ("commands", "bus reader", "event log reader")
 
 
 @pytest_twisted.async_yield_fixture

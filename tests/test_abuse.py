@@ -29,8 +29,8 @@ from processes import create_session as cli_session
 from processes import eformws, write_config
 from websockets.exceptions import ConnectionClosed
 
+from eformws.backends.sqlite import connect
 from eformws.sessions.sqlite import create_session, id_hash
-from eformws.sqlite import connect
 
 LOCKERS = "/ws/lockers"
 TOKEN = "abuse-token-3f9a1c5be2d04e87"

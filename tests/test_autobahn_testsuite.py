@@ -35,7 +35,7 @@ def start_echo_server(start_configured):
 
 @pytest_twisted.ensureDeferred
 async def test_echo_namespace_sends_nothing_first_and_echoes_text_and_binary_as_they_came(start_echo_server):
-    from eformws.websocket import LegacyProtocol
+    from eformws.transports.legacy import LegacyProtocol
 
     server = await start_echo_server()
     client = await server.connect("/ws/echo")

@@ -1,4 +1,4 @@
-"""Each private part of Twisted and Autobahn that eformws/compat.py uses, pinned: these fail
+"""Each private part of Twisted and Autobahn that eformws/core/compat.py uses, pinned: these fail
 when a release of either library renames or changes it, before the slow-consumer guard,
 the exact timers or an orderly exit weaken without a word."""
 
@@ -19,7 +19,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from eformws.compat import (
+from eformws.core.compat import (
     Frame,
     drop_pipelined_requests,
     forget_exit_signal,
@@ -109,7 +109,7 @@ class _Pending(Resource):
 
 def test_requests_pipelined_behind_an_unanswered_one_are_seen_and_can_be_dropped():
     site = Site(_Pending())
-    channel = HTTPChannel()  # what eformws.site's channel is (the Site wraps one for HTTP/2 negotiation)
+    channel = HTTPChannel()  # what eformws.http.site's channel is (the Site wraps one for HTTP/2 negotiation)
     channel.site, channel.requestFactory = site, site.requestFactory
     channel.makeConnection(StringTransport())
     channel.dataReceived(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eformws.config import SCHEMA, ConfigError, load_config
+from eformws.runtime.config import SCHEMA, ConfigError, load_config
 
 EXAMPLE = Path(__file__).parent.parent / "etc" / "eformws.toml"
 

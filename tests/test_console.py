@@ -12,10 +12,21 @@ import uuid
 import pytest
 import pytest_twisted
 import treq
-from browser import WIDE, Recorder, closing_after, chromium, emit_status, expect, future, log_in, logged_in, open_console  # noqa: F401
+from browser import (  # noqa: F401
+    WIDE,
+    Recorder,
+    chromium,
+    closing_after,
+    emit_status,
+    expect,
+    future,
+    log_in,
+    logged_in,
+    open_console,
+)
 from conftest import aio
 
-from eformws.console import content_security_policy
+from eformws.http.console import content_security_policy
 
 LOCKERS = "/ws/lockers"
 

@@ -15,7 +15,6 @@ import pytest
 import pytest_twisted
 from conftest import TS, aio, assert_got_nothing, within
 
-
 DEFAULT_ROOMS = {"/ws/lockers": "locker_updates", "/ws/help": "help_requests", "/ws/events": "system_events"}
 
 
@@ -131,7 +130,7 @@ async def test_broadcast_frame_is_compact_json_and_keeps_an_explicit_null(server
 
 @pytest_twisted.ensureDeferred
 async def test_broadcast_to_unknown_namespace_raises_unknown_namespace(server):
-    from eformws.hub import UnknownNamespace
+    from eformws.delivery.hub import UnknownNamespace
 
     with pytest.raises(UnknownNamespace):
         server.service.events.broadcast("/ws/nowhere", "evt", {})
@@ -141,7 +140,7 @@ async def test_broadcast_to_unknown_namespace_raises_unknown_namespace(server):
 
 @pytest_twisted.ensureDeferred
 async def test_broadcast_is_framed_once_whatever_the_number_of_recipients(server, monkeypatch):
-    from eformws.websocket import JsonFraming
+    from eformws.transports.legacy import JsonFraming
 
     prepared = []
     original = JsonFraming.prepare

@@ -11,12 +11,12 @@ import pytest_twisted
 import treq
 from processes import Gateway, _reactor
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 
-from eformws.demo import KIOSKS, DemoGenerator, DemoService, demo_config
-from eformws.demo_clients import WAMP_REFUSALS
 from eformws.events import ValidationError
+from eformws.runtime.demo import KIOSKS, DemoGenerator, DemoService, demo_config
+from eformws.runtime.demo_clients import WAMP_REFUSALS
 
 
 @pytest.fixture(autouse=True)

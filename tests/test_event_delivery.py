@@ -12,7 +12,7 @@ import pytest_twisted
 import treq
 from conftest import TS, ask, locker, parse_ts, until_pong
 
-from eformws import wire
+from eformws.core import wire
 from eformws.events import ValidationError
 
 ENVELOPE_KEYS = ["id", "seq", "epoch", "type", "timestamp", "namespace", "room", "version", "data"]

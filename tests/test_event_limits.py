@@ -11,11 +11,12 @@ import sqlite3
 import pytest
 import pytest_twisted
 import treq
-
 from conftest import locker
-from eformws import wire
+from wamp_peer import call_error
+from wamp_peer import join as wamp_join
+
+from eformws.core import wire
 from eformws.events import ValidationError
-from wamp_peer import call_error, join as wamp_join
 
 LOCKERS = "/ws/lockers"
 

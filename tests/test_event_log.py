@@ -269,7 +269,7 @@ async def test_an_emit_whose_caller_gives_up_is_still_stored_and_delivered(start
 
 
 def _lockers_filter():
-    from eformws.store import EventFilter
+    from eformws.events.store import EventFilter
 
     return EventFilter(LOCKERS, frozenset({"locker_updates"}))
 

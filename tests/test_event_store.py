@@ -11,13 +11,14 @@ import pytest_twisted
 from conftest import until_redis_clock_passes
 from twisted.internet import defer, reactor
 
-from eformws import events, wire
-from eformws.redis import RedisAddress
-from eformws.sqlite import SQLiteDatabase
-from eformws.store import EventFilter, Idempotency, IdempotencyConflict, Position, addresses_of, fingerprint
-from eformws.store.memory import MemoryEventStore
-from eformws.store.redis import RedisEventStore
-from eformws.store.sqlite import SQLiteEventStore
+from eformws import events
+from eformws.backends.redis import RedisAddress
+from eformws.backends.sqlite import SQLiteDatabase
+from eformws.core import wire
+from eformws.events.store import EventFilter, Idempotency, IdempotencyConflict, Position, addresses_of, fingerprint
+from eformws.events.store.memory import MemoryEventStore
+from eformws.events.store.redis import RedisEventStore
+from eformws.events.store.sqlite import SQLiteEventStore
 
 T0 = 1_700_000_000.0  # the fake clock's start
 CREATED_AT = "2024-01-15T10:30:00.000Z"
@@ -152,7 +153,7 @@ def make_store(request, tmp_path):
 
 
 # The memory store keeps nothing across a restart (every start is a new epoch, by design:
-# eformws/store/memory.py): what a restart keeps is a contract of the stores that persist only.
+# eformws/events/store/memory.py): what a restart keeps is a contract of the stores that persist only.
 @pytest.fixture(params=["sqlite", "redis"])
 def persistent_stores(request, tmp_path):
     """`.open(clock, max_events=...)` a store, `.close()` the newest (a process restart is

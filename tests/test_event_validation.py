@@ -11,12 +11,13 @@ import uuid
 from datetime import datetime, timezone
 
 import pytest
+from conftest import TS, locker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import TS, locker
-from eformws import events, wire
-from eformws.message import Target
+from eformws import events
+from eformws.core import wire
+from eformws.core.message import Target
 
 PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

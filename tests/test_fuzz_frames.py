@@ -33,7 +33,7 @@ from conftest import TS
 from logcheck import logged_problems  # noqa: F401  (autouse: no failure in the log)
 
 LIMIT = 65536  # websocket.max_message_bytes
-MAX_DEPTH = 128  # eformws.wire.MAX_DEPTH
+MAX_DEPTH = 128  # eformws.core.wire.MAX_DEPTH
 MAX_ROOM = 128
 OVERRIDES = {
     "websocket.rate_limit": 10000.0,

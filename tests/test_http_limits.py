@@ -19,7 +19,6 @@ import time
 import pytest
 import pytest_twisted
 import treq
-
 from conftest import aio
 
 HEAD_TIMEOUT = 0.5
@@ -316,7 +315,7 @@ def test_a_body_deadline_is_the_head_timeout_plus_its_length_over_the_rate_to_th
     from twisted.python.failure import Failure
     from twisted.web.resource import Resource
 
-    from eformws.site import build_site
+    from eformws.http.site import build_site
 
     clock = Clock()
     site = build_site(Resource(), Resource(), 1000, head_timeout=10.0, min_body_rate=100, reactor=clock)

@@ -13,28 +13,28 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from logcheck import logged_problems  # noqa: F401  (autouse: no error in the log)
 from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
 import eformws
+from eformws.backends.redis import RedisAddress
+from eformws.backends.sqlite import SQLiteDatabase
 from eformws.bus import IBus
 from eformws.bus.local import LocalBus
 from eformws.bus.redis import RedisBus
-from eformws.hub import IConnection, IEndpoint, IFraming
-from eformws.redis import RedisAddress
+from eformws.delivery.hub import IConnection, IEndpoint, IFraming
+from eformws.events.store import IEventStore
+from eformws.events.store.memory import MemoryEventStore
+from eformws.events.store.redis import RedisEventStore
+from eformws.events.store.sqlite import SQLiteEventStore
 from eformws.sessions import ISessionAdmin, ISessionStore
 from eformws.sessions.redis import RedisSessionStore
 from eformws.sessions.sqlite import SQLiteSessionStore
-from eformws.sqlite import SQLiteDatabase
-from eformws.store import IEventStore
-from eformws.store.memory import MemoryEventStore
-from eformws.store.redis import RedisEventStore
-from eformws.store.sqlite import SQLiteEventStore
-from eformws.wamp.framing import EventFraming
-from eformws.wamp.router import WampRouter
-from eformws.wamp.transport import WampProtocol
-from eformws.websocket import JsonFraming, LegacyProtocol
-from logcheck import logged_problems  # noqa: F401  (autouse: no error in the log)
+from eformws.transports.legacy import JsonFraming, LegacyProtocol
+from eformws.transports.wamp.framing import EventFraming
+from eformws.transports.wamp.router import WampRouter
+from eformws.transports.wamp.transport import WampProtocol
 
 TIMEOUT = 5.0
 LOCKERS = "/ws/lockers"

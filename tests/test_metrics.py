@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest_twisted
 import treq
-from conftest import locker, until_pong
+from conftest import REDIS_CONNECTIONS, locker, until_pong
 from prometheus_client.parser import text_string_to_metric_families
 
 LOCKERS = "/ws/lockers"
@@ -190,11 +190,10 @@ async def test_session_expiry_closes_are_counted(start_server):
 @pytest_twisted.ensureDeferred
 async def test_each_redis_connection_reports_its_state(start_server, redis_url, redis_prefix):
     server = await start_server({"redis.url": redis_url, "redis.prefix": redis_prefix})
-    names = ("bus writer", "bus reader", "event store", "event log reader", "session store", "node registry")
     samples = await scrape_until(
-        server, lambda s: all(value(s, "eformws_redis_up", connection=name) == 1 for name in names)
+        server, lambda s: all(value(s, "eformws_redis_up", connection=name) == 1 for name in REDIS_CONNECTIONS)
     )
-    assert {dict(labels)["connection"] for name, labels in samples if name == "eformws_redis_up"} == set(names)
+    assert {dict(labels)["connection"] for name, labels in samples if name == "eformws_redis_up"} == set(REDIS_CONNECTIONS)
 
 
 @pytest_twisted.ensureDeferred

@@ -1,5 +1,5 @@
 """The HTTP API against its OpenAPI 3.1 document, docs/openapi.yaml: the document is valid
-and names exactly the routes of eformws/api.py with every status each can answer;
+and names exactly the routes of eformws/http/api.py with every status each can answer;
 schemathesis fuzzes a real `twistd -n eformws` process with an API token, an admin session,
 a kiosk session and no credentials (no 5xx, every status, content type, header and body as
 documented); and the answers schemathesis cannot provoke (413, 404 for unknown paths, 405,
@@ -33,9 +33,8 @@ import pytest_twisted
 import treq
 import yaml
 from jsonschema import Draft202012Validator
-from twisted.internet.utils import getProcessOutputAndValue
-
 from processes import _reactor, create_session, environment, write_config
+from twisted.internet.utils import getProcessOutputAndValue
 
 DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
@@ -52,7 +51,7 @@ MAX_EXAMPLES = 20  # per operation and phase: about 500 requests, 3 to 6 seconds
 TOKEN = "tok-openapi"
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
-# Every status each operation can answer (read from eformws/api.py); the document must
+# Every status each operation can answer (read from eformws/http/api.py); the document must
 # list exactly these, so a new error path or a removed one shows up here.
 STATUSES = {
     ("/api/websocket/status", "get"): {"200", "400", "401", "403", "503"},
@@ -118,7 +117,7 @@ def test_document_is_valid_openapi_3_1(document):
 
 
 def test_document_has_exactly_the_routes_of_the_api():
-    from eformws.api import Api  # imported late: Klein must find the asyncio reactor installed
+    from eformws.http.api import Api  # imported late: Klein must find the asyncio reactor installed
 
     document = yaml.safe_load(DOCUMENT.read_text(encoding="utf-8"))
     routes = {

@@ -1,4 +1,4 @@
-"""The one authorizer every transport and the HTTP API ask (eformws/policy.py), on its own:
+"""The one authorizer every transport and the HTTP API ask (eformws/core/policy.py), on its own:
 the kiosk-room rule, namespace roles, and who may publish, manage sessions and see
 sensitive fields, from the `auth` settings."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eformws.config import load_config
-from eformws.policy import Policy
+from eformws.core.policy import Policy
+from eformws.runtime.config import load_config
 
 
 @dataclass

@@ -24,8 +24,8 @@ from processes import (
     write_config,
 )
 
+from eformws.backends.sqlite import connect
 from eformws.sessions.sqlite import lookup_session
-from eformws.sqlite import connect
 
 
 @pytest_twisted.ensureDeferred

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eformws.ratelimit import TokenBucket
+from eformws.transports.ratelimit import TokenBucket
 
 
 class Clock:

@@ -13,7 +13,7 @@ import uuid
 import pytest
 import pytest_twisted
 import treq
-from conftest import locker
+from conftest import REDIS_CONNECTIONS, locker
 from processes import (
     TIMEOUT,
     Gateway,
@@ -398,7 +398,7 @@ async def test_redis_outage_keeps_local_delivery_answers_503_and_loses_nothing(t
 
         marks = (a.process.mark, b.process.mark)
         await redis.stop()
-        await a.process.line(r"redis bus writer connection lost", after=marks[0])
+        await a.process.line(r"redis commands connection lost", after=marks[0])
         code, health = await get(a, "/healthz")
         assert code == 503 and health["status"] == "unavailable"
         assert any("redis" in name or "redis" in str(value) for name, value in health["checks"].items()), health
@@ -423,10 +423,10 @@ async def test_redis_outage_keeps_local_delivery_answers_503_and_loses_nothing(t
             broadcasts = [m for m in await until_marker(on_b, a, EVENTS) if m["type"] == "during-outage"]
         assert len(broadcasts) == 1
 
-        # Each connection to Redis comes back on its own backoff: a resume needs B's session
-        # store and its event store (until then it is refused 1013 "Event log unavailable").
-        for name in ("session store", "event store"):
-            await b.process.line(rf"redis {name} (connected|reached)", after=marks[1])
+        # Each connection to Redis comes back on its own backoff: a resume needs B's command
+        # connection, which the session store and the event store share (until then it is
+        # refused 1013 "Event log unavailable").
+        await b.process.line(r"redis commands (connected|reached)", after=marks[1])
         resumed = await b.connect(f"{EVENTS}?sessionId={session_id}&since={before[-1]['seq']}")
         messages = [await resumed.recv()]
         while messages[-1]["type"] != "resumed":
@@ -434,7 +434,7 @@ async def test_redis_outage_keeps_local_delivery_answers_503_and_loses_nothing(t
         assert [m["seq"] for m in messages if m["type"] == "locker_state_changed"] == [e["seq"] for e in during]
         assert messages[-1]["data"]["recovered"] is True
         for gateway, mark in zip((a, b), marks):
-            for name in ("bus writer", "bus reader", "event store", "event log reader", "session store", "node registry"):
+            for name in REDIS_CONNECTIONS:
                 await gateway.process.line(f"redis {name} (connected|reached)", after=mark)
             code, health = await get(gateway, "/healthz")
             assert code == 200, health
@@ -451,7 +451,7 @@ async def test_handshake_while_redis_sessions_are_unreachable_is_refused_with_50
         session_id = await create_session(tmp_path, a.config)
         mark = a.process.mark
         await redis.stop()
-        await a.process.line(r"redis session store connection lost", after=mark)
+        await a.process.line(r"redis commands connection lost", after=mark)
         from websockets.exceptions import InvalidStatus
 
         try:
@@ -503,7 +503,7 @@ async def test_cli_with_unreachable_redis_fails_with_one_line(tmp_path, redis_pr
 
 @pytest_twisted.ensureDeferred
 async def test_a_command_before_the_first_connection_waits_for_it(tmp_path):
-    from eformws.redis import RedisAddress, RedisConnection
+    from eformws.backends.redis import RedisAddress, RedisConnection
 
     redis = RedisServer(tmp_path)
     connection = RedisConnection(RedisAddress.parse(redis.url), "test", 0.05, 0.2)
@@ -521,7 +521,7 @@ async def test_a_command_before_the_first_connection_waits_for_it(tmp_path):
 async def test_a_command_fails_with_redis_unavailable_when_redis_never_came(tmp_path):
     from processes import free_port
 
-    from eformws.redis import RedisAddress, RedisConnection, RedisUnavailable
+    from eformws.backends.redis import RedisAddress, RedisConnection, RedisUnavailable
 
     connection = RedisConnection(RedisAddress.parse(f"redis://127.0.0.1:{free_port()}/0"), "test", 0.05, 0.2,
                                  startup_wait=0.3)
@@ -535,7 +535,7 @@ async def test_a_command_fails_with_redis_unavailable_when_redis_never_came(tmp_
 
 @pytest_twisted.ensureDeferred
 async def test_a_command_fails_at_once_during_an_outage_after_a_connection(tmp_path):
-    from eformws.redis import RedisAddress, RedisConnection, RedisUnavailable
+    from eformws.backends.redis import RedisAddress, RedisConnection, RedisUnavailable
 
     redis = RedisServer(tmp_path)
     await redis.start()
@@ -559,7 +559,7 @@ async def test_a_connection_a_proxy_accepts_and_drops_while_redis_is_down_keeps_
     from twisted.internet import reactor
     from twisted.logger import formatEvent, globalLogPublisher
 
-    from eformws.redis import RedisAddress, RedisConnection
+    from eformws.backends.redis import RedisAddress, RedisConnection
 
     redis = RedisServer(tmp_path)
     await redis.start()

@@ -15,9 +15,9 @@ from proxy import FaultyProxy
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
+from eformws.backends.redis import RedisAddress, RedisConnection
 from eformws.bus.redis import RedisBus
-from eformws.message import Message, Target
-from eformws.redis import RedisAddress, RedisConnection
+from eformws.core.message import Message, Target
 
 TIMEOUT = 10.0
 

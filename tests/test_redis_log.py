@@ -20,11 +20,11 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web._newclient import ResponseNeverReceived
 
 from eformws import events
+from eformws.backends.redis import RedisAddress, RedisConnection, check_durability
 from eformws.bus.redis import RedisBus
-from eformws.message import Message, Target
-from eformws.redis import RedisAddress, RedisConnection, check_durability
-from eformws.store import Idempotency, addresses_of, fingerprint
-from eformws.store.redis import APPEND, EmitTimeout, RedisEventStore
+from eformws.core.message import Message, Target
+from eformws.events.store import Idempotency, addresses_of, fingerprint
+from eformws.events.store.redis import APPEND, EmitTimeout, RedisEventStore
 
 TIMEOUT = 10.0
 
@@ -266,7 +266,7 @@ async def test_broadcasts_refused_for_memory_reach_the_other_process_once_in_ord
         await within(bus.writer.when_connected())
         await within(bus.reader.when_connected())
     await refuse_writes(admin)
-    refused = logged("redis bus write failed")
+    refused = logged("redis refuses bus writes")
     for n in range(5):
         sender.publish(Message({"type": "n", "data": {"n": n}}, (Target("/ws/lockers"),)))
     await refused
@@ -366,7 +366,7 @@ async def test_an_emit_whose_http_client_gives_up_during_an_outage_is_delivered_
 
 
 def _filter(namespace: str, room: str):
-    from eformws.store import EventFilter
+    from eformws.events.store import EventFilter
 
     return EventFilter(namespace, frozenset({room}))
 

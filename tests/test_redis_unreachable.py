@@ -11,10 +11,10 @@ import signal
 import pytest
 import pytest_twisted
 import treq
+from conftest import REDIS_CONNECTIONS
 from processes import RedisServer, eformws, free_port, write_config
 
 RETRIES = "[redis]\nreconnect_initial_delay = 0.05\nreconnect_max_delay = 0.2\n"
-CONNECTIONS = ("bus writer", "bus reader", "event store", "event log reader", "session store", "node registry")
 
 
 async def pause(seconds: float) -> None:
@@ -53,19 +53,19 @@ async def test_redis_lost_while_running_is_said_once_per_connection_and_reached_
         config = write_config(tmp_path, RETRIES)
         gateway = await spawn(["--config", str(config), "--port", "0", "--host", "127.0.0.1", "--redis", redis.url],
                               tmp_path)
-        for name in CONNECTIONS:
+        for name in REDIS_CONNECTIONS:
             await gateway.process.line(rf"redis {name} connected to 127\.0\.0\.1:{redis.port}")
         mark = gateway.process.mark
         await redis.stop()
-        for name in CONNECTIONS:
+        for name in REDIS_CONNECTIONS:
             await gateway.process.line(rf"redis {name} connection lost \(127\.0\.0\.1:{redis.port}\); retrying with "
                                        r"backoff \(up to 0\.2 s apart\)", after=mark)
         await pause(1.0)  # reconnect attempts at most 0.2 s apart: several fail meanwhile
         await redis.start()
-        for name in CONNECTIONS:
+        for name in REDIS_CONNECTIONS:
             await gateway.process.line(rf"redis {name} reached 127\.0\.0\.1:{redis.port} again", after=mark)
         outage = gateway.process.out[mark:].decode()
-        for name in CONNECTIONS:
+        for name in REDIS_CONNECTIONS:
             assert len(re.findall(rf"redis {name} connection lost", outage)) == 1, outage
             assert len(re.findall(rf"redis {name} reached", outage)) == 1, outage
         assert "cannot reach" not in outage and "Scheduling retry" not in outage, outage
@@ -94,9 +94,9 @@ async def test_healthz_names_each_store_unavailable_while_redis_was_never_reache
     body = await response.json()
     assert response.code == 503
     # Both stores are asked at once, each for at most 2 s (a ping may wait for a first connection).
-    assert body["checks"]["session_store"] in ("unavailable: redis session store: not connected yet",
+    assert body["checks"]["session_store"] in ("unavailable: redis commands: not connected yet",
                                                "unavailable: no answer within 2 s")
-    assert body["checks"]["event_store"] in ("unavailable: redis event store: not connected yet",
+    assert body["checks"]["event_store"] in ("unavailable: redis commands: not connected yet",
                                              "unavailable: no answer within 2 s")
     assert body["checks"]["redis_bus"].startswith("unavailable: redis unreachable")
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 import treq
-
 from conftest import locker, within
-from eformws.sensitive import Redactor
-from eformws.websocket import JsonFraming
 from wamp_peer import open_peer, subscribe
+
+from eformws.delivery.redaction import Redactor
+from eformws.transports.legacy import JsonFraming
 
 HELP, LOCKERS, EVENTS = "/ws/help", "/ws/lockers", "/ws/events"
 CREATED_AT = "2024-01-15T10:30:00.000Z"

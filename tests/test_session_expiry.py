@@ -6,12 +6,12 @@ during a round gets a round of its own after it."""
 from __future__ import annotations
 
 import pytest_twisted
-from twisted.internet.defer import Deferred, fail, succeed
-
 from conftest import within
-from eformws.expiry import SessionWatch
-from eformws.sessions import Session
+from twisted.internet.defer import Deferred, fail, succeed
 from wamp_peer import open_peer
+
+from eformws.sessions import Session
+from eformws.sessions.watch import SessionWatch
 
 LOCKERS = "/ws/lockers"
 FAST = {"sessions.recheck_interval": 0.1}

@@ -12,9 +12,9 @@ from conftest import aio
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from eformws import metrics
-from eformws.flow import unsent_bytes
 from bench.rawclient import StalledClient
+from eformws.core import metrics
+from eformws.core.slow_consumer import unsent_bytes
 
 LOCKERS = "/ws/lockers"
 LIMIT = 128 * 1024

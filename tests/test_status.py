@@ -11,7 +11,7 @@ import pytest_twisted
 import treq
 from twisted.internet.defer import Deferred, succeed
 
-from eformws.api import Snapshot
+from eformws.http.api import Snapshot
 
 HELP = "/ws/help"
 TOKEN = "tok-status"

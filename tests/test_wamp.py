@@ -19,15 +19,15 @@ import pytest_twisted
 from autobahn.twisted.wamp import ApplicationRunner
 from autobahn.wamp.serializer import MsgPackSerializer
 from autobahn.wamp.types import PublishOptions
+from conftest import locker, within
+from logcheck import logged_problems  # noqa: F401  (autouse: no error in the log)
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.protocol import ProcessProtocol
-
-from conftest import locker, within
-from eformws.message import Message, Target
-from eformws.wamp.codec import JsonCodec
-from logcheck import logged_problems  # noqa: F401  (autouse: no error in the log)
 from wamp_peer import REALM, Peer, call_error, join, open_peer, subscribe
+
+from eformws.core.message import Message, Target
+from eformws.transports.wamp.codec import JsonCodec
 
 JS_DIR = Path(__file__).parent / "js"
 LOCKERS = "/ws/lockers"

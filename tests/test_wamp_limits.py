@@ -17,15 +17,9 @@ import msgpack
 import pytest
 import pytest_twisted
 import websockets
+from conftest import aio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import aio
-from eformws.config import ConfigError, load_config
-from eformws.policy import Policy
-from eformws.wamp.broker import Broker
-from eformws.wamp.topics import EXACT, PREFIX_MATCH, WILDCARD, wildcard_matches
-from eformws.wamp.wildcards import WildcardIndex
 from logcheck import logged_problems  # noqa: F401  (autouse: no error in the log)
 from processes import create_session, rss_kib, write_config
 from wamp_frames import (  # noqa: F401  (close_raw_clients: autouse, closes raw clients first)
@@ -47,6 +41,12 @@ from wamp_frames import (  # noqa: F401  (close_raw_clients: autouse, closes raw
     connect,
     join,
 )
+
+from eformws.core.policy import Policy
+from eformws.runtime.config import ConfigError, load_config
+from eformws.transports.wamp.broker import Broker
+from eformws.transports.wamp.topics import EXACT, PREFIX_MATCH, WILDCARD, wildcard_matches
+from eformws.transports.wamp.wildcards import WildcardIndex
 
 UNSUBSCRIBED = 35
 LIMIT_ERROR = "eform.error.subscription_limit"

@@ -13,9 +13,16 @@ from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from eformws.backends.redis import (
+    Script,
+    WritePause,
+    command_connection,
+    reading_connection,
+    retry_delay,
+    retryable_reply,
+)
 from eformws.bus import IBus
-from eformws.message import Message
-from eformws.redis import RedisConnection, Script, retry_delay, retryable_reply
+from eformws.core.message import Message
 
 log = Logger(namespace="eformws.bus.redis")
 
@@ -38,9 +45,12 @@ class RedisBus(MultiService):
     producer's messages are delivered everywhere in the order it published them.
 
     While Redis is unreachable, entries wait in a bounded buffer (oldest dropped past
-    `buffer_size`, with a warning) and are written, in order, once it is back."""
+    `buffer_size`, with a warning) and are written, in order, once it is back.
 
-    def __init__(self, address, prefix: str, node_id: str, buffer_size: int, stream_length: int,
+    `redis` is the process's shared command connection (writes go on it), or an address
+    to open one of its own; reads are on a connection of its own (a blocking XREAD)."""
+
+    def __init__(self, redis, prefix: str, node_id: str, buffer_size: int, stream_length: int,
                  initial_delay: float = 0.5, max_delay: float = 10.0, block_ms: int = 5000):
         super().__init__()
         self.key = f"{prefix}bus"
@@ -49,15 +59,11 @@ class RedisBus(MultiService):
         self.stream_length = stream_length
         self.block_ms = block_ms
         self._backoff = (initial_delay, max_delay)
-        self._paused = None  # the delayed call that retries after Redis refused a write
-        self._failures = 0
+        self.pause = WritePause("bus writes", self._flush, initial_delay, max_delay)
         self._read_retry = None  # the delayed call that reads again after an error reply
         self._read_failures = 0
-        self.write_error: str | None = None
-        self.writer = RedisConnection(address, "bus writer", initial_delay, max_delay)
-        self.reader = RedisConnection(address, "bus reader", initial_delay, max_delay, reply_timeout=None)
-        self.writer.setServiceParent(self)
-        self.reader.setServiceParent(self)
+        self.writer = command_connection(self, redis, "bus writer", initial_delay, max_delay)
+        self.reader = reading_connection(self, redis, "bus reader", initial_delay, max_delay)
         self.writer.on_connected.append(lambda _: self._flush())
         self.reader.on_connected.append(lambda _: self._start_reading())
         self.pending: deque[str] = deque()
@@ -99,15 +105,20 @@ class RedisBus(MultiService):
         return self.writer.command("PING")
 
     @property
+    def write_error(self) -> str | None:
+        """Why Redis refuses bus writes now (out of memory, ...), or None."""
+        return self.pause.error
+
+    @property
     def healthy(self) -> bool:
         """Both connections up and writes taken: messages reach every process now."""
         return self.writer.connected and self.reader.connected and self.write_error is None
 
     def stopService(self):
-        for call in (self._paused, self._read_retry):
-            if call is not None and call.active():
-                call.cancel()
-        self._paused = self._read_retry = None
+        self.pause.cancel()
+        if self._read_retry is not None and self._read_retry.active():
+            self._read_retry.cancel()
+        self._read_retry = None
         return super().stopService()
 
     # -- writing ---------------------------------------------------------------------
@@ -120,29 +131,20 @@ class RedisBus(MultiService):
             return
         self._flushing = True
         try:
-            while self.pending and self.writer.connected and self._paused is None:
+            while self.pending and self.writer.connected and not self.pause.paused:
                 batch = self._writing = list(islice(self.pending, WRITE_BATCH))
                 try:
                     yield PUBLISH.run(self.writer, [self.key], [self.stream_length, *batch])
                 except Exception as e:
                     self._writing = []
-                    first = self.write_error is None
                     if retryable_reply(e):
-                        # Refused (out of memory, ...): retried on its own, not on the next publish.
-                        self.write_error = str(e).split("\r")[0][:200]
-                    if first:
+                        self.pause.refused(e)  # retried on its own, not on the next publish
+                    elif self.write_error is None:
+                        # Lost with the connection: written again once it is back.
                         log.warn("redis bus write failed ({error}); {n} messages kept for retry",
-                                 error=self.write_error or type(e).__name__, n=len(self.pending))
-                    if retryable_reply(e):
-                        self._failures += 1
-                        self._paused = self._reactor().callLater(
-                            retry_delay(self._failures, *self._backoff), self._resume_writing
-                        )
+                                 error=type(e).__name__, n=len(self.pending))
                     return
-                if self.write_error is not None:
-                    log.info("redis takes bus writes again")
-                self.write_error = None
-                self._failures = 0
+                self.pause.accepted()
                 for _ in range(self._written_still_pending()):
                     self.pending.popleft()
                 self._writing = []
@@ -168,10 +170,6 @@ class RedisBus(MultiService):
             del self.pending[being_written]
         else:
             self.pending.popleft()
-
-    def _resume_writing(self):
-        self._paused = None
-        self._flush()
 
     @staticmethod
     def _reactor():

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from twisted.internet.defer import inlineCallbacks
 from zope.interface import Interface
 
-from eformws import wire
-from eformws.policy import ROLES
+from eformws.core import wire
+from eformws.core.policy import ROLES
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import inlineCallbacks
 from zope.interface import implementer
 
-from eformws.policy import ROLES
-from eformws.redis import RedisConnection
+from eformws.backends.redis import command_connection
+from eformws.core.policy import ROLES
 from eformws.sessions import ISessionAdmin, ISessionStore, Session, check_new_session, new_session_id
 from eformws.sessions.sqlite import (
     MAX_SESSION_ID_LENGTH,
@@ -78,12 +78,11 @@ def parse_record(session_id: str, text, now: float) -> Session | None:
 
 @implementer(ISessionStore, ISessionAdmin)
 class RedisSessionStore(MultiService):
-    def __init__(self, address, prefix: str, initial_delay: float = 0.5, max_delay: float = 10.0, clock=time.time):
+    def __init__(self, redis, prefix: str, initial_delay: float = 0.5, max_delay: float = 10.0, clock=time.time):
         super().__init__()
         self.prefix = prefix
         self._clock = clock
-        self.connection = RedisConnection(address, "session store", initial_delay, max_delay)
-        self.connection.setServiceParent(self)
+        self.connection = command_connection(self, redis, "session store", initial_delay, max_delay)
 
     def _key(self, hashed: str) -> str:
         return f"{self.prefix}session:{hashed}"

@@ -12,8 +12,8 @@ from twisted.application.service import Application
 from twisted.logger import Logger
 
 from eformws import emitter
-from eformws.config import load_config
-from eformws.service import EformService
+from eformws.runtime.config import load_config
+from eformws.runtime.service import EformService
 
 log = Logger(namespace="heartbeat")
 

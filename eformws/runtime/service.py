@@ -1,0 +1,264 @@
+"""The running gateway as one Twisted service: builds stores, bus, hub, API and site from
+a `Config`, listens on the port, and shuts down by closing every client with 1001."""
+
+from __future__ import annotations
+
+import txaio
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from eformws import emitter
+from eformws.backends.nodes import NodeRegistry, node_id
+from eformws.backends.redis import RedisAddress, RedisConnection, RedisUnavailable
+from eformws.backends.sqlite import SQLiteDatabase
+from eformws.bus.local import LocalBus
+from eformws.bus.redis import RedisBus
+from eformws.core import metrics
+from eformws.core.compat import forget_exit_signal
+from eformws.core.deferreds import shielded
+from eformws.core.policy import Policy
+from eformws.core.wire import CLOSE_GOING_AWAY
+from eformws.delivery.feed import EventFeed
+from eformws.delivery.hub import Hub
+from eformws.delivery.publisher import WebSocketEvents
+from eformws.delivery.redaction import Redactor
+from eformws.events.store.memory import MemoryEventStore
+from eformws.events.store.redis import RedisEventStore
+from eformws.events.store.sqlite import SQLiteEventStore
+from eformws.http.api import Api
+from eformws.http.console import mounted as console_resources
+from eformws.http.site import build_site
+from eformws.runtime.listener import ListeningService, server_endpoint
+from eformws.runtime.tls import tls_options
+from eformws.sessions.redis import RedisSessionStore
+from eformws.sessions.sqlite import SQLiteSessionStore
+from eformws.sessions.watch import SessionWatch
+from eformws.transports.gateway import Admission, protocol_options
+from eformws.transports.legacy import NamespaceRoot, WebSocketSettings
+from eformws.transports.wamp import WampRouter
+
+LISTEN_WAIT = 5.0  # seconds the start waits for the event log's position before listening anyway
+
+
+class EformService(MultiService):
+    log = Logger()
+
+    def __init__(self, config, reactor=None, inherited_fd: int | None = None):
+        super().__init__()
+        self.config = config
+        self.inherited_fd = inherited_fd
+        # Autobahn logs handshakes (with query strings) at debug level: never below info.
+        txaio.set_global_log_level("info" if config.get("log", "level") == "debug" else config.get("log", "level"))
+        self.reactor = reactor or _default_reactor()
+        self.node_id = node_id()
+        self.redis = RedisAddress.parse(config.get("redis", "url")) if config.get("redis", "url") else None
+        self._redis_commands = None  # the one command connection of this process, once a part needs it
+        self._databases: dict[str, SQLiteDatabase] = {}
+        self.database = None  # the sessions' SQLite database, when sessions are in SQLite
+        self.sessions = self._session_store()
+        self.event_store = self._event_store()
+        TimerService(config.get("events", "sweep_interval"), self._sweep).setServiceParent(self)
+        self.hub = Hub(redactor=Redactor(config.get("events", "sensitive_fields")))
+        for ns in config.namespaces:
+            self.hub.create_namespace(ns.path, ns.require_auth, ns.default_room, ns.roles, ns.echo)
+        self.bus = self._bus()
+        self.nodes = self._node_registry()
+        self.events = WebSocketEvents(self.hub, self.event_store, self.bus, config.get("events", "idempotency_window"),
+                                      config.get("events", "max_data_bytes"))
+        self.feed = EventFeed(self.hub, self.event_store)
+        self.ready = None  # fires once listening
+        watch = SessionWatch(self.hub, self.sessions, config.get("sessions", "recheck_interval"))
+        policy = Policy.from_config(config)  # who may do what: one for every transport and the API
+        self.api = Api(self.hub, self.sessions, config, policy, self.events, self.event_store, self.bus, self.nodes,
+                       recheck_sessions=watch.check)  # a revoke closes this process's connections at once
+        settings = WebSocketSettings.from_config(config, policy, self.hub, self.sessions, self.event_store)
+        admission = Admission(config.get("server", "max_connections"))  # legacy namespaces and /wamp together
+        self.wamp = WampRouter.from_config(config, policy, self.hub, self.sessions, self.events, self.api.status, admission)
+        self.hub.add_endpoint(self.wamp)
+        watch.setServiceParent(self)
+        self.metrics = metrics.ServiceCollector(self.hub, self._redis_connections())
+        mounted = {b"metrics": metrics.MetricsResource()} if config.get("metrics", "enabled") else {}
+        mounted.update(console_resources())  # /console, and / redirected there
+        self.site = build_site(
+            self.api.resource(),
+            NamespaceRoot(self.hub, settings, protocol_options(config), admission),
+            config.get("server", "max_body_bytes"),
+            wamp_resource=self.wamp.resource(),
+            mounted=mounted,
+            max_http_connections=config.get("server", "max_http_connections"),
+            head_timeout=config.get("server", "request_head_timeout"),
+            min_body_rate=config.get("server", "min_body_rate"),
+            reactor=self.reactor,
+        )
+        self.listener = None  # a ListeningService once the event log's position is known
+        certificate = config.get("server", "tls_certificate")
+        self.tls = tls_options(certificate, config.get("server", "tls_private_key")) if certificate else None
+
+    def _redis_connections(self) -> list[RedisConnection]:
+        """Every Redis connection among this service's parts (for the metrics)."""
+        found, pending = [self._redis_commands] if self._redis_commands is not None else [], list(self)
+        while pending:
+            service = pending.pop()
+            if isinstance(service, RedisConnection):
+                found.append(service)
+            elif isinstance(service, MultiService):
+                pending.extend(service)
+        return found
+
+    def _database(self, path: str) -> SQLiteDatabase:
+        """One SQLiteDatabase (one thread, one connection) per file, shared by its stores."""
+        database = self._databases.get(path)
+        if database is None:
+            database = self._databases[path] = SQLiteDatabase(path, self.reactor)
+            database.setServiceParent(self)
+        return database
+
+    def _redis_options(self) -> dict:
+        config = self.config
+        return {
+            "initial_delay": config.get("redis", "reconnect_initial_delay"),
+            "max_delay": config.get("redis", "reconnect_max_delay"),
+        }
+
+    def _commands(self) -> RedisConnection:
+        """The process's one Redis connection for commands, shared by the session store, the
+        event store, the bus's writes and the node registry; made when the first of them needs
+        it, started before them and stopped once they have stopped (the node registry leaves
+        the registry on it as it stops)."""
+        if self._redis_commands is None:
+            self._redis_commands = RedisConnection(self.redis, "commands", **self._redis_options())
+        return self._redis_commands
+
+    def _child(self, service):
+        service.setServiceParent(self)
+        return service
+
+    def _session_store(self):
+        if self.config.get("sessions", "backend") == "redis":
+            prefix = self.config.get("redis", "prefix")
+            return self._child(RedisSessionStore(self._commands(), prefix, **self._redis_options()))
+        self.database = self._database(self.config.get("sessions", "path"))
+        return SQLiteSessionStore(self.database)
+
+    def _event_store(self):
+        config = self.config
+        max_events = config.get("events", "max_events")
+        kind = config.get("events", "store")
+        if kind == "memory":
+            return MemoryEventStore(max_events)
+        if kind == "redis":
+            return self._child(
+                RedisEventStore(self._commands(), config.get("redis", "prefix"), max_events,
+                                config.get("redis", "outage_buffer"), config.get("redis", "emit_timeout"),
+                                **self._redis_options())
+            )
+        return SQLiteEventStore(self._database(config.get("events", "path")), max_events)
+
+    def _bus(self):
+        config = self.config
+        if self.redis is None:
+            return LocalBus()
+        return self._child(
+            RedisBus(self._commands(), config.get("redis", "prefix"), self.node_id, config.get("redis", "outage_buffer"),
+                     config.get("redis", "bus_stream_length"), **self._redis_options())
+        )
+
+    def _node_registry(self):
+        config = self.config
+        if self.redis is None:
+            return None
+        return self._child(
+            NodeRegistry(self._commands(), config.get("redis", "prefix"), self.node_id, self.hub,
+                         config.get("redis", "node_heartbeat"), config.get("redis", "node_ttl"),
+                         **self._redis_options())
+        )
+
+    def _sweep(self):
+        d = self.event_store.expire()
+
+        def failed(failure):
+            if failure.check(RedisUnavailable):
+                return None  # the outage is reported by /healthz; the next sweep catches up
+            self.log.failure("event store sweep failed", failure)
+
+        d.addErrback(failed)
+        return d
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (useful with port 0)."""
+        return self.listener.port.getHost().port
+
+    def startService(self):
+        """Start the parts, follow the event log, and listen once its position is known (at
+        most `LISTEN_WAIT` seconds later: without it, handshakes are refused with 503)."""
+        if self._redis_commands is not None:
+            self._redis_commands.startService()
+        super().startService()
+        metrics.REGISTRY.register(self.metrics)
+        self.bus.start(self.hub.deliver)
+        emitter.install(self.events)
+        following = shielded(self.feed.start())
+        following.addTimeout(LISTEN_WAIT, self.reactor)
+        following.addErrback(lambda _: None)
+        self.ready = following.addCallback(lambda _: self._listen() if self.running else None)
+
+    def _listen(self):
+        """Listen, as a child service, on the endpoint the configuration names."""
+        factory = self.site if self.tls is None else TLSMemoryBIOFactory(self.tls, False, self.site)
+        endpoint = server_endpoint(self.reactor, self.config.get("server", "host"), self.config.get("server", "port"),
+                                   self.config.get("server", "backlog"), self.inherited_fd)
+        self.listener = ListeningService(endpoint, factory)
+        self.listener.setServiceParent(self)
+        return self.listener.listening.addCallback(self._listening)
+
+    def _listening(self, port):
+        self.log.info(
+            "eformws listening on {host}:{port}{tls} (namespaces: {namespaces})",
+            host=self.config.get("server", "host"),
+            tls=" with TLS" if self.tls is not None else "",
+            port=self.port,
+            namespaces=", ".join(self.hub.namespaces),
+        )
+        return self
+
+    @inlineCallbacks
+    def stopService(self):
+        """Stop accepting, close every client with 1001, wait (bounded), then stop parts."""
+        if self.listener is not None:  # stop accepting first; the other parts after the clients
+            yield self.listener.stopService()
+        yield self.close_clients(CLOSE_GOING_AWAY, "Server shutdown")
+        self.bus.stop()
+        emitter.install(None)
+        metrics.REGISTRY.unregister(self.metrics)
+        yield super().stopService()
+        if self._redis_commands is not None:
+            yield self._redis_commands.stopService()
+        forget_exit_signal(self.reactor)  # an orderly shutdown: exit 0
+        self.log.info("eformws stopped")
+
+    def close_clients(self, code: int, reason: str):
+        """Fires when every client has closed, or after `shutdown_timeout` (then drops)."""
+        connections = list(self.hub.connections())
+        if not connections:
+            return DeferredList([])
+        closed = DeferredList([c.closed for c in connections], consumeErrors=True)
+        self.hub.close_all(code, reason)
+        timeout = self.config.get("server", "shutdown_timeout")
+
+        def drop_remaining():
+            for connection in connections:
+                connection.abort()
+
+        call = self.reactor.callLater(timeout, drop_remaining)
+        closed.addBoth(lambda result: call.cancel() if call.active() else None)
+        return closed
+
+
+def _default_reactor():
+    from twisted.internet import reactor
+
+    return reactor

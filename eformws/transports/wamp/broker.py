@@ -1,0 +1,276 @@
+"""The broker: subscriptions (exact, prefix, wildcard) shared by sessions, which sessions a
+delivered message reaches and on which topic, and PUBLISH as a broadcast through the hub."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterator
+
+from twisted.internet.defer import Deferred
+
+from eformws.core import wire
+from eformws.core.message import Message
+from eformws.delivery.broadcasts import BroadcastError, check_broadcast
+from eformws.transports.wamp.errors import (
+    INVALID_ARGUMENT,
+    MAX_ID,
+    NOT_AUTHORIZED,
+    SUBSCRIPTION_LIMIT,
+    WampError,
+    new_id,
+)
+from eformws.transports.wamp.topics import (
+    EXACT,
+    PREFIX_MATCH,
+    Topic,
+    target_of,
+    topics_of,
+)
+from eformws.transports.wamp.wildcards import WildcardIndex
+
+META = "wamp"  # the key of this broker's annotations in `Message.meta`
+
+
+class Subscription:
+    """One (topic, match) of the router, shared by every session subscribed to it."""
+
+    __slots__ = ("id", "topic", "match", "connections")
+
+    def __init__(self, id: int, topic: str, match: str):
+        self.id = id
+        self.topic = topic
+        self.match = match
+        self.connections: set = set()
+
+    def details(self, topic: Topic) -> dict:
+        """EVENT details: the concrete topic, when the subscription is a pattern."""
+        return {} if self.match == EXACT else {"topic": topic.uri}
+
+
+class Delivery:
+    """What one message means to WAMP sessions: its publication id, and for each recipient
+    connection the subscriptions it matched, each with the first topic it may see."""
+
+    __slots__ = ("message", "publication", "matches")
+
+    def __init__(self, message: Message, publication: int, matches: dict):
+        self.message = message
+        self.publication = publication
+        self.matches: dict[Any, list[tuple[Subscription, Topic]]] = matches
+
+
+class Broker:
+    def __init__(self, hub, policy, max_subscriptions: int = 100, publisher=None):
+        self._hub = hub
+        self._policy = policy
+        self._publisher = publisher  # WebSocketEvents: PUBLISH goes out as any broadcast
+        self._max_subscriptions = max_subscriptions  # per connection (one session at a time)
+        self._by_key: dict[tuple[str, str], Subscription] = {}
+        self._by_id: dict[int, Subscription] = {}
+        self._exact: dict[str, Subscription] = {}
+        self._prefix: dict[str, Subscription] = {}
+        self._prefix_lengths: dict[int, int] = {}  # length -> prefix subscriptions of that length
+        self._wildcard = WildcardIndex()  # pattern -> subscription
+        self._of: dict[Any, set[Subscription]] = {}  # connection -> its subscriptions
+        self._delivery: Delivery | None = None
+
+    # -- subscriptions ------------------------------------------------------------------
+
+    @property
+    def subscription_count(self) -> int:
+        return len(self._by_id)
+
+    def subscribe(self, connection, topic: str, match: str) -> Subscription:
+        """Add `connection` to the subscription for (topic, match), made on first use; the
+        same one again when it is already in it. A connection already in `max_subscriptions`
+        others gets `WampError` `eform.error.subscription_limit`."""
+        subscription = self._by_key.get((match, topic))
+        if subscription is not None and connection in subscription.connections:
+            return subscription
+        if len(self._of.get(connection, ())) >= self._max_subscriptions:
+            limit = self._max_subscriptions
+            raise WampError(SUBSCRIPTION_LIMIT, f"Subscription limit reached: at most {limit} subscriptions per session",
+                            limit=limit)
+        if subscription is None:
+            subscription_id = new_id()
+            while subscription_id in self._by_id:
+                subscription_id = new_id()
+            subscription = Subscription(subscription_id, topic, match)
+            self._by_key[(match, topic)] = self._by_id[subscription_id] = subscription
+            if match == EXACT:
+                self._exact[topic] = subscription
+            elif match == PREFIX_MATCH:
+                self._prefix[topic] = subscription
+                self._prefix_lengths[len(topic)] = self._prefix_lengths.get(len(topic), 0) + 1
+            else:
+                self._wildcard[topic] = subscription
+        subscription.connections.add(connection)
+        self._of.setdefault(connection, set()).add(subscription)
+        return subscription
+
+    def unsubscribe(self, connection, subscription_id: int) -> bool:
+        """Take `connection` out of a subscription; False when it was not in it."""
+        subscription = self._by_id.get(subscription_id)
+        if subscription is None or connection not in subscription.connections:
+            return False
+        self._leave(connection, subscription)
+        mine = self._of.get(connection)
+        if mine is not None:
+            mine.discard(subscription)
+            if not mine:
+                del self._of[connection]
+        return True
+
+    def drop(self, connection) -> None:
+        """Take `connection` out of every subscription (its session ended)."""
+        for subscription in self._of.pop(connection, ()):
+            self._leave(connection, subscription)
+
+    def _leave(self, connection, subscription: Subscription) -> None:
+        subscription.connections.discard(connection)
+        if subscription.connections:
+            return
+        topic, match = subscription.topic, subscription.match
+        del self._by_key[(match, topic)]
+        del self._by_id[subscription.id]
+        if match == EXACT:
+            del self._exact[topic]
+        elif match == PREFIX_MATCH:
+            del self._prefix[topic]
+            left = self._prefix_lengths[len(topic)] - 1
+            if left:
+                self._prefix_lengths[len(topic)] = left
+            else:
+                del self._prefix_lengths[len(topic)]
+        else:
+            del self._wildcard[topic]
+
+    def matching(self, uri: str) -> Iterator[Subscription]:
+        """Every subscription `uri` matches: exact, then prefixes, then wildcards."""
+        subscription = self._exact.get(uri)
+        if subscription is not None:
+            yield subscription
+        for length in self._prefix_lengths:
+            if length <= len(uri):
+                subscription = self._prefix.get(uri[:length])
+                if subscription is not None:
+                    yield subscription
+        if self._wildcard:
+            yield from self._wildcard.matching(uri)
+
+    # -- the hub's side: who gets a message --------------------------------------------
+
+    def may_receive(self, connection, topic: Topic) -> bool:
+        """What a legacy connection of the same session could get (the policy's rule)."""
+        namespace = self._hub.namespaces.get(topic.namespace)
+        return namespace is not None and self._policy.may_receive(connection.session, namespace, topic.room)
+
+    def delivery_of(self, message: Message) -> Delivery:
+        """The delivery `recipients` computed for this message or the message it is the
+        redacted copy of (the hub asks for recipients, then for each audience's frames,
+        within one `deliver` call), else a new one. One resolution, one publication id."""
+        delivery = self._delivery
+        if delivery is None or not delivery.message.is_or_redacts(message):
+            delivery = self._delivery = self._resolve(message)
+        return delivery
+
+    def recipients(self, message: Message) -> list:
+        if not self._by_id:
+            return []
+        self._delivery = self._resolve(message)
+        return list(self._delivery.matches)
+
+    def _resolve(self, message: Message) -> Delivery:
+        meta = message.meta.get(META) or {}
+        excluded = meta.get("exclude")
+        per_subscription: dict[Subscription, list[Topic]] = {}
+        for topic in topics_of(message):
+            for subscription in self.matching(topic.uri):
+                per_subscription.setdefault(subscription, []).append(topic)
+        matches: dict[Any, list[tuple[Subscription, Topic]]] = {}
+        for subscription, topics in per_subscription.items():
+            for connection in subscription.connections:
+                if connection.id == excluded:
+                    continue
+                for topic in topics:
+                    if self.may_receive(connection, topic):
+                        matches.setdefault(connection, []).append((subscription, topic))
+                        break
+        return Delivery(message, publication_of(message), matches)
+
+    # -- PUBLISH -------------------------------------------------------------------------
+
+    def publish(self, connection, request) -> Deferred:
+        """A broadcast through the hub (so legacy clients get it too); fires with the
+        publication id. Raises `WampError` when the session may not or the request is bad."""
+        if not self._policy.may_publish(connection.session):
+            raise WampError(NOT_AUTHORIZED, "this session may not publish")
+        _refuse_unsupported(request)
+        path, room = target_of(request.topic, self._hub.namespaces)
+        if room is not None:
+            try:
+                wire.check_room(room)
+            except wire.ClientMessageError as e:
+                raise WampError(INVALID_ARGUMENT, e.message) from None
+        event, data = publication_arguments(request.args, request.kwargs)
+        publication = new_id()
+        meta = {"publication": publication}
+        if request.exclude_me is not False:
+            meta["exclude"] = connection.id
+        if room is None:
+            d = self._publisher.broadcast(path, event, data, meta={META: meta})
+        else:
+            d = self._publisher.broadcast_to_room(path, room, event, data, meta={META: meta})
+        d.addCallback(lambda _: publication)
+        return d
+
+
+def publication_of(message: Message) -> int:
+    """The publication id of a message, one whatever the audience: the publisher's (a WAMP
+    PUBLISH), else one derived from the event's `id` (so every process gives a structured
+    event the same), else one drawn once and kept in `meta` (which a redacted copy shares)."""
+    meta = message.meta.setdefault(META, {})
+    publication = meta.get("publication")
+    if publication is None:
+        event_id = message.envelope.get("id")
+        if isinstance(event_id, str):
+            digest = hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+            publication = int.from_bytes(digest, "big") % MAX_ID + 1
+        else:
+            publication = new_id()
+        meta["publication"] = publication
+    return publication
+
+
+_UNSUPPORTED = (
+    "exclude",
+    "exclude_authid",
+    "exclude_authrole",
+    "eligible",
+    "eligible_authid",
+    "eligible_authrole",
+    "retain",
+    "payload",
+)
+
+
+def _refuse_unsupported(request) -> None:
+    for name in _UNSUPPORTED:
+        if getattr(request, name, None):
+            raise WampError(INVALID_ARGUMENT, f"the PUBLISH option or field {name!r} is not supported")
+
+
+def publication_arguments(args, kwargs) -> tuple[str, dict]:
+    """The event name and data of a PUBLISH: args `[event, data]`, or kwargs `{"event",
+    "data"}`; `data` is a JSON object and defaults to `{}`."""
+    args = list(args or ())
+    kwargs = dict(kwargs or {})
+    if len(args) > 2 or (args and kwargs) or set(kwargs) - {"event", "data"}:
+        raise WampError(INVALID_ARGUMENT, "publish args [event, data] or kwargs {event, data}")
+    event = args[0] if args else kwargs.get("event")
+    data = args[1] if len(args) > 1 else kwargs.get("data", {})
+    try:
+        check_broadcast(event, data)
+    except BroadcastError as e:
+        raise WampError(INVALID_ARGUMENT, str(e)) from None
+    return event, data

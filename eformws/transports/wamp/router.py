@@ -1,0 +1,109 @@
+"""`WampRouter`, the hub endpoint `/wamp`: its joined sessions (counted and closed like any
+connection), the broker that tells the hub who gets each message, the dealer, the resource."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from autobahn.twisted.resource import WebSocketResource
+from zope.interface import implementer
+
+from eformws.core.policy import Policy
+from eformws.delivery.hub import IEndpoint
+from eformws.transports.gateway import protocol_options
+from eformws.transports.wamp.broker import Broker
+from eformws.transports.wamp.codec import codecs
+from eformws.transports.wamp.dealer import Dealer
+from eformws.transports.wamp.framing import EventFraming
+from eformws.transports.wamp.transport import WampFactory
+
+PATH = "/wamp"
+
+
+@implementer(IEndpoint)
+class WampRouter:
+    path = PATH
+
+    def __init__(
+        self,
+        hub,
+        sessions,
+        events,
+        status: Callable[[], Any],
+        *,
+        cookie_names=("sessionId", "session"),
+        allowed_origins=frozenset(),
+        policy: Policy = Policy(),
+        hello_timeout: float = 10.0,
+        goodbye_timeout: float = 5.0,
+        max_unsent_bytes: int = 1_048_576,
+        admission=None,
+        rate_limit: float = 20.0,
+        rate_burst: int = 40,
+        rate_limit_close_after: int = 40,
+        max_subscriptions: int = 100,
+        max_uri_length: int = 512,
+        options: dict | None = None,
+    ):
+        self.sessions = sessions
+        self.cookie_names = tuple(cookie_names)
+        self.allowed_origins = frozenset(allowed_origins)
+        self.hello_timeout = hello_timeout
+        self.goodbye_timeout = goodbye_timeout
+        self.max_unsent_bytes = max_unsent_bytes
+        self.policy = policy
+        self.admission = admission
+        self.rate_limit = rate_limit
+        self.rate_burst = rate_burst
+        self.rate_limit_close_after = rate_limit_close_after
+        self.codecs = codecs(max_uri_length)
+        self.broker = Broker(hub, policy, max_subscriptions, publisher=events)
+        self.dealer = Dealer(hub, events, status, policy)
+        self.framings = {name: EventFraming(codec, self.broker) for name, codec in self.codecs.items()}
+        self.connections: dict[str, Any] = {}  # joined sessions' transports by connection id
+        self._options = options or {}
+        self._resource = None
+
+    @classmethod
+    def from_config(cls, config, policy, hub, sessions, events, status, admission=None):
+        """Auth, origins, roles and WebSocket limits as the legacy namespaces have them;
+        who may publish and call the admin procedures is `auth.broadcast_roles`; its own
+        limits are the `wamp` section's."""
+        return cls(
+            hub,
+            sessions,
+            events,
+            status,
+            cookie_names=config.get("auth", "cookie_names"),
+            allowed_origins=config.get("server", "allowed_origins"),
+            policy=policy,
+            hello_timeout=config.get("websocket", "open_handshake_timeout"),
+            goodbye_timeout=config.get("websocket", "close_handshake_timeout"),
+            max_unsent_bytes=config.get("websocket", "max_unsent_bytes"),
+            admission=admission,
+            rate_limit=config.get("websocket", "rate_limit"),
+            rate_burst=config.get("websocket", "rate_burst"),
+            rate_limit_close_after=config.get("websocket", "rate_limit_close_after"),
+            max_subscriptions=config.get("wamp", "max_subscriptions"),
+            max_uri_length=config.get("wamp", "max_uri_length"),
+            options=protocol_options(config),
+        )
+
+    # -- IEndpoint ---------------------------------------------------------------------------
+
+    def recipients(self, message):
+        return self.broker.recipients(message)
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def joined(self, connection) -> None:
+        self.connections[connection.id] = connection
+
+    def left(self, connection) -> None:
+        self.connections.pop(connection.id, None)
+        self.broker.drop(connection)
+
+    def resource(self) -> WebSocketResource:
+        if self._resource is None:
+            self._resource = WebSocketResource(WampFactory(self, self._options))
+        return self._resource
