@@ -358,8 +358,8 @@ class Awaited:
 
 
 # The Redis connections of a gateway process, by the name its logs and metrics give them
-# (docs/operations.md): one for commands, one blocking reader per stream.
-REDIS_CONNECTIONS = ("commands", "bus reader", "event log reader")
+# (docs/operations.md): one per kind of work, and a blocking reader per stream.
+REDIS_CONNECTIONS = ("sessions", "writes", "event log queries", "bus reader", "event log reader")
 
 
 @pytest_twisted.async_yield_fixture

@@ -13,7 +13,7 @@ import uuid
 import pytest
 import pytest_twisted
 import treq
-from conftest import REDIS_CONNECTIONS, locker
+from conftest import REDIS_CONNECTIONS, locker, within
 from processes import (
     TIMEOUT,
     Gateway,
@@ -398,7 +398,7 @@ async def test_redis_outage_keeps_local_delivery_answers_503_and_loses_nothing(t
 
         marks = (a.process.mark, b.process.mark)
         await redis.stop()
-        await a.process.line(r"redis commands connection lost", after=marks[0])
+        await a.process.line(r"redis writes connection lost", after=marks[0])
         code, health = await get(a, "/healthz")
         assert code == 503 and health["status"] == "unavailable"
         assert any("redis" in name or "redis" in str(value) for name, value in health["checks"].items()), health
@@ -423,10 +423,11 @@ async def test_redis_outage_keeps_local_delivery_answers_503_and_loses_nothing(t
             broadcasts = [m for m in await until_marker(on_b, a, EVENTS) if m["type"] == "during-outage"]
         assert len(broadcasts) == 1
 
-        # Each connection to Redis comes back on its own backoff: a resume needs B's command
-        # connection, which the session store and the event store share (until then it is
-        # refused 1013 "Event log unavailable").
-        await b.process.line(r"redis commands (connected|reached)", after=marks[1])
+        # Each connection to Redis comes back on its own backoff: a resume needs B's sessions
+        # connection and its event log queries one (until then it is refused 1013 "Event log
+        # unavailable").
+        for name in ("sessions", "event log queries"):
+            await b.process.line(rf"redis {name} (connected|reached)", after=marks[1])
         resumed = await b.connect(f"{EVENTS}?sessionId={session_id}&since={before[-1]['seq']}")
         messages = [await resumed.recv()]
         while messages[-1]["type"] != "resumed":
@@ -451,7 +452,7 @@ async def test_handshake_while_redis_sessions_are_unreachable_is_refused_with_50
         session_id = await create_session(tmp_path, a.config)
         mark = a.process.mark
         await redis.stop()
-        await a.process.line(r"redis commands connection lost", after=mark)
+        await a.process.line(r"redis sessions connection lost", after=mark)
         from websockets.exceptions import InvalidStatus
 
         try:
@@ -587,3 +588,24 @@ async def test_a_connection_a_proxy_accepts_and_drops_while_redis_is_down_keeps_
         await connection.stopService()
         await proxy.stop()
         await redis.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_handshake_is_not_held_behind_writes_that_redis_has_paused(start_server, own_redis, redis_prefix):
+    # A failover pauses writes (CLIENT PAUSE WRITE); the sessions' connection carries no write to wait behind.
+    from eformws.backends.redis import RedisAddress, RedisConnection
+
+    server = await start_server({"redis.url": own_redis.url, "redis.prefix": redis_prefix})
+    session_id = await server.session()
+    admin = RedisConnection(RedisAddress.parse(own_redis.url), "test", 0.05, 0.2)
+    admin.startService()
+    await within(admin.when_connected())
+    await admin.command("CLIENT", "PAUSE", 30_000, "WRITE")
+    try:
+        emitted = server.service.events.emit("locker_state_changed", locker())  # waits in Redis, on `writes`
+        client = await within(defer.ensureDeferred(server.join(LOCKERS, session_id)), 5.0)
+        assert client.connection_id and not emitted.called
+    finally:
+        await admin.command("CLIENT", "UNPAUSE")
+        admin.stopService()
+    await within(emitted)

@@ -285,3 +285,29 @@ async def test_broadcasts_reach_the_other_process_after_redis_restarts_and_loads
         assert b.hub.got == [0]
     finally:
         await redis.stop("KILL")
+
+
+# -- a dead link ------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bus_reader_whose_replies_stop_coming_reconnects_and_reads_what_was_published_meanwhile(
+        processes, redis_url, monkeypatch):
+    # A connection cut without FIN or RST looks up for ever; the reader's XREAD must not wait for ever.
+    monkeypatch.setattr("eformws.backends.redis.READ_MARGIN", 0.3)
+    upstream = RedisAddress.parse(redis_url)
+    proxy = FaultyProxy(upstream.host, upstream.port)
+    port = proxy.start(reactor)
+    try:
+        sender = await processes(redis_url, "process-a")
+        receiver = await processes(f"redis://127.0.0.1:{port}/{upstream.db}", "process-b", block_ms=100)
+        await settled(sender, [receiver], 0)
+        lost = within(_next_loss(receiver.bus.reader))
+        proxy.swallowing = True  # Redis's answers no longer come back
+        sender.publish(1)  # its XREAD answer is swallowed
+        await lost
+        proxy.swallowing = False
+        await settled(sender, [receiver], 2)
+        assert receiver.hub.got == [0, 1, 2]
+    finally:
+        await proxy.stop()

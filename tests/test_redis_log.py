@@ -16,15 +16,16 @@ from conftest import within as bounded
 from processes import RedisServer
 from proxy import FaultyProxy
 from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web._newclient import ResponseNeverReceived
 
 from eformws import events
-from eformws.backends.redis import RedisAddress, RedisConnection, check_durability
+from eformws.backends.redis import RedisAddress, RedisConnection, WritePause, check_durability
 from eformws.bus.redis import RedisBus
 from eformws.core.message import Message, Target
 from eformws.events.store import Idempotency, addresses_of, fingerprint
-from eformws.events.store.redis import APPEND, EmitTimeout, RedisEventStore
+from eformws.events.store.redis import APPEND, EmitTimeout, EmitUnconfirmed, RedisEventStore
 
 TIMEOUT = 10.0
 
@@ -361,6 +362,7 @@ async def test_an_emit_whose_http_client_gives_up_during_an_outage_is_delivered_
     await own_redis.start()
     delivered = await client.recv(timeout=TIMEOUT)
     assert delivered["data"]["lockerId"] == "kiosk-1:5"
+    await within(store.queries.when_connected())  # each connection to Redis comes back on its own backoff
     found = await store.since("0", None, _filter("/ws/events", "system_events"), 10)
     assert [e["id"] for e in found.events] == [delivered["id"]]
 
@@ -532,3 +534,45 @@ async def test_healthz_is_answered_ok_again_once_redis_takes_writes_without_anot
     await admin.command("CONFIG", "SET", "maxmemory", "0")
     await store.ping()  # what /healthz asks: answered ok at once
     await admin.stopService()
+
+
+# -- stopping with appends under way ----------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_append_sent_before_the_store_stops_is_reported_unconfirmed_never_not_stored(own_redis, stores):
+    admin = await connected(own_redis.url)
+    store = stores(own_redis.url, emit_timeout=1.0)
+    await within(append(store, 1))  # connected, and Redis's clock measured: the next append is sent at once
+    await admin.command("CLIENT", "PAUSE", 30_000, "WRITE")  # as a failover does: writes wait in Redis
+    try:
+        sent = append(store, 2)
+        stopped = store.stopService()
+        with pytest.raises(EmitUnconfirmed):
+            await within(sent)
+        await within(stopped)
+    finally:
+        await admin.command("CLIENT", "UNPAUSE")
+        admin.stopService()
+
+
+# -- the pause after refused writes -----------------------------------------------------------
+
+
+def test_the_refusals_of_one_round_of_pipelined_writes_back_off_as_one_failure():
+    clock, resumed = Clock(), []
+    pause = WritePause("writes", lambda: resumed.append(clock.seconds()), 1.0, 60.0, clock)
+    for _ in range(256):  # every append in flight answered OOM
+        pause.refused(Exception("OOM command not allowed when used memory > 'maxmemory'."))
+    [retry] = clock.getDelayedCalls()
+    assert 0.5 <= retry.getTime() <= 1.0  # the first failure's delay, not the 60 s cap
+    clock.advance(1.0)
+    assert len(resumed) == 1
+
+
+def test_a_write_taken_while_paused_resumes_the_writer_at_once():
+    clock, resumed = Clock(), []
+    pause = WritePause("writes", lambda: resumed.append(clock.seconds()), 1.0, 60.0, clock)
+    pause.refused(Exception("OOM command not allowed when used memory > 'maxmemory'."))
+    pause.accepted()  # e.g. /healthz's write went through: Redis has room again
+    assert resumed == [0] and clock.getDelayedCalls() == [] and pause.error is None

@@ -289,10 +289,10 @@ class RedisConnection(Service):
 
 
 def command_connection(owner, redis, name: str, initial_delay: float, max_delay: float) -> RedisConnection:
-    """The connection a part sends its commands on: `redis` itself when it is a connection
-    (the process's shared one, started and stopped by whoever made it), else a new one to
-    the address `redis`, started and stopped with `owner` (a part used on its own: the CLI,
-    tests)."""
+    """The connection a part sends one kind of its commands on: `redis` itself when it is a
+    connection (the process's one for that role, started and stopped by whoever made it),
+    else a new one to the address `redis` (or that of the connection given for another
+    role), started and stopped with `owner` (a part used on its own: the CLI, tests)."""
     if isinstance(redis, RedisConnection):
         return redis
     connection = RedisConnection(redis, name, initial_delay, max_delay)
@@ -300,14 +300,24 @@ def command_connection(owner, redis, name: str, initial_delay: float, max_delay:
     return connection
 
 
-def reading_connection(owner, redis, name: str, initial_delay: float, max_delay: float) -> RedisConnection:
-    """A connection of `owner`'s own for blocking reads (XREAD BLOCK holds it while it
-    waits), to the address of `redis` (an address or the shared command connection)."""
-    if isinstance(redis, RedisConnection):
-        redis, initial_delay, max_delay = redis.address, redis.initial_delay, redis.max_delay
-    connection = RedisConnection(redis, name, initial_delay, max_delay, reply_timeout=None)
+def address_of(redis) -> "RedisAddress":
+    """The address `redis` is (a RedisAddress) or is connected to (a RedisConnection)."""
+    return redis.address if isinstance(redis, RedisConnection) else redis
+
+
+def reading_connection(owner, redis, name: str, initial_delay: float, max_delay: float,
+                       block_ms: int) -> RedisConnection:
+    """A connection of `owner`'s own for blocking reads (`XREAD BLOCK block_ms` holds it
+    while it waits), to the address of `redis`. A read not answered within its block time
+    and READ_MARGIN is a dead link (a connection cut without FIN or RST): it is dropped and
+    made again, so the reader never waits forever on a connection that looks up."""
+    connection = RedisConnection(address_of(redis), name, initial_delay, max_delay,
+                                 reply_timeout=block_ms / 1000 + READ_MARGIN)
     connection.setServiceParent(owner)
     return connection
+
+
+READ_MARGIN = 10.0  # seconds a blocking read may take beyond its block time before it counts as lost
 
 
 class WritePause:
@@ -329,23 +339,29 @@ class WritePause:
         return self._call is not None
 
     def refused(self, error: BaseException) -> None:
-        """A write was refused with `error` (a retryable reply): pause, resume after backoff."""
+        """A write was refused with `error` (a retryable reply): pause, resume after backoff.
+        The refusals of one round (every pipelined write answered while paused) count as
+        one failure: the backoff grows per round, not per write."""
         first, self.error = self.error is None, str(error).split("\r")[0][:200]
         if first:
             log.warn("redis refuses {what} ({error}); they wait and are retried", what=self.what, error=self.error)
-        self._failures += 1
         if self._call is None:
+            self._failures += 1
             reactor = self._reactor
             if reactor is None:
                 from twisted.internet import reactor
             self._call = reactor.callLater(retry_delay(self._failures, *self._backoff), self._resumed)
 
     def accepted(self) -> None:
-        """A write was taken: no longer refused."""
+        """A write was taken (one of the writer's, or a health check's): no longer refused,
+        and a paused writer goes on at once rather than after its backoff."""
         if self.error is not None:
             log.info("redis takes {what} again", what=self.what)
         self.error = None
         self._failures = 0
+        if self._call is not None:
+            self.cancel()
+            self._resume()
 
     def _resumed(self) -> None:
         self._call = None

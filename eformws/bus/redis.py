@@ -47,7 +47,7 @@ class RedisBus(MultiService):
     While Redis is unreachable, entries wait in a bounded buffer (oldest dropped past
     `buffer_size`, with a warning) and are written, in order, once it is back.
 
-    `redis` is the process's shared command connection (writes go on it), or an address
+    `redis` is the process's connection for writes (the bus writes on it), or an address
     to open one of its own; reads are on a connection of its own (a blocking XREAD)."""
 
     def __init__(self, redis, prefix: str, node_id: str, buffer_size: int, stream_length: int,
@@ -63,7 +63,7 @@ class RedisBus(MultiService):
         self._read_retry = None  # the delayed call that reads again after an error reply
         self._read_failures = 0
         self.writer = command_connection(self, redis, "bus writer", initial_delay, max_delay)
-        self.reader = reading_connection(self, redis, "bus reader", initial_delay, max_delay)
+        self.reader = reading_connection(self, redis, "bus reader", initial_delay, max_delay, block_ms)
         self.writer.on_connected.append(lambda _: self._flush())
         self.reader.on_connected.append(lambda _: self._start_reading())
         self.pending: deque[str] = deque()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import txaio
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
-from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.defer import DeferredList, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -40,6 +40,14 @@ from eformws.transports.gateway import Admission, protocol_options
 from eformws.transports.legacy import NamespaceRoot, WebSocketSettings
 from eformws.transports.wamp import WampRouter
 
+# The Redis connections of a process, one per kind of work: Redis answers each connection's
+# commands in order, so work that may wait (a write while Redis refuses writes or pauses
+# them for a failover, a scan of the log for a catch-up) never delays another kind (a
+# handshake's session lookup). The bus and the event log each add a blocking reader.
+SESSIONS = "sessions"  # session lookups (every handshake), creates and revokes
+WRITES = "writes"  # event appends, the bus's writes, node heartbeats
+LOG_QUERIES = "event log queries"  # catch-up and recent scans, the sweep, statistics
+
 LISTEN_WAIT = 5.0  # seconds the start waits for the event log's position before listening anyway
 
 
@@ -55,7 +63,7 @@ class EformService(MultiService):
         self.reactor = reactor or _default_reactor()
         self.node_id = node_id()
         self.redis = RedisAddress.parse(config.get("redis", "url")) if config.get("redis", "url") else None
-        self._redis_commands = None  # the one command connection of this process, once a part needs it
+        self._redis_roles: dict[str, RedisConnection] = {}  # this process's Redis connections, by role
         self._databases: dict[str, SQLiteDatabase] = {}
         self.database = None  # the sessions' SQLite database, when sessions are in SQLite
         self.sessions = self._session_store()
@@ -99,7 +107,7 @@ class EformService(MultiService):
 
     def _redis_connections(self) -> list[RedisConnection]:
         """Every Redis connection among this service's parts (for the metrics)."""
-        found, pending = [self._redis_commands] if self._redis_commands is not None else [], list(self)
+        found, pending = list(self._redis_roles.values()), list(self)
         while pending:
             service = pending.pop()
             if isinstance(service, RedisConnection):
@@ -123,14 +131,14 @@ class EformService(MultiService):
             "max_delay": config.get("redis", "reconnect_max_delay"),
         }
 
-    def _commands(self) -> RedisConnection:
-        """The process's one Redis connection for commands, shared by the session store, the
-        event store, the bus's writes and the node registry; made when the first of them needs
-        it, started before them and stopped once they have stopped (the node registry leaves
-        the registry on it as it stops)."""
-        if self._redis_commands is None:
-            self._redis_commands = RedisConnection(self.redis, "commands", **self._redis_options())
-        return self._redis_commands
+    def _redis_role(self, role: str) -> RedisConnection:
+        """The process's Redis connection for one kind of work (ROLES), shared by the parts
+        that do it; made when the first needs it, started before them and stopped once they
+        have stopped (the node registry leaves the registry on it as it stops)."""
+        connection = self._redis_roles.get(role)
+        if connection is None:
+            connection = self._redis_roles[role] = RedisConnection(self.redis, role, **self._redis_options())
+        return connection
 
     def _child(self, service):
         service.setServiceParent(self)
@@ -139,7 +147,7 @@ class EformService(MultiService):
     def _session_store(self):
         if self.config.get("sessions", "backend") == "redis":
             prefix = self.config.get("redis", "prefix")
-            return self._child(RedisSessionStore(self._commands(), prefix, **self._redis_options()))
+            return self._child(RedisSessionStore(self._redis_role(SESSIONS), prefix, **self._redis_options()))
         self.database = self._database(self.config.get("sessions", "path"))
         return SQLiteSessionStore(self.database)
 
@@ -151,9 +159,9 @@ class EformService(MultiService):
             return MemoryEventStore(max_events)
         if kind == "redis":
             return self._child(
-                RedisEventStore(self._commands(), config.get("redis", "prefix"), max_events,
+                RedisEventStore(self._redis_role(WRITES), config.get("redis", "prefix"), max_events,
                                 config.get("redis", "outage_buffer"), config.get("redis", "emit_timeout"),
-                                **self._redis_options())
+                                queries=self._redis_role(LOG_QUERIES), **self._redis_options())
             )
         return SQLiteEventStore(self._database(config.get("events", "path")), max_events)
 
@@ -162,7 +170,7 @@ class EformService(MultiService):
         if self.redis is None:
             return LocalBus()
         return self._child(
-            RedisBus(self._commands(), config.get("redis", "prefix"), self.node_id, config.get("redis", "outage_buffer"),
+            RedisBus(self._redis_role(WRITES), config.get("redis", "prefix"), self.node_id, config.get("redis", "outage_buffer"),
                      config.get("redis", "bus_stream_length"), **self._redis_options())
         )
 
@@ -171,7 +179,7 @@ class EformService(MultiService):
         if self.redis is None:
             return None
         return self._child(
-            NodeRegistry(self._commands(), config.get("redis", "prefix"), self.node_id, self.hub,
+            NodeRegistry(self._redis_role(WRITES), config.get("redis", "prefix"), self.node_id, self.hub,
                          config.get("redis", "node_heartbeat"), config.get("redis", "node_ttl"),
                          **self._redis_options())
         )
@@ -195,8 +203,8 @@ class EformService(MultiService):
     def startService(self):
         """Start the parts, follow the event log, and listen once its position is known (at
         most `LISTEN_WAIT` seconds later: without it, handshakes are refused with 503)."""
-        if self._redis_commands is not None:
-            self._redis_commands.startService()
+        for connection in self._redis_roles.values():
+            connection.startService()
         super().startService()
         metrics.REGISTRY.register(self.metrics)
         self.bus.start(self.hub.deliver)
@@ -235,8 +243,7 @@ class EformService(MultiService):
         emitter.install(None)
         metrics.REGISTRY.unregister(self.metrics)
         yield super().stopService()
-        if self._redis_commands is not None:
-            yield self._redis_commands.stopService()
+        yield DeferredList([maybeDeferred(connection.stopService) for connection in self._redis_roles.values()])
         forget_exit_signal(self.reactor)  # an orderly shutdown: exit 0
         self.log.info("eformws stopped")
 

@@ -10,7 +10,7 @@ import uuid
 from collections import Counter, deque
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, fail, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, fail, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -19,6 +19,7 @@ from eformws.backends.redis import (
     RedisUnavailable,
     Script,
     WritePause,
+    address_of,
     check_durability,
     command_connection,
     reading_connection,
@@ -44,6 +45,7 @@ log = Logger(namespace="eformws.store.redis")
 SCAN_BATCH = 500
 READ_BATCH = 1000
 MAX_IN_FLIGHT = 256  # appends sent and not yet answered (pipelined on one connection)
+SCANS_AT_ONCE = 8  # log scans (catch-up, recent, sweep) under way at once: each holds up to SCAN_BATCH entries
 INTERNAL_KEY_LIFETIME = 30.0  # seconds an append without a producer's key is remembered
 
 # The epoch, the seq counter and the newest entry's nonce live in a hash beside the stream.
@@ -230,7 +232,7 @@ class RedisEventStore(MultiService):
 
     def __init__(self, redis, prefix: str, max_events: int, buffer_size: int, emit_timeout: float = 5.0,
                  initial_delay: float = 0.5, max_delay: float = 10.0, clock=time.time, block_ms: int = 2000,
-                 reactor=None):
+                 reactor=None, queries=None):
         super().__init__()
         self.stream = f"{prefix}events"
         self.meta = f"{prefix}events:log"
@@ -245,7 +247,10 @@ class RedisEventStore(MultiService):
         self._backoff = (initial_delay, max_delay)
         self.connection = command_connection(self, redis, "event store", initial_delay, max_delay)
         self.connection.on_connected.append(lambda _: self._writer_connected())
-        self.reader = reading_connection(self, redis, "event log reader", initial_delay, max_delay)
+        self.queries = command_connection(self, queries if queries is not None else address_of(redis),
+                                          "event log queries", initial_delay, max_delay)
+        self._scans = DeferredSemaphore(SCANS_AT_ONCE)
+        self.reader = reading_connection(self, redis, "event log reader", initial_delay, max_delay, block_ms)
         self.reader.on_connected.append(lambda _: self._read())
         self._queue: deque[_Append] = deque()
         self._pending: set[_Append] = set()  # queued or in flight, until settled
@@ -317,7 +322,7 @@ class RedisEventStore(MultiService):
 
     def _pump(self) -> None:
         while (self._queue and self._in_flight < MAX_IN_FLIGHT and self._offset is not None
-               and not self.pause.paused and self.connection.connected):
+               and not self.pause.paused and self.connection.connected and self.running):
             item = self._queue.popleft()
             self._requeued = 0  # answers to what is in flight now come after this one was sent
             if not item.done:
@@ -518,11 +523,14 @@ class RedisEventStore(MultiService):
 
     @inlineCallbacks
     def _latest(self):
-        epoch, seq, _, _ = yield self._state(self.connection)
+        epoch, seq, _, _ = yield self._state(self.queries)
         return Position(epoch, seq)
 
-    @inlineCallbacks
     def since(self, cursor, epoch, event_filter, limit, upto=None):
+        return self._scans.run(self._since, cursor, epoch, event_filter, limit, upto)
+
+    @inlineCallbacks
+    def _since(self, cursor, epoch, event_filter, limit, upto):
         latest = yield self._latest()
         upto_seq = bound(upto, latest)
         since = parse_cursor(cursor)
@@ -532,7 +540,7 @@ class RedisEventStore(MultiService):
             now = self._clock()
             expected = since + 1
             while expected <= upto_seq and complete and len(found) <= limit:
-                batch = yield self.connection.command(
+                batch = yield self.queries.command(
                     "XRANGE", self.stream, f"{expected}-0", f"{upto_seq}-0", "COUNT", SCAN_BATCH
                 )
                 if not batch:
@@ -552,14 +560,17 @@ class RedisEventStore(MultiService):
                             found.append(stored(envelope, Position(latest.epoch, _seq_of(entry_id))))
         return resumption(cursor, epoch, latest, 0, lambda _, n: (found[:n], complete), limit)
 
-    @inlineCallbacks
     def recent(self, event_filter, window, limit, now=None, upto=None):
+        return self._scans.run(self._recent, event_filter, window, limit, now, upto)
+
+    @inlineCallbacks
+    def _recent(self, event_filter, window, limit, now, upto):
         latest = yield self._latest()
         now = self._clock() if now is None else now
         found: list = []
         end = f"{bound(upto, latest)}-0"
         while len(found) < limit:
-            batch = yield self.connection.command("XREVRANGE", self.stream, end, "-", "COUNT", SCAN_BATCH)
+            batch = yield self.queries.command("XREVRANGE", self.stream, end, "-", "COUNT", SCAN_BATCH)
             for entry_id, flat in batch:
                 fields = _fields(flat)
                 created = float(fields.get("c", 0))
@@ -578,13 +589,16 @@ class RedisEventStore(MultiService):
             end = "(" + batch[-1][0]
         return found[::-1]
 
-    @inlineCallbacks
     def _scan(self):
         """Every entry, oldest first, in batches (for expiry and statistics)."""
+        return self._scans.run(self._scan_all)
+
+    @inlineCallbacks
+    def _scan_all(self):
         entries = []
         start = "-"
         while True:
-            batch = yield self.connection.command("XRANGE", self.stream, start, "+", "COUNT", SCAN_BATCH)
+            batch = yield self.queries.command("XRANGE", self.stream, start, "+", "COUNT", SCAN_BATCH)
             entries.extend(batch)
             if len(batch) < SCAN_BATCH:
                 return entries
@@ -595,9 +609,9 @@ class RedisEventStore(MultiService):
         now = self._clock() if now is None else now
         expired = [entry_id for entry_id, flat in (yield self._scan()) if float(_fields(flat).get("x", 0)) <= now]
         for start in range(0, len(expired), SCAN_BATCH):
-            yield self.connection.command("XDEL", self.stream, *expired[start:start + SCAN_BATCH])
+            yield self.queries.command("XDEL", self.stream, *expired[start:start + SCAN_BATCH])
         # Appends trim roughly (MAXLEN ~, whole blocks at a time); the sweep trims exactly.
-        trimmed = yield self.connection.command("XTRIM", self.stream, "MAXLEN", "=", self.max_events)
+        trimmed = yield self.queries.command("XTRIM", self.stream, "MAXLEN", "=", self.max_events)
         return len(expired) + int(trimmed)
 
     @inlineCallbacks
@@ -629,12 +643,31 @@ class RedisEventStore(MultiService):
             raise RedisUnavailable(f"redis refuses writes: {self.pause.error}") from None
         self.pause.accepted()
 
+    def startService(self):
+        super().startService()
+        self._pump()  # what was appended before the start, if the connection is up already
+
+    @inlineCallbacks
     def stopService(self):
-        for item in list(self._pending):
-            item.settle(RedisUnavailable("the gateway is stopping"))
+        """Appends not sent yet fail at once (not stored); those sent wait for their answer
+        or their deadline (EmitUnconfirmed), at most `emit_timeout`: a caller is never told
+        "not stored" of an event that may be in the log."""
+        for item in list(self._queue):
+            if not item.sent:
+                item.settle(RedisUnavailable("the gateway is stopping; the event was not stored"))
         self._queue.clear()
         self.pause.cancel()
         if self._retry_read is not None and self._retry_read.active():
             self._retry_read.cancel()
         self._retry_read = None
-        return super().stopService()
+        answers = [self._settling(item) for item in list(self._pending)]
+        if answers:
+            yield DeferredList(answers)
+        yield super().stopService()
+
+    @staticmethod
+    def _settling(item: _Append) -> Deferred:
+        """Fires (with None) once `item` is settled, whatever its outcome."""
+        d = Deferred()
+        item.deferred.addBoth(lambda result: (d.callback(None), result)[1])
+        return d
