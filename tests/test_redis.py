@@ -318,6 +318,27 @@ async def test_admin_wamp_publish_on_one_process_reaches_legacy_clients_on_the_o
     await within(peer.gone)
 
 
+@pytest_twisted.ensureDeferred
+async def test_an_applications_publication_on_one_process_reaches_its_subscriber_on_the_other(
+        tmp_path, spawn, redis_url, redis_prefix):
+    from autobahn.wamp.types import PublishOptions
+    from conftest import within
+    from wamp_peer import open_peer, subscribe
+
+    a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
+    subscriber = open_peer(b, "msgpack", ticket=await create_session(tmp_path, a.config))
+    publisher = open_peer(a, "json", ticket=await create_session(tmp_path, a.config))
+    await within(subscriber.joined)
+    await within(publisher.joined)
+    inbox, _ = await subscribe(subscriber, "app.orders.created")
+    await within(publisher.publish("app.orders.created", 7, "x", total=12, options=PublishOptions(acknowledge=True)))
+    args, kwargs, details = await inbox.next_publication()
+    assert (args, kwargs, details.publisher) == ((7, "x"), {"total": 12}, publisher.session_id)
+    for peer in (subscriber, publisher):
+        peer.leave()
+        await within(peer.gone)
+
+
 # -- workers ----------------------------------------------------------------------------
 
 

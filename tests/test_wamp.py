@@ -397,7 +397,7 @@ async def test_unknown_procedure_is_no_such_procedure(server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_register_is_refused_not_authorized(server):
+async def test_register_outside_the_permission_table_is_refused_not_authorized(server):
     peer = await join(server)
     error = await call_error(peer.register(lambda: None, "com.example.mine"))
     assert error.error == "wamp.error.not_authorized"

@@ -45,6 +45,7 @@ from wamp_frames import (  # noqa: F401  (close_raw_clients: autouse, closes raw
 from eformws.core.policy import Policy
 from eformws.runtime.config import ConfigError, load_config
 from eformws.transports.wamp.broker import Broker
+from eformws.transports.wamp.permissions import Permission, Permissions
 from eformws.transports.wamp.topics import EXACT, PREFIX_MATCH, WILDCARD, wildcard_matches
 from eformws.transports.wamp.wildcards import WildcardIndex
 
@@ -342,8 +343,11 @@ def brute_force(model: dict, uri: str) -> list:
     probes=st.lists(topics, max_size=20),
 )
 def test_the_broker_matches_what_a_scan_of_every_subscription_matches(operations, probes):
-    broker, model, ids = Broker(None, Policy()), {}, {}
-    for add, connection, match, topic in operations:
+    everything = Permissions([Permission("", PREFIX_MATCH, frozenset({"admin"}), frozenset({"subscribe"}), False)])
+    broker, model, ids = Broker(None, Policy(), permissions=everything), {}, {}
+    connections = [Subscriber() for _ in range(3)]
+    for add, index, match, topic in operations:
+        connection = connections[index]
         key = (match, topic)
         if add:
             ids[key] = broker.subscribe(connection, topic, match).id
@@ -354,6 +358,13 @@ def test_the_broker_matches_what_a_scan_of_every_subscription_matches(operations
     for uri in probes:
         assert sorted((s.match, s.topic) for s in broker.matching(uri)) == brute_force(model, uri)
     assert broker.subscription_count == sum(1 for members in model.values() if members)
+
+
+class Subscriber:
+    """A connection as the broker sees it: an admin's session (the table above lets it subscribe to anything)."""
+
+    class session:
+        role = "admin"
 
 
 # -- a real process: memory under a subscription loop, an admin's deliveries among patterns ---------

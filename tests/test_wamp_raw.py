@@ -29,6 +29,7 @@ from wamp_frames import (  # noqa: F401  (close_raw_clients: autouse, closes raw
     SUBSCRIBED,
     UNSUBSCRIBE,
     WELCOME,
+    YIELD,
     assert_aborted,
     close_raw_clients,
     connect,
@@ -68,8 +69,9 @@ async def test_welcome_announces_broker_and_dealer_with_supported_features_only(
     session_id, details = welcome[1], welcome[2]
     assert isinstance(session_id, int) and 1 <= session_id <= 2**53
     assert details["roles"] == {
-        "broker": {"features": {"pattern_based_subscription": True, "publisher_exclusion": True}},
-        "dealer": {},
+        "broker": {"features": {"pattern_based_subscription": True, "publisher_exclusion": True,
+                                "publisher_identification": True, "subscriber_blackwhite_listing": True}},
+        "dealer": {"features": {"caller_identification": True}},
     }
     assert (details["realm"], details["authmethod"], details["authrole"]) == ("eform", "ticket", "admin")
 
@@ -390,3 +392,22 @@ async def test_opening_sessions_in_a_loop_spends_the_rate_limit(start_server):
         assert (await client.recv())[0] == 6
     assert client.connection.protocol.close_rcvd.code == 1008
     assert welcomed == 5  # the burst of 10 tokens: 2 for each opening
+
+
+# -- a callee's answers ------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_yield_to_no_invocation_of_the_session_is_ignored_and_the_session_goes_on(server):
+    client, _ = await join(server)
+    await client.send([YIELD, 12345, {}, ["made up"]])
+    await client.send([CALL, 1, {}, "eform.status"])
+    answer = await client.recv()
+    assert answer[:2] == [RESULT, 1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_error_to_anything_but_an_invocation_is_a_protocol_violation(server):
+    client, _ = await join(server)
+    await client.send([ERROR, CALL, 1, {}, "app.error.nope"])
+    await assert_aborted(client, "wamp.error.protocol_violation")

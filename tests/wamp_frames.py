@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from conftest import aio
 
 HELLO, WELCOME, ABORT, CHALLENGE, AUTHENTICATE, GOODBYE, ERROR = 1, 2, 3, 4, 5, 6, 8
-PUBLISH, SUBSCRIBE, SUBSCRIBED, UNSUBSCRIBE, EVENT, CALL, RESULT = 16, 32, 33, 34, 36, 48, 50
+PUBLISH, SUBSCRIBE, SUBSCRIBED, UNSUBSCRIBE, EVENT, CALL, RESULT, YIELD = 16, 32, 33, 34, 36, 48, 50, 70
 ROLES = {"subscriber": {}, "publisher": {}, "caller": {}}
 
 

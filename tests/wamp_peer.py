@@ -50,18 +50,23 @@ class Peer(ApplicationSession):
 
 
 class Inbox:
-    """A subscription handler that queues what it gets: (envelope, details)."""
+    """A subscription handler that queues what it gets: (args, kwargs, details)."""
 
     def __init__(self):
         self._queue = DeferredQueue()
 
     def __call__(self, *args, details=None, **kwargs):
-        self._queue.put((args, details))
+        self._queue.put((args, kwargs, details))
 
     async def next(self):
-        args, details = await within(self._queue.get())
-        assert len(args) == 1, args
+        """An eform EVENT: (envelope, details)."""
+        args, kwargs, details = await within(self._queue.get())
+        assert len(args) == 1 and not kwargs, (args, kwargs)
         return args[0], details
+
+    async def next_publication(self):
+        """An application's EVENT: (args, kwargs, details) as the publisher gave them."""
+        return await within(self._queue.get())
 
     @property
     def empty(self) -> bool:

@@ -47,6 +47,10 @@ auth_failures = Counter(
     "eformws_auth_failures", "Refused credentials, by reason (missing, invalid, forbidden, store_unavailable)",
     ["transport", "reason"], registry=REGISTRY,
 )
+wamp_refused_publications = Counter(
+    "eformws_wamp_refused_publications", "WAMP PUBLISHes refused without an answer (not acknowledged), by ERROR URI",
+    ["error"], registry=REGISTRY,
+)
 events_emitted = Counter("eformws_events_emitted", "Structured events stored and published", ["type"], registry=REGISTRY)
 store_latency = Histogram(
     "eformws_store_latency_seconds", "Time a store took to answer", ["store", "operation"],

@@ -130,6 +130,12 @@ class WebSocketEvents:
         envelope = wire.room_broadcast(event, data, namespace, room)
         return self.bus.publish(Message(envelope, (Target(namespace, rooms=(room,)),), meta=meta or {}))
 
+    def publish_topic(self, args: list, kwargs: dict, meta: dict) -> Deferred:
+        """A WAMP application's publication (not an eform message: no namespace gets it),
+        its args and kwargs untouched, to the endpoints of every process; `meta` says the
+        topic and who it is for (see the WAMP broker)."""
+        return self.bus.publish(Message({"args": args, "kwargs": kwargs}, (), meta=meta))
+
     def send(self, connection_id: str, event: str, data: Any) -> Deferred:
         """The direct envelope (A) to one connection, wherever it is connected."""
         targets = tuple(Target(path, connection_id=connection_id) for path in self.hub.namespaces)

@@ -12,6 +12,7 @@ from twisted.logger import Logger
 
 from eformws.core.policy import ROLES
 from eformws.sessions import MAX_TTL
+from eformws.transports.wamp.permissions import DEFAULT_PERMISSIONS
 
 log = Logger(namespace="eformws.config")
 
@@ -102,6 +103,16 @@ def _field_paths(key: str, value: Any) -> list[str]:
     return paths
 
 
+def _permissions(key: str, value: Any) -> list:
+    from eformws.transports.wamp.permissions import BadPermission, Permissions
+
+    try:
+        Permissions.parse(value, key)
+    except BadPermission as e:
+        raise ConfigError(str(e)) from None
+    return value
+
+
 def _choice(*choices: str) -> Callable[[str, Any], str]:
     def check(key: str, value: Any) -> str:
         if value not in choices:
@@ -136,6 +147,7 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[str, Any], Any]]] = {
     ("websocket", "rate_limit_close_after"): (40, _integer(1, 1_000_000)),
     ("wamp", "max_subscriptions"): (100, _integer(1, 100_000)),
     ("wamp", "max_uri_length"): (512, _integer(64, 65_536)),
+    ("wamp", "permissions"): (DEFAULT_PERMISSIONS, _permissions),
     ("auth", "cookie_names"): (["sessionId", "session"], _strings),
     ("auth", "api_tokens"): ([], _tokens),
     ("auth", "broadcast_roles"): (["admin"], _roles),

@@ -1,5 +1,6 @@
 """The broker: subscriptions (exact, prefix, wildcard) shared by sessions, which sessions a
-delivered message reaches and on which topic, and PUBLISH as a broadcast through the hub."""
+delivered message reaches and on which topic; PUBLISH to `eform.*` as a broadcast, and to
+an application's topics (the permission table) with its payload untouched."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from eformws.transports.wamp.errors import (
     WampError,
     new_id,
 )
+from eformws.transports.wamp.permissions import DEFAULT_PERMISSIONS, Permissions, is_own, may_name_own
+from eformws.transports.wamp.permissions import role_of
 from eformws.transports.wamp.topics import (
     EXACT,
     PREFIX_MATCH,
@@ -49,20 +52,31 @@ class Subscription:
 
 class Delivery:
     """What one message means to WAMP sessions: its publication id, and for each recipient
-    connection the subscriptions it matched, each with the first topic it may see."""
+    connection the subscriptions it matched, each with the first topic it may see; for an
+    application's publication, the publisher when it is disclosed."""
 
-    __slots__ = ("message", "publication", "matches")
+    __slots__ = ("message", "publication", "matches", "application", "publisher")
 
-    def __init__(self, message: Message, publication: int, matches: dict):
+    def __init__(self, message: Message, publication: int, matches: dict, application: bool = False,
+                 publisher: dict | None = None):
         self.message = message
         self.publication = publication
         self.matches: dict[Any, list[tuple[Subscription, Topic]]] = matches
+        self.application = application  # an application's publication: args and kwargs as published
+        self.publisher = publisher
+
+    def details(self, subscription: Subscription, topic: Topic) -> dict:
+        details = subscription.details(topic)
+        if self.publisher:
+            details.update(self.publisher)
+        return details
 
 
 class Broker:
-    def __init__(self, hub, policy, max_subscriptions: int = 100, publisher=None):
+    def __init__(self, hub, policy, max_subscriptions: int = 100, publisher=None, permissions: Permissions | None = None):
         self._hub = hub
         self._policy = policy
+        self._permissions = permissions or Permissions.parse(DEFAULT_PERMISSIONS)
         self._publisher = publisher  # WebSocketEvents: PUBLISH goes out as any broadcast
         self._max_subscriptions = max_subscriptions  # per connection (one session at a time)
         self._by_key: dict[tuple[str, str], Subscription] = {}
@@ -87,6 +101,9 @@ class Broker:
         subscription = self._by_key.get((match, topic))
         if subscription is not None and connection in subscription.connections:
             return subscription
+        if not may_name_own(topic, match) and not self._permissions.may_ever(
+                role_of(connection), "subscribe", topic, match):
+            raise WampError(NOT_AUTHORIZED, f"this session may not subscribe to {topic!r} ({match} match)")
         if len(self._of.get(connection, ())) >= self._max_subscriptions:
             limit = self._max_subscriptions
             raise WampError(SUBSCRIPTION_LIMIT, f"Subscription limit reached: at most {limit} subscriptions per session",
@@ -182,6 +199,8 @@ class Broker:
 
     def _resolve(self, message: Message) -> Delivery:
         meta = message.meta.get(META) or {}
+        if "topic" in meta:
+            return self._resolve_application(message, meta)
         excluded = meta.get("exclude")
         per_subscription: dict[Subscription, list[Topic]] = {}
         for topic in topics_of(message):
@@ -198,11 +217,32 @@ class Broker:
                         break
         return Delivery(message, publication_of(message), matches)
 
+    def _resolve_application(self, message: Message, meta: dict) -> Delivery:
+        """An application's publication: the sessions subscribed to its topic that may
+        subscribe to it (the table) and are eligible (its eligible/exclude lists)."""
+        uri = meta["topic"]
+        topic = Topic(uri, "", None)
+        audience = Audience(meta)
+        permissions = self._permissions
+        allowed: dict[str | None, bool] = {}  # per role, asked once
+        matches: dict[Any, list[tuple[Subscription, Topic]]] = {}
+        for subscription in self.matching(uri):
+            for connection in subscription.connections:
+                role = role_of(connection)
+                if role not in allowed:
+                    allowed[role] = permissions.allows(role, "subscribe", uri)
+                if allowed[role] and audience.includes(connection):
+                    matches.setdefault(connection, []).append((subscription, topic))
+        return Delivery(message, meta["publication"], matches, True, meta.get("publisher"))
+
     # -- PUBLISH -------------------------------------------------------------------------
 
     def publish(self, connection, request) -> Deferred:
-        """A broadcast through the hub (so legacy clients get it too); fires with the
-        publication id. Raises `WampError` when the session may not or the request is bad."""
+        """Fires with the publication id once published; raises `WampError` when the session
+        may not or the request is bad. `eform.*`: a broadcast through the hub (so legacy
+        clients get it too); any other topic: an application's, as the table allows."""
+        if not is_own(request.topic):
+            return self._publish_application(connection, request)
         if not self._policy.may_publish(connection.session):
             raise WampError(NOT_AUTHORIZED, "this session may not publish")
         _refuse_unsupported(request)
@@ -223,6 +263,59 @@ class Broker:
             d = self._publisher.broadcast_to_room(path, room, event, data, meta={META: meta})
         d.addCallback(lambda _: publication)
         return d
+
+
+    def _publish_application(self, connection, request) -> Deferred:
+        entry = self._permissions.entry(role_of(connection), "publish", request.topic)
+        if entry is None:
+            raise WampError(NOT_AUTHORIZED, f"this session may not publish to {request.topic!r}")
+        if request.payload is not None or request.retain:
+            name = "payload" if request.payload is not None else "retain"
+            raise WampError(INVALID_ARGUMENT, f"the PUBLISH option or field {name!r} is not supported")
+        session = connection.session
+        publication = new_id()
+        meta: dict[str, Any] = {"topic": request.topic, "publication": publication}
+        excluded = list(request.exclude or ())
+        if request.exclude_me is not False:
+            excluded.append(connection.wamp.id)
+        for name, value in (("exclude", excluded), ("exclude_authid", request.exclude_authid),
+                            ("exclude_authrole", request.exclude_authrole), ("eligible", request.eligible),
+                            ("eligible_authid", request.eligible_authid),
+                            ("eligible_authrole", request.eligible_authrole)):
+            if value is not None and (value or name != "exclude"):
+                meta[name] = list(value)
+        if entry.disclose:
+            meta["publisher"] = {"publisher": connection.wamp.id, "publisher_authid": session.user_id,
+                                 "publisher_authrole": session.role}
+        d = self._publisher.publish_topic(list(request.args or ()), dict(request.kwargs or {}), {META: meta})
+        d.addCallback(lambda _: publication)
+        return d
+
+
+class Audience:
+    """Who among the subscribers an application's publication is for: its `eligible`
+    lists (by session id, authid, authrole: when given, a recipient must be in each) and
+    `exclude` lists (in none), as the publisher gave them."""
+
+    __slots__ = ("eligible", "exclude")
+
+    def __init__(self, meta: dict):
+        self.eligible = [(kind, frozenset(meta[name])) for kind, name in _LISTS["eligible"] if name in meta]
+        self.exclude = [(kind, frozenset(meta[name])) for kind, name in _LISTS["exclude"] if name in meta]
+
+    def includes(self, connection) -> bool:
+        if not self.eligible and not self.exclude:
+            return True
+        identity = {"session": connection.wamp.id, "authid": connection.session.user_id,
+                    "authrole": connection.session.role}
+        return (all(identity[kind] in values for kind, values in self.eligible)
+                and not any(identity[kind] in values for kind, values in self.exclude))
+
+
+_LISTS = {
+    which: (("session", which), ("authid", f"{which}_authid"), ("authrole", f"{which}_authrole"))
+    for which in ("eligible", "exclude")
+}
 
 
 def publication_of(message: Message) -> int:

@@ -28,6 +28,8 @@ RATE_LIMITED = "eform.error.rate_limited"
 UNAVAILABLE = "eform.error.unavailable"
 IDEMPOTENCY_CONFLICT = "eform.error.idempotency_conflict"
 SUBSCRIPTION_LIMIT = "eform.error.subscription_limit"
+PROCEDURE_ALREADY_EXISTS = "wamp.error.procedure_already_exists"
+CANCELED = "wamp.error.canceled"
 
 MAX_ID = 2**53
 
@@ -45,3 +47,12 @@ class WampError(Exception):
         self.uri = uri
         self.message = message
         self.kwargs = kwargs or None
+        self.payload: list | None = None  # the ERROR's args when they are not [message]
+
+    @classmethod
+    def relayed(cls, uri: str, args, kwargs) -> "WampError":
+        """A callee's ERROR, for its caller as it came: uri, args and kwargs untouched."""
+        error = cls(uri, str(args[0]) if args else uri)
+        error.payload = list(args or [])
+        error.kwargs = dict(kwargs) if kwargs else None
+        return error

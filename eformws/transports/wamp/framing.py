@@ -3,6 +3,7 @@ envelope is encoded once and each matched subscription's EVENT framed once for a
 
 from __future__ import annotations
 
+from autobahn.wamp.message import Event
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -43,6 +44,9 @@ class EventFrame:
         matched = self._delivery.matches.get(connection)
         if not matched:
             return []
+        if self._delivery.application:
+            frames = [self._event(subscription, topic, self._application_event) for subscription, topic in matched]
+            return [frame for frame in frames if frame is not None]
         if self._envelope is None:
             try:
                 self._envelope = self._codec.envelope(self._message)
@@ -57,14 +61,31 @@ class EventFrame:
                 self._envelope = b""
         if not self._envelope:
             return []
-        frames = []
-        for subscription, topic in matched:
-            key = (subscription.id, topic.uri)
-            frame = self._events.get(key)
-            if frame is None:
-                payload = self._codec.event(
-                    subscription.id, self._delivery.publication, subscription.details(topic), self._envelope
-                )
-                frame = self._events[key] = Frame(payload, self._codec.binary)
-            frames.append(frame)
-        return frames
+        return [self._event(subscription, topic, self._envelope_event) for subscription, topic in matched]
+
+    def _event(self, subscription, topic, encode) -> Frame | None:
+        """The EVENT of (subscription, topic), built on first use, then shared; None when
+        this serialization cannot carry it."""
+        key = (subscription.id, topic.uri)
+        if key not in self._events:
+            payload = encode(subscription.id, self._delivery.details(subscription, topic))
+            self._events[key] = Frame(payload, self._codec.binary) if payload is not None else None
+        return self._events[key]
+
+    def _envelope_event(self, subscription_id: int, details: dict) -> bytes:
+        return self._codec.event(subscription_id, self._delivery.publication, details, self._envelope)
+
+    def _application_event(self, subscription_id: int, details: dict) -> bytes:
+        """The publisher's args and kwargs, untouched; the topic of a pattern subscription
+        and the publisher, when disclosed, in details."""
+        published = self._message.envelope
+        try:
+            return self._codec.encode(Event(
+                subscription_id, self._delivery.publication,
+                args=published["args"] or None, kwargs=published["kwargs"] or None, **details,
+            ))
+        except Exception as e:  # e.g. an integer beyond 64 bits: JSON carries it, MessagePack cannot
+            log.warn("cannot encode a publication on {topic} for {subprotocol} sessions: {error}",
+                     topic=self._message.meta.get("wamp", {}).get("topic"), subprotocol=self._codec.subprotocol,
+                     error=str(e)[:200])
+            return None

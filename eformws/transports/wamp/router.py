@@ -15,6 +15,8 @@ from eformws.transports.wamp.broker import Broker
 from eformws.transports.wamp.codec import codecs
 from eformws.transports.wamp.dealer import Dealer
 from eformws.transports.wamp.framing import EventFraming
+from eformws.transports.wamp.permissions import DEFAULT_PERMISSIONS, Permissions
+from eformws.transports.wamp.registrations import Registrations
 from eformws.transports.wamp.transport import WampFactory
 
 PATH = "/wamp"
@@ -44,6 +46,7 @@ class WampRouter:
         max_subscriptions: int = 100,
         max_uri_length: int = 512,
         options: dict | None = None,
+        permissions: Permissions | None = None,
     ):
         self.sessions = sessions
         self.cookie_names = tuple(cookie_names)
@@ -57,7 +60,9 @@ class WampRouter:
         self.rate_burst = rate_burst
         self.rate_limit_close_after = rate_limit_close_after
         self.codecs = codecs(max_uri_length)
-        self.broker = Broker(hub, policy, max_subscriptions, publisher=events)
+        self.permissions = permissions or Permissions.parse(DEFAULT_PERMISSIONS)
+        self.broker = Broker(hub, policy, max_subscriptions, publisher=events, permissions=self.permissions)
+        self.registrations = Registrations(self.permissions)
         self.dealer = Dealer(hub, events, status, policy)
         self.framings = {name: EventFraming(codec, self.broker) for name, codec in self.codecs.items()}
         self.connections: dict[str, Any] = {}  # joined sessions' transports by connection id
@@ -87,6 +92,7 @@ class WampRouter:
             max_subscriptions=config.get("wamp", "max_subscriptions"),
             max_uri_length=config.get("wamp", "max_uri_length"),
             options=protocol_options(config),
+            permissions=Permissions.parse(config.get("wamp", "permissions")),
         )
 
     # -- IEndpoint ---------------------------------------------------------------------------
@@ -102,6 +108,7 @@ class WampRouter:
     def left(self, connection) -> None:
         self.connections.pop(connection.id, None)
         self.broker.drop(connection)
+        self.registrations.drop(connection)
 
     def resource(self) -> WebSocketResource:
         if self._resource is None:

@@ -13,13 +13,15 @@ from eformws.core.wire import CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR
 from eformws.sessions import first_valid_session
 from eformws.transports.wamp import errors
 from eformws.transports.wamp.errors import WampError, new_id
+from eformws.transports.wamp.permissions import is_own
 from eformws.transports.wamp.topics import EXACT, REALM, is_uri
 
 log = Logger(namespace="eformws.wamp")
 
 ROUTER_ROLES = {
-    "broker": RoleBrokerFeatures(pattern_based_subscription=True, publisher_exclusion=True),
-    "dealer": RoleDealerFeatures(),
+    "broker": RoleBrokerFeatures(pattern_based_subscription=True, publisher_exclusion=True,
+                                 publisher_identification=True, subscriber_blackwhite_listing=True),
+    "dealer": RoleDealerFeatures(caller_identification=True),
 }
 AUTH_PROVIDER = "eformws"
 
@@ -85,7 +87,9 @@ class RouterSession:
             handler = self._handlers.get(type(message))
             if handler is None:
                 self.violation(f"{_name(message)} is not a message a client sends in a session")
-            elif isinstance(message, wamp.Goodbye) or self.connection.bucket.take():
+            elif isinstance(message, (wamp.Goodbye, wamp.Yield, wamp.Error)) or self.connection.bucket.take():
+                # A callee's answers are not limited (the router paced the invocations they
+                # answer); one to no invocation of its own costs a token (see _answered).
                 handler(self, message)
             else:
                 answered = isinstance(message, (wamp.Call, wamp.Subscribe, wamp.Unsubscribe, wamp.Register,
@@ -255,21 +259,49 @@ class RouterSession:
         d.addErrback(self._request_failed, session_id, wamp.Publish.MESSAGE_TYPE, request.request, acknowledge)
 
     def _call(self, request) -> None:
+        """The router's own procedures (`eform.*`) answer here; any other goes to the
+        session that registered it, and its YIELD or ERROR comes back as the answer."""
         session_id = self.id
         if request.payload is not None:
             d = maybeDeferred(self._refuse, errors.INVALID_ARGUMENT, "payload transparency is not supported")
-        else:
+        elif is_own(request.procedure):
             d = maybeDeferred(self.router.dealer.call, self.connection, request.procedure, request.args, request.kwargs)
-        d.addCallback(lambda result: self._reply(session_id, wamp.Result(request.request, args=result)))
+            d.addCallback(lambda args: (args, None))
+        else:
+            d = maybeDeferred(self.router.registrations.call, self.connection, request)
+        d.addCallback(lambda result: self._reply(
+            session_id, wamp.Result(request.request, args=result[0] or None, kwargs=result[1] or None)))
         d.addErrback(self._request_failed, session_id, wamp.Call.MESSAGE_TYPE, request.request, True)
 
     def _register(self, request) -> None:
-        self._send(wamp.Error(wamp.Register.MESSAGE_TYPE, request.request, errors.NOT_AUTHORIZED,
-                              args=["this router does not let clients register procedures"]))
+        try:
+            registration = self.router.registrations.register(self.connection, request)
+        except WampError as e:
+            self._send(wamp.Error(wamp.Register.MESSAGE_TYPE, request.request, e.uri, args=[e.message]))
+            return
+        self._send(wamp.Registered(request.request, registration.id))
 
     def _unregister(self, request) -> None:
-        self._send(wamp.Error(wamp.Unregister.MESSAGE_TYPE, request.request, errors.NO_SUCH_REGISTRATION,
-                              args=["this session has no registrations"]))
+        if self.router.registrations.unregister(self.connection, request.registration):
+            self._send(wamp.Unregistered(request.request))
+        else:
+            self._send(wamp.Error(wamp.Unregister.MESSAGE_TYPE, request.request, errors.NO_SUCH_REGISTRATION,
+                                  args=["no such registration of this session"]))
+
+    def _yield(self, message) -> None:
+        self._answered(self.router.registrations.yielded(self.connection, message))
+
+    def _error(self, message) -> None:
+        if message.request_type != wamp.Invocation.MESSAGE_TYPE:
+            self.violation(f"ERROR to a {message.request_type} request: a client answers only INVOCATION")
+            return
+        self._answered(self.router.registrations.failed(self.connection, message))
+
+    def _answered(self, known: bool) -> None:
+        """An answer to no invocation of this session's (late, after a cancel, or made up)
+        is ignored, as the spec says, and costs a token like any message."""
+        if not known and not self.connection.bucket.take():
+            self._rate_limited(wamp.Yield.MESSAGE_TYPE, None, False)
 
     def _cancel(self, request) -> None:
         """Our procedures answer at once; the RESULT (or ERROR) comes as if not canceled."""
@@ -286,6 +318,8 @@ class RouterSession:
         wamp.Call: _call,
         wamp.Register: _register,
         wamp.Unregister: _unregister,
+        wamp.Yield: _yield,
+        wamp.Error: _error,
         wamp.Cancel: _cancel,
         wamp.Goodbye: _goodbye,
     }
@@ -306,8 +340,15 @@ class RouterSession:
         else:
             log.failure("wamp request failed", failure, connection=self.connection.id)
             uri, args, kwargs = errors.INTERNAL, ["internal error"], None
+        if failure.check(WampError) and failure.value.payload is not None:
+            args = failure.value.payload or None  # a callee's ERROR, as it sent it
         if answer:
             self._reply(session_id, wamp.Error(kind, request, uri, args=args, kwargs=kwargs))
+        elif kind == wamp.Publish.MESSAGE_TYPE:
+            # Not acknowledged: the spec allows no answer, but it is never silent here.
+            metrics.wamp_refused_publications.labels(uri).inc()
+            log.debug("wamp publish refused without an answer (not acknowledged): {error}", error=uri,
+                      connection=self.connection.id)
 
     # -- closing ------------------------------------------------------------------------------
 

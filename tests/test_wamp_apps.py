@@ -1,0 +1,278 @@
+"""WAMP between clients (docs/wamp.md, "Applications"): stock Autobahn|Python sessions
+publish, subscribe, register and call on an application's URIs (`app.*` by default) as the
+permission table allows, payloads untouched; `eform.*` stays the router's own."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+import treq
+from autobahn.wamp.exception import ApplicationError
+from autobahn.wamp.types import CallDetails, PublishOptions, RegisterOptions, SubscribeOptions
+from conftest import within
+from logcheck import logged_problems  # noqa: F401  (autouse: no error in the log)
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.defer import Deferred
+from wamp_peer import call_error, join, subscribe
+
+ACKNOWLEDGED = PublishOptions(acknowledge=True)
+
+
+async def leave(*peers) -> None:
+    for peer in peers:
+        peer.leave()
+        await within(peer.gone)
+
+
+# -- pub/sub ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("publisher_serializer", "subscriber_serializer"), [("json", "msgpack"), ("msgpack", "json")])
+@pytest_twisted.ensureDeferred
+async def test_a_publication_reaches_a_subscriber_with_its_args_and_kwargs_untouched(
+        server, publisher_serializer, subscriber_serializer):
+    subscriber = await join(server, subscriber_serializer, role="staff", user="sam")
+    publisher = await join(server, publisher_serializer, role="admin", user="ada")
+    inbox, _ = await subscribe(subscriber, "app.orders.created")
+    await within(publisher.publish("app.orders.created", 1, "two", [3.5], {"four": None}, total=12,
+                                   lines={"a": [1, 2]}, options=ACKNOWLEDGED))
+    args, kwargs, details = await inbox.next_publication()
+    assert args == (1, "two", [3.5], {"four": None})
+    assert kwargs == {"total": 12, "lines": {"a": [1, 2]}}
+    await leave(subscriber, publisher)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_subscriber_learns_who_published_as_the_default_table_discloses_it(server):
+    subscriber = await join(server, role="staff", user="sam")
+    publisher = await join(server, role="admin", user="ada")
+    inbox, _ = await subscribe(subscriber, "app.", match="prefix")
+    await within(publisher.publish("app.orders.created", "x", options=ACKNOWLEDGED))
+    _, _, details = await inbox.next_publication()
+    assert (details.topic, details.publisher, details.publisher_authid, details.publisher_authrole) == (
+        "app.orders.created", publisher.session_id, "ada", "admin")
+    await leave(subscriber, publisher)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_publisher_gets_its_own_publication_only_when_it_says_exclude_me_false(server):
+    publisher = await join(server, role="staff")
+    inbox, _ = await subscribe(publisher, "app.chat")
+    await within(publisher.publish("app.chat", "not to me", options=ACKNOWLEDGED))
+    await within(publisher.publish("app.chat", "to me too", options=PublishOptions(acknowledge=True, exclude_me=False)))
+    args, _, _ = await inbox.next_publication()
+    assert args == ("to me too",)
+    assert inbox.empty
+    await leave(publisher)
+
+
+@pytest_twisted.ensureDeferred
+async def test_eligible_and_exclude_lists_pick_the_subscribers_by_session_authid_and_authrole(server):
+    publisher = await join(server, role="admin", user="ada")
+    staff_a = await join(server, role="staff", user="sam")
+    staff_b = await join(server, role="staff", user="tom")
+    admin = await join(server, role="admin", user="al")
+    inboxes = {}
+    for name, peer in (("sam", staff_a), ("tom", staff_b), ("al", admin)):
+        inboxes[name], _ = await subscribe(peer, "app.notice")
+    cases = [
+        (PublishOptions(acknowledge=True, eligible=[staff_a.session_id]), {"sam"}),
+        (PublishOptions(acknowledge=True, exclude=[staff_a.session_id]), {"tom", "al"}),
+        (PublishOptions(acknowledge=True, eligible_authrole=["staff"]), {"sam", "tom"}),
+        (PublishOptions(acknowledge=True, exclude_authid=["tom"]), {"sam", "al"}),
+        (PublishOptions(acknowledge=True, eligible_authrole=["staff"], exclude_authid=["sam"]), {"tom"}),
+    ]
+    for n, (options, expected) in enumerate(cases):
+        await within(publisher.publish("app.notice", n, options=options))
+        await within(publisher.publish("app.notice", "end", n, options=PublishOptions(acknowledge=True)))
+        got = set()
+        for name, inbox in inboxes.items():
+            args, _, _ = await inbox.next_publication()
+            if args == (n,):
+                got.add(name)
+                args, _, _ = await inbox.next_publication()
+            assert args == ("end", n)
+        assert got == expected, (n, got)
+    await leave(publisher, staff_a, staff_b, admin)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kiosk_may_not_subscribe_to_an_applications_topics_by_default(server):
+    kiosk = await join(server, role="kiosk", kiosk="kiosk-1")
+    error = await call_error(kiosk.subscribe(print, "app.orders.created"))
+    assert error.error == "wamp.error.not_authorized"
+    error = await call_error(kiosk.subscribe(print, "app.", options=SubscribeOptions(match="prefix")))
+    assert error.error == "wamp.error.not_authorized"
+    inbox, _ = await subscribe(kiosk, "eform.lockers.kiosk-1")  # its own topics as before
+    await leave(kiosk)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_acknowledged_publish_a_role_may_not_make_is_answered_not_authorized(server):
+    kiosk = await join(server, role="kiosk", kiosk="kiosk-1")
+    error = await call_error(kiosk.publish("app.orders.created", 1, options=ACKNOWLEDGED))
+    assert error.error == "wamp.error.not_authorized"
+    error = await call_error(kiosk.publish("other.topic", 1, options=ACKNOWLEDGED))
+    assert error.error == "wamp.error.not_authorized"
+    await leave(kiosk)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unacknowledged_refused_publish_is_counted(server):
+    kiosk = await join(server, role="kiosk", kiosk="kiosk-1")
+    before = await refused_publications(server)
+    kiosk.publish("app.orders.created", 1)  # Autobahn's default: no answer either way
+    await within(kiosk.call("eform.status"))  # answered after the PUBLISH was handled
+    assert await refused_publications(server) == before + 1
+    await leave(kiosk)
+
+
+async def refused_publications(server) -> float:
+    response = await treq.get(server.http("/metrics"), persistent=False)
+    text = (await response.content()).decode()
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "eformws_wamp_refused_publications_total")
+
+
+# -- remote procedure calls -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("caller_serializer", "callee_serializer"), [("json", "msgpack"), ("msgpack", "json")])
+@pytest_twisted.ensureDeferred
+async def test_a_call_reaches_the_callee_and_its_result_comes_back_untouched(
+        server, caller_serializer, callee_serializer):
+    callee = await join(server, callee_serializer, role="admin", user="ada")
+    caller = await join(server, caller_serializer, role="staff", user="sam")
+
+    def add(*args, **kwargs):
+        from autobahn.wamp.types import CallResult
+
+        return CallResult(sum(args), "sum", echoed=kwargs)
+
+    await within(callee.register(add, "app.math.add"))
+    result = await within(caller.call("app.math.add", 1, 2, 3.5, note={"x": [1]}))
+    assert (list(result.results), result.kwresults) == ([6.5, "sum"], {"echoed": {"note": {"x": [1]}}})
+    await leave(callee, caller)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_callee_learns_who_calls_as_the_default_table_discloses_it(server):
+    callee = await join(server, role="admin", user="ada")
+    caller = await join(server, role="staff", user="sam")
+    seen: list[CallDetails] = []
+
+    def who(details=None):
+        seen.append(details)
+        return "ok"
+
+    await within(callee.register(who, "app.who", options=RegisterOptions(details_arg="details")))
+    assert await within(caller.call("app.who")) == "ok"
+    assert (seen[0].caller, seen[0].caller_authid, seen[0].caller_authrole) == (caller.session_id, "sam", "staff")
+    await leave(callee, caller)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_callees_error_reaches_the_caller_with_its_uri_args_and_kwargs(server):
+    callee = await join(server, role="admin")
+    caller = await join(server, role="staff")
+
+    def refuse():
+        raise ApplicationError("app.error.out_of_stock", "no more", 3, sku="A-1")
+
+    await within(callee.register(refuse, "app.order"))
+    error = await call_error(caller.call("app.order"))
+    assert (error.error, error.args, error.kwargs) == ("app.error.out_of_stock", ("no more", 3), {"sku": "A-1"})
+    await leave(callee, caller)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_procedure_registered_already_is_refused_procedure_already_exists(server):
+    first = await join(server, role="admin")
+    second = await join(server, role="staff")
+    await within(first.register(lambda: 1, "app.one"))
+    error = await call_error(second.register(lambda: 2, "app.one"))
+    assert error.error == "wamp.error.procedure_already_exists"
+    await leave(first, second)
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_unregister_a_call_is_no_such_procedure_and_another_session_may_register(server):
+    first = await join(server, role="admin")
+    second = await join(server, role="staff")
+    registration = await within(first.register(lambda: 1, "app.one"))
+    await within(registration.unregister())
+    error = await call_error(second.call("app.one"))
+    assert error.error == "wamp.error.no_such_procedure"
+    await within(second.register(lambda: 2, "app.one"))
+    assert await within(first.call("app.one")) == 2
+    await leave(first, second)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_whose_callee_leaves_before_answering_fails_canceled(server):
+    callee = await join(server, role="admin")
+    caller = await join(server, role="staff")
+    invoked, never = Deferred(), Deferred()
+
+    def slow():
+        invoked.callback(None)
+        return never  # answers only once the test lets it
+
+    await within(callee.register(slow, "app.slow"))
+    call = caller.call("app.slow")
+    await within(invoked)
+    await leave(callee)
+    error = await call_error(call)
+    assert error.error == "wamp.error.canceled"
+    await leave(caller)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_procedure_registered_by_a_session_that_ended_is_gone(server):
+    callee = await join(server, role="admin")
+    await within(callee.register(lambda: 1, "app.one"))
+    await leave(callee)
+    caller = await join(server, role="staff")
+    error = await call_error(caller.call("app.one"))
+    assert error.error == "wamp.error.no_such_procedure"
+    await leave(caller)
+
+
+@pytest.mark.parametrize("procedure", ["eform.status", "eform.mine"])
+@pytest_twisted.ensureDeferred
+async def test_no_client_may_register_a_procedure_of_the_routers_own(server, procedure):
+    admin = await join(server, role="admin")
+    error = await call_error(admin.register(lambda: 1, procedure))
+    assert error.error == "wamp.error.not_authorized"
+    await leave(admin)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kiosk_may_neither_register_nor_call_an_applications_procedures_by_default(server):
+    admin = await join(server, role="admin")
+    kiosk = await join(server, role="kiosk", kiosk="kiosk-1")
+    await within(admin.register(lambda: 1, "app.one"))
+    assert (await call_error(kiosk.call("app.one"))).error == "wamp.error.not_authorized"
+    assert (await call_error(kiosk.register(lambda: 2, "app.two"))).error == "wamp.error.not_authorized"
+    await leave(admin, kiosk)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_permission_table_of_the_configuration_decides(start_server):
+    server = await start_server({"wamp.permissions": [
+        {"uri": "kiosk.", "match": "prefix", "roles": ["kiosk"], "allow": ["call"]},
+        {"uri": "kiosk.", "match": "prefix", "roles": ["admin"], "allow": ["register"], "disclose": False},
+    ]})
+    admin = await join(server, role="admin")
+    kiosk = await join(server, role="kiosk", kiosk="kiosk-1")
+    seen = []
+
+    def unlock(locker, details=None):
+        seen.append(details.caller)
+        return f"unlocked {locker}"
+
+    await within(admin.register(unlock, "kiosk.unlock", options=RegisterOptions(details_arg="details")))
+    assert await within(kiosk.call("kiosk.unlock", 12)) == "unlocked 12"
+    assert seen == [None]  # the kiosk's entry does not disclose it
+    assert (await call_error(admin.register(lambda: 1, "app.one"))).error == "wamp.error.not_authorized"
+    await leave(admin, kiosk)
