@@ -8,11 +8,11 @@ import pytest
 import pytest_twisted
 import treq
 from autobahn.wamp.exception import ApplicationError
-from autobahn.wamp.types import CallDetails, PublishOptions, RegisterOptions, SubscribeOptions
+from autobahn.wamp.types import CallDetails, CallOptions, PublishOptions, RegisterOptions, SubscribeOptions
 from conftest import within
 from logcheck import logged_problems  # noqa: F401  (autouse: no error in the log)
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from wamp_peer import call_error, join, subscribe
 
 ACKNOWLEDGED = PublishOptions(acknowledge=True)
@@ -276,3 +276,97 @@ async def test_the_permission_table_of_the_configuration_decides(start_server):
     assert seen == [None]  # the kiosk's entry does not disclose it
     assert (await call_error(admin.register(lambda: 1, "app.one"))).error == "wamp.error.not_authorized"
     await leave(admin, kiosk)
+
+
+# -- progressive results, timeouts, canceling -------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_progressive_results_reach_the_caller_in_order_before_the_final_result(server):
+    callee = await join(server, role="admin")
+    caller = await join(server, role="staff")
+
+    def count(n, details=None):
+        for i in range(n):
+            details.progress(i, step="counting")
+        return "done"
+
+    await within(callee.register(count, "app.count", options=RegisterOptions(details_arg="details")))
+    progress = []
+    result = await within(caller.call("app.count", 3, options=CallOptions(
+        on_progress=lambda *args, **kwargs: progress.append((args, kwargs)))))
+    assert progress == [((i,), {"step": "counting"}) for i in range(3)]
+    assert result == "done"
+    await leave(callee, caller)
+
+
+@pytest_twisted.ensureDeferred
+async def test_progressive_results_a_caller_did_not_ask_for_are_not_sent_to_it(server):
+    callee = await join(server, role="admin")
+    caller = await join(server, role="staff")
+    asked = []
+
+    def count(details=None):
+        asked.append(details.progress)
+        return "done"
+
+    await within(callee.register(count, "app.count", options=RegisterOptions(details_arg="details")))
+    assert await within(caller.call("app.count")) == "done"
+    assert asked == [None]  # the INVOCATION did not offer progressive results
+    await leave(callee, caller)
+
+
+async def pending_procedure(callee, name):
+    """Register `name` answering only when canceled; fires (invoked, interrupted)."""
+    invoked, interrupted = Deferred(), Deferred()
+
+    def interrupt(answer):
+        interrupted.callback(None)
+        answer.errback(ApplicationError("wamp.error.canceled"))  # what a callee answers an INTERRUPT
+
+    def slow():
+        invoked.callback(None)
+        return Deferred(interrupt)
+
+    await within(callee.register(slow, name))
+    return invoked, interrupted
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_past_its_timeout_fails_timeout_and_the_callee_is_interrupted(server):
+    callee = await join(server, role="admin")
+    caller = await join(server, role="staff")
+    invoked, interrupted = await pending_procedure(callee, "app.slow")
+    error = await call_error(caller.call("app.slow", options=CallOptions(timeout=200)))  # milliseconds, as WAMP says
+    assert error.error == "wamp.error.timeout"
+    await within(invoked)
+    await within(interrupted)
+    await leave(callee, caller)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_canceled_call_interrupts_the_callee_and_the_caller_goes_on(server):
+    callee = await join(server, role="admin")
+    caller = await join(server, role="staff")
+    invoked, interrupted = await pending_procedure(callee, "app.slow")
+    call = caller.call("app.slow")
+    await within(invoked)
+    call.cancel()  # Autobahn sends CANCEL (the default mode, killnowait) and fails the call itself
+    with pytest.raises(CancelledError):
+        await call
+    await within(interrupted)
+    assert await within(caller.call("eform.status"))  # the session goes on
+    await leave(callee, caller)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_caller_that_leaves_interrupts_the_call_it_made(server):
+    callee = await join(server, role="admin")
+    caller = await join(server, role="staff")
+    invoked, interrupted = await pending_procedure(callee, "app.slow")
+    call = caller.call("app.slow")
+    call.addErrback(lambda _: None)
+    await within(invoked)
+    await leave(caller)
+    await within(interrupted)
+    await leave(callee)

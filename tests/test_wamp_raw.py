@@ -71,7 +71,8 @@ async def test_welcome_announces_broker_and_dealer_with_supported_features_only(
     assert details["roles"] == {
         "broker": {"features": {"pattern_based_subscription": True, "publisher_exclusion": True,
                                 "publisher_identification": True, "subscriber_blackwhite_listing": True}},
-        "dealer": {"features": {"caller_identification": True}},
+        "dealer": {"features": {"caller_identification": True, "progressive_call_results": True,
+                                "call_timeout": True, "call_canceling": True}},
     }
     assert (details["realm"], details["authmethod"], details["authrole"]) == ("eform", "ticket", "admin")
 
@@ -411,3 +412,40 @@ async def test_an_error_to_anything_but_an_invocation_is_a_protocol_violation(se
     client, _ = await join(server)
     await client.send([ERROR, CALL, 1, {}, "app.error.nope"])
     await assert_aborted(client, "wamp.error.protocol_violation")
+
+
+CALLEE = {"callee": {"features": {"call_canceling": True}}}
+REGISTER, REGISTERED, INVOCATION, CANCEL, INTERRUPT = 64, 65, 68, 49, 69
+
+
+async def invoked(server):
+    """A raw callee (announcing call canceling) of app.slow and a raw caller whose CALL 7
+    reached it: (caller, callee, the INVOCATION's request id)."""
+    callee, _ = await join(server, roles=CALLEE)
+    await callee.send([REGISTER, 1, {}, "app.slow"])
+    registered = await callee.recv()
+    assert registered[:2] == [REGISTERED, 1], registered
+    caller, _ = await join(server, role="staff")
+    await caller.send([CALL, 7, {}, "app.slow", ["x"]])
+    invocation = await callee.recv()
+    assert invocation[0] == INVOCATION and invocation[2] == registered[2] and invocation[4] == ["x"], invocation
+    return caller, callee, invocation[1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_skip_answers_the_caller_canceled_at_once_and_the_callee_is_not_told(server):
+    caller, callee, invocation = await invoked(server)
+    await caller.send([CANCEL, 7, {"mode": "skip"}])
+    assert (await caller.recv())[:5] == [ERROR, CALL, 7, {}, "wamp.error.canceled"]
+    await callee.send([YIELD, invocation, {}, ["late"]])  # its answer goes nowhere
+    await caller.send([CALL, 8, {}, "eform.status"])
+    assert (await caller.recv())[:2] == [RESULT, 8]  # and nothing came before it
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_kill_interrupts_the_callee_and_its_answer_is_the_callers(server):
+    caller, callee, invocation = await invoked(server)
+    await caller.send([CANCEL, 7, {"mode": "kill"}])
+    assert await callee.recv() == [INTERRUPT, invocation, {"mode": "kill", "reason": "wamp.error.canceled"}]
+    await callee.send([ERROR, INVOCATION, invocation, {}, "wamp.error.canceled", ["stopped"]])
+    assert await caller.recv() == [ERROR, CALL, 7, {}, "wamp.error.canceled", ["stopped"]]

@@ -37,11 +37,12 @@ async def connect(server, subprotocol="wamp.2.json"):
     return client
 
 
-async def join(server, role="admin", subprotocol="wamp.2.json"):
-    """A raw client past HELLO, CHALLENGE, AUTHENTICATE and WELCOME; (client, WELCOME)."""
+async def join(server, role="admin", subprotocol="wamp.2.json", roles=None):
+    """A raw client past HELLO (announcing `roles`), CHALLENGE, AUTHENTICATE and WELCOME;
+    (client, WELCOME)."""
     client = await connect(server, subprotocol)
     sid = await server.session(role=role)
-    await client.send([HELLO, "eform", {"roles": ROLES, "authmethods": ["ticket"]}])
+    await client.send([HELLO, "eform", {"roles": roles or ROLES, "authmethods": ["ticket"]}])
     assert await client.recv() == [CHALLENGE, "ticket", {}]
     await client.send([AUTHENTICATE, sid, {}])
     welcome = await client.recv()

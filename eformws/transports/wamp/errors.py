@@ -30,6 +30,7 @@ IDEMPOTENCY_CONFLICT = "eform.error.idempotency_conflict"
 SUBSCRIPTION_LIMIT = "eform.error.subscription_limit"
 PROCEDURE_ALREADY_EXISTS = "wamp.error.procedure_already_exists"
 CANCELED = "wamp.error.canceled"
+TIMEOUT = "wamp.error.timeout"
 
 MAX_ID = 2**53
 

@@ -1,5 +1,6 @@
 """Procedures that clients register: REGISTER and UNREGISTER as the permission table allows,
-a CALL turned into the callee's INVOCATION, and its YIELD or ERROR back to the caller."""
+a CALL turned into the callee's INVOCATION, its YIELDs (progressive ones too) or ERROR back
+to the caller, and the end of a call by timeout, CANCEL or a session that leaves."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from twisted.internet.defer import Deferred
 from eformws.transports.wamp.errors import (
     CANCELED,
     INVALID_ARGUMENT,
+    TIMEOUT,
     NO_SUCH_PROCEDURE,
     NOT_AUTHORIZED,
     PROCEDURE_ALREADY_EXISTS,
@@ -34,27 +36,34 @@ class Registration:
 
 
 class Invocation:
-    """A CALL on its way: who asked (the caller's connection and WAMP session), and the
-    Deferred that fires with the RESULT's (args, kwargs) or fails with the ERROR."""
+    """A CALL on its way: who asked (the caller's connection and its CALL's request id),
+    where progressive results go (`progress`, None when the caller did not ask for them),
+    the timer of its timeout, and the Deferred that fires with the final RESULT's (args,
+    kwargs) or fails with the ERROR."""
 
-    __slots__ = ("id", "registration", "caller", "caller_session", "answer")
+    __slots__ = ("id", "registration", "caller", "request", "progress", "timer", "answer", "killed")
 
-    def __init__(self, id: int, registration: Registration, caller, caller_session: int):
+    def __init__(self, id: int, registration: Registration, caller, request: int, progress):
         self.id = id
         self.registration = registration
         self.caller = caller
-        self.caller_session = caller_session
+        self.request = request
+        self.progress = progress
+        self.timer = None
         self.answer = Deferred()
+        self.killed = False  # canceled with mode kill: the callee's answer ends it
 
 
 class Registrations:
     """Every registration of this router, by procedure and by id, and the calls in flight."""
 
-    def __init__(self, permissions: Permissions):
+    def __init__(self, permissions: Permissions, reactor=None):
         self._permissions = permissions
+        self._reactor = reactor
         self._by_procedure: dict[str, Registration] = {}
         self._by_id: dict[int, Registration] = {}
         self._invocations: dict[int, Invocation] = {}
+        self._by_call: dict[tuple[Any, int], Invocation] = {}  # (caller, CALL request id) -> its invocation
 
     def register(self, connection, request) -> Registration:
         """REGISTER of an exact procedure the session's role may register; WampError
@@ -88,9 +97,11 @@ class Registrations:
     def serves(self, procedure: str) -> bool:
         return procedure in self._by_procedure
 
-    def call(self, connection, request) -> Deferred:
+    def call(self, connection, request, progress=None) -> Deferred:
         """Send the callee an INVOCATION; the Deferred fires with (args, kwargs) from its
-        YIELD, or fails with a WampError carrying its ERROR (or `canceled` when it leaves)."""
+        final YIELD, or fails with a WampError carrying its ERROR (`canceled` when it leaves
+        or the call is canceled, `timeout` past the CALL's timeout). `progress(args, kwargs)`
+        gets each progressive YIELD when the caller asked for them (`receive_progress`)."""
         procedure = request.procedure
         entry = self._permissions.entry(role_of(connection), "call", procedure)
         if entry is None:
@@ -108,19 +119,81 @@ class Registrations:
         invocation_id = new_id()
         while invocation_id in self._invocations:
             invocation_id = new_id()
-        invocation = Invocation(invocation_id, registration, connection, connection.wamp.id)
+        callee = registration.callee
+        wants_progress = bool(request.receive_progress) and progress is not None
+        if wants_progress and not _supports(callee, "progressive_call_results"):
+            wants_progress = False  # the callee cannot send them: the caller gets the final result only
+        invocation = Invocation(invocation_id, registration, connection, request.request,
+                                progress if wants_progress else None)
         self._invocations[invocation_id] = invocation
-        registration.callee.send_message(wamp.Invocation(
-            invocation_id, registration.id, args=request.args, kwargs=request.kwargs, **disclosed,
+        self._by_call[(connection, request.request)] = invocation
+        if request.timeout:
+            invocation.timer = self._clock().callLater(request.timeout / 1000, self._timed_out, invocation)
+        invocation.answer.addBoth(self._ended, invocation)
+        callee.send_message(wamp.Invocation(
+            invocation_id, registration.id, args=request.args, kwargs=request.kwargs,
+            receive_progress=True if wants_progress else None, **disclosed,
         ))
         return invocation.answer
 
+    def cancel(self, connection, request) -> None:
+        """The caller's CANCEL of its call `request.request`: `skip` answers it canceled at
+        once and lets the callee finish unheard; `killnowait` also interrupts the callee;
+        `kill` interrupts it and waits for its answer (which is then the caller's). A
+        callee that does not announce call canceling is never interrupted (kill is skip).
+        A CANCEL of a call already answered, or of none, does nothing."""
+        invocation = self._by_call.get((connection, request.request))
+        if invocation is None or invocation.killed:
+            return
+        mode = request.mode or "killnowait"
+        interruptible = _supports(invocation.registration.callee, "call_canceling")
+        if mode != "skip" and interruptible:
+            invocation.registration.callee.send_message(wamp.Interrupt(invocation.id, mode=mode, reason=CANCELED))
+        if mode == "kill" and interruptible:
+            invocation.killed = True
+            return
+        self._finish(invocation, WampError(CANCELED, "the call was canceled"))
+
+    def _timed_out(self, invocation: Invocation) -> None:
+        invocation.timer = None
+        if _supports(invocation.registration.callee, "call_canceling"):
+            invocation.registration.callee.send_message(
+                wamp.Interrupt(invocation.id, mode="killnowait", reason=TIMEOUT))
+        self._finish(invocation, WampError(TIMEOUT, "the callee did not answer within the call's timeout"))
+
+    def _finish(self, invocation: Invocation, error: WampError) -> None:
+        if self._invocations.pop(invocation.id, None) is not None:
+            invocation.answer.errback(error)
+
+    def _ended(self, result, invocation: Invocation):
+        """Whatever ended a call: forget it and stop its timer."""
+        self._invocations.pop(invocation.id, None)
+        self._by_call.pop((invocation.caller, invocation.request), None)
+        if invocation.timer is not None and invocation.timer.active():
+            invocation.timer.cancel()
+        invocation.timer = None
+        return result
+
+    def _clock(self):
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
+
     def yielded(self, connection, message) -> bool:
-        """The callee's YIELD: the caller's RESULT. False for an invocation this session
-        was not sent (a late answer to one canceled, or a peer's mistake)."""
-        invocation = self._invocation_of(connection, message.request)
-        if invocation is None:
+        """The callee's YIELD: the caller's RESULT (a progressive one when it says
+        `progress` and the caller asked for them; else it is ignored, the final one still
+        to come). False for an invocation this session was not sent (a late answer to one
+        canceled or timed out, or a peer's mistake)."""
+        invocation = self._invocations.get(message.request)
+        if invocation is None or invocation.registration.callee is not connection:
             return False
+        if message.progress:
+            if invocation.progress is not None and not invocation.killed:
+                invocation.progress(message.args, message.kwargs)
+            return True
+        del self._invocations[message.request]
         invocation.answer.callback((message.args, message.kwargs))
         return True
 
@@ -147,10 +220,12 @@ class Registrations:
             self._remove(registration)
         for invocation in list(self._invocations.values()):
             if invocation.registration.callee is connection:
-                del self._invocations[invocation.id]
-                invocation.answer.errback(WampError(CANCELED, "the callee left before it answered"))
+                self._finish(invocation, WampError(CANCELED, "the callee left before it answered"))
             elif invocation.caller is connection:
-                del self._invocations[invocation.id]
+                if _supports(invocation.registration.callee, "call_canceling"):
+                    invocation.registration.callee.send_message(
+                        wamp.Interrupt(invocation.id, mode="killnowait", reason=CANCELED))
+                self._finish(invocation, WampError(CANCELED, "the caller left"))
 
     def _remove(self, registration: Registration) -> None:
         del self._by_id[registration.id]
@@ -161,3 +236,8 @@ class Registrations:
         return len(self._by_id)
 
 
+def _supports(callee, feature: str) -> bool:
+    """Whether the session on `callee` announced `feature` (call canceling, progressive
+    results) for its callee role in HELLO."""
+    roles = callee.wamp.peer_roles if callee.wamp is not None else {}
+    return bool(getattr(roles.get("callee"), feature, False))

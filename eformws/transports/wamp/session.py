@@ -21,7 +21,8 @@ log = Logger(namespace="eformws.wamp")
 ROUTER_ROLES = {
     "broker": RoleBrokerFeatures(pattern_based_subscription=True, publisher_exclusion=True,
                                  publisher_identification=True, subscriber_blackwhite_listing=True),
-    "dealer": RoleDealerFeatures(caller_identification=True),
+    "dealer": RoleDealerFeatures(caller_identification=True, progressive_call_results=True, call_timeout=True,
+                                 call_canceling=True),
 }
 AUTH_PROVIDER = "eformws"
 
@@ -53,6 +54,7 @@ class RouterSession:
         self.connection = connection
         self.state = WAITING
         self.id: int | None = None  # the WAMP session id, while established
+        self.peer_roles: dict = {}  # the roles and features the client announced in HELLO
         self._close: tuple[int, str] | None = None  # the close to do once GOODBYE is answered
 
     @property
@@ -150,6 +152,7 @@ class RouterSession:
             self._abort(errors.NO_SUCH_REALM, f"no realm {hello.realm!r} on this router (its realm is {REALM!r})")
             return
         self.state = AUTHENTICATING
+        self.peer_roles = dict(hello.roles or {})
         d = self._authenticate(list(hello.authmethods or ()))
         d.addErrback(self._failed, "authentication")
 
@@ -268,7 +271,10 @@ class RouterSession:
             d = maybeDeferred(self.router.dealer.call, self.connection, request.procedure, request.args, request.kwargs)
             d.addCallback(lambda args: (args, None))
         else:
-            d = maybeDeferred(self.router.registrations.call, self.connection, request)
+            def progress(args, kwargs):
+                self._reply(session_id, wamp.Result(request.request, args=args, kwargs=kwargs, progress=True))
+
+            d = maybeDeferred(self.router.registrations.call, self.connection, request, progress)
         d.addCallback(lambda result: self._reply(
             session_id, wamp.Result(request.request, args=result[0] or None, kwargs=result[1] or None)))
         d.addErrback(self._request_failed, session_id, wamp.Call.MESSAGE_TYPE, request.request, True)
@@ -304,7 +310,9 @@ class RouterSession:
             self._rate_limited(wamp.Yield.MESSAGE_TYPE, None, False)
 
     def _cancel(self, request) -> None:
-        """Our procedures answer at once; the RESULT (or ERROR) comes as if not canceled."""
+        """A call of a client's procedure ends as `mode` says (see Registrations.cancel);
+        the router's own procedures answer at once: their RESULT comes as if not canceled."""
+        self.router.registrations.cancel(self.connection, request)
 
     def _goodbye(self, request) -> None:
         self._send(wamp.Goodbye(errors.GOODBYE_AND_OUT))
@@ -373,10 +381,12 @@ class RouterSession:
         self.connection.close_transport(code, "Session aborted")
 
     def _end(self, state: str) -> None:
-        if self.state == ESTABLISHED:
-            self.router.left(self.connection)
+        """Leave ESTABLISHED before the router forgets the session: what its leaving ends
+        (calls it made, canceled) must not be answered after its GOODBYE."""
+        was, self.state = self.state, state
+        if was == ESTABLISHED:
             self.id = None
-        self.state = state
+            self.router.left(self.connection)
 
     def _send(self, message) -> None:
         self.connection.send_message(message)
