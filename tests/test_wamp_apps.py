@@ -370,3 +370,92 @@ async def test_a_caller_that_leaves_interrupts_the_call_it_made(server):
     await leave(caller)
     await within(interrupted)
     await leave(callee)
+
+
+# -- shared and pattern registrations ---------------------------------------------------------
+
+
+async def callees(server, procedure, invoke, count):
+    """`count` admin sessions registering `procedure` with `invoke`; each answers its index."""
+    peers = []
+    for index in range(count):
+        peer = await join(server, role="admin")
+        await within(peer.register(lambda index=index: index, procedure, options=RegisterOptions(invoke=invoke)))
+        peers.append(peer)
+    return peers
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_roundrobin_registration_gives_each_call_to_the_next_callee(server):
+    peers = await callees(server, "app.work", "roundrobin", 3)
+    caller = await join(server, role="staff")
+    assert [await within(caller.call("app.work")) for _ in range(6)] == [0, 1, 2, 0, 1, 2]
+    await leave(*peers, caller)
+
+
+@pytest.mark.parametrize(("invoke", "answers"), [("first", [0, 0, 1]), ("last", [2, 2, 1])])
+@pytest_twisted.ensureDeferred
+async def test_first_and_last_give_calls_to_the_earliest_or_latest_callee_still_there(server, invoke, answers):
+    peers = await callees(server, "app.work", invoke, 3)
+    caller = await join(server, role="staff")
+    got = [await within(caller.call("app.work")), await within(caller.call("app.work"))]
+    await leave(peers[0] if invoke == "first" else peers[2])
+    got.append(await within(caller.call("app.work")))
+    assert got == answers
+    await leave(*[peer for peer in peers if not peer.gone.called], caller)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_random_registration_spreads_calls_over_its_callees(server):
+    peers = await callees(server, "app.work", "random", 2)
+    caller = await join(server, role="staff")
+    answers = {await within(caller.call("app.work")) for _ in range(30)}
+    assert answers == {0, 1}  # all 30 to one callee: 1 chance in 2^29 (30: within the rate limit's burst)
+    await leave(*peers, caller)
+
+
+@pytest.mark.parametrize(("first", "second"), [("single", "single"), ("roundrobin", "random"), ("single", "first")])
+@pytest_twisted.ensureDeferred
+async def test_joining_a_registration_needs_the_same_shared_policy(server, first, second):
+    [owner] = await callees(server, "app.work", first, 1)
+    other = await join(server, role="admin")
+    error = await call_error(other.register(lambda: 1, "app.work", options=RegisterOptions(invoke=second)))
+    assert error.error == "wamp.error.procedure_already_exists"
+    await leave(owner, other)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_prefix_registration_serves_every_procedure_under_it_and_learns_which(server):
+    callee = await join(server, role="admin")
+    caller = await join(server, role="staff")
+
+    def read(*args, details=None):
+        return [details.procedure, *args]
+
+    await within(callee.register(read, "app.files.", options=RegisterOptions(match="prefix", details_arg="details")))
+    assert await within(caller.call("app.files.read", "a.txt")) == ["app.files.read", "a.txt"]
+    await leave(callee, caller)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_goes_to_the_exact_registration_then_the_longest_prefix_then_a_wildcard(server):
+    callee = await join(server, role="admin")
+    caller = await join(server, role="staff")
+    for name, procedure, match in [("exact", "app.users.get", "exact"), ("short prefix", "app.", "prefix"),
+                                   ("long prefix", "app.users.", "prefix"), ("wildcard", "app..list", "wildcard")]:
+        await within(callee.register(lambda name=name: name, procedure, options=RegisterOptions(match=match)))
+    assert await within(caller.call("app.users.get")) == "exact"
+    assert await within(caller.call("app.users.delete")) == "long prefix"
+    assert await within(caller.call("app.orders.list")) == "short prefix"
+    await leave(callee, caller)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wildcard_registration_serves_the_procedures_it_matches(server):
+    callee = await join(server, role="admin")
+    caller = await join(server, role="staff")
+    await within(callee.register(lambda: "listed", "app..list", options=RegisterOptions(match="wildcard")))
+    assert await within(caller.call("app.orders.list")) == "listed"
+    error = await call_error(caller.call("app.orders.get"))
+    assert error.error == "wamp.error.no_such_procedure"
+    await leave(callee, caller)

@@ -72,7 +72,8 @@ async def test_welcome_announces_broker_and_dealer_with_supported_features_only(
         "broker": {"features": {"pattern_based_subscription": True, "publisher_exclusion": True,
                                 "publisher_identification": True, "subscriber_blackwhite_listing": True}},
         "dealer": {"features": {"caller_identification": True, "progressive_call_results": True,
-                                "call_timeout": True, "call_canceling": True}},
+                                "call_timeout": True, "call_canceling": True, "shared_registration": True,
+                                "pattern_based_registration": True}},
     }
     assert (details["realm"], details["authmethod"], details["authrole"]) == ("eform", "ticket", "admin")
 

@@ -4,6 +4,7 @@ to the caller, and the end of a call by timeout, CANCEL or a session that leaves
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from autobahn.wamp import message as wamp
@@ -19,20 +20,37 @@ from eformws.transports.wamp.errors import (
     WampError,
     new_id,
 )
-from eformws.transports.wamp.permissions import Permissions, is_own
-from eformws.transports.wamp.permissions import role_of
-from eformws.transports.wamp.topics import EXACT
+from eformws.transports.wamp.permissions import Permissions, may_name_own, role_of
+from eformws.transports.wamp.topics import EXACT, PREFIX_MATCH
+from eformws.transports.wamp.wildcards import WildcardIndex
+
+INVOKE_POLICIES = ("single", "roundrobin", "random", "first", "last")
 
 
 class Registration:
-    """One procedure and the session that serves it."""
+    """One procedure (or pattern) and the sessions that serve it, in the order they
+    registered; `invoke` says which of them gets a call."""
 
-    __slots__ = ("id", "procedure", "callee")
+    __slots__ = ("id", "procedure", "match", "invoke", "callees", "_turn")
 
-    def __init__(self, id: int, procedure: str, callee):
+    def __init__(self, id: int, procedure: str, match: str, invoke: str):
         self.id = id
         self.procedure = procedure
-        self.callee = callee
+        self.match = match
+        self.invoke = invoke
+        self.callees: list = []
+        self._turn = -1
+
+    def callee(self):
+        """The session the next call goes to."""
+        if self.invoke == "roundrobin":
+            self._turn = (self._turn + 1) % len(self.callees)
+            return self.callees[self._turn]
+        if self.invoke == "random":
+            return random.choice(self.callees)
+        if self.invoke == "last":
+            return self.callees[-1]
+        return self.callees[0]  # single, first
 
 
 class Invocation:
@@ -41,11 +59,11 @@ class Invocation:
     the timer of its timeout, and the Deferred that fires with the final RESULT's (args,
     kwargs) or fails with the ERROR."""
 
-    __slots__ = ("id", "registration", "caller", "request", "progress", "timer", "answer", "killed")
+    __slots__ = ("id", "callee", "caller", "request", "progress", "timer", "answer", "killed")
 
-    def __init__(self, id: int, registration: Registration, caller, request: int, progress):
+    def __init__(self, id: int, callee, caller, request: int, progress):
         self.id = id
-        self.registration = registration
+        self.callee = callee
         self.caller = caller
         self.request = request
         self.progress = progress
@@ -60,42 +78,69 @@ class Registrations:
     def __init__(self, permissions: Permissions, reactor=None):
         self._permissions = permissions
         self._reactor = reactor
-        self._by_procedure: dict[str, Registration] = {}
+        self._by_key: dict[tuple[str, str], Registration] = {}  # (match, procedure)
         self._by_id: dict[int, Registration] = {}
+        self._prefixes: dict[str, Registration] = {}
+        self._wildcards = WildcardIndex()
         self._invocations: dict[int, Invocation] = {}
         self._by_call: dict[tuple[Any, int], Invocation] = {}  # (caller, CALL request id) -> its invocation
 
     def register(self, connection, request) -> Registration:
-        """REGISTER of an exact procedure the session's role may register; WampError
-        otherwise (`procedure_already_exists` when another session serves it)."""
-        procedure, match = request.procedure, request.match or EXACT
-        if match != EXACT:
-            raise WampError(INVALID_ARGUMENT, f"{match} registrations are not supported yet; register exact procedures")
-        if request.invoke not in (None, "single"):
-            raise WampError(INVALID_ARGUMENT, f"shared registrations ({request.invoke}) are not supported yet")
-        if is_own(procedure):
-            raise WampError(NOT_AUTHORIZED, f"{procedure!r} is the router's own: clients cannot register it")
-        if not self._permissions.allows(role_of(connection), "register", procedure):
-            raise WampError(NOT_AUTHORIZED, f"this session may not register {procedure!r}")
-        if procedure in self._by_procedure:
-            raise WampError(PROCEDURE_ALREADY_EXISTS, f"{procedure!r} is registered already")
-        registration_id = new_id()
-        while registration_id in self._by_id:
+        """REGISTER of a procedure (exact) or pattern (prefix, wildcard) the session's role
+        may register. A second session may join a registration only when both ask for the
+        same shared `invoke` policy; else `procedure_already_exists`."""
+        procedure, match, invoke = request.procedure, request.match or EXACT, request.invoke or "single"
+        if invoke not in INVOKE_POLICIES:
+            raise WampError(INVALID_ARGUMENT, f"invoke must be one of {', '.join(INVOKE_POLICIES)}")
+        if may_name_own(procedure, match):
+            raise WampError(NOT_AUTHORIZED, f"{procedure!r} ({match}) names the router's own procedures: clients "
+                                            f"cannot register it")
+        if not self._permissions.may_ever(role_of(connection), "register", procedure, match):
+            raise WampError(NOT_AUTHORIZED, f"this session may not register {procedure!r} ({match} match)")
+        registration = self._by_key.get((match, procedure))
+        if registration is not None:
+            if connection in registration.callees:
+                raise WampError(PROCEDURE_ALREADY_EXISTS, f"{procedure!r} is registered by this session already")
+            if invoke == "single" or registration.invoke != invoke:
+                raise WampError(PROCEDURE_ALREADY_EXISTS,
+                                f"{procedure!r} is registered already (invoke {registration.invoke})")
+        else:
             registration_id = new_id()
-        registration = Registration(registration_id, procedure, connection)
-        self._by_procedure[procedure] = self._by_id[registration_id] = registration
+            while registration_id in self._by_id:
+                registration_id = new_id()
+            registration = Registration(registration_id, procedure, match, invoke)
+            self._by_key[(match, procedure)] = self._by_id[registration_id] = registration
+            if match == PREFIX_MATCH:
+                self._prefixes[procedure] = registration
+            elif match != EXACT:
+                self._wildcards[procedure] = registration
+        registration.callees.append(connection)
         return registration
 
     def unregister(self, connection, registration_id: int) -> bool:
-        """False when the session has no such registration."""
+        """False when the session is not among the registration's callees."""
         registration = self._by_id.get(registration_id)
-        if registration is None or registration.callee is not connection:
+        if registration is None or connection not in registration.callees:
             return False
-        self._remove(registration)
+        self._leave(registration, connection)
         return True
 
-    def serves(self, procedure: str) -> bool:
-        return procedure in self._by_procedure
+    def resolve(self, procedure: str) -> Registration | None:
+        """The registration a CALL of `procedure` goes to: an exact one, else the longest
+        matching prefix, else the wildcard pattern with the most named components (then the
+        first in text order)."""
+        registration = self._by_key.get((EXACT, procedure))
+        if registration is not None:
+            return registration
+        if self._prefixes:
+            for length in range(len(procedure), -1, -1):
+                registration = self._prefixes.get(procedure[:length])
+                if registration is not None:
+                    return registration
+        candidates = list(self._wildcards.matching(procedure)) if len(self._wildcards) else []
+        if not candidates:
+            return None
+        return min(candidates, key=lambda r: (-sum(1 for part in r.procedure.split(".") if part), r.procedure))
 
     def call(self, connection, request, progress=None) -> Deferred:
         """Send the callee an INVOCATION; the Deferred fires with (args, kwargs) from its
@@ -106,7 +151,7 @@ class Registrations:
         entry = self._permissions.entry(role_of(connection), "call", procedure)
         if entry is None:
             raise WampError(NOT_AUTHORIZED, f"this session may not call {procedure!r}")
-        registration = self._by_procedure.get(procedure)
+        registration = self.resolve(procedure)
         if registration is None:
             raise WampError(NO_SUCH_PROCEDURE, f"no procedure {procedure}")
         if request.payload is not None:
@@ -119,11 +164,11 @@ class Registrations:
         invocation_id = new_id()
         while invocation_id in self._invocations:
             invocation_id = new_id()
-        callee = registration.callee
+        callee = registration.callee()
         wants_progress = bool(request.receive_progress) and progress is not None
         if wants_progress and not _supports(callee, "progressive_call_results"):
             wants_progress = False  # the callee cannot send them: the caller gets the final result only
-        invocation = Invocation(invocation_id, registration, connection, request.request,
+        invocation = Invocation(invocation_id, callee, connection, request.request,
                                 progress if wants_progress else None)
         self._invocations[invocation_id] = invocation
         self._by_call[(connection, request.request)] = invocation
@@ -132,7 +177,8 @@ class Registrations:
         invocation.answer.addBoth(self._ended, invocation)
         callee.send_message(wamp.Invocation(
             invocation_id, registration.id, args=request.args, kwargs=request.kwargs,
-            receive_progress=True if wants_progress else None, **disclosed,
+            receive_progress=True if wants_progress else None,
+            procedure=procedure if registration.match != EXACT else None, **disclosed,
         ))
         return invocation.answer
 
@@ -146,9 +192,9 @@ class Registrations:
         if invocation is None or invocation.killed:
             return
         mode = request.mode or "killnowait"
-        interruptible = _supports(invocation.registration.callee, "call_canceling")
+        interruptible = _supports(invocation.callee, "call_canceling")
         if mode != "skip" and interruptible:
-            invocation.registration.callee.send_message(wamp.Interrupt(invocation.id, mode=mode, reason=CANCELED))
+            invocation.callee.send_message(wamp.Interrupt(invocation.id, mode=mode, reason=CANCELED))
         if mode == "kill" and interruptible:
             invocation.killed = True
             return
@@ -156,8 +202,8 @@ class Registrations:
 
     def _timed_out(self, invocation: Invocation) -> None:
         invocation.timer = None
-        if _supports(invocation.registration.callee, "call_canceling"):
-            invocation.registration.callee.send_message(
+        if _supports(invocation.callee, "call_canceling"):
+            invocation.callee.send_message(
                 wamp.Interrupt(invocation.id, mode="killnowait", reason=TIMEOUT))
         self._finish(invocation, WampError(TIMEOUT, "the callee did not answer within the call's timeout"))
 
@@ -187,7 +233,7 @@ class Registrations:
         to come). False for an invocation this session was not sent (a late answer to one
         canceled or timed out, or a peer's mistake)."""
         invocation = self._invocations.get(message.request)
-        if invocation is None or invocation.registration.callee is not connection:
+        if invocation is None or invocation.callee is not connection:
             return False
         if message.progress:
             if invocation.progress is not None and not invocation.killed:
@@ -208,7 +254,7 @@ class Registrations:
 
     def _invocation_of(self, connection, invocation_id: int) -> Invocation | None:
         invocation = self._invocations.get(invocation_id)
-        if invocation is None or invocation.registration.callee is not connection:
+        if invocation is None or invocation.callee is not connection:
             return None
         del self._invocations[invocation_id]
         return invocation
@@ -216,20 +262,28 @@ class Registrations:
     def drop(self, connection) -> None:
         """A session ended: its registrations go, calls it was serving fail `canceled`,
         and the answers to calls it made are no longer awaited."""
-        for registration in [r for r in self._by_id.values() if r.callee is connection]:
-            self._remove(registration)
+        for registration in [r for r in self._by_id.values() if connection in r.callees]:
+            self._leave(registration, connection)
         for invocation in list(self._invocations.values()):
-            if invocation.registration.callee is connection:
+            if invocation.callee is connection:
                 self._finish(invocation, WampError(CANCELED, "the callee left before it answered"))
             elif invocation.caller is connection:
-                if _supports(invocation.registration.callee, "call_canceling"):
-                    invocation.registration.callee.send_message(
+                if _supports(invocation.callee, "call_canceling"):
+                    invocation.callee.send_message(
                         wamp.Interrupt(invocation.id, mode="killnowait", reason=CANCELED))
                 self._finish(invocation, WampError(CANCELED, "the caller left"))
 
-    def _remove(self, registration: Registration) -> None:
+    def _leave(self, registration: Registration, connection) -> None:
+        """Take `connection` out of a registration's callees; the last one ends it."""
+        registration.callees.remove(connection)
+        if registration.callees:
+            return
         del self._by_id[registration.id]
-        del self._by_procedure[registration.procedure]
+        del self._by_key[(registration.match, registration.procedure)]
+        if registration.match == PREFIX_MATCH:
+            del self._prefixes[registration.procedure]
+        elif registration.match != EXACT:
+            del self._wildcards[registration.procedure]
 
     @property
     def count(self) -> int:

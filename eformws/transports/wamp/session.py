@@ -22,7 +22,7 @@ ROUTER_ROLES = {
     "broker": RoleBrokerFeatures(pattern_based_subscription=True, publisher_exclusion=True,
                                  publisher_identification=True, subscriber_blackwhite_listing=True),
     "dealer": RoleDealerFeatures(caller_identification=True, progressive_call_results=True, call_timeout=True,
-                                 call_canceling=True),
+                                 call_canceling=True, shared_registration=True, pattern_based_registration=True),
 }
 AUTH_PROVIDER = "eformws"
 
