@@ -459,3 +459,89 @@ async def test_a_wildcard_registration_serves_the_procedures_it_matches(server):
     error = await call_error(caller.call("app.orders.get"))
     assert error.error == "wamp.error.no_such_procedure"
     await leave(callee, caller)
+
+
+# -- the meta API -----------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_session_meta_api_counts_lists_and_describes_the_joined_sessions(server):
+    admin = await join(server, role="admin", user="ada")
+    staff = await join(server, role="staff", user="sam")
+    assert await within(admin.call("wamp.session.count")) == 2
+    assert await within(admin.call("wamp.session.count", ["staff"])) == 1
+    assert sorted(await within(admin.call("wamp.session.list"))) == sorted([admin.session_id, staff.session_id])
+    details = await within(admin.call("wamp.session.get", staff.session_id))
+    assert details == {"session": staff.session_id, "authid": "sam", "authrole": "staff", "authmethod": "ticket",
+                       "authprovider": "eformws", "transport": {"type": "websocket"}}
+    error = await call_error(admin.call("wamp.session.get", 1))
+    assert error.error == "wamp.error.no_such_session"
+    await leave(admin, staff)
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_meta_events_say_who_joins_and_who_leaves(server):
+    admin = await join(server, role="admin")
+    joins, _ = await subscribe(admin, "wamp.session.on_join")
+    leaves, _ = await subscribe(admin, "wamp.session.on_leave")
+    staff = await join(server, role="staff", user="sam")
+    (details,), _, _ = await joins.next_publication()
+    assert (details["session"], details["authid"], details["authrole"]) == (staff.session_id, "sam", "staff")
+    session_id = staff.session_id
+    await leave(staff)
+    args, _, _ = await leaves.next_publication()
+    assert args == (session_id, "sam", "staff")
+    await leave(admin)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_subscription_meta_api_finds_subscriptions_and_their_subscribers(server):
+    admin = await join(server, role="admin")
+    staff = await join(server, role="staff")
+    _, exact = await subscribe(staff, "app.orders.created")
+    _, prefix = await subscribe(staff, "app.orders.", match="prefix")
+    listed = await within(admin.call("wamp.subscription.list"))
+    assert (listed["exact"], listed["prefix"], listed["wildcard"]) == ([exact.id], [prefix.id], [])
+    assert await within(admin.call("wamp.subscription.lookup", "app.orders.", {"match": "prefix"})) == prefix.id
+    assert await within(admin.call("wamp.subscription.lookup", "app.nothing")) is None
+    assert sorted(await within(admin.call("wamp.subscription.match", "app.orders.created"))) == sorted([exact.id, prefix.id])
+    assert await within(admin.call("wamp.subscription.get", exact.id)) == {
+        "id": exact.id, "uri": "app.orders.created", "match": "exact"}
+    assert await within(admin.call("wamp.subscription.list_subscribers", exact.id)) == [staff.session_id]
+    assert await within(admin.call("wamp.subscription.count_subscribers", exact.id)) == 1
+    assert (await call_error(admin.call("wamp.subscription.get", 1))).error == "wamp.error.no_such_subscription"
+    await leave(admin, staff)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_registration_meta_api_finds_registrations_and_their_callees(server):
+    admin = await join(server, role="admin")
+    callee = await join(server, role="staff")
+    registration = await within(callee.register(lambda: 1, "app.files.", options=RegisterOptions(match="prefix")))
+    listed = await within(admin.call("wamp.registration.list"))
+    assert (listed["exact"], listed["prefix"], listed["wildcard"]) == ([], [registration.id], [])
+    assert await within(admin.call("wamp.registration.lookup", "app.files.", {"match": "prefix"})) == registration.id
+    assert await within(admin.call("wamp.registration.match", "app.files.read")) == registration.id
+    assert await within(admin.call("wamp.registration.match", "app.other")) is None
+    assert await within(admin.call("wamp.registration.get", registration.id)) == {
+        "id": registration.id, "uri": "app.files.", "match": "prefix", "invoke": "single"}
+    assert await within(admin.call("wamp.registration.list_callees", registration.id)) == [callee.session_id]
+    assert await within(admin.call("wamp.registration.count_callees", registration.id)) == 1
+    await leave(admin, callee)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_meta_api_is_for_roles_the_table_lets_use_it(server):
+    staff = await join(server, role="staff")
+    assert (await call_error(staff.call("wamp.session.count"))).error == "wamp.error.not_authorized"
+    assert (await call_error(staff.subscribe(print, "wamp.session.on_join"))).error == "wamp.error.not_authorized"
+    await leave(staff)
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_client_publishes_or_registers_under_the_meta_apis_uris(server):
+    admin = await join(server, role="admin")
+    error = await call_error(admin.publish("wamp.session.on_join", {}, options=ACKNOWLEDGED))
+    assert error.error == "wamp.error.not_authorized"
+    assert (await call_error(admin.register(lambda: 1, "wamp.session.count"))).error == "wamp.error.not_authorized"
+    await leave(admin)

@@ -20,7 +20,7 @@ from eformws.transports.wamp.errors import (
     WampError,
     new_id,
 )
-from eformws.transports.wamp.permissions import DEFAULT_PERMISSIONS, Permissions, is_own, may_name_own
+from eformws.transports.wamp.permissions import DEFAULT_PERMISSIONS, Permissions, is_own, is_reserved, may_name_own
 from eformws.transports.wamp.permissions import role_of
 from eformws.transports.wamp.topics import (
     EXACT,
@@ -162,6 +162,15 @@ class Broker:
         else:
             del self._wildcard[topic]
 
+    def subscriptions(self) -> list[Subscription]:
+        return list(self._by_id.values())
+
+    def subscription(self, subscription_id: int) -> Subscription | None:
+        return self._by_id.get(subscription_id)
+
+    def lookup(self, topic: str, match: str) -> Subscription | None:
+        return self._by_key.get((match, topic))
+
     def matching(self, uri: str) -> Iterator[Subscription]:
         """Every subscription `uri` matches: exact, then prefixes, then wildcards."""
         subscription = self._exact.get(uri)
@@ -241,6 +250,9 @@ class Broker:
         """Fires with the publication id once published; raises `WampError` when the session
         may not or the request is bad. `eform.*`: a broadcast through the hub (so legacy
         clients get it too); any other topic: an application's, as the table allows."""
+        if is_reserved(request.topic):
+            raise WampError(NOT_AUTHORIZED, f"{request.topic!r} is a topic of the WAMP meta API: only the router "
+                                            f"publishes there")
         if not is_own(request.topic):
             return self._publish_application(connection, request)
         if not self._policy.may_publish(connection.session):

@@ -12,11 +12,13 @@ from eformws.transports.wamp.topics import EXACT, PREFIX, PREFIX_MATCH, WILDCARD
 ACTIONS = ("publish", "subscribe", "call", "register")
 MATCHES = (EXACT, PREFIX_MATCH, WILDCARD)
 OWN = PREFIX + "."  # the router's own URIs: topics mapped from the namespaces, its procedures
+RESERVED = "wamp."  # the WAMP meta API: the router's procedures and events, which the table may open to roles
 
-# The default: admin and staff use `app.*` for everything, their identity disclosed; kiosks
-# have only what `eform.*` gives them.
+# The default: admin and staff use `app.*` for everything, their identity disclosed; admin
+# may use the meta API; kiosks have only what `eform.*` gives them.
 DEFAULT_PERMISSIONS = [
     {"uri": "app.", "match": PREFIX_MATCH, "roles": ["admin", "staff"], "allow": list(ACTIONS), "disclose": True},
+    {"uri": RESERVED, "match": PREFIX_MATCH, "roles": ["admin"], "allow": ["call", "subscribe"], "disclose": False},
 ]
 
 
@@ -69,6 +71,12 @@ def role_of(connection) -> str | None:
     """The role of a connection's eform session (None before it has one)."""
     session = connection.session
     return session.role if session is not None else None
+
+
+def is_reserved(uri: str) -> bool:
+    """A URI of the WAMP meta API (`wamp.*`): called and subscribed to, as the table allows,
+    but never published to or registered by a client."""
+    return uri.startswith(RESERVED)
 
 
 def is_own(uri: str) -> bool:
@@ -144,6 +152,8 @@ def parse_entry(where: str, entry: Any) -> Permission:
     allow = entry.get("allow")
     if not isinstance(allow, list) or not allow or not all(action in ACTIONS for action in allow):
         raise BadPermission(f"{where}.allow: must be a non-empty list of {', '.join(ACTIONS)}, got {allow!r}")
+    if uri.startswith(RESERVED) and set(allow) - {"call", "subscribe"}:
+        raise BadPermission(f"{where}.allow: {RESERVED}* is the WAMP meta API: only call and subscribe")
     disclose = entry.get("disclose", False)
     if not isinstance(disclose, bool):
         raise BadPermission(f"{where}.disclose: must be true or false, got {disclose!r}")

@@ -20,7 +20,7 @@ from eformws.transports.wamp.errors import (
     WampError,
     new_id,
 )
-from eformws.transports.wamp.permissions import Permissions, may_name_own, role_of
+from eformws.transports.wamp.permissions import Permissions, is_reserved, may_name_own, role_of
 from eformws.transports.wamp.topics import EXACT, PREFIX_MATCH
 from eformws.transports.wamp.wildcards import WildcardIndex
 
@@ -92,7 +92,7 @@ class Registrations:
         procedure, match, invoke = request.procedure, request.match or EXACT, request.invoke or "single"
         if invoke not in INVOKE_POLICIES:
             raise WampError(INVALID_ARGUMENT, f"invoke must be one of {', '.join(INVOKE_POLICIES)}")
-        if may_name_own(procedure, match):
+        if may_name_own(procedure, match) or is_reserved(procedure):
             raise WampError(NOT_AUTHORIZED, f"{procedure!r} ({match}) names the router's own procedures: clients "
                                             f"cannot register it")
         if not self._permissions.may_ever(role_of(connection), "register", procedure, match):
@@ -124,6 +124,15 @@ class Registrations:
             return False
         self._leave(registration, connection)
         return True
+
+    def all(self) -> list[Registration]:
+        return list(self._by_id.values())
+
+    def get(self, registration_id: int) -> Registration | None:
+        return self._by_id.get(registration_id)
+
+    def lookup(self, procedure: str, match: str) -> Registration | None:
+        return self._by_key.get((match, procedure))
 
     def resolve(self, procedure: str) -> Registration | None:
         """The registration a CALL of `procedure` goes to: an exact one, else the longest

@@ -15,6 +15,7 @@ from eformws.transports.wamp.broker import Broker
 from eformws.transports.wamp.codec import codecs
 from eformws.transports.wamp.dealer import Dealer
 from eformws.transports.wamp.framing import EventFraming
+from eformws.transports.wamp.meta import Meta
 from eformws.transports.wamp.permissions import DEFAULT_PERMISSIONS, Permissions
 from eformws.transports.wamp.registrations import Registrations
 from eformws.transports.wamp.transport import WampFactory
@@ -63,6 +64,7 @@ class WampRouter:
         self.permissions = permissions or Permissions.parse(DEFAULT_PERMISSIONS)
         self.broker = Broker(hub, policy, max_subscriptions, publisher=events, permissions=self.permissions)
         self.registrations = Registrations(self.permissions)
+        self.meta = Meta(self, events)
         self.dealer = Dealer(hub, events, status, policy)
         self.framings = {name: EventFraming(codec, self.broker) for name, codec in self.codecs.items()}
         self.connections: dict[str, Any] = {}  # joined sessions' transports by connection id
@@ -104,11 +106,13 @@ class WampRouter:
 
     def joined(self, connection) -> None:
         self.connections[connection.id] = connection
+        self.meta.joined(connection)
 
-    def left(self, connection) -> None:
+    def left(self, connection, session_id: int) -> None:
         self.connections.pop(connection.id, None)
         self.broker.drop(connection)
         self.registrations.drop(connection)
+        self.meta.left(connection, session_id)
 
     def resource(self) -> WebSocketResource:
         if self._resource is None:

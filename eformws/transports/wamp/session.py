@@ -13,7 +13,7 @@ from eformws.core.wire import CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR
 from eformws.sessions import first_valid_session
 from eformws.transports.wamp import errors
 from eformws.transports.wamp.errors import WampError, new_id
-from eformws.transports.wamp.permissions import is_own
+from eformws.transports.wamp.permissions import is_own, is_reserved
 from eformws.transports.wamp.topics import EXACT, REALM, is_uri
 
 log = Logger(namespace="eformws.wamp")
@@ -55,6 +55,7 @@ class RouterSession:
         self.state = WAITING
         self.id: int | None = None  # the WAMP session id, while established
         self.peer_roles: dict = {}  # the roles and features the client announced in HELLO
+        self.authmethod: str | None = None
         self._close: tuple[int, str] | None = None  # the close to do once GOODBYE is answered
 
     @property
@@ -214,6 +215,7 @@ class RouterSession:
         self.connection.session = session
         self.connection.sees_sensitive = self.router.policy.sees_sensitive(session)
         self.id = new_id()
+        self.authmethod = method
         self.state = ESTABLISHED
         self.connection.stop_timer()
         self.router.joined(self.connection)
@@ -270,6 +272,8 @@ class RouterSession:
         elif is_own(request.procedure):
             d = maybeDeferred(self.router.dealer.call, self.connection, request.procedure, request.args, request.kwargs)
             d.addCallback(lambda args: (args, None))
+        elif is_reserved(request.procedure):
+            d = maybeDeferred(self._meta_call, request)
         else:
             def progress(args, kwargs):
                 self._reply(session_id, wamp.Result(request.request, args=args, kwargs=kwargs, progress=True))
@@ -278,6 +282,11 @@ class RouterSession:
         d.addCallback(lambda result: self._reply(
             session_id, wamp.Result(request.request, args=result[0] or None, kwargs=result[1] or None)))
         d.addErrback(self._request_failed, session_id, wamp.Call.MESSAGE_TYPE, request.request, True)
+
+    def _meta_call(self, request):
+        if not self.router.permissions.allows(self.connection.session.role, "call", request.procedure):
+            raise WampError(errors.NOT_AUTHORIZED, f"this session may not call {request.procedure}")
+        return self.router.meta.call(request.procedure, request.args, request.kwargs), None
 
     def _register(self, request) -> None:
         try:
@@ -385,8 +394,8 @@ class RouterSession:
         (calls it made, canceled) must not be answered after its GOODBYE."""
         was, self.state = self.state, state
         if was == ESTABLISHED:
-            self.id = None
-            self.router.left(self.connection)
+            session_id, self.id = self.id, None
+            self.router.left(self.connection, session_id)
 
     def _send(self, message) -> None:
         self.connection.send_message(message)
