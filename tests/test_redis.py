@@ -339,6 +339,30 @@ async def test_an_applications_publication_on_one_process_reaches_its_subscriber
         await within(peer.gone)
 
 
+@pytest_twisted.ensureDeferred
+async def test_an_event_retained_on_one_process_is_given_to_a_new_subscriber_on_the_other(
+        tmp_path, spawn, redis_url, redis_prefix):
+    from autobahn.wamp.types import PublishOptions
+    from conftest import within
+    from wamp_peer import open_peer, subscribe
+
+    a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
+    publisher = open_peer(a, "json", ticket=await create_session(tmp_path, a.config))
+    subscriber = open_peer(b, "json", ticket=await create_session(tmp_path, a.config))
+    await within(publisher.joined)
+    await within(subscriber.joined)
+    marker, _ = await subscribe(subscriber, "app.marker")
+    await within(publisher.publish("app.display", "kept", options=PublishOptions(acknowledge=True, retain=True)))
+    await within(publisher.publish("app.marker", options=PublishOptions(acknowledge=True)))
+    await marker.next_publication()  # B has read the bus past the retained event (one publisher, in order)
+    inbox, _ = await subscribe(subscriber, "app.display", get_retained=True)
+    args, _, details = await inbox.next_publication()
+    assert (args, details.retained) == (("kept",), True)
+    for peer in (subscriber, publisher):
+        peer.leave()
+        await within(peer.gone)
+
+
 # -- workers ----------------------------------------------------------------------------
 
 

@@ -545,3 +545,45 @@ async def test_no_client_publishes_or_registers_under_the_meta_apis_uris(server)
     assert error.error == "wamp.error.not_authorized"
     assert (await call_error(admin.register(lambda: 1, "wamp.session.count"))).error == "wamp.error.not_authorized"
     await leave(admin)
+
+
+# -- retained events --------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_subscriber_asking_for_it_gets_the_last_retained_event_of_the_topic(server):
+    publisher = await join(server, role="admin", user="ada")
+    for n in (1, 2):
+        await within(publisher.publish("app.display.text", f"text {n}", size=n,
+                                       options=PublishOptions(acknowledge=True, retain=True)))
+    await within(publisher.publish("app.display.text", "not retained", options=ACKNOWLEDGED))
+    subscriber = await join(server, role="staff")
+    inbox, _ = await subscribe(subscriber, "app.display.text", get_retained=True)
+    args, kwargs, details = await inbox.next_publication()
+    assert (args, kwargs, details.retained, details.publisher_authid) == (("text 2",), {"size": 2}, True, "ada")
+    assert inbox.empty
+    await leave(publisher, subscriber)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_subscriber_that_does_not_ask_gets_no_retained_event(server):
+    publisher = await join(server, role="admin")
+    await within(publisher.publish("app.display.text", "kept", options=PublishOptions(acknowledge=True, retain=True)))
+    subscriber = await join(server, role="staff")
+    inbox, _ = await subscribe(subscriber, "app.display.text")
+    await within(publisher.publish("app.display.text", "live", options=ACKNOWLEDGED))
+    args, _, details = await inbox.next_publication()
+    assert (args, details.retained) == (("live",), None)
+    await leave(publisher, subscriber)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pattern_subscription_gets_the_retained_event_of_each_topic_it_matches(server):
+    publisher = await join(server, role="admin")
+    for topic in ("app.display.a", "app.display.b", "app.other"):
+        await within(publisher.publish(topic, topic, options=PublishOptions(acknowledge=True, retain=True)))
+    subscriber = await join(server, role="staff")
+    inbox, _ = await subscribe(subscriber, "app.display.", match="prefix", get_retained=True)
+    got = {(await inbox.next_publication())[2].topic for _ in range(2)}
+    assert got == {"app.display.a", "app.display.b"} and inbox.empty
+    await leave(publisher, subscriber)

@@ -70,10 +70,12 @@ async def test_welcome_announces_broker_and_dealer_with_supported_features_only(
     assert isinstance(session_id, int) and 1 <= session_id <= 2**53
     assert details["roles"] == {
         "broker": {"features": {"pattern_based_subscription": True, "publisher_exclusion": True,
-                                "publisher_identification": True, "subscriber_blackwhite_listing": True}},
+                                "publisher_identification": True, "subscriber_blackwhite_listing": True,
+                                "event_retention": True, "session_meta_api": True, "subscription_meta_api": True}},
         "dealer": {"features": {"caller_identification": True, "progressive_call_results": True,
                                 "call_timeout": True, "call_canceling": True, "shared_registration": True,
-                                "pattern_based_registration": True}},
+                                "pattern_based_registration": True, "session_meta_api": True,
+                                "registration_meta_api": True}},
     }
     assert (details["realm"], details["authmethod"], details["authrole"]) == ("eform", "ticket", "admin")
 

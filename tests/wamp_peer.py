@@ -95,9 +95,9 @@ async def join(server, serializer="json", role="admin", kiosk=None, user="alice"
     return peer
 
 
-async def subscribe(peer, topic, match=None):
+async def subscribe(peer, topic, match=None, get_retained=None):
     inbox = Inbox()
-    options = SubscribeOptions(match=match, details_arg="details")
+    options = SubscribeOptions(match=match, details_arg="details", get_retained=get_retained)
     subscription = await within(peer.subscribe(inbox, topic, options=options))
     return inbox, subscription
 

@@ -28,10 +28,13 @@ from eformws.transports.wamp.topics import (
     Topic,
     target_of,
     topics_of,
+    wildcard_matches,
 )
 from eformws.transports.wamp.wildcards import WildcardIndex
 
 META = "wamp"  # the key of this broker's annotations in `Message.meta`
+MAX_RETAINED = 10_000  # topics whose last retained event is kept; past it, or past ...
+MAX_RETAINED_BYTES = 64 * 1024 * 1024  # ... this many bytes of them (as JSON), the longest kept go
 
 
 class Subscription:
@@ -86,6 +89,8 @@ class Broker:
         self._prefix_lengths: dict[int, int] = {}  # length -> prefix subscriptions of that length
         self._wildcard = WildcardIndex()  # pattern -> subscription
         self._of: dict[Any, set[Subscription]] = {}  # connection -> its subscriptions
+        self._retained: dict[str, Message] = {}  # topic -> its last retained publication, oldest first
+        self._retained_bytes = 0
         self._delivery: Delivery | None = None
 
     # -- subscriptions ------------------------------------------------------------------
@@ -201,6 +206,9 @@ class Broker:
         return delivery
 
     def recipients(self, message: Message) -> list:
+        meta = message.meta.get(META)
+        if meta is not None and meta.get("retain"):
+            self._retain(meta["topic"], message)
         if not self._by_id:
             return []
         self._delivery = self._resolve(message)
@@ -244,6 +252,37 @@ class Broker:
                     matches.setdefault(connection, []).append((subscription, topic))
         return Delivery(message, meta["publication"], matches, True, meta.get("publisher"))
 
+    # -- retained events -------------------------------------------------------------------
+
+    def _retain(self, topic: str, message: Message) -> None:
+        """Keep `message` as `topic`'s retained event (each process keeps what the bus
+        brings it, so every process has the same), at most MAX_RETAINED topics."""
+        replaced = self._retained.pop(topic, None)
+        if replaced is not None:
+            self._retained_bytes -= len(replaced.payload)
+        self._retained[topic] = message
+        self._retained_bytes += len(message.payload)
+        while len(self._retained) > MAX_RETAINED or self._retained_bytes > MAX_RETAINED_BYTES:
+            oldest = self._retained.pop(next(iter(self._retained)))
+            self._retained_bytes -= len(oldest.payload)
+
+    def retained(self, connection, subscription: Subscription) -> list[tuple[Message, Topic]]:
+        """The retained events a new subscription gets (get_retained): of each topic it
+        matches that the session may subscribe to and the publication was for."""
+        found = []
+        role = role_of(connection)
+        for uri, message in self._retained.items():
+            if subscription.match == EXACT:
+                matches = uri == subscription.topic
+            elif subscription.match == PREFIX_MATCH:
+                matches = uri.startswith(subscription.topic)
+            else:
+                matches = wildcard_matches(tuple(subscription.topic.split(".")), uri.split("."))
+            meta = message.meta[META]
+            if matches and self._permissions.allows(role, "subscribe", uri) and Audience(meta).includes(connection):
+                found.append((message, Topic(uri, "", None)))
+        return found
+
     # -- PUBLISH -------------------------------------------------------------------------
 
     def publish(self, connection, request) -> Deferred:
@@ -281,12 +320,13 @@ class Broker:
         entry = self._permissions.entry(role_of(connection), "publish", request.topic)
         if entry is None:
             raise WampError(NOT_AUTHORIZED, f"this session may not publish to {request.topic!r}")
-        if request.payload is not None or request.retain:
-            name = "payload" if request.payload is not None else "retain"
-            raise WampError(INVALID_ARGUMENT, f"the PUBLISH option or field {name!r} is not supported")
+        if request.payload is not None:
+            raise WampError(INVALID_ARGUMENT, "the PUBLISH field 'payload' is not supported")
         session = connection.session
         publication = new_id()
         meta: dict[str, Any] = {"topic": request.topic, "publication": publication}
+        if request.retain:
+            meta["retain"] = True
         excluded = list(request.exclude or ())
         if request.exclude_me is not False:
             excluded.append(connection.wamp.id)

@@ -20,9 +20,11 @@ log = Logger(namespace="eformws.wamp")
 
 ROUTER_ROLES = {
     "broker": RoleBrokerFeatures(pattern_based_subscription=True, publisher_exclusion=True,
-                                 publisher_identification=True, subscriber_blackwhite_listing=True),
+                                 publisher_identification=True, subscriber_blackwhite_listing=True,
+                                 event_retention=True, session_meta_api=True, subscription_meta_api=True),
     "dealer": RoleDealerFeatures(caller_identification=True, progressive_call_results=True, call_timeout=True,
-                                 call_canceling=True, shared_registration=True, pattern_based_registration=True),
+                                 call_canceling=True, shared_registration=True, pattern_based_registration=True,
+                                 session_meta_api=True, registration_meta_api=True),
 }
 AUTH_PROVIDER = "eformws"
 
@@ -247,6 +249,14 @@ class RouterSession:
             self._send(wamp.Error(wamp.Subscribe.MESSAGE_TYPE, request.request, e.uri, args=[e.message], kwargs=e.kwargs))
             return
         self._send(wamp.Subscribed(request.request, subscription.id))
+        if request.get_retained:
+            for message, topic in self.router.broker.retained(self.connection, subscription):
+                meta = message.meta["wamp"]
+                self._send(wamp.Event(
+                    subscription.id, meta["publication"], args=message.envelope["args"] or None,
+                    kwargs=message.envelope["kwargs"] or None, retained=True, **subscription.details(topic),
+                    **(meta.get("publisher") or {}),
+                ))
 
     def _unsubscribe(self, request) -> None:
         if self.router.broker.unsubscribe(self.connection, request.subscription):
