@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 import treq
+from autobahn.exception import PayloadExceededError
 from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.types import CallDetails, CallOptions, PublishOptions, RegisterOptions, SubscribeOptions
 from conftest import within
@@ -587,3 +588,33 @@ async def test_a_pattern_subscription_gets_the_retained_event_of_each_topic_it_m
     got = {(await inbox.next_publication())[2].topic for _ in range(2)}
     assert got == {"app.display.a", "app.display.b"} and inbox.empty
     await leave(publisher, subscriber)
+
+
+# -- limits of their own ----------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_callees_answer_over_the_size_limit_fails_the_call_payload_size_exceeded(start_server):
+    server = await start_server({"wamp.max_message_bytes": 10_000})
+    callee = await join(server, role="admin")
+    caller = await join(server, role="staff")
+    await within(callee.register(lambda: "x" * 15_000, "app.big"))
+    with pytest.raises(PayloadExceededError, match="over the limit of 10000"):  # Autobahn's class for the URI
+        await within(caller.call("app.big"))
+    assert await within(caller.call("eform.status"))  # both sessions go on
+    await within(callee.register(lambda: "small", "app.small"))
+    await leave(callee, caller)
+
+
+@pytest_twisted.ensureDeferred
+async def test_past_max_registrations_register_is_refused_and_the_session_keeps_the_others(start_server):
+    server = await start_server({"wamp.max_registrations": 2})
+    callee = await join(server, role="admin")
+    first = await within(callee.register(lambda: 1, "app.one"))
+    await within(callee.register(lambda: 2, "app.two"))
+    error = await call_error(callee.register(lambda: 3, "app.three"))
+    assert (error.error, error.kwargs) == ("eform.error.registration_limit", {"limit": 2})
+    await within(first.unregister())  # frees a place
+    await within(callee.register(lambda: 3, "app.three"))
+    assert await within(callee.call("app.two")) == 2
+    await leave(callee)

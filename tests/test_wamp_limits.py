@@ -51,7 +51,7 @@ from eformws.transports.wamp.wildcards import WildcardIndex
 
 UNSUBSCRIBED = 35
 LIMIT_ERROR = "eform.error.subscription_limit"
-UNLIMITED_RATE = {"websocket.rate_limit": 1_000_000, "websocket.rate_burst": 1_000_000}
+UNLIMITED_RATE = {"wamp.rate_limit": 1_000_000, "wamp.rate_burst": 1_000_000}
 PROPERTY = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
@@ -373,7 +373,7 @@ SESSIONS = 10
 ATTEMPTS = 1_000  # SUBSCRIBEs per session: 100 accepted, the rest refused
 RSS_GROWTH_BOUND_KIB = 16 * 1024
 EMITS = 100
-UNLIMITED_RATE_TOML = "[websocket]\nrate_limit = 1000000.0\nrate_burst = 1000000\n"
+UNLIMITED_RATE_TOML = "[wamp]\nrate_limit = 1000000.0\nrate_burst = 1000000\n"
 
 
 class Sessions:

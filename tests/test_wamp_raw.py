@@ -192,12 +192,50 @@ async def test_a_message_other_than_authenticate_after_challenge_is_a_protocol_v
     assert details["message"] == "CALL instead of AUTHENTICATE"
 
 
+SMALL_MESSAGES = {"wamp.max_message_bytes": 10_000}
+
+
 @pytest_twisted.ensureDeferred
-async def test_a_message_over_the_size_limit_closes_1009(server):
-    client, _ = await join(server)
-    await client.send([CALL, 1, {}, "eform.status", ["x" * 70000]])
+async def test_a_call_over_the_size_limit_is_answered_payload_size_exceeded_and_the_session_goes_on(start_server):
+    client, _ = await join(await start_server(SMALL_MESSAGES))
+    await client.send([CALL, 1, {}, "eform.status", ["x" * 15_000]])
+    error = await client.recv()
+    assert error[:5] == [ERROR, CALL, 1, {}, "wamp.error.payload_size_exceeded"]
+    assert "over the limit of 10000" in error[5][0]
+    await client.send([CALL, 2, {}, "eform.status"])
+    assert (await client.recv())[:2] == [RESULT, 2]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_acknowledged_publish_over_the_size_limit_is_answered_payload_size_exceeded(start_server):
+    client, _ = await join(await start_server(SMALL_MESSAGES))
+    await client.send([PUBLISH, 1, {"acknowledge": True}, "app.big", ["x" * 15_000]])
+    assert (await client.recv())[:5] == [ERROR, PUBLISH, 1, {}, "wamp.error.payload_size_exceeded"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_message_over_the_size_limit_is_aborted(start_server):
+    client, _ = await join(await start_server(SMALL_MESSAGES))
+    await client.send([SUBSCRIBE, 1, {"x": "y" * 15_000}, "app.topic"])
+    details = await assert_aborted(client, "wamp.error.protocol_violation")
+    assert "over the limit of 10000" in details["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_over_twice_the_size_limit_closes_1009_unread(start_server):
+    client, _ = await join(await start_server(SMALL_MESSAGES))
+    await client.send([CALL, 1, {}, "eform.status", ["x" * 25_000]])
     kind, (code, _) = await next_or_close(client)
     assert (kind, code) == ("closed", 1009)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hundred_pipelined_calls_are_all_answered_under_the_default_limits(server):
+    client, _ = await join(server)
+    for request in range(1, 101):
+        await client.send([CALL, request, {}, "eform.status"])
+    answers = [await client.recv() for _ in range(100)]
+    assert [(answer[0], answer[1]) for answer in answers] == [(RESULT, request) for request in range(1, 101)]
 
 
 # -- bad URIs ---------------------------------------------------------------------------------
@@ -340,8 +378,8 @@ async def test_wamp_handshakes_count_against_the_connection_limit_with_the_names
 
 @pytest_twisted.ensureDeferred
 async def test_calls_over_the_rate_limit_get_error_rate_limited(start_server):
-    server = await start_server({"websocket.rate_limit": 1, "websocket.rate_burst": 4,  # HELLO, AUTHENTICATE, then 2
-                                 "websocket.rate_limit_close_after": 100})
+    server = await start_server({"wamp.rate_limit": 1, "wamp.rate_burst": 4,  # HELLO, AUTHENTICATE, then 2
+                                 "wamp.rate_limit_close_after": 100})
     client, _ = await join(server)
     for request in (1, 2, 3):
         await client.send([CALL, request, {}, "eform.status"])
@@ -352,7 +390,7 @@ async def test_calls_over_the_rate_limit_get_error_rate_limited(start_server):
 
 
 # a token a second, a burst of 4 (HELLO, AUTHENTICATE, then 2), closed after 5 refusals in a row
-FLOOD_LIMITS = {"websocket.rate_limit": 1, "websocket.rate_burst": 4, "websocket.rate_limit_close_after": 5}
+FLOOD_LIMITS = {"wamp.rate_limit": 1, "wamp.rate_burst": 4, "wamp.rate_limit_close_after": 5}
 
 
 @pytest_twisted.ensureDeferred
@@ -375,8 +413,8 @@ async def test_requests_with_an_invalid_uri_spend_the_rate_limit_too(start_serve
 
 @pytest_twisted.ensureDeferred
 async def test_opening_sessions_in_a_loop_spends_the_rate_limit(start_server):
-    server = await start_server({"websocket.rate_limit": 0.1, "websocket.rate_burst": 10,
-                                 "websocket.rate_limit_close_after": 5})
+    server = await start_server({"wamp.rate_limit": 0.1, "wamp.rate_burst": 10,
+                                 "wamp.rate_limit_close_after": 5})
     session_id = await server.session()
     client = await server.connect("/wamp", subprotocols=["wamp.2.json"])
     welcomed = 0

@@ -17,6 +17,7 @@ from eformws.transports.wamp.errors import (
     NO_SUCH_PROCEDURE,
     NOT_AUTHORIZED,
     PROCEDURE_ALREADY_EXISTS,
+    REGISTRATION_LIMIT,
     WampError,
     new_id,
 )
@@ -75,9 +76,11 @@ class Invocation:
 class Registrations:
     """Every registration of this router, by procedure and by id, and the calls in flight."""
 
-    def __init__(self, permissions: Permissions, reactor=None):
+    def __init__(self, permissions: Permissions, max_registrations: int = 100, reactor=None):
         self._permissions = permissions
+        self._max_registrations = max_registrations  # per session
         self._reactor = reactor
+        self._count_of: dict[Any, int] = {}  # connection -> its registrations
         self._by_key: dict[tuple[str, str], Registration] = {}  # (match, procedure)
         self._by_id: dict[int, Registration] = {}
         self._prefixes: dict[str, Registration] = {}
@@ -97,6 +100,10 @@ class Registrations:
                                             f"cannot register it")
         if not self._permissions.may_ever(role_of(connection), "register", procedure, match):
             raise WampError(NOT_AUTHORIZED, f"this session may not register {procedure!r} ({match} match)")
+        if self._count_of.get(connection, 0) >= self._max_registrations:
+            limit = self._max_registrations
+            raise WampError(REGISTRATION_LIMIT, f"Registration limit reached: at most {limit} registrations per session",
+                            limit=limit)
         registration = self._by_key.get((match, procedure))
         if registration is not None:
             if connection in registration.callees:
@@ -115,6 +122,7 @@ class Registrations:
             elif match != EXACT:
                 self._wildcards[procedure] = registration
         registration.callees.append(connection)
+        self._count_of[connection] = self._count_of.get(connection, 0) + 1
         return registration
 
     def unregister(self, connection, registration_id: int) -> bool:
@@ -255,10 +263,14 @@ class Registrations:
     def failed(self, connection, message) -> bool:
         """The callee's ERROR to an INVOCATION: the caller's ERROR, uri, args and kwargs
         untouched."""
-        invocation = self._invocation_of(connection, message.request)
+        return self.fail(connection, message.request, WampError.relayed(message.error, message.args, message.kwargs))
+
+    def fail(self, connection, invocation_id: int, error: WampError) -> bool:
+        """End an invocation of the callee's with `error` to its caller (an answer too big)."""
+        invocation = self._invocation_of(connection, invocation_id)
         if invocation is None:
             return False
-        invocation.answer.errback(WampError.relayed(message.error, message.args, message.kwargs))
+        invocation.answer.errback(error)
         return True
 
     def _invocation_of(self, connection, invocation_id: int) -> Invocation | None:
@@ -285,6 +297,9 @@ class Registrations:
     def _leave(self, registration: Registration, connection) -> None:
         """Take `connection` out of a registration's callees; the last one ends it."""
         registration.callees.remove(connection)
+        left = self._count_of.pop(connection) - 1
+        if left:
+            self._count_of[connection] = left
         if registration.callees:
             return
         del self._by_id[registration.id]

@@ -23,6 +23,16 @@ from eformws.transports.wamp.transport import WampFactory
 PATH = "/wamp"
 
 
+def wamp_protocol_options(config) -> dict:
+    """Autobahn's options for /wamp: the legacy ones, but messages read up to twice
+    `wamp.max_message_bytes`, so that one over the limit (and not past twice it) is read
+    and answered (ERROR or ABORT) rather than closing the WebSocket 1009."""
+    options = protocol_options(config)
+    readable = 2 * config.get("wamp", "max_message_bytes")
+    options.update(maxFramePayloadSize=readable, maxMessagePayloadSize=readable)
+    return options
+
+
 @implementer(IEndpoint)
 class WampRouter:
     path = PATH
@@ -48,6 +58,8 @@ class WampRouter:
         max_uri_length: int = 512,
         options: dict | None = None,
         permissions: Permissions | None = None,
+        max_registrations: int = 100,
+        max_message_bytes: int = 1_048_576,
     ):
         self.sessions = sessions
         self.cookie_names = tuple(cookie_names)
@@ -60,10 +72,11 @@ class WampRouter:
         self.rate_limit = rate_limit
         self.rate_burst = rate_burst
         self.rate_limit_close_after = rate_limit_close_after
+        self.max_message_bytes = max_message_bytes
         self.codecs = codecs(max_uri_length)
         self.permissions = permissions or Permissions.parse(DEFAULT_PERMISSIONS)
         self.broker = Broker(hub, policy, max_subscriptions, publisher=events, permissions=self.permissions)
-        self.registrations = Registrations(self.permissions)
+        self.registrations = Registrations(self.permissions, max_registrations)
         self.meta = Meta(self, events)
         self.dealer = Dealer(hub, events, status, policy)
         self.framings = {name: EventFraming(codec, self.broker) for name, codec in self.codecs.items()}
@@ -73,9 +86,9 @@ class WampRouter:
 
     @classmethod
     def from_config(cls, config, policy, hub, sessions, events, status, admission=None):
-        """Auth, origins, roles and WebSocket limits as the legacy namespaces have them;
-        who may publish and call the admin procedures is `auth.broadcast_roles`; its own
-        limits are the `wamp` section's."""
+        """Auth, origins, roles, pings and timeouts as the legacy namespaces have them; who
+        may publish and call the admin procedures is `auth.broadcast_roles`; message size,
+        rate and counts are the `wamp` section's."""
         return cls(
             hub,
             sessions,
@@ -88,13 +101,15 @@ class WampRouter:
             goodbye_timeout=config.get("websocket", "close_handshake_timeout"),
             max_unsent_bytes=config.get("websocket", "max_unsent_bytes"),
             admission=admission,
-            rate_limit=config.get("websocket", "rate_limit"),
-            rate_burst=config.get("websocket", "rate_burst"),
-            rate_limit_close_after=config.get("websocket", "rate_limit_close_after"),
+            rate_limit=config.get("wamp", "rate_limit"),
+            rate_burst=config.get("wamp", "rate_burst"),
+            rate_limit_close_after=config.get("wamp", "rate_limit_close_after"),
             max_subscriptions=config.get("wamp", "max_subscriptions"),
             max_uri_length=config.get("wamp", "max_uri_length"),
-            options=protocol_options(config),
+            options=wamp_protocol_options(config),
             permissions=Permissions.parse(config.get("wamp", "permissions")),
+            max_registrations=config.get("wamp", "max_registrations"),
+            max_message_bytes=config.get("wamp", "max_message_bytes"),
         )
 
     # -- IEndpoint ---------------------------------------------------------------------------

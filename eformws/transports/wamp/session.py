@@ -140,6 +140,29 @@ class RouterSession:
         else:
             self.violation(reason, "invalid URI")
 
+    def oversized(self, message, size: int, limit: int) -> None:
+        """A message over `wamp.max_message_bytes`: a CALL (or an acknowledged PUBLISH) is
+        answered ERROR `wamp.error.payload_size_exceeded`; a callee's YIELD or ERROR fails its
+        caller's call so; anything else is a protocol violation (ABORT)."""
+        text = f"message of {size} bytes is over the limit of {limit} (wamp.max_message_bytes)"
+        if self.state != ESTABLISHED:
+            self.violation(text, "message over the size limit")
+        elif not self.connection.bucket.take():
+            self._rate_limited(message.MESSAGE_TYPE, getattr(message, "request", None), False)
+        elif isinstance(message, wamp.Call):
+            self._send(wamp.Error(wamp.Call.MESSAGE_TYPE, message.request, errors.PAYLOAD_SIZE_EXCEEDED, args=[text]))
+        elif isinstance(message, wamp.Publish):
+            if message.acknowledge:
+                self._send(wamp.Error(wamp.Publish.MESSAGE_TYPE, message.request, errors.PAYLOAD_SIZE_EXCEEDED,
+                                      args=[text]))
+            else:
+                metrics.wamp_refused_publications.labels(errors.PAYLOAD_SIZE_EXCEEDED).inc()
+        elif isinstance(message, (wamp.Yield, wamp.Error)):
+            self.router.registrations.fail(self.connection, message.request,
+                                           WampError(errors.PAYLOAD_SIZE_EXCEEDED, f"the callee's answer: {text}"))
+        else:
+            self.violation(text, "message over the size limit")
+
     def violation(self, reason: str, summary: str | None = None) -> None:
         """ABORT `wamp.error.protocol_violation` with `reason`, then close the transport
         (1002). The log gets `summary` when given: `reason` may quote the peer's data."""
@@ -302,7 +325,7 @@ class RouterSession:
         try:
             registration = self.router.registrations.register(self.connection, request)
         except WampError as e:
-            self._send(wamp.Error(wamp.Register.MESSAGE_TYPE, request.request, e.uri, args=[e.message]))
+            self._send(wamp.Error(wamp.Register.MESSAGE_TYPE, request.request, e.uri, args=[e.message], kwargs=e.kwargs))
             return
         self._send(wamp.Registered(request.request, registration.id))
 

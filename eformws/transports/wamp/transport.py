@@ -117,6 +117,9 @@ class WampProtocol(GatewayProtocol):
         if session is None:
             return
         RECEIVED.inc()
+        if len(payload) > self.factory.router.max_message_bytes:
+            self._oversized(session, payload, isBinary)
+            return
         try:
             messages = self._codec.decode(payload, isBinary)
         except Undecodable as e:
@@ -127,6 +130,19 @@ class WampProtocol(GatewayProtocol):
             return
         for message in messages:
             session.receive(message)
+
+    def _oversized(self, session, payload, is_binary) -> None:
+        """A message over `wamp.max_message_bytes` (and within twice it, which Autobahn
+        reads): the request it carries is answered, not done."""
+        limit = self.factory.router.max_message_bytes
+        try:
+            messages = self._codec.decode(payload, is_binary)
+        except (Undecodable, BadUri):
+            messages = []
+        if len(messages) != 1:
+            session.violation(f"a message of {len(payload)} bytes, over the limit of {limit}", "message over the size limit")
+            return
+        session.oversized(messages[0], len(payload), limit)
 
     def send_message(self, message) -> None:
         if self.writable:
