@@ -29,6 +29,7 @@ setup(
         "autobahn>=24.4",
         "klein>=23.12",
         "msgpack>=1.0",
+        "cbor2>=5.4",
         "prometheus_client>=0.20",
         "treq>=23.11",
         "txaio>=23.1",

@@ -326,14 +326,18 @@ async def test_an_applications_publication_on_one_process_reaches_its_subscriber
     from wamp_peer import open_peer, subscribe
 
     a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
-    subscriber = open_peer(b, "msgpack", ticket=await create_session(tmp_path, a.config))
-    publisher = open_peer(a, "json", ticket=await create_session(tmp_path, a.config))
+    # (Autobahn's MessagePack decoder, the router's too, refuses map keys that are not strings: both speak CBOR)
+    subscriber = open_peer(b, "cbor", ticket=await create_session(tmp_path, a.config))
+    publisher = open_peer(a, "cbor", ticket=await create_session(tmp_path, a.config))
     await within(subscriber.joined)
     await within(publisher.joined)
     inbox, _ = await subscribe(subscriber, "app.orders.created")
-    await within(publisher.publish("app.orders.created", 7, "x", total=12, options=PublishOptions(acknowledge=True)))
+    await within(publisher.publish("app.orders.created", 7, b"\x00\xffraw", {1: "one"}, total=12,
+                                   note={"\u0000bytes": "not bytes"}, options=PublishOptions(acknowledge=True)))
     args, kwargs, details = await inbox.next_publication()
-    assert (args, kwargs, details.publisher) == ((7, "x"), {"total": 12}, publisher.session_id)
+    # byte strings and keys that are not strings arrive as sent (JSON on the bus could hold neither)
+    assert (args, kwargs, details.publisher) == ((7, b"\x00\xffraw", {1: "one"}),
+                                                 {"total": 12, "note": {"\u0000bytes": "not bytes"}}, publisher.session_id)
     for peer in (subscriber, publisher):
         peer.leave()
         await within(peer.gone)

@@ -114,7 +114,7 @@ async def test_another_realm_is_aborted_no_such_realm(server):
 # -- broker: the topic map and the hub's deliveries ---------------------------------------
 
 
-@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+@pytest.mark.parametrize("serializer", ["json", "msgpack", "cbor"])
 @pytest_twisted.ensureDeferred
 async def test_emit_reaches_the_room_topic_subscriber_and_the_legacy_client_alike(server, serializer):
     peer = await join(server, serializer)

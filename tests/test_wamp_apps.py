@@ -28,7 +28,8 @@ async def leave(*peers) -> None:
 # -- pub/sub ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("publisher_serializer", "subscriber_serializer"), [("json", "msgpack"), ("msgpack", "json")])
+@pytest.mark.parametrize(("publisher_serializer", "subscriber_serializer"),
+                         [("json", "msgpack"), ("msgpack", "json"), ("cbor", "json"), ("msgpack", "cbor")])
 @pytest_twisted.ensureDeferred
 async def test_a_publication_reaches_a_subscriber_with_its_args_and_kwargs_untouched(
         server, publisher_serializer, subscriber_serializer):
@@ -138,7 +139,8 @@ async def refused_publications(server) -> float:
 # -- remote procedure calls -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("caller_serializer", "callee_serializer"), [("json", "msgpack"), ("msgpack", "json")])
+@pytest.mark.parametrize(("caller_serializer", "callee_serializer"),
+                         [("json", "msgpack"), ("msgpack", "json"), ("cbor", "msgpack"), ("json", "cbor")])
 @pytest_twisted.ensureDeferred
 async def test_a_call_reaches_the_callee_and_its_result_comes_back_untouched(
         server, caller_serializer, callee_serializer):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import cbor2
 import msgpack
 import pytest
 import pytest_twisted
@@ -52,7 +53,7 @@ async def test_upgrade_without_a_wamp_subprotocol_is_refused_400(server):
 @pytest_twisted.ensureDeferred
 async def test_upgrade_with_only_unknown_subprotocols_is_refused_400(server):
     with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
-        await server.connect("/wamp", subprotocols=["wamp.2.cbor", "mqtt"])
+        await server.connect("/wamp", subprotocols=["wamp.2.ubjson", "mqtt"])
     assert refused.value.response.status_code == 400
 
 
@@ -107,6 +108,22 @@ async def test_msgpack_event_carries_the_same_envelope(server):
     subscription = msgpack.unpackb(await client.recv_raw())[2]
     await server.service.events.broadcast_to_room("/ws/lockers", "kiosk-1", "door", {"open": True})
     event = msgpack.unpackb(await client.recv_raw())
+    assert event[:2] == [EVENT, subscription] and event[3] == {"topic": "eform.lockers.kiosk-1"}
+    assert event[4][0]["data"] == {"open": True} and event[4][0]["room"] == "kiosk-1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_cbor_event_carries_the_same_envelope(server):
+    client = await connect(server, "wamp.2.cbor")
+    sid = await server.session()
+    await client.send(cbor2.dumps([HELLO, "eform", {"roles": ROLES, "authmethods": ["ticket"]}]))
+    assert cbor2.loads(await client.recv_raw()) == [CHALLENGE, "ticket", {}]
+    await client.send(cbor2.dumps([AUTHENTICATE, sid, {}]))
+    assert cbor2.loads(await client.recv_raw())[0] == WELCOME
+    await client.send(cbor2.dumps([SUBSCRIBE, 1, {"match": "prefix"}, "eform.lockers"]))
+    subscription = cbor2.loads(await client.recv_raw())[2]
+    await server.service.events.broadcast_to_room("/ws/lockers", "kiosk-1", "door", {"open": True})
+    event = cbor2.loads(await client.recv_raw())
     assert event[:2] == [EVENT, subscription] and event[3] == {"topic": "eform.lockers.kiosk-1"}
     assert event[4][0]["data"] == {"open": True} and event[4][0]["room"] == "kiosk-1"
 

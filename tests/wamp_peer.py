@@ -6,14 +6,14 @@ from __future__ import annotations
 from autobahn.twisted.wamp import ApplicationSession
 from autobahn.twisted.websocket import WampWebSocketClientFactory, connectWS
 from autobahn.wamp.exception import ApplicationError
-from autobahn.wamp.serializer import JsonSerializer, MsgPackSerializer
+from autobahn.wamp.serializer import CBORSerializer, JsonSerializer, MsgPackSerializer
 from autobahn.wamp.types import ComponentConfig, SubscribeOptions
 from twisted.internet.defer import Deferred, DeferredQueue
 
 from conftest import within
 
 REALM = "eform"
-SERIALIZERS = {"json": JsonSerializer, "msgpack": MsgPackSerializer}
+SERIALIZERS = {"json": JsonSerializer, "msgpack": MsgPackSerializer, "cbor": CBORSerializer}
 
 
 class Peer(ApplicationSession):

@@ -3,11 +3,13 @@ every process reads from where it left off, so an outage loses nothing within th
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections import deque
 from itertools import islice
 
+import cbor2
 from twisted.application.service import MultiService
 from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.logger import Logger
@@ -89,7 +91,11 @@ class RedisBus(MultiService):
     def publish(self, message: Message):
         count = self._on_message(message) if self._on_message else 0
         self._n += 1
-        entry = json.dumps({"node": self.node_id, "n": self._n, "message": message.to_json()}, separators=(",", ":"))
+        if message.opaque:  # a client's payload, exactly: CBOR keeps bytes and keys that are not strings
+            body = {"cbor": base64.b64encode(cbor2.dumps(message.to_json())).decode("ascii")}
+        else:
+            body = {"message": message.to_json()}
+        entry = json.dumps({"node": self.node_id, "n": self._n, **body}, separators=(",", ":"))
         if len(self.pending) >= self.buffer_size:
             self._drop_oldest()
             self.dropped += 1
@@ -228,7 +234,10 @@ class RedisBus(MultiService):
             if node == self.node_id or n <= self._seen.get(node, 0):
                 return
             self._seen[node] = n
-            message = Message.from_json(value["message"])
+            if "cbor" in value:
+                message = Message.from_json(cbor2.loads(base64.b64decode(value["cbor"])))
+            else:
+                message = Message.from_json(value["message"])
         except (KeyError, TypeError, ValueError):
             log.warn("ignored a malformed entry on the redis bus")
             return

@@ -43,6 +43,9 @@ class Message:
     created: float = field(default_factory=time.time)
     meta: dict = field(default_factory=dict)
     position: Any = None  # a structured event's place in the event log (eformws.events.store.Position)
+    # A client's payload (a WAMP application's publication): carried between processes exactly,
+    # with what JSON cannot hold (byte strings, map keys that are not strings).
+    opaque: bool = False
     _payload: bytes | None = field(default=None, repr=False, compare=False)
     _redacted: "Message | None" = field(default=None, repr=False, compare=False)
 
@@ -52,7 +55,7 @@ class Message:
         if self._redacted is None:
             envelope = redactor.redact(self.envelope)
             self._redacted = self if envelope is self.envelope else Message(
-                envelope, self.targets, self.created, self.meta, self.position
+                envelope, self.targets, self.created, self.meta, self.position, self.opaque
             )
         return self._redacted
 
@@ -76,6 +79,8 @@ class Message:
         }
         if self.meta:
             out["meta"] = self.meta
+        if self.opaque:
+            out["opaque"] = True
         return out
 
     @classmethod
@@ -85,4 +90,5 @@ class Message:
             tuple(Target.from_json(t) for t in value["targets"]),
             value["created"],
             value.get("meta") or {},
+            opaque=bool(value.get("opaque")),
         )

@@ -134,7 +134,7 @@ class WebSocketEvents:
         """A WAMP application's publication (not an eform message: no namespace gets it),
         its args and kwargs untouched, to the endpoints of every process; `meta` says the
         topic and who it is for (see the WAMP broker)."""
-        return self.bus.publish(Message({"args": args, "kwargs": kwargs}, (), meta=meta))
+        return self.bus.publish(Message({"args": args, "kwargs": kwargs}, (), meta=meta, opaque=True))
 
     def send(self, connection_id: str, event: str, data: Any) -> Deferred:
         """The direct envelope (A) to one connection, wherever it is connected."""

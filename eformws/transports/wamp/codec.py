@@ -1,14 +1,18 @@
-"""The router's serializations (`wamp.2.json`, `wamp.2.msgpack`): frames to Autobahn messages
-with each fault classified, messages to frames, and EVENT spliced around an encoded envelope."""
+"""The router's serializations (`wamp.2.json`, `wamp.2.msgpack`, `wamp.2.cbor`): frames to
+Autobahn messages with each fault classified, messages to frames, and EVENT spliced around
+an encoded envelope."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import cbor2
 import msgpack
 from autobahn.wamp.exception import InvalidUriError
 from autobahn.wamp.message import Call, Event, Hello, Publish, Register, Subscribe
 from autobahn.wamp.serializer import (
+    CBORObjectSerializer,
+    CBORSerializer,
     JsonObjectSerializer,
     JsonSerializer,
     MsgPackObjectSerializer,
@@ -126,37 +130,54 @@ class JsonCodec(Codec):
         return b"[%d,%d,%d,%s,[%s]]" % (Event.MESSAGE_TYPE, subscription, publication, wire.dumps(details), envelope)
 
 
-def _packb(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+class BinaryCodec(Codec):
+    """MessagePack and CBOR: EVENT is the header of an array of 5, each field packed, the
+    header of an array of 1, then the packed envelope."""
 
-
-class MsgpackCodec(Codec):
-    subprotocol = "wamp.2.msgpack"
     binary = True
+    _ARRAY_5: bytes
+    _ARRAY_1: bytes
 
+    @staticmethod
+    def pack(value: Any) -> bytes:
+        raise NotImplementedError
+
+    def envelope(self, message: Message) -> bytes:
+        return self.pack(message.envelope)
+
+    def event(self, subscription, publication, details, envelope) -> bytes:
+        pack = self.pack
+        return b"".join((self._ARRAY_5, pack(Event.MESSAGE_TYPE), pack(subscription), pack(publication), pack(details),
+                         self._ARRAY_1, envelope))
+
+
+class MsgpackCodec(BinaryCodec):
+    subprotocol = "wamp.2.msgpack"
     _ARRAY_5 = b"\x95"  # fixarray of 5 elements
     _ARRAY_1 = b"\x91"
 
     def __init__(self, max_uri_length: int = MAX_URI_LENGTH):
         super().__init__(MsgPackSerializer(), MsgPackObjectSerializer(), max_uri_length)
 
-    def envelope(self, message: Message) -> bytes:
-        return _packb(message.envelope)
+    @staticmethod
+    def pack(value: Any) -> bytes:
+        return msgpack.packb(value, use_bin_type=True)
 
-    def event(self, subscription, publication, details, envelope) -> bytes:
-        return b"".join(
-            (
-                self._ARRAY_5,
-                _packb(Event.MESSAGE_TYPE),
-                _packb(subscription),
-                _packb(publication),
-                _packb(details),
-                self._ARRAY_1,
-                envelope,
-            )
-        )
+
+class CborCodec(BinaryCodec):
+    subprotocol = "wamp.2.cbor"
+    _ARRAY_5 = b"\x85"  # array of 5 elements (major type 4)
+    _ARRAY_1 = b"\x81"
+
+    def __init__(self, max_uri_length: int = MAX_URI_LENGTH):
+        super().__init__(CBORSerializer(), CBORObjectSerializer(), max_uri_length)
+
+    @staticmethod
+    def pack(value: Any) -> bytes:
+        return cbor2.dumps(value)
 
 
 def codecs(max_uri_length: int = MAX_URI_LENGTH) -> dict[str, Codec]:
     """Subprotocol -> codec, in the router's order of preference."""
-    return {codec.subprotocol: codec for codec in (JsonCodec(max_uri_length), MsgpackCodec(max_uri_length))}
+    return {codec.subprotocol: codec
+            for codec in (JsonCodec(max_uri_length), MsgpackCodec(max_uri_length), CborCodec(max_uri_length))}
