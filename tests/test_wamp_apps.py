@@ -4,6 +4,9 @@ permission table allows, payloads untouched; `eform.*` stays the router's own.""
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 import pytest_twisted
 import treq
@@ -11,8 +14,10 @@ from autobahn.exception import PayloadExceededError
 from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.types import CallDetails, CallOptions, PublishOptions, RegisterOptions, SubscribeOptions
 from conftest import within
+from js_peers import JS_DIR, NODE, Lines, needs_node
 from logcheck import logged_problems  # noqa: F401  (autouse: no error in the log)
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
 from wamp_peer import call_error, join, subscribe
 
@@ -620,3 +625,25 @@ async def test_past_max_registrations_register_is_refused_and_the_session_keeps_
     await within(callee.register(lambda: 3, "app.three"))
     assert await within(callee.call("app.two")) == 2
     await leave(callee)
+
+
+# -- Autobahn|JS --------------------------------------------------------------------------------
+
+
+@needs_node
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+@pytest_twisted.ensureDeferred
+async def test_autobahn_js_peers_publish_subscribe_register_and_call_with_progress(server, serializer):
+    assert NODE is not None, "Node is here but tests/js/node_modules is not: npm ci --prefix tests/js"
+    callee_ticket, caller_ticket = await server.session(role="admin"), await server.session(role="staff")
+    child = Lines()
+    arguments = [*NODE, "apps.js", server.url("/wamp"), callee_ticket, caller_ticket, serializer]
+    reactor.spawnProcess(child, NODE[0], arguments, env=dict(os.environ), path=str(JS_DIR))
+    seen = json.loads(await within(child.lines.get(), 20))
+    assert seen == {
+        "event": {"args": ["hello", 1], "kwargs": {"n": 2}, "publisher_authrole": "staff"},
+        "progress": [{"args": ["half"], "kwargs": {"of": 3}}],
+        "result": {"args": [6.5], "kwargs": {"caller_authrole": "staff"}},
+        "error": "wamp.error.no_such_procedure",
+    }, child.stderr
+    assert await within(child.ended, 10) == 0, child.stderr
