@@ -507,3 +507,10 @@ async def test_cancel_kill_interrupts_the_callee_and_its_answer_is_the_callers(s
     assert await callee.recv() == [INTERRUPT, invocation, {"mode": "kill", "reason": "wamp.error.canceled"}]
     await callee.send([ERROR, INVOCATION, invocation, {}, "wamp.error.canceled", ["stopped"]])
     assert await caller.recv() == [ERROR, CALL, 7, {}, "wamp.error.canceled", ["stopped"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_in_payload_passthru_mode_is_a_protocol_violation(server):
+    client, _ = await join(server)
+    await client.send([CALL, 1, {"enc_algo": "cryptobox"}, "app.anything", "an opaque payload"])
+    await assert_aborted(client, "wamp.error.protocol_violation")
