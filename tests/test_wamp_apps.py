@@ -513,8 +513,9 @@ async def test_the_subscription_meta_api_finds_subscriptions_and_their_subscribe
     assert await within(admin.call("wamp.subscription.lookup", "app.orders.", {"match": "prefix"})) == prefix.id
     assert await within(admin.call("wamp.subscription.lookup", "app.nothing")) is None
     assert sorted(await within(admin.call("wamp.subscription.match", "app.orders.created"))) == sorted([exact.id, prefix.id])
-    assert await within(admin.call("wamp.subscription.get", exact.id)) == {
-        "id": exact.id, "uri": "app.orders.created", "match": "exact"}
+    described = await within(admin.call("wamp.subscription.get", exact.id))
+    assert described.pop("created").endswith("Z")
+    assert described == {"id": exact.id, "uri": "app.orders.created", "match": "exact"}
     assert await within(admin.call("wamp.subscription.list_subscribers", exact.id)) == [staff.session_id]
     assert await within(admin.call("wamp.subscription.count_subscribers", exact.id)) == 1
     assert (await call_error(admin.call("wamp.subscription.get", 1))).error == "wamp.error.no_such_subscription"
@@ -531,8 +532,9 @@ async def test_the_registration_meta_api_finds_registrations_and_their_callees(s
     assert await within(admin.call("wamp.registration.lookup", "app.files.", {"match": "prefix"})) == registration.id
     assert await within(admin.call("wamp.registration.match", "app.files.read")) == registration.id
     assert await within(admin.call("wamp.registration.match", "app.other")) is None
-    assert await within(admin.call("wamp.registration.get", registration.id)) == {
-        "id": registration.id, "uri": "app.files.", "match": "prefix", "invoke": "single"}
+    described = await within(admin.call("wamp.registration.get", registration.id))
+    assert described.pop("created").endswith("Z")
+    assert described == {"id": registration.id, "uri": "app.files.", "match": "prefix", "invoke": "single"}
     assert await within(admin.call("wamp.registration.list_callees", registration.id)) == [callee.session_id]
     assert await within(admin.call("wamp.registration.count_callees", registration.id)) == 1
     await leave(admin, callee)
@@ -647,3 +649,41 @@ async def test_autobahn_js_peers_publish_subscribe_register_and_call_with_progre
         "error": "wamp.error.no_such_procedure",
     }, child.stderr
     assert await within(child.ended, 10) == 0, child.stderr
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscription_meta_events_follow_a_subscription_from_creation_to_deletion(server):
+    admin = await join(server, role="admin")
+    inbox, own = await subscribe(admin, "wamp.subscription.", match="prefix")
+    own_events = [await inbox.next_publication() for _ in range(2)]  # its own subscription's, after SUBSCRIBED
+    assert [args for args, _, _ in own_events][1] == (admin.session_id, own.id)
+    staff = await join(server, role="staff")
+    _, subscription = await subscribe(staff, "app.orders.created")
+    await within(subscription.unsubscribe())
+    events = [await inbox.next_publication() for _ in range(4)]
+    assert [details.topic for _, _, details in events] == [
+        "wamp.subscription.on_create", "wamp.subscription.on_subscribe",
+        "wamp.subscription.on_unsubscribe", "wamp.subscription.on_delete"]
+    (session, created), _, _ = events[0]
+    assert (session, created["id"], created["uri"], created["match"]) == (
+        staff.session_id, subscription.id, "app.orders.created", "exact")
+    assert [args for args, _, _ in events[1:]] == [(staff.session_id, subscription.id)] * 3
+    await leave(admin, staff)
+
+
+@pytest_twisted.ensureDeferred
+async def test_registration_meta_events_include_those_of_a_session_that_leaves(server):
+    admin = await join(server, role="admin")
+    inbox, _ = await subscribe(admin, "wamp.registration.", match="prefix")
+    callee = await join(server, role="staff")
+    registration = await within(callee.register(lambda: 1, "app.one"))
+    session_id = callee.session_id
+    await leave(callee)
+    events = [await inbox.next_publication() for _ in range(4)]
+    assert [details.topic for _, _, details in events] == [
+        "wamp.registration.on_create", "wamp.registration.on_register",
+        "wamp.registration.on_unregister", "wamp.registration.on_delete"]
+    assert events[0][0][1]["invoke"] == "single"
+    assert [args for args, _, _ in events[1:]] == [(session_id, registration.id)] * 3
+    await leave(admin)

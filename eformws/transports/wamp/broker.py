@@ -20,8 +20,15 @@ from eformws.transports.wamp.errors import (
     WampError,
     new_id,
 )
-from eformws.transports.wamp.permissions import DEFAULT_PERMISSIONS, Permissions, is_own, is_reserved, may_name_own
-from eformws.transports.wamp.permissions import role_of
+from eformws.transports.wamp.events import MetaEvents
+from eformws.transports.wamp.permissions import (
+    DEFAULT_PERMISSIONS,
+    Permissions,
+    is_own,
+    is_reserved,
+    may_name_own,
+    role_of,
+)
 from eformws.transports.wamp.topics import (
     EXACT,
     PREFIX_MATCH,
@@ -40,13 +47,18 @@ MAX_RETAINED_BYTES = 64 * 1024 * 1024  # ... this many bytes of them (as JSON), 
 class Subscription:
     """One (topic, match) of the router, shared by every session subscribed to it."""
 
-    __slots__ = ("id", "topic", "match", "connections")
+    __slots__ = ("id", "topic", "match", "connections", "created")
 
     def __init__(self, id: int, topic: str, match: str):
         self.id = id
         self.topic = topic
         self.match = match
         self.connections: set = set()
+        self.created = wire.js_timestamp()
+
+    def meta_details(self) -> dict:
+        """What the meta API tells of it (wamp.subscription.get, on_create)."""
+        return {"id": self.id, "created": self.created, "uri": self.topic, "match": self.match}
 
     def details(self, topic: Topic) -> dict:
         """EVENT details: the concrete topic, when the subscription is a pattern."""
@@ -75,7 +87,7 @@ class Delivery:
         return details
 
 
-class Broker:
+class Broker(MetaEvents):
     def __init__(self, hub, policy, max_subscriptions: int = 100, publisher=None, permissions: Permissions | None = None):
         self._hub = hub
         self._policy = policy
@@ -118,6 +130,7 @@ class Broker:
             while subscription_id in self._by_id:
                 subscription_id = new_id()
             subscription = Subscription(subscription_id, topic, match)
+            self._meta("wamp.subscription.on_create", connection, subscription.meta_details)
             self._by_key[(match, topic)] = self._by_id[subscription_id] = subscription
             if match == EXACT:
                 self._exact[topic] = subscription
@@ -128,6 +141,7 @@ class Broker:
                 self._wildcard[topic] = subscription
         subscription.connections.add(connection)
         self._of.setdefault(connection, set()).add(subscription)
+        self._meta("wamp.subscription.on_subscribe", connection, subscription.id)
         return subscription
 
     def unsubscribe(self, connection, subscription_id: int) -> bool:
@@ -135,7 +149,7 @@ class Broker:
         subscription = self._by_id.get(subscription_id)
         if subscription is None or connection not in subscription.connections:
             return False
-        self._leave(connection, subscription)
+        self._leave(connection, subscription, connection)
         mine = self._of.get(connection)
         if mine is not None:
             mine.discard(subscription)
@@ -143,15 +157,17 @@ class Broker:
                 del self._of[connection]
         return True
 
-    def drop(self, connection) -> None:
-        """Take `connection` out of every subscription (its session ended)."""
+    def drop(self, connection, session_id: int | None = None) -> None:
+        """Take `connection` out of every subscription (its session, `session_id`, ended)."""
         for subscription in self._of.pop(connection, ()):
-            self._leave(connection, subscription)
+            self._leave(connection, subscription, session_id)
 
-    def _leave(self, connection, subscription: Subscription) -> None:
+    def _leave(self, connection, subscription: Subscription, session) -> None:
         subscription.connections.discard(connection)
+        self._meta("wamp.subscription.on_unsubscribe", session, subscription.id)
         if subscription.connections:
             return
+        self._meta("wamp.subscription.on_delete", session, subscription.id)
         topic, match = subscription.topic, subscription.match
         del self._by_key[(match, topic)]
         del self._by_id[subscription.id]

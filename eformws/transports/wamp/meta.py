@@ -1,5 +1,5 @@
 """The WAMP meta API of this router: `wamp.session.*`, `wamp.subscription.*` and
-`wamp.registration.*` procedures, and the `wamp.session.on_join`/`on_leave` events."""
+`wamp.registration.*` procedures, and the meta events (sessions, subscriptions, registrations)."""
 
 from __future__ import annotations
 
@@ -80,9 +80,18 @@ class Meta:
         session = connection.session
         self._publish(ON_LEAVE, [session_id, session.user_id, session.role])
 
+    def event(self, topic: str, args: list) -> None:
+        """A subscription or registration meta event (`wamp.subscription.on_*`, ...)."""
+        self._publish(topic, args)
+
     def _publish(self, topic: str, args: list) -> None:
+        """Publish once what happens now is done: a session that subscribes to
+        `wamp.subscription.*` gets SUBSCRIBED before the event of its own subscription."""
         if self._publisher is not None:
-            self._publisher.publish_topic(args, {}, {"wamp": {"topic": topic, "publication": new_id()}})
+            from twisted.internet import reactor
+
+            meta = {"wamp": {"topic": topic, "publication": new_id()}}
+            reactor.callLater(0, self._publisher.publish_topic, args, {}, meta)
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -131,8 +140,7 @@ class Meta:
         return found
 
     def _subscription_get(self, procedure, args, kwargs):
-        found = self._subscription(procedure, args, kwargs)
-        return {"id": found.id, "uri": found.topic, "match": found.match}
+        return self._subscription(procedure, args, kwargs).meta_details()
 
     def _subscription_list_subscribers(self, procedure, args, kwargs):
         return sorted(c.wamp.id for c in self._subscription(procedure, args, kwargs).connections)
@@ -164,8 +172,7 @@ class Meta:
         return found
 
     def _registration_get(self, procedure, args, kwargs):
-        found = self._registration(procedure, args, kwargs)
-        return {"id": found.id, "uri": found.procedure, "match": found.match, "invoke": found.invoke}
+        return self._registration(procedure, args, kwargs).meta_details()
 
     def _registration_list_callees(self, procedure, args, kwargs):
         return [c.wamp.id for c in self._registration(procedure, args, kwargs).callees]

@@ -10,17 +10,19 @@ from typing import Any
 from autobahn.wamp import message as wamp
 from twisted.internet.defer import Deferred
 
+from eformws.core.wire import js_timestamp
 from eformws.transports.wamp.errors import (
     CANCELED,
     INVALID_ARGUMENT,
-    TIMEOUT,
     NO_SUCH_PROCEDURE,
     NOT_AUTHORIZED,
     PROCEDURE_ALREADY_EXISTS,
     REGISTRATION_LIMIT,
+    TIMEOUT,
     WampError,
     new_id,
 )
+from eformws.transports.wamp.events import MetaEvents
 from eformws.transports.wamp.permissions import Permissions, is_reserved, may_name_own, role_of
 from eformws.transports.wamp.topics import EXACT, PREFIX_MATCH
 from eformws.transports.wamp.wildcards import WildcardIndex
@@ -32,7 +34,7 @@ class Registration:
     """One procedure (or pattern) and the sessions that serve it, in the order they
     registered; `invoke` says which of them gets a call."""
 
-    __slots__ = ("id", "procedure", "match", "invoke", "callees", "_turn")
+    __slots__ = ("id", "procedure", "match", "invoke", "callees", "created", "_turn")
 
     def __init__(self, id: int, procedure: str, match: str, invoke: str):
         self.id = id
@@ -40,7 +42,13 @@ class Registration:
         self.match = match
         self.invoke = invoke
         self.callees: list = []
+        self.created = js_timestamp()
         self._turn = -1
+
+    def meta_details(self) -> dict:
+        """What the meta API tells of it (wamp.registration.get, on_create)."""
+        return {"id": self.id, "created": self.created, "uri": self.procedure, "match": self.match,
+                "invoke": self.invoke}
 
     def callee(self):
         """The session the next call goes to."""
@@ -73,7 +81,7 @@ class Invocation:
         self.killed = False  # canceled with mode kill: the callee's answer ends it
 
 
-class Registrations:
+class Registrations(MetaEvents):
     """Every registration of this router, by procedure and by id, and the calls in flight."""
 
     def __init__(self, permissions: Permissions, max_registrations: int = 100, reactor=None):
@@ -116,6 +124,7 @@ class Registrations:
             while registration_id in self._by_id:
                 registration_id = new_id()
             registration = Registration(registration_id, procedure, match, invoke)
+            self._meta("wamp.registration.on_create", connection, registration.meta_details)
             self._by_key[(match, procedure)] = self._by_id[registration_id] = registration
             if match == PREFIX_MATCH:
                 self._prefixes[procedure] = registration
@@ -123,6 +132,7 @@ class Registrations:
                 self._wildcards[procedure] = registration
         registration.callees.append(connection)
         self._count_of[connection] = self._count_of.get(connection, 0) + 1
+        self._meta("wamp.registration.on_register", connection, registration.id)
         return registration
 
     def unregister(self, connection, registration_id: int) -> bool:
@@ -130,7 +140,7 @@ class Registrations:
         registration = self._by_id.get(registration_id)
         if registration is None or connection not in registration.callees:
             return False
-        self._leave(registration, connection)
+        self._leave(registration, connection, connection)
         return True
 
     def all(self) -> list[Registration]:
@@ -280,11 +290,11 @@ class Registrations:
         del self._invocations[invocation_id]
         return invocation
 
-    def drop(self, connection) -> None:
-        """A session ended: its registrations go, calls it was serving fail `canceled`,
-        and the answers to calls it made are no longer awaited."""
+    def drop(self, connection, session_id: int | None = None) -> None:
+        """A session (`session_id`) ended: its registrations go, calls it was serving fail
+        `canceled`, and calls it made are interrupted."""
         for registration in [r for r in self._by_id.values() if connection in r.callees]:
-            self._leave(registration, connection)
+            self._leave(registration, connection, session_id)
         for invocation in list(self._invocations.values()):
             if invocation.callee is connection:
                 self._finish(invocation, WampError(CANCELED, "the callee left before it answered"))
@@ -294,14 +304,16 @@ class Registrations:
                         wamp.Interrupt(invocation.id, mode="killnowait", reason=CANCELED))
                 self._finish(invocation, WampError(CANCELED, "the caller left"))
 
-    def _leave(self, registration: Registration, connection) -> None:
+    def _leave(self, registration: Registration, connection, session) -> None:
         """Take `connection` out of a registration's callees; the last one ends it."""
         registration.callees.remove(connection)
         left = self._count_of.pop(connection) - 1
         if left:
             self._count_of[connection] = left
+        self._meta("wamp.registration.on_unregister", session, registration.id)
         if registration.callees:
             return
+        self._meta("wamp.registration.on_delete", session, registration.id)
         del self._by_id[registration.id]
         del self._by_key[(registration.match, registration.procedure)]
         if registration.match == PREFIX_MATCH:

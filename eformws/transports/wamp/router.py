@@ -78,6 +78,7 @@ class WampRouter:
         self.broker = Broker(hub, policy, max_subscriptions, publisher=events, permissions=self.permissions)
         self.registrations = Registrations(self.permissions, max_registrations)
         self.meta = Meta(self, events)
+        self.broker.on_meta = self.registrations.on_meta = self.meta.event
         self.dealer = Dealer(hub, events, status, policy)
         self.framings = {name: EventFraming(codec, self.broker) for name, codec in self.codecs.items()}
         self.connections: dict[str, Any] = {}  # joined sessions' transports by connection id
@@ -125,8 +126,8 @@ class WampRouter:
 
     def left(self, connection, session_id: int) -> None:
         self.connections.pop(connection.id, None)
-        self.broker.drop(connection)
-        self.registrations.drop(connection)
+        self.broker.drop(connection, session_id)
+        self.registrations.drop(connection, session_id)
         self.meta.left(connection, session_id)
 
     def resource(self) -> WebSocketResource:
