@@ -359,7 +359,7 @@ class Awaited:
 
 # The Redis connections of a gateway process, by the name its logs and metrics give them
 # (docs/operations.md): one per kind of work, and a blocking reader per stream.
-REDIS_CONNECTIONS = ("sessions", "writes", "event log queries", "bus reader", "event log reader")
+REDIS_CONNECTIONS = ("lookups", "writes", "event log queries", "bus reader", "event log reader")
 
 
 @pytest_twisted.async_yield_fixture

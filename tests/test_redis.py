@@ -472,10 +472,10 @@ async def test_redis_outage_keeps_local_delivery_answers_503_and_loses_nothing(t
             broadcasts = [m for m in await until_marker(on_b, a, EVENTS) if m["type"] == "during-outage"]
         assert len(broadcasts) == 1
 
-        # Each connection to Redis comes back on its own backoff: a resume needs B's sessions
+        # Each connection to Redis comes back on its own backoff: a resume needs B's lookups
         # connection and its event log queries one (until then it is refused 1013 "Event log
         # unavailable").
-        for name in ("sessions", "event log queries"):
+        for name in ("lookups", "event log queries"):
             await b.process.line(rf"redis {name} (connected|reached)", after=marks[1])
         resumed = await b.connect(f"{EVENTS}?sessionId={session_id}&since={before[-1]['seq']}")
         messages = [await resumed.recv()]
@@ -501,7 +501,7 @@ async def test_handshake_while_redis_sessions_are_unreachable_is_refused_with_50
         session_id = await create_session(tmp_path, a.config)
         mark = a.process.mark
         await redis.stop()
-        await a.process.line(r"redis sessions connection lost", after=mark)
+        await a.process.line(r"redis lookups connection lost", after=mark)
         from websockets.exceptions import InvalidStatus
 
         try:
@@ -658,3 +658,52 @@ async def test_a_handshake_is_not_held_behind_writes_that_redis_has_paused(start
         await admin.command("CLIENT", "UNPAUSE")
         admin.stopService()
     await within(emitted)
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_is_not_held_behind_writes_that_redis_has_paused(start_server, own_redis, redis_prefix):
+    from eformws.backends.redis import RedisAddress, RedisConnection
+
+    server = await start_server({"redis.url": own_redis.url, "redis.prefix": redis_prefix,
+                                 "auth.api_tokens": ["status-token"]})
+    admin = RedisConnection(RedisAddress.parse(own_redis.url), "test", 0.05, 0.2)
+    admin.startService()
+    await within(admin.when_connected())
+    await admin.command("CLIENT", "PAUSE", 30_000, "WRITE")
+    try:
+        server.service.nodes.heartbeat()  # a write waiting in Redis on `writes`
+        response = await within(treq.get(server.http("/api/websocket/status"), persistent=False,
+                                         headers={b"Authorization": [b"Bearer status-token"]}), 5.0)
+        assert response.code == 200
+    finally:
+        await admin.command("CLIENT", "UNPAUSE")
+        admin.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stopped_node_leaves_the_registry_for_good_even_when_writes_were_paused(own_redis, redis_prefix):
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    from eformws.backends.nodes import NodeRegistry
+    from eformws.backends.redis import RedisAddress, RedisConnection
+    from eformws.delivery.hub import Hub
+
+    address = RedisAddress.parse(own_redis.url)
+    admin = RedisConnection(address, "test", 0.05, 0.2)
+    admin.startService()
+    await within(admin.when_connected())
+    registry = NodeRegistry(address, redis_prefix, "node-under-test", Hub(), interval=0.02, ttl=60.0)
+    registry.startService()
+    await within(registry.connection.when_connected())
+    key = f"{redis_prefix}node:node-under-test"
+    while not await admin.command("EXISTS", key):
+        await deferLater(reactor, 0.01, lambda: None)
+    await admin.command("CLIENT", "PAUSE", 300, "WRITE")  # the leaving waits; heartbeats must not follow it
+    await within(registry.stopService())
+    await deferLater(reactor, 0.1, lambda: None)  # longer than a heartbeat interval: none comes
+    try:
+        assert await admin.command("EXISTS", key) == 0
+        assert "node-under-test" not in (await admin.command("SMEMBERS", f"{redis_prefix}nodes") or [])
+    finally:
+        admin.stopService()

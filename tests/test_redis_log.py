@@ -576,3 +576,49 @@ def test_a_write_taken_while_paused_resumes_the_writer_at_once():
     pause.refused(Exception("OOM command not allowed when used memory > 'maxmemory'."))
     pause.accepted()  # e.g. /healthz's write went through: Redis has room again
     assert resumed == [0] and clock.getDelayedCalls() == [] and pause.error is None
+
+
+# -- dead links and the health check ----------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_command_given_up_by_its_caller_still_finds_a_dead_link(redis_url):
+    # /healthz gives up on a PING after 2 s; the connection must still notice that Redis's answers stopped.
+    upstream = RedisAddress.parse(redis_url)
+    proxy = FaultyProxy(upstream.host, upstream.port)
+    port = proxy.start(reactor)
+    connection = RedisConnection(RedisAddress.parse(f"redis://127.0.0.1:{port}/{upstream.db}"), "test", 0.05, 0.2,
+                                 reply_timeout=0.5)
+    connection.startService()
+    try:
+        await within(connection.when_connected())
+        lost = defer.Deferred()
+        connection.on_disconnected.append(lambda: lost.called or lost.callback(None))
+        proxy.swallowing = True
+        given_up = connection.command("PING").addTimeout(0.1, reactor)
+        with pytest.raises(defer.TimeoutError):
+            await given_up
+        await within(lost)  # the 0.5 s no-reply timer ran out all the same
+    finally:
+        connection.stopService()
+        await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_event_stores_health_check_fails_while_its_catch_up_connection_does_not_answer(
+        stores, redis_url):
+    upstream = RedisAddress.parse(redis_url)
+    proxy = FaultyProxy(upstream.host, upstream.port)
+    port = proxy.start(reactor)
+    queries = RedisConnection(RedisAddress.parse(f"redis://127.0.0.1:{port}/{upstream.db}"), "queries", 0.05, 0.2)
+    queries.startService()
+    try:
+        store = stores(queries=queries)
+        await within(queries.when_connected())
+        await within(store.ping())
+        proxy.swallowing = True  # catch-ups would hang; /healthz must say so
+        with pytest.raises(defer.TimeoutError):
+            await store.ping().addTimeout(1.0, reactor)
+    finally:
+        queries.stopService()
+        await proxy.stop()

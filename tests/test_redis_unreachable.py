@@ -94,7 +94,7 @@ async def test_healthz_names_each_store_unavailable_while_redis_was_never_reache
     body = await response.json()
     assert response.code == 503
     # Both stores are asked at once, each for at most 2 s (a ping may wait for a first connection).
-    assert body["checks"]["session_store"] in ("unavailable: redis sessions: not connected yet",
+    assert body["checks"]["session_store"] in ("unavailable: redis lookups: not connected yet",
                                                "unavailable: no answer within 2 s")
     assert body["checks"]["event_store"] in ("unavailable: redis writes: not connected yet",
                                              "unavailable: no answer within 2 s")

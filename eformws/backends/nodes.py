@@ -20,15 +20,19 @@ log = Logger(namespace="eformws.nodes")
 
 class NodeRegistry(MultiService):
     def __init__(self, redis, prefix: str, node_id: str, hub, interval: float, ttl: float,
-                 initial_delay: float = 0.5, max_delay: float = 10.0):
+                 initial_delay: float = 0.5, max_delay: float = 10.0, lookups=None, leave_timeout: float = 2.0):
         super().__init__()
         self.prefix = prefix
         self.node_id = node_id
         self.hub = hub
         self.ttl = ttl
+        self.leave_timeout = leave_timeout
         self.connection = command_connection(self, redis, "node registry", initial_delay, max_delay)
         self.connection.on_connected.append(lambda _: self.heartbeat())
-        TimerService(interval, self.heartbeat).setServiceParent(self)
+        # The node list is read where reads do not wait behind writes (status during a failover).
+        self.lookups = lookups if lookups is not None else self.connection
+        self._beat = TimerService(interval, self.heartbeat)
+        self._beat.setServiceParent(self)
 
     def local(self) -> dict:
         counts = self.hub.counts()
@@ -52,11 +56,11 @@ class NodeRegistry(MultiService):
     @inlineCallbacks
     def nodes(self) -> list[dict]:
         """Every live process's entry (this one's fresh); stale ids are forgotten."""
-        ids = yield self.connection.command("SMEMBERS", f"{self.prefix}nodes")
+        ids = yield self.lookups.command("SMEMBERS", f"{self.prefix}nodes")
         ids = sorted(set(ids or ()) - {self.node_id})
         found = [self.local()]
         if ids:
-            values = yield self.connection.command("MGET", *[f"{self.prefix}node:{i}" for i in ids])
+            values = yield self.lookups.command("MGET", *[f"{self.prefix}node:{i}" for i in ids])
             for node_id, value in zip(ids, values):
                 if value is None:
                     yield self.connection.command("SREM", f"{self.prefix}nodes", node_id)
@@ -69,11 +73,17 @@ class NodeRegistry(MultiService):
 
     @inlineCallbacks
     def stopService(self):
-        """Leave the registry at once, so status stops counting this process."""
+        """Leave the registry at once, so status stops counting this process: the heartbeat
+        stops first (one queued behind the DEL would write the entry again), and the leaving
+        waits at most `leave_timeout` (a dead link must not hold the stop)."""
+        yield self._beat.stopService()
         if self.connection.connected:
+            from twisted.internet import reactor
+
             try:
-                yield self.connection.command("DEL", f"{self.prefix}node:{self.node_id}")
-                yield self.connection.command("SREM", f"{self.prefix}nodes", self.node_id)
+                leaving = self.connection.command("DEL", f"{self.prefix}node:{self.node_id}")
+                leaving.addCallback(lambda _: self.connection.command("SREM", f"{self.prefix}nodes", self.node_id))
+                yield leaving.addTimeout(self.leave_timeout, reactor)
             except Exception:
                 pass
         yield super().stopService()

@@ -14,6 +14,7 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail,
 from twisted.logger import Logger
 
 from eformws.core.backoff import EQUAL_JITTER, backoff_delay
+from eformws.core.deferreds import shielded
 
 log = Logger(namespace="eformws.redis")
 
@@ -244,14 +245,17 @@ class RedisConnection(Service):
 
     def command(self, *args, **kwargs):
         """The reply; RedisUnavailable at once while disconnected, or when the connection
-        is lost (or times out) before the reply, so callers handle one outage error."""
+        is lost (or times out) before the reply, so callers handle one outage error. A
+        caller that gives up (cancels, as /healthz does after 2 s) leaves the command to
+        run: cancelling txredisapi's Deferred would also stop its no-reply timer, the one
+        thing that finds a dead link, and a connection only /healthz uses never healed."""
         if not self.connected:
             if self._ever_connected or not self.running:
                 return fail(RedisUnavailable(f"redis {self.name}: {self.last_error}"))
             return self._after_first_connection(args, kwargs)
         d = self.handler.execute_command(*args, **kwargs)
         d.addErrback(self._lost)
-        return d
+        return shielded(d)
 
     def _after_first_connection(self, args, kwargs):
         """At start-up (never connected yet) a command waits up to `startup_wait` for the

@@ -44,8 +44,8 @@ from eformws.transports.wamp import WampRouter
 # commands in order, so work that may wait (a write while Redis refuses writes or pauses
 # them for a failover, a scan of the log for a catch-up) never delays another kind (a
 # handshake's session lookup). The bus and the event log each add a blocking reader.
-SESSIONS = "sessions"  # session lookups (every handshake), creates and revokes
-WRITES = "writes"  # event appends, the bus's writes, node heartbeats
+LOOKUPS = "lookups"  # small reads a request waits for: session lookups (every handshake), the node list
+WRITES = "writes"  # event appends, the bus's writes, node heartbeats; session creates and revokes go with lookups
 LOG_QUERIES = "event log queries"  # catch-up and recent scans, the sweep, statistics
 
 LISTEN_WAIT = 5.0  # seconds the start waits for the event log's position before listening anyway
@@ -147,7 +147,7 @@ class EformService(MultiService):
     def _session_store(self):
         if self.config.get("sessions", "backend") == "redis":
             prefix = self.config.get("redis", "prefix")
-            return self._child(RedisSessionStore(self._redis_role(SESSIONS), prefix, **self._redis_options()))
+            return self._child(RedisSessionStore(self._redis_role(LOOKUPS), prefix, **self._redis_options()))
         self.database = self._database(self.config.get("sessions", "path"))
         return SQLiteSessionStore(self.database)
 
@@ -181,7 +181,7 @@ class EformService(MultiService):
         return self._child(
             NodeRegistry(self._redis_role(WRITES), config.get("redis", "prefix"), self.node_id, self.hub,
                          config.get("redis", "node_heartbeat"), config.get("redis", "node_ttl"),
-                         **self._redis_options())
+                         lookups=self._redis_role(LOOKUPS), **self._redis_options())
         )
 
     def _sweep(self):

@@ -633,7 +633,7 @@ class RedisEventStore(MultiService):
     @inlineCallbacks
     def ping(self):
         """Redis answers and takes writes: a small write of its own tells, also when no
-        append is waiting to find out."""
+        append is waiting to find out; and the connection catch-ups read on answers."""
         try:
             yield self.connection.command("SET", self.health_key, "1", "PX", 60_000)
         except Exception as e:
@@ -642,6 +642,7 @@ class RedisEventStore(MultiService):
             self.pause.refused(e)
             raise RedisUnavailable(f"redis refuses writes: {self.pause.error}") from None
         self.pause.accepted()
+        yield self.queries.command("PING")
 
     def startService(self):
         super().startService()
