@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -687,3 +689,24 @@ async def test_registration_meta_events_include_those_of_a_session_that_leaves(s
     assert events[0][0][1]["invoke"] == "single"
     assert [args for args, _, _ in events[1:]] == [(session_id, registration.id)] * 3
     await leave(admin)
+
+
+# -- Autobahn|Python, asyncio flavour (its own process: txaio takes one framework per process) ---
+
+
+@pytest.mark.parametrize("serializer", ["json", "cbor"])
+@pytest_twisted.ensureDeferred
+async def test_autobahn_asyncio_sessions_publish_subscribe_register_and_call(server, serializer):
+    callee_ticket, caller_ticket = await server.session(role="admin"), await server.session(role="staff")
+    child = Lines()
+    script = str(Path(__file__).parent / "asyncio_apps.py")
+    reactor.spawnProcess(child, sys.executable, [sys.executable, script, server.url("/wamp"), callee_ticket,
+                                                 caller_ticket, serializer], env=dict(os.environ))
+    seen = json.loads(await within(child.lines.get(), 20))
+    assert seen == {
+        "event": {"args": ["hello", 1], "kwargs": {"n": 2}, "publisher_authrole": "staff"},
+        "progress": [["half", 3]],
+        "result": [6.5, "staff"],
+        "error": "wamp.error.no_such_procedure",
+    }, child.stderr
+    assert await within(child.ended, 10) == 0, child.stderr
