@@ -73,3 +73,9 @@ def test_a_bad_api_token_setting_is_refused_without_showing_the_token():
     with pytest.raises(ConfigError, match=r"^auth\.api_tokens from EFORMWS_AUTH_API_TOKENS: must be a list of non-empty "
                                           r"strings, got a string \(value not shown\)$"):
         load_config(environ={"EFORMWS_AUTH_API_TOKENS": "secret-token"})
+
+
+def test_a_wildcard_permission_entry_must_name_its_first_component():
+    with pytest.raises(ConfigError, match=r"wamp\.permissions\[0\]\.uri: a wildcard entry names its first component"):
+        load_config(overrides={("wamp", "permissions"): [
+            {"uri": "..list", "match": "wildcard", "roles": ["staff"], "allow": ["call"]}]}, environ={})

@@ -710,3 +710,102 @@ async def test_autobahn_asyncio_sessions_publish_subscribe_register_and_call(ser
         "error": "wamp.error.no_such_procedure",
     }, child.stderr
     assert await within(child.ended, 10) == 0, child.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pattern_registration_may_not_reach_past_what_the_role_may_register(start_server):
+    # staff may register app.*; a wildcard .unlock would also take the kiosks' kiosk.unlock calls
+    server = await start_server({"wamp.permissions": [
+        {"uri": "app.", "match": "prefix", "roles": ["admin", "staff"], "allow": ["register", "call"]},
+        {"uri": "kiosk.", "match": "prefix", "roles": ["admin"], "allow": ["register"]},
+        {"uri": "kiosk.", "match": "prefix", "roles": ["kiosk"], "allow": ["call"]},
+    ]})
+    staff = await join(server, role="staff")
+    for pattern, match in [("..unlock", "wildcard"), ("kiosk..x", "wildcard"), ("app", "wildcard"), ("ap", "prefix")]:
+        error = await call_error(staff.register(lambda: "hijacked", pattern, options=RegisterOptions(match=match)))
+        assert error.error == "wamp.error.not_authorized", pattern
+    await within(staff.register(lambda: "mine", "app..list", options=RegisterOptions(match="wildcard")))
+    admin = await join(server, role="admin")
+    await within(admin.register(lambda: "unlocked", "kiosk.unlock"))
+    kiosk = await join(server, role="kiosk", kiosk="kiosk-1")
+    assert await within(kiosk.call("kiosk.unlock")) == "unlocked"
+    await leave(staff, admin, kiosk)
+
+
+# -- what an attack on the router found ---------------------------------------------------------
+
+TOO_BIG_FOR_MSGPACK = 2**70  # JSON carries it; MessagePack (64-bit integers) cannot
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_the_callees_serialization_cannot_carry_is_answered_invalid_argument(server):
+    callee = await join(server, "msgpack", role="admin")
+    caller = await join(server, "json", role="staff")
+    await within(callee.register(lambda *args: "unreachable", "app.echo"))
+    error = await call_error(caller.call("app.echo", TOO_BIG_FOR_MSGPACK))
+    assert error.error == "wamp.error.invalid_argument"
+    assert await within(caller.call("app.echo", 1)) == "unreachable"  # both go on
+    await leave(callee, caller)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_callees_answer_the_callers_serialization_cannot_carry_is_answered_invalid_argument(server):
+    callee = await join(server, "json", role="admin")
+    caller = await join(server, "msgpack", role="staff")
+
+    def refuse():
+        raise ApplicationError("app.error.big", TOO_BIG_FOR_MSGPACK)
+
+    await within(callee.register(lambda: TOO_BIG_FOR_MSGPACK, "app.big"))
+    await within(callee.register(refuse, "app.refuse"))
+    assert (await call_error(caller.call("app.big"))).error == "wamp.error.invalid_argument"
+    assert (await call_error(caller.call("app.refuse"))).error == "wamp.error.invalid_argument"
+    await leave(callee, caller)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_retained_event_with_binary_values_is_kept_and_given(server):
+    publisher = await join(server, "cbor", role="admin")
+    await within(publisher.publish("app.blob", b"\x00\xff", options=PublishOptions(acknowledge=True, retain=True)))
+    for serializer in ("msgpack", "cbor"):
+        subscriber = await join(server, serializer, role="staff")
+        inbox, _ = await subscribe(subscriber, "app.blob", get_retained=True)
+        args, _, details = await inbox.next_publication()
+        assert (args, details.retained) == ((b"\x00\xff",), True)
+        await leave(subscriber)
+    await leave(publisher)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_retained_event_the_subscribers_serialization_cannot_carry_is_left_out(server):
+    publisher = await join(server, "json", role="admin")
+    await within(publisher.publish("app.count", TOO_BIG_FOR_MSGPACK,
+                                   options=PublishOptions(acknowledge=True, retain=True)))
+    subscriber = await join(server, "msgpack", role="staff")
+    inbox, _ = await subscribe(subscriber, "app.count", get_retained=True)
+    await within(publisher.publish("app.count", 1, options=ACKNOWLEDGED))
+    args, _, details = await inbox.next_publication()
+    assert (args, details.retained) == ((1,), None)  # the live one: the retained one could not be sent
+    await leave(publisher, subscriber)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_publication_at_the_size_limit_reaches_its_subscriber_who_is_not_taken_for_slow(start_server):
+    server = await start_server({"wamp.max_message_bytes": 20_000, "websocket.max_unsent_bytes": 16_384})
+    publisher = await join(server, role="admin")
+    subscriber = await join(server, role="staff")
+    inbox, _ = await subscribe(subscriber, "app.big")
+    await within(publisher.publish("app.big", "x" * 19_900, options=ACKNOWLEDGED))
+    args, _, _ = await inbox.next_publication()
+    assert len(args[0]) == 19_900
+    assert await within(subscriber.call("eform.status"))
+    await leave(publisher, subscriber)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_eligible_list_past_a_thousand_entries_is_refused(server):
+    publisher = await join(server, role="admin")
+    error = await call_error(publisher.publish("app.x", options=PublishOptions(acknowledge=True,
+                                                                              eligible=list(range(1, 1002)))))
+    assert error.error == "wamp.error.invalid_argument"
+    await leave(publisher)

@@ -514,3 +514,13 @@ async def test_a_call_in_payload_passthru_mode_is_a_protocol_violation(server):
     client, _ = await join(server)
     await client.send([CALL, 1, {"enc_algo": "cryptobox"}, "app.anything", "an opaque payload"])
     await assert_aborted(client, "wamp.error.protocol_violation")
+
+
+@pytest_twisted.ensureDeferred
+async def test_past_a_thousand_calls_in_flight_a_call_is_refused_call_limit(server):
+    caller, callee, _ = await invoked(server)  # call 7 is in flight
+    for request in range(100, 1099):
+        await caller.send([CALL, request, {}, "app.slow"])
+    await caller.send([CALL, 2000, {}, "app.slow"])
+    refused = await caller.recv()
+    assert refused[:5] == [ERROR, CALL, 2000, {}, "eform.error.call_limit"] and refused[6] == {"limit": 1000}

@@ -238,7 +238,7 @@ class RedisBus(MultiService):
                 message = Message.from_json(cbor2.loads(base64.b64decode(value["cbor"])))
             else:
                 message = Message.from_json(value["message"])
-        except (KeyError, TypeError, ValueError):
+        except Exception:  # anything an entry can be made to raise (cbor2's own errors, deep nesting, ...)
             log.warn("ignored a malformed entry on the redis bus")
             return
         if self._on_message is not None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Iterator
 
+import cbor2
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from eformws.core import wire
 from eformws.core.message import Message
@@ -39,9 +41,14 @@ from eformws.transports.wamp.topics import (
 )
 from eformws.transports.wamp.wildcards import WildcardIndex
 
+log = Logger(namespace="eformws.wamp")
+
 META = "wamp"  # the key of this broker's annotations in `Message.meta`
 MAX_RETAINED = 10_000  # topics whose last retained event is kept; past it, or past ...
-MAX_RETAINED_BYTES = 64 * 1024 * 1024  # ... this many bytes of them (as JSON), the longest kept go
+MAX_RETAINED_BYTES = 64 * 1024 * 1024  # ... this many bytes of them (CBOR), the longest kept go
+RETAINED_PER_SUBSCRIBE = 100  # retained events one SUBSCRIBE with get_retained gets, at most, and ...
+RETAINED_BYTES_PER_SUBSCRIBE = 1024 * 1024  # ... at most this many bytes of them
+MAX_AUDIENCE = 1000  # entries of each eligible/exclude list of a publication
 
 
 class Subscription:
@@ -101,7 +108,7 @@ class Broker(MetaEvents):
         self._prefix_lengths: dict[int, int] = {}  # length -> prefix subscriptions of that length
         self._wildcard = WildcardIndex()  # pattern -> subscription
         self._of: dict[Any, set[Subscription]] = {}  # connection -> its subscriptions
-        self._retained: dict[str, Message] = {}  # topic -> its last retained publication, oldest first
+        self._retained: dict[str, Retained] = {}  # topic -> its last retained publication, oldest first
         self._retained_bytes = 0
         self._delivery: Delivery | None = None
 
@@ -272,31 +279,44 @@ class Broker(MetaEvents):
 
     def _retain(self, topic: str, message: Message) -> None:
         """Keep `message` as `topic`'s retained event (each process keeps what the bus
-        brings it, so every process has the same), at most MAX_RETAINED topics."""
+        brings it, so every process has the same), encoded: what it costs is its size, at
+        most MAX_RETAINED topics and MAX_RETAINED_BYTES."""
+        try:
+            retained = Retained(message)
+        except Exception as e:  # nothing CBOR can carry it as (it was delivered all the same)
+            log.info("a publication on {topic} was not retained: {error}", topic=topic, error=str(e)[:200])
+            return
         replaced = self._retained.pop(topic, None)
         if replaced is not None:
-            self._retained_bytes -= len(replaced.payload)
-        self._retained[topic] = message
-        self._retained_bytes += len(message.payload)
+            self._retained_bytes -= replaced.size
+        self._retained[topic] = retained
+        self._retained_bytes += retained.size
         while len(self._retained) > MAX_RETAINED or self._retained_bytes > MAX_RETAINED_BYTES:
             oldest = self._retained.pop(next(iter(self._retained)))
-            self._retained_bytes -= len(oldest.payload)
+            self._retained_bytes -= oldest.size
 
-    def retained(self, connection, subscription: Subscription) -> list[tuple[Message, Topic]]:
+    def retained(self, connection, subscription: Subscription) -> list[tuple["Retained", Topic]]:
         """The retained events a new subscription gets (get_retained): of each topic it
-        matches that the session may subscribe to and the publication was for."""
-        found = []
+        matches that the session may subscribe to and the publication was for; at most
+        RETAINED_PER_SUBSCRIBE of them and RETAINED_BYTES_PER_SUBSCRIBE (the newest first
+        left out), so one SUBSCRIBE cannot bury its own session."""
+        if subscription.match == EXACT:
+            candidates = [(subscription.topic, self._retained[subscription.topic])] \
+                if subscription.topic in self._retained else []
+        elif subscription.match == PREFIX_MATCH:
+            candidates = [(uri, r) for uri, r in self._retained.items() if uri.startswith(subscription.topic)]
+        else:
+            pattern = tuple(subscription.topic.split("."))
+            candidates = [(uri, r) for uri, r in self._retained.items() if wildcard_matches(pattern, uri.split("."))]
+        found, size = [], 0
         role = role_of(connection)
-        for uri, message in self._retained.items():
-            if subscription.match == EXACT:
-                matches = uri == subscription.topic
-            elif subscription.match == PREFIX_MATCH:
-                matches = uri.startswith(subscription.topic)
-            else:
-                matches = wildcard_matches(tuple(subscription.topic.split(".")), uri.split("."))
-            meta = message.meta[META]
-            if matches and self._permissions.allows(role, "subscribe", uri) and Audience(meta).includes(connection):
-                found.append((message, Topic(uri, "", None)))
+        for uri, retained in candidates:
+            if not (self._permissions.allows(role, "subscribe", uri) and retained.audience.includes(connection)):
+                continue
+            size += retained.size
+            if len(found) >= RETAINED_PER_SUBSCRIBE or size > RETAINED_BYTES_PER_SUBSCRIBE:
+                break
+            found.append((retained, Topic(uri, "", None)))
         return found
 
     # -- PUBLISH -------------------------------------------------------------------------
@@ -351,6 +371,8 @@ class Broker(MetaEvents):
                             ("eligible_authid", request.eligible_authid),
                             ("eligible_authrole", request.eligible_authrole)):
             if value is not None and (value or name != "exclude"):
+                if len(value) > MAX_AUDIENCE:
+                    raise WampError(INVALID_ARGUMENT, f"{name}: at most {MAX_AUDIENCE} entries")
                 meta[name] = list(value)
         if entry.disclose:
             meta["publisher"] = {"publisher": connection.wamp.id, "publisher_authid": session.user_id,
@@ -358,6 +380,30 @@ class Broker(MetaEvents):
         d = self._publisher.publish_topic(list(request.args or ()), dict(request.kwargs or {}), {META: meta})
         d.addCallback(lambda _: publication)
         return d
+
+
+class Retained:
+    """A retained publication, encoded once (CBOR: its memory is its size, whatever its
+    shape), with what a later subscriber needs: publication id, publisher, audience."""
+
+    __slots__ = ("publication", "encoded", "publisher", "audience", "size")
+
+    def __init__(self, message: Message):
+        meta = message.meta[META]
+        self.publication = meta["publication"]
+        self.publisher = meta.get("publisher")
+        self.audience = Audience(meta)
+        lists = {name: meta[name] for _, name in (*_LISTS["eligible"], *_LISTS["exclude"]) if name in meta}
+        self.encoded = cbor2.dumps([message.envelope["args"], message.envelope["kwargs"], lists])
+        self.size = len(self.encoded) + 256  # and its few objects
+
+    @property
+    def args(self) -> list:
+        return cbor2.loads(self.encoded)[0]
+
+    @property
+    def kwargs(self) -> dict:
+        return cbor2.loads(self.encoded)[1]
 
 
 class Audience:

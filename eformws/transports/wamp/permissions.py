@@ -62,6 +62,25 @@ class Permission:
         return True  # two patterns: assume they meet (checked again per URI)
 
 
+    def contains(self, pattern: str, match: str) -> bool:
+        """Whether every URI a registration (`pattern`, `match`) can name is one this entry
+        covers: a registration takes calls, so it must not reach past what its role may serve."""
+        if match == EXACT:
+            return self.covers(pattern)
+        if self.match == PREFIX_MATCH:
+            if match == PREFIX_MATCH:
+                return pattern.startswith(self.uri)
+            parts = pattern.split(".")  # a wildcard: what it fixes before its first "any" component
+            if "" not in parts:
+                return self.covers(pattern)  # no "any" component: it names one URI
+            fixed = parts[:parts.index("")]
+            return bool(fixed) and (".".join(fixed) + ".").startswith(self.uri)
+        if self.match == WILDCARD and match == WILDCARD:
+            mine, theirs = self.uri.split("."), pattern.split(".")
+            return len(mine) == len(theirs) and all(m == "" or m == p for m, p in zip(mine, theirs))
+        return False
+
+
 def _wildcard(pattern: str, uri: str) -> bool:
     parts, components = pattern.split("."), uri.split(".")
     return len(parts) == len(components) and all(p == "" or p == c for p, c in zip(parts, components))
@@ -122,10 +141,15 @@ class Permissions:
     def allows(self, role: str | None, action: str, uri: str) -> bool:
         return self.entry(role, action, uri) is not None
 
+    def may_register(self, role: str | None, pattern: str, match: str) -> bool:
+        """Whether an entry for the role allows registering and covers every URI the
+        registration (`pattern`, `match`) can name."""
+        return any(role in entry.roles and "register" in entry.allow and entry.contains(pattern, match)
+                   for entry in self.entries)
+
     def may_ever(self, role: str | None, action: str, pattern: str, match: str) -> bool:
-        """Whether a subscription or registration (`pattern`, `match`) can ever be allowed
-        a URI: what SUBSCRIBE and REGISTER are refused without (each URI is asked again
-        when it is used)."""
+        """Whether a subscription (`pattern`, `match`) can ever be allowed a URI: what
+        SUBSCRIBE is refused without (each topic is asked again when an event is delivered)."""
         return any(role in entry.roles and action in entry.allow and entry.overlaps(pattern, match)
                    for entry in self.entries)
 
@@ -152,6 +176,9 @@ def parse_entry(where: str, entry: Any) -> Permission:
     allow = entry.get("allow")
     if not isinstance(allow, list) or not allow or not all(action in ACTIONS for action in allow):
         raise BadPermission(f"{where}.allow: must be a non-empty list of {', '.join(ACTIONS)}, got {allow!r}")
+    if match == WILDCARD and uri.split(".")[0] == "":
+        raise BadPermission(f"{where}.uri: a wildcard entry names its first component (one starting with an "
+                            f"empty one would also name {OWN}* and {RESERVED}*)")
     if uri.startswith(RESERVED) and set(allow) - {"call", "subscribe"}:
         raise BadPermission(f"{where}.allow: {RESERVED}* is the WAMP meta API: only call and subscribe")
     disclose = entry.get("disclose", False)

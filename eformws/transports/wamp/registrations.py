@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred
 
 from eformws.core.wire import js_timestamp
 from eformws.transports.wamp.errors import (
+    CALL_LIMIT,
     CANCELED,
     INVALID_ARGUMENT,
     NO_SUCH_PROCEDURE,
@@ -28,6 +29,8 @@ from eformws.transports.wamp.topics import EXACT, PREFIX_MATCH
 from eformws.transports.wamp.wildcards import WildcardIndex
 
 INVOKE_POLICIES = ("single", "roundrobin", "random", "first", "last")
+MAX_TIMEOUT_MS = 86_400_000  # a CALL's timeout: at most a day
+MAX_CALLS_IN_FLIGHT = 1000  # calls of one session to clients' procedures not answered yet
 
 
 class Registration:
@@ -95,6 +98,7 @@ class Registrations(MetaEvents):
         self._wildcards = WildcardIndex()
         self._invocations: dict[int, Invocation] = {}
         self._by_call: dict[tuple[Any, int], Invocation] = {}  # (caller, CALL request id) -> its invocation
+        self._calls_of: dict[Any, int] = {}  # caller -> its calls in flight
 
     def register(self, connection, request) -> Registration:
         """REGISTER of a procedure (exact) or pattern (prefix, wildcard) the session's role
@@ -106,7 +110,7 @@ class Registrations(MetaEvents):
         if may_name_own(procedure, match) or is_reserved(procedure):
             raise WampError(NOT_AUTHORIZED, f"{procedure!r} ({match}) names the router's own procedures: clients "
                                             f"cannot register it")
-        if not self._permissions.may_ever(role_of(connection), "register", procedure, match):
+        if not self._permissions.may_register(role_of(connection), procedure, match):
             raise WampError(NOT_AUTHORIZED, f"this session may not register {procedure!r} ({match} match)")
         if self._count_of.get(connection, 0) >= self._max_registrations:
             limit = self._max_registrations
@@ -183,11 +187,17 @@ class Registrations(MetaEvents):
             raise WampError(NO_SUCH_PROCEDURE, f"no procedure {procedure}")
         if request.payload is not None:
             raise WampError(INVALID_ARGUMENT, "payload transparency is not supported")
+        timeout = request.timeout
+        if timeout is not None and (type(timeout) is not int or not 0 <= timeout <= MAX_TIMEOUT_MS):
+            raise WampError(INVALID_ARGUMENT, f"timeout must be milliseconds from 0 to {MAX_TIMEOUT_MS}")
         disclosed: dict[str, Any] = {}
         if entry.disclose:
             session = connection.session
             disclosed = {"caller": connection.wamp.id, "caller_authid": session.user_id,
                          "caller_authrole": session.role}
+        if self._calls_of.get(connection, 0) >= MAX_CALLS_IN_FLIGHT:
+            raise WampError(CALL_LIMIT, f"Call limit reached: at most {MAX_CALLS_IN_FLIGHT} calls in flight per session",
+                            limit=MAX_CALLS_IN_FLIGHT)
         invocation_id = new_id()
         while invocation_id in self._invocations:
             invocation_id = new_id()
@@ -199,14 +209,17 @@ class Registrations(MetaEvents):
                                 progress if wants_progress else None)
         self._invocations[invocation_id] = invocation
         self._by_call[(connection, request.request)] = invocation
-        if request.timeout:
-            invocation.timer = self._clock().callLater(request.timeout / 1000, self._timed_out, invocation)
+        self._calls_of[connection] = self._calls_of.get(connection, 0) + 1
+        if timeout:
+            invocation.timer = self._clock().callLater(timeout / 1000, self._timed_out, invocation)
         invocation.answer.addBoth(self._ended, invocation)
-        callee.send_message(wamp.Invocation(
+        sent = callee.send_message(wamp.Invocation(
             invocation_id, registration.id, args=request.args, kwargs=request.kwargs,
             receive_progress=True if wants_progress else None,
             procedure=procedure if registration.match != EXACT else None, **disclosed,
         ))
+        if not sent:
+            self._finish(invocation, WampError(INVALID_ARGUMENT, "the call cannot be carried in the callee's serialization"))
         return invocation.answer
 
     def cancel(self, connection, request) -> None:
@@ -241,7 +254,11 @@ class Registrations(MetaEvents):
     def _ended(self, result, invocation: Invocation):
         """Whatever ended a call: forget it and stop its timer."""
         self._invocations.pop(invocation.id, None)
-        self._by_call.pop((invocation.caller, invocation.request), None)
+        if self._by_call.get((invocation.caller, invocation.request)) is invocation:
+            del self._by_call[(invocation.caller, invocation.request)]
+        left = self._calls_of.pop(invocation.caller, 1) - 1
+        if left:
+            self._calls_of[invocation.caller] = left
         if invocation.timer is not None and invocation.timer.active():
             invocation.timer.cancel()
         invocation.timer = None

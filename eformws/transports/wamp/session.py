@@ -92,9 +92,11 @@ class RouterSession:
             handler = self._handlers.get(type(message))
             if handler is None:
                 self.violation(f"{_name(message)} is not a message a client sends in a session")
-            elif isinstance(message, (wamp.Goodbye, wamp.Yield, wamp.Error)) or self.connection.bucket.take():
-                # A callee's answers are not limited (the router paced the invocations they
-                # answer); one to no invocation of its own costs a token (see _answered).
+            elif (isinstance(message, (wamp.Goodbye, wamp.Error)) or (isinstance(message, wamp.Yield) and not message.progress)
+                  or self.connection.bucket.take()):
+                # A callee's final answers are not limited (the router paced the invocations
+                # they answer); one to no invocation of its own costs a token (see _answered);
+                # progressive results cost a token each (else one call is an unlimited channel).
                 handler(self, message)
             else:
                 answered = isinstance(message, (wamp.Call, wamp.Subscribe, wamp.Unsubscribe, wamp.Register,
@@ -273,12 +275,10 @@ class RouterSession:
             return
         self._send(wamp.Subscribed(request.request, subscription.id))
         if request.get_retained:
-            for message, topic in self.router.broker.retained(self.connection, subscription):
-                meta = message.meta["wamp"]
+            for retained, topic in self.router.broker.retained(self.connection, subscription):
                 self._send(wamp.Event(
-                    subscription.id, meta["publication"], args=message.envelope["args"] or None,
-                    kwargs=message.envelope["kwargs"] or None, retained=True, **subscription.details(topic),
-                    **(meta.get("publisher") or {}),
+                    subscription.id, retained.publication, args=retained.args or None, kwargs=retained.kwargs or None,
+                    retained=True, **subscription.details(topic), **(retained.publisher or {}),
                 ))
 
     def _unsubscribe(self, request) -> None:
@@ -308,8 +308,9 @@ class RouterSession:
         elif is_reserved(request.procedure):
             d = maybeDeferred(self._meta_call, request)
         else:
-            def progress(args, kwargs):
-                self._reply(session_id, wamp.Result(request.request, args=args, kwargs=kwargs, progress=True))
+            def progress(args, kwargs):  # one this session's serialization cannot carry is left out
+                if self.state == ESTABLISHED and self.id == session_id:
+                    self._send(wamp.Result(request.request, args=args, kwargs=kwargs, progress=True))
 
             d = maybeDeferred(self.router.registrations.call, self.connection, request, progress)
         d.addCallback(lambda result: self._reply(
@@ -379,9 +380,13 @@ class RouterSession:
         raise WampError(uri, message)
 
     def _reply(self, session_id: int, message) -> None:
-        """Send an answer to a request, unless the session it belongs to has ended."""
-        if self.state == ESTABLISHED and self.id == session_id:
-            self._send(message)
+        """Send an answer to a request, unless the session it belongs to has ended; an
+        answer this session's serialization cannot carry (a peer's payload) becomes ERROR
+        `wamp.error.invalid_argument`, so the request is always answered."""
+        if self.state == ESTABLISHED and self.id == session_id and not self.connection.send_message(message):
+            kind = wamp.Call.MESSAGE_TYPE if isinstance(message, wamp.Result) else message.request_type
+            self._send(wamp.Error(kind, message.request, errors.INVALID_ARGUMENT,
+                                  args=["the answer cannot be carried in this session's serialization"]))
 
     def _request_failed(self, failure, session_id: int, kind: int, request: int, answer: bool) -> None:
         if failure.check(WampError):

@@ -79,7 +79,9 @@ class WampProtocol(GatewayProtocol):
     def onOpen(self):
         self.id = str(uuid.uuid4())
         router = self.factory.router
-        self.guard = SlowConsumerGuard(router.max_unsent_bytes)
+        # Room for the largest message it may be sent (a relayed CALL or PUBLISH of up to
+        # wamp.max_message_bytes, with the router's details) without being taken for slow.
+        self.guard = SlowConsumerGuard(max(router.max_unsent_bytes, 2 * router.max_message_bytes))
         self.bucket = TokenBucket(router.rate_limit, router.rate_burst)
         self.wamp = RouterSession(self.factory.router, self)
         self.await_hello()
@@ -144,9 +146,19 @@ class WampProtocol(GatewayProtocol):
             return
         session.oversized(messages[0], len(payload), limit)
 
-    def send_message(self, message) -> None:
+    def send_message(self, message) -> bool:
+        """Encode and send; False when this session's serialization cannot carry the message
+        (an integer past 64 bits from a JSON peer, for MessagePack), which is then not sent."""
+        try:
+            payload = self._codec.encode(message)
+        except Exception as e:
+            log.info("a {kind} this session's {subprotocol} cannot carry was not sent: {error}",
+                     kind=type(message).__name__.upper(), subprotocol=self._codec.subprotocol, error=str(e)[:200],
+                     connection=self.id)
+            return False
         if self.writable:
-            self.sendMessage(self._codec.encode(message), self._codec.binary)
+            self.sendMessage(payload, self._codec.binary)
+        return True
 
     # -- IConnection -----------------------------------------------------------------------------
 
