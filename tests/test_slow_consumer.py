@@ -63,7 +63,9 @@ async def test_stalled_client_is_closed_1013_while_200_healthy_clients_get_every
 @pytest.mark.slow  # ~5 s: fills a stalled subscriber's buffer
 @pytest_twisted.ensureDeferred
 async def test_stalled_wamp_subscriber_is_closed_1013_and_others_keep_getting_events(start_server):
-    server = await start_server({"websocket.max_unsent_bytes": LIMIT, "websocket.close_handshake_timeout": 60.0})
+    # A WAMP session's bound is the larger of this and twice wamp.max_message_bytes (docs/wamp.md).
+    server = await start_server({"websocket.max_unsent_bytes": LIMIT, "wamp.max_message_bytes": LIMIT // 2,
+                                 "websocket.close_handshake_timeout": 60.0})
     session_id = await server.session(role="staff")
     healthy = await server.join(LOCKERS, session_id)
 
