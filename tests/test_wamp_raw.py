@@ -524,3 +524,15 @@ async def test_past_a_thousand_calls_in_flight_a_call_is_refused_call_limit(serv
     await caller.send([CALL, 2000, {}, "app.slow"])
     refused = await caller.recv()
     assert refused[:5] == [ERROR, CALL, 2000, {}, "eform.error.call_limit"] and refused[6] == {"limit": 1000}
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_messages_spend_the_rate_limit_by_size_before_they_are_read(start_server):
+    # one token a message, and one for each 4 KiB past the first: a burst of 40 tokens is ~160 KiB
+    server = await start_server({"wamp.rate_limit": 1, "wamp.rate_burst": 40, "wamp.rate_limit_close_after": 100})
+    client, _ = await join(server)
+    await client.send([CALL, 1, {}, "eform.status", ["x" * 60_000]])  # 14 + 1 tokens: answered
+    assert (await client.recv())[:5] == [ERROR, CALL, 1, {}, "wamp.error.invalid_argument"]  # read and answered
+    await client.send([CALL, 2, {}, "eform.status", ["x" * 200_000]])  # 48 tokens: more than are left
+    kind, (code, reason) = await next_or_close(client)
+    assert (kind, code, reason) == ("closed", 1008, "Rate limit exceeded")

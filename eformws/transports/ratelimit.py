@@ -17,12 +17,14 @@ class TokenBucket:
         self.updated = clock()
         self.refused_in_a_row = 0
 
-    def take(self, now: float | None = None) -> bool:
+    def take(self, now: float | None = None, cost: float = 1.0) -> bool:
+        """Take `cost` tokens (one a message, unless the caller weighs it); False, and a
+        refusal counted, when there are not so many."""
         now = self.clock() if now is None else now
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= cost:
+            self.tokens -= cost
             self.refused_in_a_row = 0
             return True
         self.refused_in_a_row += 1

@@ -13,7 +13,7 @@ from zope.interface import implementer
 from eformws.core import metrics
 from eformws.core.compat import use_exact_timers
 from eformws.core.slow_consumer import SlowConsumerGuard
-from eformws.core.wire import CLOSE_NORMAL
+from eformws.core.wire import CLOSE_NORMAL, CLOSE_POLICY
 from eformws.delivery.hub import IConnection
 from eformws.sessions.credentials import cookie_values
 from eformws.transports.gateway import GatewayProtocol
@@ -24,6 +24,10 @@ from eformws.transports.wamp.session import OPENING, RouterSession
 
 log = Logger(namespace="eformws.wamp")
 RECEIVED = metrics.messages_received.labels(metrics.WAMP)
+# A message costs a token of the rate limit for each 4 KiB it has past the first, before it
+# is decoded (then one more for the message): decoding a large frame of tiny containers
+# costs CPU whether or not it is then refused.
+BYTES_PER_TOKEN = 4096
 
 
 @implementer(IConnection)
@@ -119,6 +123,11 @@ class WampProtocol(GatewayProtocol):
         if session is None:
             return
         RECEIVED.inc()
+        weight = len(payload) // BYTES_PER_TOKEN  # what reading it costs, paid before it is read
+        if weight and not self.bucket.take(cost=weight):
+            log.info("closing a wamp session: rate limit (bytes)", connection=self.id)
+            self.close_transport(CLOSE_POLICY, "Rate limit exceeded")
+            return
         if len(payload) > self.factory.router.max_message_bytes:
             self._oversized(session, payload, isBinary)
             return
