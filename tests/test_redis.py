@@ -318,19 +318,35 @@ async def test_admin_wamp_publish_on_one_process_reaches_legacy_clients_on_the_o
     await within(peer.gone)
 
 
+async def wamp_peers(a, b, tmp_path, serializer: str):
+    """A joined stock Autobahn peer on each of two gateways (`serializer`): (on_a, on_b)."""
+    from conftest import within
+    from wamp_peer import open_peer
+
+    peers = [open_peer(gateway, serializer, ticket=await create_session(tmp_path, a.config)) for gateway in (a, b)]
+    for peer in peers:
+        await within(peer.joined)
+    return peers
+
+
+async def leave_all(*peers) -> None:
+    from conftest import within
+
+    for peer in peers:
+        peer.leave()
+        await within(peer.gone)
+
+
 @pytest_twisted.ensureDeferred
 async def test_an_applications_publication_on_one_process_reaches_its_subscriber_on_the_other(
         tmp_path, spawn, redis_url, redis_prefix):
     from autobahn.wamp.types import PublishOptions
     from conftest import within
-    from wamp_peer import open_peer, subscribe
+    from wamp_peer import subscribe
 
     a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
     # (Autobahn's MessagePack decoder, the router's too, refuses map keys that are not strings: both speak CBOR)
-    subscriber = open_peer(b, "cbor", ticket=await create_session(tmp_path, a.config))
-    publisher = open_peer(a, "cbor", ticket=await create_session(tmp_path, a.config))
-    await within(subscriber.joined)
-    await within(publisher.joined)
+    publisher, subscriber = await wamp_peers(a, b, tmp_path, "cbor")
     inbox, _ = await subscribe(subscriber, "app.orders.created")
     await within(publisher.publish("app.orders.created", 7, b"\x00\xffraw", {1: "one"}, total=12,
                                    note={"\u0000bytes": "not bytes"}, options=PublishOptions(acknowledge=True)))
@@ -338,9 +354,7 @@ async def test_an_applications_publication_on_one_process_reaches_its_subscriber
     # byte strings and keys that are not strings arrive as sent (JSON on the bus could hold neither)
     assert (args, kwargs, details.publisher) == ((7, b"\x00\xffraw", {1: "one"}),
                                                  {"total": 12, "note": {"\u0000bytes": "not bytes"}}, publisher.session_id)
-    for peer in (subscriber, publisher):
-        peer.leave()
-        await within(peer.gone)
+    await leave_all(subscriber, publisher)
 
 
 @pytest_twisted.ensureDeferred
@@ -348,13 +362,10 @@ async def test_an_event_retained_on_one_process_is_given_to_a_new_subscriber_on_
         tmp_path, spawn, redis_url, redis_prefix):
     from autobahn.wamp.types import PublishOptions
     from conftest import within
-    from wamp_peer import open_peer, subscribe
+    from wamp_peer import subscribe
 
     a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
-    publisher = open_peer(a, "json", ticket=await create_session(tmp_path, a.config))
-    subscriber = open_peer(b, "json", ticket=await create_session(tmp_path, a.config))
-    await within(publisher.joined)
-    await within(subscriber.joined)
+    publisher, subscriber = await wamp_peers(a, b, tmp_path, "json")
     marker, _ = await subscribe(subscriber, "app.marker")
     await within(publisher.publish("app.display", "kept", options=PublishOptions(acknowledge=True, retain=True)))
     await within(publisher.publish("app.marker", options=PublishOptions(acknowledge=True)))
@@ -362,9 +373,7 @@ async def test_an_event_retained_on_one_process_is_given_to_a_new_subscriber_on_
     inbox, _ = await subscribe(subscriber, "app.display", get_retained=True)
     args, _, details = await inbox.next_publication()
     assert (args, details.retained) == (("kept",), True)
-    for peer in (subscriber, publisher):
-        peer.leave()
-        await within(peer.gone)
+    await leave_all(subscriber, publisher)
 
 
 # -- workers ----------------------------------------------------------------------------
@@ -682,9 +691,6 @@ async def test_status_is_not_held_behind_writes_that_redis_has_paused(start_serv
 
 @pytest_twisted.ensureDeferred
 async def test_a_stopped_node_leaves_the_registry_for_good_even_when_writes_were_paused(own_redis, redis_prefix):
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
     from eformws.backends.nodes import NodeRegistry
     from eformws.backends.redis import RedisAddress, RedisConnection
     from eformws.delivery.hub import Hub
@@ -697,11 +703,12 @@ async def test_a_stopped_node_leaves_the_registry_for_good_even_when_writes_were
     registry.startService()
     await within(registry.connection.when_connected())
     key = f"{redis_prefix}node:node-under-test"
-    while not await admin.command("EXISTS", key):
-        await deferLater(reactor, 0.01, lambda: None)
+    await within(registry.heartbeat())  # in the registry
+    assert await admin.command("EXISTS", key) == 1
     await admin.command("CLIENT", "PAUSE", 300, "WRITE")  # the leaving waits; heartbeats must not follow it
+    # Once the stop is done, every command the registry sent before its SREM has run (one
+    # connection: in order), so a heartbeat that followed the DEL would show now.
     await within(registry.stopService())
-    await deferLater(reactor, 0.1, lambda: None)  # longer than a heartbeat interval: none comes
     try:
         assert await admin.command("EXISTS", key) == 0
         assert "node-under-test" not in (await admin.command("SMEMBERS", f"{redis_prefix}nodes") or [])
