@@ -1,6 +1,6 @@
 """The bus seam: every path into the system ends in `publish(message)`, and each process's
-hub receives every published message through the callback given to `start`; /healthz
-reads `healthy` and `write_error`."""
+hub receives every published message through the callback given to `start`; `signal`
+carries the router's own traffic between processes; /healthz reads `healthy`, `write_error`."""
 
 from zope.interface import Attribute, Interface
 
@@ -17,8 +17,14 @@ class IBus(Interface):
         "None (also while it is only unreachable); /healthz tells it."
     )
 
-    def start(on_message):
-        """Begin delivering published messages to `on_message(message) -> int`."""
+    def start(on_message, on_signal=None):
+        """Begin delivering published messages to `on_message(message) -> int`, and other
+        processes' signals to `on_signal(payload)` (payload gains `from`: the sender)."""
+
+    def signal(payload, to=None):
+        """Send a dict (anything CBOR carries; TypeError/ValueError when it cannot) to the
+        process `to` (a node id), or to every other process; in the order signals and
+        messages were sent. A bus of one process has no other: nothing is sent."""
 
     def publish(message):
         """Publish a `Message`; return a Deferred firing with the local recipient count

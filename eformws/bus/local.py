@@ -15,8 +15,11 @@ class LocalBus:
     def __init__(self):
         self._on_message = None
 
-    def start(self, on_message):
+    def start(self, on_message, on_signal=None):
         self._on_message = on_message
+
+    def signal(self, payload, to=None):
+        return None  # no other process to tell
 
     def publish(self, message):
         if self._on_message is None:

@@ -77,24 +77,37 @@ class RedisBus(MultiService):
         self._last_id: str | None = None
         self._seen: dict[str, int] = {}
         self._on_message = None
+        self._on_signal = None
         self._started_at = time.time()
 
     # -- IBus ----------------------------------------------------------------------
 
-    def start(self, on_message):
+    def start(self, on_message, on_signal=None):
         self._on_message = on_message
+        self._on_signal = on_signal
         self._started_at = time.time()
 
     def stop(self):
         self._on_message = None
+        self._on_signal = None
 
     def publish(self, message: Message):
         count = self._on_message(message) if self._on_message else 0
-        self._n += 1
         if message.opaque:  # a client's payload, exactly: CBOR keeps bytes and keys that are not strings
-            body = {"cbor": base64.b64encode(cbor2.dumps(message.to_json())).decode("ascii")}
+            self._send({"cbor": _cbor(message.to_json())})
         else:
-            body = {"message": message.to_json()}
+            self._send({"message": message.to_json()})
+        return succeed(count)
+
+    def signal(self, payload: dict, to: str | None = None):
+        body = {"signal": _cbor(payload)}  # raises before anything is queued when CBOR cannot carry it
+        if to is not None:
+            body["to"] = to
+        self._send(body)
+
+    def _send(self, body: dict) -> None:
+        """Queue one entry (numbered: readers skip what they have had) and write."""
+        self._n += 1
         entry = json.dumps({"node": self.node_id, "n": self._n, **body}, separators=(",", ":"))
         if len(self.pending) >= self.buffer_size:
             self._drop_oldest()
@@ -103,7 +116,6 @@ class RedisBus(MultiService):
                 log.warn("redis outage buffer full: {dropped} messages dropped for other processes", dropped=self.dropped)
         self.pending.append(entry)
         self._flush()
-        return succeed(count)
 
     def ping(self):
         """PING on the writer: a connection that looks up but whose Redis hangs answers
@@ -234,12 +246,25 @@ class RedisBus(MultiService):
             if node == self.node_id or n <= self._seen.get(node, 0):
                 return
             self._seen[node] = n
-            if "cbor" in value:
+            signal = None
+            if "signal" in value:
+                if value.get("to", self.node_id) != self.node_id:
+                    return  # for another process
+                signal = dict(cbor2.loads(base64.b64decode(value["signal"])), **{"from": node})
+            elif "cbor" in value:
                 message = Message.from_json(cbor2.loads(base64.b64decode(value["cbor"])))
             else:
                 message = Message.from_json(value["message"])
         except Exception:  # anything an entry can be made to raise (cbor2's own errors, deep nesting, ...)
             log.warn("ignored a malformed entry on the redis bus")
             return
-        if self._on_message is not None:
+        if signal is not None:
+            if self._on_signal is not None:
+                self._on_signal(signal)
+        elif self._on_message is not None:
             self._on_message(message)
+
+
+def _cbor(value) -> str:
+    """`value` in CBOR, as base64 text for a JSON entry."""
+    return base64.b64encode(cbor2.dumps(value)).decode("ascii")

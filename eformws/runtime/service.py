@@ -39,12 +39,13 @@ from eformws.sessions.watch import SessionWatch
 from eformws.transports.gateway import Admission, protocol_options
 from eformws.transports.legacy import NamespaceRoot, WebSocketSettings
 from eformws.transports.wamp import WampRouter
+from eformws.transports.wamp.registry import RedisRegistry
 
 # The Redis connections of a process, one per kind of work: Redis answers each connection's
 # commands in order, so work that may wait (a write while Redis refuses writes or pauses
 # them for a failover, a scan of the log for a catch-up) never delays another kind (a
 # handshake's session lookup). The bus and the event log each add a blocking reader.
-LOOKUPS = "lookups"  # small reads a request waits for: session lookups (every handshake), the node list
+LOOKUPS = "lookups"  # small requests a client waits for: session lookups (every handshake), the node list, WAMP registrations
 WRITES = "writes"  # event appends, the bus's writes, node heartbeats; session creates and revokes go with lookups
 LOG_QUERIES = "event log queries"  # catch-up and recent scans, the sweep, statistics
 
@@ -84,7 +85,12 @@ class EformService(MultiService):
                        recheck_sessions=watch.check)  # a revoke closes this process's connections at once
         settings = WebSocketSettings.from_config(config, policy, self.hub, self.sessions, self.event_store)
         admission = Admission(config.get("server", "max_connections"))  # legacy namespaces and /wamp together
-        self.wamp = WampRouter.from_config(config, policy, self.hub, self.sessions, self.events, self.api.status, admission)
+        self.registry = self._wamp_registry()
+        self.wamp = WampRouter.from_config(config, policy, self.hub, self.sessions, self.events, self.api.status, admission,
+                                           bus=self.bus, registry=self.registry, node=self.node_id)
+        if self.registry is not None:
+            self.registry.on_connected = self.wamp.registrations.resync
+            self.registry.on_purged = self.wamp.registrations.purged
         self.hub.add_endpoint(self.wamp)
         watch.setServiceParent(self)
         self.metrics = metrics.ServiceCollector(self.hub, self._redis_connections())
@@ -184,6 +190,14 @@ class EformService(MultiService):
                          lookups=self._redis_role(LOOKUPS), **self._redis_options())
         )
 
+    def _wamp_registry(self):
+        """Who serves each WAMP procedure: in Redis for a deployment of several processes."""
+        if self.redis is None:
+            return None
+        config = self.config
+        return self._child(RedisRegistry(self._redis_role(LOOKUPS), config.get("redis", "prefix"),
+                                         config.get("redis", "node_heartbeat"), **self._redis_options()))
+
     def _sweep(self):
         d = self.event_store.expire()
 
@@ -207,7 +221,7 @@ class EformService(MultiService):
             connection.startService()
         super().startService()
         metrics.REGISTRY.register(self.metrics)
-        self.bus.start(self.hub.deliver)
+        self.bus.start(self.hub.deliver, self.wamp.signal)
         emitter.install(self.events)
         following = shielded(self.feed.start())
         following.addTimeout(LISTEN_WAIT, self.reactor)

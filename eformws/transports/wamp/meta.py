@@ -175,7 +175,7 @@ class Meta:
         return self._registration(procedure, args, kwargs).meta_details()
 
     def _registration_list_callees(self, procedure, args, kwargs):
-        return [c.wamp.id for c in self._registration(procedure, args, kwargs).callees]
+        return self._registration(procedure, args, kwargs).callee_ids()
 
     def _registration_count_callees(self, procedure, args, kwargs):
         return len(self._registration(procedure, args, kwargs).callees)

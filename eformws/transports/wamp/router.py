@@ -60,6 +60,9 @@ class WampRouter:
         permissions: Permissions | None = None,
         max_registrations: int = 100,
         max_message_bytes: int = 1_048_576,
+        bus=None,
+        registry=None,
+        node: str = "",
     ):
         self.sessions = sessions
         self.cookie_names = tuple(cookie_names)
@@ -76,17 +79,21 @@ class WampRouter:
         self.codecs = codecs(max_uri_length)
         self.permissions = permissions or Permissions.parse(DEFAULT_PERMISSIONS)
         self.broker = Broker(hub, policy, max_subscriptions, publisher=events, permissions=self.permissions)
-        self.registrations = Registrations(self.permissions, max_registrations)
+        self.connections: dict[str, Any] = {}  # joined sessions' transports by connection id
+        self.by_session: dict[int, Any] = {}  # the same by WAMP session id
+        signal = bus.signal if bus is not None else None
+        self.registrations = Registrations(self.permissions, max_registrations, registry=registry, node=node,
+                                           signal=signal, session=self.by_session.get)
         self.meta = Meta(self, events)
         self.broker.on_meta = self.registrations.on_meta = self.meta.event
         self.dealer = Dealer(hub, events, status, policy)
         self.framings = {name: EventFraming(codec, self.broker) for name, codec in self.codecs.items()}
-        self.connections: dict[str, Any] = {}  # joined sessions' transports by connection id
         self._options = options or {}
         self._resource = None
 
     @classmethod
-    def from_config(cls, config, policy, hub, sessions, events, status, admission=None):
+    def from_config(cls, config, policy, hub, sessions, events, status, admission=None, bus=None, registry=None,
+                    node: str = ""):
         """Auth, origins, roles, pings and timeouts as the legacy namespaces have them; who
         may publish and call the admin procedures is `auth.broadcast_roles`; message size,
         rate and counts are the `wamp` section's."""
@@ -111,6 +118,9 @@ class WampRouter:
             permissions=Permissions.parse(config.get("wamp", "permissions")),
             max_registrations=config.get("wamp", "max_registrations"),
             max_message_bytes=config.get("wamp", "max_message_bytes"),
+            bus=bus,
+            registry=registry,
+            node=node,
         )
 
     # -- IEndpoint ---------------------------------------------------------------------------
@@ -122,13 +132,20 @@ class WampRouter:
 
     def joined(self, connection) -> None:
         self.connections[connection.id] = connection
+        self.by_session[connection.wamp.id] = connection
         self.meta.joined(connection)
 
     def left(self, connection, session_id: int) -> None:
         self.connections.pop(connection.id, None)
+        if self.by_session.get(session_id) is connection:
+            del self.by_session[session_id]
         self.broker.drop(connection, session_id)
         self.registrations.drop(connection, session_id)
         self.meta.left(connection, session_id)
+
+    def signal(self, payload: dict) -> None:
+        """Another process's signal (the bus's `on_signal`): calls and registry changes."""
+        self.registrations.signal(payload)
 
     def resource(self) -> WebSocketResource:
         if self._resource is None:

@@ -323,12 +323,12 @@ class RouterSession:
         return self.router.meta.call(request.procedure, request.args, request.kwargs), None
 
     def _register(self, request) -> None:
-        try:
-            registration = self.router.registrations.register(self.connection, request)
-        except WampError as e:
-            self._send(wamp.Error(wamp.Register.MESSAGE_TYPE, request.request, e.uri, args=[e.message], kwargs=e.kwargs))
-            return
-        self._send(wamp.Registered(request.request, registration.id))
+        """REGISTERED once the registry (of the whole deployment) has given the procedure to
+        this session; ERROR when it refuses or cannot be reached."""
+        session_id = self.id
+        d = maybeDeferred(self.router.registrations.register, self.connection, request)
+        d.addCallback(lambda registration: self._reply(session_id, wamp.Registered(request.request, registration.id)))
+        d.addErrback(self._request_failed, session_id, wamp.Register.MESSAGE_TYPE, request.request, True)
 
     def _unregister(self, request) -> None:
         if self.router.registrations.unregister(self.connection, request.registration):

@@ -1,0 +1,204 @@
+"""WAMP across processes (docs/wamp.md, "Across processes"): two real `twistd -n eformws`
+on one Redis, stock Autobahn|Python sessions on each; a callee on one process serves
+callers on the other, registrations hold for the deployment, a process that dies is
+forgotten."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+import pytest_twisted
+from autobahn.wamp.exception import ApplicationError
+from autobahn.wamp.types import CallDetails, CallOptions, PublishOptions, RegisterOptions
+from conftest import within
+from logcheck import logged_problems  # noqa: F401  (autouse: no error in the log)
+from processes import create_session
+from test_redis import gateways
+from twisted.internet.defer import CancelledError, Deferred
+from wamp_peer import call_error, open_peer, subscribe
+
+
+async def peer_on(gateway, tmp_path, role="admin", serializer="json"):
+    peer = open_peer(gateway, serializer, ticket=await create_session(tmp_path, gateway.config, role=role))
+    await within(peer.joined)
+    return peer
+
+
+async def leave(*peers) -> None:
+    for peer in peers:
+        peer.leave()
+        await within(peer.gone)
+
+
+async def two(spawn, tmp_path, redis_url, redis_prefix, serializers=("json", "json")):
+    """Gateways A and B, and a joined admin peer on each: (a, b, on_a, on_b)."""
+    a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
+    return a, b, await peer_on(a, tmp_path, serializer=serializers[0]), await peer_on(b, tmp_path, serializer=serializers[1])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_callee_on_one_process_serves_a_caller_on_the_other_with_payload_and_caller_untouched(
+        tmp_path, spawn, redis_url, redis_prefix):
+    _, _, callee, caller = await two(spawn, tmp_path, redis_url, redis_prefix, ("msgpack", "cbor"))
+    seen = []
+
+    def echo(*args, details: CallDetails, **kwargs):
+        seen.append((details.caller, details.caller_authrole))
+        return {"args": list(args), "kwargs": kwargs}
+
+    await within(callee.register(echo, "app.echo", options=RegisterOptions(details_arg="details")))
+    answer = await within(caller.call("app.echo", 1, b"\x00raw", {"deep": [None, 2.5]}, flag=True))
+    assert answer == {"args": [1, b"\x00raw", {"deep": [None, 2.5]}], "kwargs": {"flag": True}}
+    assert seen == [(caller.session_id, "admin")]
+    await leave(callee, caller)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_procedure_registered_on_one_process_is_refused_procedure_already_exists_on_the_other(
+        tmp_path, spawn, redis_url, redis_prefix):
+    _, _, first, second = await two(spawn, tmp_path, redis_url, redis_prefix)
+    await within(first.register(lambda: "first", "app.only"))
+    error = await call_error(second.register(lambda: "second", "app.only"))
+    assert error.error == "wamp.error.procedure_already_exists"
+    assert await within(second.call("app.only")) == "first"
+    await leave(first, second)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_callees_error_on_one_process_reaches_the_caller_on_the_other_as_sent(
+        tmp_path, spawn, redis_url, redis_prefix):
+    _, _, callee, caller = await two(spawn, tmp_path, redis_url, redis_prefix)
+
+    def refuse():
+        raise ApplicationError("app.error.sold_out", "none left", remaining=0)
+
+    await within(callee.register(refuse, "app.buy"))
+    error = await call_error(caller.call("app.buy"))
+    assert (error.error, error.args, error.kwargs) == ("app.error.sold_out", ("none left",), {"remaining": 0})
+    await leave(callee, caller)
+
+
+@pytest_twisted.ensureDeferred
+async def test_progressive_results_cross_processes_in_order_before_the_final_result(
+        tmp_path, spawn, redis_url, redis_prefix):
+    _, _, callee, caller = await two(spawn, tmp_path, redis_url, redis_prefix)
+
+    def count(details: CallDetails):
+        for n in range(5):
+            details.progress(n)
+        return "done"
+
+    await within(callee.register(count, "app.count", options=RegisterOptions(details_arg="details")))
+    progress = []
+    answer = await within(caller.call("app.count", options=CallOptions(on_progress=progress.append)))
+    assert (progress, answer) == ([0, 1, 2, 3, 4], "done")
+    await leave(callee, caller)
+
+
+async def pending_procedure(callee, name):
+    """Register `name` answering only when canceled; fires (invoked, interrupted)."""
+    invoked, interrupted = Deferred(), Deferred()
+
+    def interrupt(answer):
+        interrupted.callback(None)
+        answer.errback(ApplicationError("wamp.error.canceled"))
+
+    def slow():
+        invoked.callback(None)
+        return Deferred(interrupt)
+
+    await within(callee.register(slow, name))
+    return invoked, interrupted
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_past_its_timeout_fails_timeout_and_the_callee_on_the_other_process_is_interrupted(
+        tmp_path, spawn, redis_url, redis_prefix):
+    _, _, callee, caller = await two(spawn, tmp_path, redis_url, redis_prefix)
+    invoked, interrupted = await pending_procedure(callee, "app.slow")
+    error = await call_error(caller.call("app.slow", options=CallOptions(timeout=300)))
+    assert error.error == "wamp.error.timeout"
+    await within(invoked)
+    await within(interrupted)
+    await leave(callee, caller)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_canceled_call_interrupts_the_callee_on_the_other_process(tmp_path, spawn, redis_url, redis_prefix):
+    _, _, callee, caller = await two(spawn, tmp_path, redis_url, redis_prefix)
+    invoked, interrupted = await pending_procedure(callee, "app.slow")
+    call = caller.call("app.slow")
+    await within(invoked)
+    call.cancel()  # Autobahn sends CANCEL (killnowait) and fails the call itself
+    with pytest.raises(CancelledError):
+        await call
+    await within(interrupted)
+    assert await within(caller.call("wamp.session.count")) >= 1  # the caller goes on
+    await leave(callee, caller)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_whose_callee_on_the_other_process_leaves_fails_canceled(tmp_path, spawn, redis_url, redis_prefix):
+    _, _, callee, caller = await two(spawn, tmp_path, redis_url, redis_prefix)
+    invoked, _ = await pending_procedure(callee, "app.slow")
+    call = caller.call("app.slow")
+    await within(invoked)
+    callee.leave()
+    error = await call_error(call)
+    assert error.error == "wamp.error.canceled"
+    error = await call_error(caller.call("app.slow"))
+    assert error.error == "wamp.error.no_such_procedure"
+    await leave(caller)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_roundrobin_registration_shared_by_two_processes_takes_turns(tmp_path, spawn, redis_url, redis_prefix):
+    a, _, on_a, on_b = await two(spawn, tmp_path, redis_url, redis_prefix)
+    shared = RegisterOptions(invoke="roundrobin")
+    await within(on_a.register(lambda: "a", "app.work", options=shared))
+    await within(on_b.register(lambda: "b", "app.work", options=shared))
+    caller = await peer_on(a, tmp_path, role="staff")
+    answers = [await within(caller.call("app.work")) for _ in range(4)]
+    assert sorted(answers) == ["a", "a", "b", "b"] and answers[0] != answers[1]
+    await leave(on_a, on_b, caller)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_registration_meta_api_on_one_process_finds_a_callee_on_the_other(
+        tmp_path, spawn, redis_url, redis_prefix):
+    _, _, asker, callee = await two(spawn, tmp_path, redis_url, redis_prefix)
+    registration = await within(callee.register(lambda: None, "app.found"))
+    assert await within(asker.call("wamp.registration.lookup", "app.found")) == registration.id
+    assert await within(asker.call("wamp.registration.list_callees", registration.id)) == [callee.session_id]
+    await leave(asker, callee)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_prefix_registration_on_one_process_serves_calls_made_on_the_other_after_a_publication(
+        tmp_path, spawn, redis_url, redis_prefix):
+    _, _, caller, callee = await two(spawn, tmp_path, redis_url, redis_prefix)
+    await within(callee.register(lambda details: details.procedure, "app.doors.",
+                                 options=RegisterOptions(match="prefix", details_arg="details")))
+    # What the callee's process tells the others travels in order with what its clients publish:
+    inbox, _ = await subscribe(caller, "app.marker")
+    await within(callee.publish("app.marker", options=PublishOptions(acknowledge=True)))
+    await inbox.next_publication()
+    assert await within(caller.call("app.doors.7.open")) == "app.doors.7.open"
+    await leave(caller, callee)
+
+
+@pytest_twisted.ensureDeferred
+async def test_when_the_callees_process_dies_its_callers_get_canceled_and_the_procedure_is_free_again(
+        tmp_path, spawn, redis_url, redis_prefix):
+    a, b, caller, callee = await two(spawn, tmp_path, redis_url, redis_prefix)
+    invoked, _ = await pending_procedure(callee, "app.slow")
+    call = caller.call("app.slow")
+    await within(invoked)
+    b.process.transport.signalProcess(signal.SIGKILL)
+    error = await call_error(call)  # once the registry sees B's heartbeat gone (node_ttl)
+    assert error.error == "wamp.error.canceled"
+    successor = await peer_on(a, tmp_path)
+    await within(successor.register(lambda: "again", "app.slow"))
+    assert await within(caller.call("app.slow")) == "again"
+    await leave(caller, successor)
