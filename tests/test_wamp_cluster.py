@@ -202,3 +202,79 @@ async def test_when_the_callees_process_dies_its_callers_get_canceled_and_the_pr
     await within(successor.register(lambda: "again", "app.slow"))
     assert await within(caller.call("app.slow")) == "again"
     await leave(caller, successor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_session_meta_api_on_one_process_counts_lists_and_describes_sessions_of_both(
+        tmp_path, spawn, redis_url, redis_prefix):
+    _, _, asker, other = await two(spawn, tmp_path, redis_url, redis_prefix)
+    assert await within(asker.call("wamp.session.count")) == 2
+    assert sorted(await within(asker.call("wamp.session.list"))) == sorted([asker.session_id, other.session_id])
+    details = await within(asker.call("wamp.session.get", other.session_id))
+    assert (details["session"], details["authrole"]) == (other.session_id, "admin")
+    error = await call_error(asker.call("wamp.session.get", 1))
+    assert error.error == "wamp.error.no_such_session"
+    await leave(asker, other)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_topic_subscribed_on_both_processes_is_one_subscription_to_the_meta_api(
+        tmp_path, spawn, redis_url, redis_prefix):
+    _, _, on_a, on_b = await two(spawn, tmp_path, redis_url, redis_prefix)
+    _, here = await subscribe(on_a, "app.news")
+    _, there = await subscribe(on_b, "app.news")
+    assert here.id == there.id
+    assert await within(on_a.call("wamp.subscription.lookup", "app.news")) == here.id
+    assert await within(on_a.call("wamp.subscription.list_subscribers", here.id)) == sorted(
+        [on_a.session_id, on_b.session_id])
+    assert await within(on_a.call("wamp.subscription.count_subscribers", here.id)) == 2
+    _, only_there = await subscribe(on_b, "app.elsewhere")
+    assert (await within(on_a.call("wamp.subscription.get", only_there.id)))["uri"] == "app.elsewhere"
+    await leave(on_a, on_b)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_process_started_after_an_event_was_retained_gives_it_to_a_new_subscriber(
+        tmp_path, spawn, redis_url, redis_prefix):
+    from test_redis import start_gateway
+
+    (a,) = await gateways(spawn, tmp_path, redis_url, redis_prefix, count=1)
+    publisher = await peer_on(a, tmp_path)
+    await within(publisher.publish("app.display", "kept", size=3,
+                                   options=PublishOptions(acknowledge=True, retain=True)))
+    later = await start_gateway(spawn, tmp_path / "later", redis_url, redis_prefix)
+    subscriber = await peer_on(later, tmp_path, role="staff")
+    inbox, _ = await subscribe(subscriber, "app.display", get_retained=True)
+    args, kwargs, details = await inbox.next_publication()
+    assert (args, kwargs, details.retained, details.publisher) == (("kept",), {"size": 3}, True, publisher.session_id)
+    await leave(publisher, subscriber)
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_redis_lost_the_registry_each_process_claims_its_registrations_again_on_reconnect(
+        tmp_path, spawn, redis_prefix):
+    from eformws.backends.redis import RedisAddress, RedisConnection
+    from processes import RedisServer
+
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    admin = RedisConnection(RedisAddress.parse(redis.url), "test", 0.05, 0.2)
+    admin.startService()
+    try:
+        a, b = await gateways(spawn, tmp_path, redis.url, redis_prefix)
+        caller, callee = await peer_on(a, tmp_path), await peer_on(b, tmp_path)
+        await within(callee.register(lambda: "still here", "app.kept"))
+        marks = a.process.mark, b.process.mark
+        # As after a failover to a replica that had not yet the records: gone, and every link new.
+        await within(admin.when_connected())
+        await admin.command("DEL", f"{redis_prefix}wamp:registrations", f"{redis_prefix}wamp:callee_nodes")
+        await admin.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        await b.process.line(r"wamp registry: 1 registrations of this process claimed again", after=marks[1])
+        await a.process.line(r"redis lookups reached \S+ again", after=marks[0])
+        assert await within(caller.call("app.kept")) == "still here"
+        error = await call_error(caller.register(lambda: "usurper", "app.kept"))
+        assert error.error == "wamp.error.procedure_already_exists"
+        await leave(caller, callee)
+    finally:
+        admin.stopService()
+        await redis.stop()

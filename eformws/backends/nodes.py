@@ -71,6 +71,10 @@ class NodeRegistry(MultiService):
                     continue
         return found
 
+    def others(self):
+        """The ids of the other live processes (a Deferred)."""
+        return self.nodes().addCallback(lambda found: [n["id"] for n in found if n.get("id") != self.node_id])
+
     @inlineCallbacks
     def stopService(self):
         """Leave the registry at once, so status stops counting this process: the heartbeat

@@ -39,7 +39,9 @@ from eformws.sessions.watch import SessionWatch
 from eformws.transports.gateway import Admission, protocol_options
 from eformws.transports.legacy import NamespaceRoot, WebSocketSettings
 from eformws.transports.wamp import WampRouter
+from eformws.transports.wamp.broker import MAX_RETAINED, MAX_RETAINED_BYTES
 from eformws.transports.wamp.registry import RedisRegistry
+from eformws.transports.wamp.retained import RedisRetained
 
 # The Redis connections of a process, one per kind of work: Redis answers each connection's
 # commands in order, so work that may wait (a write while Redis refuses writes or pauses
@@ -86,8 +88,11 @@ class EformService(MultiService):
         settings = WebSocketSettings.from_config(config, policy, self.hub, self.sessions, self.event_store)
         admission = Admission(config.get("server", "max_connections"))  # legacy namespaces and /wamp together
         self.registry = self._wamp_registry()
+        self.retained = self._retained_store()
         self.wamp = WampRouter.from_config(config, policy, self.hub, self.sessions, self.events, self.api.status, admission,
-                                           bus=self.bus, registry=self.registry, node=self.node_id)
+                                           bus=self.bus, registry=self.registry, node=self.node_id,
+                                           peers=self.nodes.others if self.nodes is not None else None,
+                                           retained_store=self.retained)
         if self.registry is not None:
             self.registry.on_connected = self.wamp.registrations.resync
             self.registry.on_purged = self.wamp.registrations.purged
@@ -198,6 +203,13 @@ class EformService(MultiService):
         return self._child(RedisRegistry(self._redis_role(LOOKUPS), config.get("redis", "prefix"),
                                          config.get("redis", "node_heartbeat"), **self._redis_options()))
 
+    def _retained_store(self):
+        """Retained WAMP events for processes that start later: in Redis, when there is one."""
+        if self.redis is None:
+            return None
+        return self._child(RedisRetained(self._redis_role(WRITES), self.config.get("redis", "prefix"), MAX_RETAINED,
+                                         MAX_RETAINED_BYTES, **self._redis_options()))
+
     def _sweep(self):
         d = self.event_store.expire()
 
@@ -215,15 +227,19 @@ class EformService(MultiService):
         return self.listener.port.getHost().port
 
     def startService(self):
-        """Start the parts, follow the event log, and listen once its position is known (at
-        most `LISTEN_WAIT` seconds later: without it, handshakes are refused with 503)."""
+        """Start the parts, follow the event log, and listen once its position is known and
+        the retained events of earlier processes are read (at most `LISTEN_WAIT` seconds
+        later: without the position, handshakes are refused with 503)."""
         for connection in self._redis_roles.values():
             connection.startService()
         super().startService()
         metrics.REGISTRY.register(self.metrics)
         self.bus.start(self.hub.deliver, self.wamp.signal)
         emitter.install(self.events)
-        following = shielded(self.feed.start())
+        started = [self.feed.start()]
+        if self.retained is not None:  # a subscriber's first get_retained finds what earlier processes kept
+            started.append(self.retained.loaded)
+        following = shielded(DeferredList(started))
         following.addTimeout(LISTEN_WAIT, self.reactor)
         following.addErrback(lambda _: None)
         self.ready = following.addCallback(lambda _: self._listen() if self.running else None)

@@ -4,6 +4,7 @@ an application's topics (the permission table) with its payload untouched."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from typing import Any, Iterator
 
@@ -20,6 +21,7 @@ from eformws.transports.wamp.errors import (
     NOT_AUTHORIZED,
     SUBSCRIPTION_LIMIT,
     WampError,
+    named_id,
     new_id,
 )
 from eformws.transports.wamp.events import MetaEvents
@@ -95,7 +97,8 @@ class Delivery:
 
 
 class Broker(MetaEvents):
-    def __init__(self, hub, policy, max_subscriptions: int = 100, publisher=None, permissions: Permissions | None = None):
+    def __init__(self, hub, policy, max_subscriptions: int = 100, publisher=None, permissions: Permissions | None = None,
+                 retained_store=None):
         self._hub = hub
         self._policy = policy
         self._permissions = permissions or Permissions.parse(DEFAULT_PERMISSIONS)
@@ -110,6 +113,7 @@ class Broker(MetaEvents):
         self._of: dict[Any, set[Subscription]] = {}  # connection -> its subscriptions
         self._retained: dict[str, Retained] = {}  # topic -> its last retained publication, oldest first
         self._retained_bytes = 0
+        self._retained_store = retained_store  # RedisRetained: for processes that start later; None: none
         self._delivery: Delivery | None = None
 
     # -- subscriptions ------------------------------------------------------------------
@@ -133,8 +137,8 @@ class Broker(MetaEvents):
             raise WampError(SUBSCRIPTION_LIMIT, f"Subscription limit reached: at most {limit} subscriptions per session",
                             limit=limit)
         if subscription is None:
-            subscription_id = new_id()
-            while subscription_id in self._by_id:
+            subscription_id = named_id(f"{match} {topic}")  # the same on every process of the deployment
+            while subscription_id in self._by_id:  # two names, one id (once in 2^53): this one's is random
                 subscription_id = new_id()
             subscription = Subscription(subscription_id, topic, match)
             self._meta("wamp.subscription.on_create", connection, subscription.meta_details)
@@ -282,10 +286,13 @@ class Broker(MetaEvents):
         brings it, so every process has the same), encoded: what it costs is its size, at
         most MAX_RETAINED topics and MAX_RETAINED_BYTES."""
         try:
-            retained = Retained(message)
+            retained = Retained.of(message)
         except Exception as e:  # nothing CBOR can carry it as (it was delivered all the same)
             log.info("a publication on {topic} was not retained: {error}", topic=topic, error=str(e)[:200])
             return
+        self._keep(topic, retained)
+
+    def _keep(self, topic: str, retained: "Retained") -> None:
         replaced = self._retained.pop(topic, None)
         if replaced is not None:
             self._retained_bytes -= replaced.size
@@ -294,6 +301,18 @@ class Broker(MetaEvents):
         while len(self._retained) > MAX_RETAINED or self._retained_bytes > MAX_RETAINED_BYTES:
             oldest = self._retained.pop(next(iter(self._retained)))
             self._retained_bytes -= oldest.size
+
+    def kept_earlier(self, found: dict[str, str]) -> None:
+        """What processes that ran before this one retained (RedisRetained's `on_loaded`):
+        kept where this process has heard of nothing newer on the topic."""
+        for topic, text in found.items():
+            if topic in self._retained:
+                continue
+            try:
+                args, kwargs, meta = cbor2.loads(base64.b64decode(text))
+                self._keep(topic, Retained(args, kwargs, meta))
+            except Exception:
+                log.warn("ignored a malformed retained event in redis")
 
     def retained(self, connection, subscription: Subscription) -> list[tuple["Retained", Topic]]:
         """The retained events a new subscription gets (get_retained): of each topic it
@@ -377,7 +396,15 @@ class Broker(MetaEvents):
         if entry.disclose:
             meta["publisher"] = {"publisher": connection.wamp.id, "publisher_authid": session.user_id,
                                  "publisher_authrole": session.role}
-        d = self._publisher.publish_topic(list(request.args or ()), dict(request.kwargs or {}), {META: meta})
+        args, kwargs = list(request.args or ()), dict(request.kwargs or {})
+        d = self._publisher.publish_topic(args, kwargs, {META: meta})
+        if request.retain and self._retained_store is not None:
+            try:
+                encoded = base64.b64encode(cbor2.dumps([args, kwargs, meta])).decode("ascii")
+            except Exception:
+                pass  # not retained here either (see _retain)
+            else:
+                self._retained_store.save(request.topic, encoded)
         d.addCallback(lambda _: publication)
         return d
 
@@ -388,14 +415,17 @@ class Retained:
 
     __slots__ = ("publication", "encoded", "publisher", "audience", "size")
 
-    def __init__(self, message: Message):
-        meta = message.meta[META]
+    def __init__(self, args, kwargs, meta: dict):
         self.publication = meta["publication"]
         self.publisher = meta.get("publisher")
         self.audience = Audience(meta)
         lists = {name: meta[name] for _, name in (*_LISTS["eligible"], *_LISTS["exclude"]) if name in meta}
-        self.encoded = cbor2.dumps([message.envelope["args"], message.envelope["kwargs"], lists])
+        self.encoded = cbor2.dumps([args, kwargs, lists])
         self.size = len(self.encoded) + 256  # and its few objects
+
+    @classmethod
+    def of(cls, message: Message) -> "Retained":
+        return cls(message.envelope["args"], message.envelope["kwargs"], message.meta[META])
 
     @property
     def args(self) -> list:

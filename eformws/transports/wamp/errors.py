@@ -3,6 +3,7 @@ and `WampError`, which a handler raises to answer a request with ERROR."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from typing import Any
 
@@ -41,6 +42,12 @@ MAX_ID = 2**53
 def new_id() -> int:
     """A random id from [1, 2^53], the range WAMP ids live in (global scope ids)."""
     return secrets.randbelow(MAX_ID) + 1
+
+
+def named_id(name: str) -> int:
+    """An id in [1, 2^53] that is the same for `name` in every process (a subscription's,
+    so the meta API of one process can speak of those of the others)."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") % MAX_ID + 1
 
 
 class WampError(Exception):

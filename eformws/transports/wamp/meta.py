@@ -1,13 +1,21 @@
-"""The WAMP meta API of this router: `wamp.session.*`, `wamp.subscription.*` and
-`wamp.registration.*` procedures, and the meta events (sessions, subscriptions, registrations)."""
+"""The WAMP meta API of the deployment: `wamp.session.*`, `wamp.subscription.*` and
+`wamp.registration.*` procedures (each process asked for its part), and the meta events."""
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.logger import Logger
 
 from eformws.transports.wamp.dealer import bind
 from eformws.transports.wamp.errors import INVALID_ARGUMENT, NO_SUCH_PROCEDURE, WampError, new_id
 from eformws.transports.wamp.topics import EXACT, PREFIX_MATCH, WILDCARD
+
+log = Logger(namespace="eformws.wamp.meta")
+
+ASK_TIMEOUT = 1.0  # seconds a meta procedure waits for the other processes' parts
 
 NO_SUCH_SESSION = "wamp.error.no_such_session"
 NO_SUCH_SUBSCRIPTION = "wamp.error.no_such_subscription"
@@ -36,12 +44,18 @@ def _by_match(items) -> dict[str, list[int]]:
 
 
 class Meta:
-    """Answers the meta procedures from the router's sessions, broker and registrations
-    (this process's), and publishes session meta events through the one publisher."""
+    """Answers the meta procedures: registrations from the registry's records, sessions and
+    subscriptions from every process (this one's part here, the others' asked for with a
+    signal: `peers()` fires with their node ids; one that does not answer within
+    ASK_TIMEOUT is left out). Publishes the meta events through the one publisher."""
 
-    def __init__(self, router, publisher):
+    def __init__(self, router, publisher, peers=None, signal=None, reactor=None):
         self._router = router
         self._publisher = publisher
+        self._peers = peers
+        self._signal = signal
+        self._reactor = reactor
+        self._asks: dict[int, tuple[set, list, Deferred]] = {}  # asked: (waiting for, parts, answer)
         self._procedures = {
             "wamp.session.count": self._session_count,
             "wamp.session.list": self._session_list,
@@ -64,12 +78,85 @@ class Meta:
     def procedures(self) -> list[str]:
         return list(self._procedures)
 
-    def call(self, procedure: str, args, kwargs) -> list:
-        """The RESULT's args; WampError for an unknown procedure or bad arguments."""
+    def call(self, procedure: str, args, kwargs) -> Deferred:
+        """Fires with the RESULT's args; WampError for an unknown procedure or bad arguments."""
         handler = self._procedures.get(procedure)
         if handler is None:
             raise WampError(NO_SUCH_PROCEDURE, f"no procedure {procedure}")
-        return [handler(procedure, args, kwargs)]
+        merge = MERGES.get(procedure)
+        if procedure.startswith("wamp.registration.") and self._router.registrations.shared:
+            # The registry as it is now, not as the other processes' signals have told it so far.
+            d = self._router.registrations.reload()
+            return d.addCallback(lambda _: [handler(procedure, args, kwargs)])
+        if merge is None or self._peers is None:
+            return succeed([handler(procedure, args, kwargs)])
+        here = self._part(procedure, args, kwargs)
+        d = self._ask(procedure, args, kwargs)
+        return d.addCallback(lambda parts: [merge(procedure, [here, *parts])])
+
+    def _part(self, procedure: str, args, kwargs):
+        """This process's part of an answer: None for what it does not know of."""
+        try:
+            return self._procedures[procedure](procedure, args, kwargs)
+        except WampError as e:
+            if e.uri in (NO_SUCH_SESSION, NO_SUCH_SUBSCRIPTION):
+                return None
+            raise
+
+    def _ask(self, procedure: str, args, kwargs) -> Deferred:
+        """The other processes' parts (those that answer in time)."""
+        d = maybeDeferred(self._peers)
+
+        def asked(nodes):
+            if not nodes:
+                return []
+            ask = new_id()
+            answer = Deferred()
+            self._asks[ask] = (set(nodes), [], answer)
+            self._signal({"kind": "meta-ask", "ask": ask, "procedure": procedure, "args": args, "kwargs": kwargs})
+            timer = self._clock().callLater(ASK_TIMEOUT, self._answered, ask)
+            answer.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+            return answer
+
+        def unknown(failure):
+            log.warn("wamp meta: the other processes are unknown now ({error}); answering with this one's part",
+                     error=failure.getErrorMessage()[:200])
+            return []
+
+        return d.addCallbacks(asked, unknown)
+
+    def _answered(self, ask: int) -> None:
+        waiting, parts, answer = self._asks.pop(ask, (None, None, None))
+        if answer is not None:
+            if waiting:
+                log.info("wamp meta: {count} process(es) did not answer in time; left out", count=len(waiting))
+            answer.callback(parts)
+
+    def signal(self, payload: dict) -> None:
+        """Another process asks for this one's part, or gives its own."""
+        if payload.get("kind") == "meta-ask":
+            procedure = payload.get("procedure")
+            if procedure not in MERGES:
+                return
+            try:
+                part = self._part(procedure, payload.get("args"), payload.get("kwargs"))
+            except WampError:
+                part = None
+            self._signal({"kind": "meta-answer", "ask": payload.get("ask"), "part": part}, payload["from"])
+            return
+        entry = self._asks.get(payload.get("ask"))
+        if entry is not None and payload["from"] in entry[0]:
+            entry[0].discard(payload["from"])
+            entry[1].append(payload.get("part"))
+            if not entry[0]:
+                self._answered(payload["ask"])
+
+    def _clock(self):
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
 
     # -- events ---------------------------------------------------------------------------
 
@@ -179,6 +266,64 @@ class Meta:
 
     def _registration_count_callees(self, procedure, args, kwargs):
         return len(self._registration(procedure, args, kwargs).callees)
+
+
+def _sum(procedure, parts):
+    return sum(part for part in parts if part is not None)
+
+
+def _all(procedure, parts):
+    return list(chain.from_iterable(part for part in parts if part is not None))
+
+
+def _found(procedure, parts):
+    """The part of the process that knows it (subscriptions: the same id everywhere)."""
+    for part in parts:
+        if part is not None:
+            return part
+    if procedure.startswith("wamp.session."):
+        raise WampError(NO_SUCH_SESSION, "no such session")
+    raise WampError(NO_SUCH_SUBSCRIPTION, "no such subscription")
+
+
+def _known(procedure, parts):
+    """What any process knows (a lookup), or None."""
+    return next((part for part in parts if part is not None), None)
+
+
+def _ids(procedure, parts):
+    ids = sorted(set(chain.from_iterable(part for part in parts if part)))
+    return ids or None
+
+
+def _by_kind(procedure, parts):
+    listed: dict[str, list[int]] = {EXACT: [], PREFIX_MATCH: [], WILDCARD: []}
+    for part in parts:
+        for match, ids in (part or {}).items():
+            if match in listed:
+                listed[match] = sorted(set(listed[match]) | set(ids))
+    return listed
+
+
+def _subscribers(procedure, parts):
+    if all(part is None for part in parts):
+        raise WampError(NO_SUCH_SUBSCRIPTION, "no such subscription")
+    return sorted(_all(procedure, parts)) if procedure.endswith("list_subscribers") else _sum(procedure, parts)
+
+
+# How the parts of the processes make one answer (the registration procedures read the
+# registry's records, which every process has: they need no parts).
+MERGES = {
+    "wamp.session.count": _sum,
+    "wamp.session.list": _all,
+    "wamp.session.get": _found,
+    "wamp.subscription.list": _by_kind,
+    "wamp.subscription.lookup": _known,
+    "wamp.subscription.match": _ids,
+    "wamp.subscription.get": _found,
+    "wamp.subscription.list_subscribers": _subscribers,
+    "wamp.subscription.count_subscribers": _subscribers,
+}
 
 
 def _id(value: Any, name: str) -> int:

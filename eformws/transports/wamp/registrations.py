@@ -352,8 +352,14 @@ class Registrations(MetaEvents):
                 d.addErrback(lambda failure: log.warn("wamp registry claim again failed: {error}",
                                                       error=failure.getErrorMessage()[:200]))
                 claims.append(d)
-        d = self._registry.load()
+        if claims:
+            DeferredList(claims).addCallback(
+                lambda _: log.info("wamp registry: {count} registrations of this process claimed again", count=len(claims)))
+        return self.reload().addErrback(lambda failure: log.warn("wamp registry read failed: {error}",
+                                                                 error=failure.getErrorMessage()[:200]))
 
+    def reload(self) -> Deferred:
+        """Read every record again (the meta API does, to answer as the registry is now)."""
         def loaded(records):
             names = {field(r["uri"], r["match"]): r for r in records}
             for name in set(self._by_key) - set(names):
@@ -361,9 +367,12 @@ class Registrations(MetaEvents):
             for name, record in names.items():
                 self._apply(name, record)
 
-        d.addCallbacks(loaded, lambda failure: log.warn("wamp registry read failed: {error}",
-                                                        error=failure.getErrorMessage()[:200]))
-        return d
+        return self._registry.load().addCallback(loaded)
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes share the registry."""
+        return self._registry.shared
 
     def _reclaimed(self, answer, connection, name: str, registration_id: int) -> None:
         outcome, record = answer

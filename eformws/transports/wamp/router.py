@@ -63,6 +63,8 @@ class WampRouter:
         bus=None,
         registry=None,
         node: str = "",
+        peers=None,
+        retained_store=None,
     ):
         self.sessions = sessions
         self.cookie_names = tuple(cookie_names)
@@ -78,13 +80,16 @@ class WampRouter:
         self.max_message_bytes = max_message_bytes
         self.codecs = codecs(max_uri_length)
         self.permissions = permissions or Permissions.parse(DEFAULT_PERMISSIONS)
-        self.broker = Broker(hub, policy, max_subscriptions, publisher=events, permissions=self.permissions)
+        self.broker = Broker(hub, policy, max_subscriptions, publisher=events, permissions=self.permissions,
+                             retained_store=retained_store)
+        if retained_store is not None:
+            retained_store.on_loaded = self.broker.kept_earlier
         self.connections: dict[str, Any] = {}  # joined sessions' transports by connection id
         self.by_session: dict[int, Any] = {}  # the same by WAMP session id
         signal = bus.signal if bus is not None else None
         self.registrations = Registrations(self.permissions, max_registrations, registry=registry, node=node,
                                            signal=signal, session=self.by_session.get)
-        self.meta = Meta(self, events)
+        self.meta = Meta(self, events, peers=peers, signal=signal)
         self.broker.on_meta = self.registrations.on_meta = self.meta.event
         self.dealer = Dealer(hub, events, status, policy)
         self.framings = {name: EventFraming(codec, self.broker) for name, codec in self.codecs.items()}
@@ -93,7 +98,7 @@ class WampRouter:
 
     @classmethod
     def from_config(cls, config, policy, hub, sessions, events, status, admission=None, bus=None, registry=None,
-                    node: str = ""):
+                    node: str = "", peers=None, retained_store=None):
         """Auth, origins, roles, pings and timeouts as the legacy namespaces have them; who
         may publish and call the admin procedures is `auth.broadcast_roles`; message size,
         rate and counts are the `wamp` section's."""
@@ -121,6 +126,8 @@ class WampRouter:
             bus=bus,
             registry=registry,
             node=node,
+            peers=peers,
+            retained_store=retained_store,
         )
 
     # -- IEndpoint ---------------------------------------------------------------------------
@@ -144,8 +151,12 @@ class WampRouter:
         self.meta.left(connection, session_id)
 
     def signal(self, payload: dict) -> None:
-        """Another process's signal (the bus's `on_signal`): calls and registry changes."""
-        self.registrations.signal(payload)
+        """Another process's signal (the bus's `on_signal`): calls, registry changes, the
+        meta API's questions and answers."""
+        if str(payload.get("kind")).startswith("meta-"):
+            self.meta.signal(payload)
+        else:
+            self.registrations.signal(payload)
 
     def resource(self) -> WebSocketResource:
         if self._resource is None:

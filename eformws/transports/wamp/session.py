@@ -320,7 +320,7 @@ class RouterSession:
     def _meta_call(self, request):
         if not self.router.permissions.allows(self.connection.session.role, "call", request.procedure):
             raise WampError(errors.NOT_AUTHORIZED, f"this session may not call {request.procedure}")
-        return self.router.meta.call(request.procedure, request.args, request.kwargs), None
+        return self.router.meta.call(request.procedure, request.args, request.kwargs).addCallback(lambda args: (args, None))
 
     def _register(self, request) -> None:
         """REGISTERED once the registry (of the whole deployment) has given the procedure to
