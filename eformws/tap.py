@@ -93,7 +93,7 @@ def makeService(options):
             if config.get("server", "tls_certificate"):
                 tls_options(config.get("server", "tls_certificate"), config.get("server", "tls_private_key"))
             return WorkerParent(config, options.child_arguments(), listener=_bound(config))
-        return EformService(config, inherited_fd=_bound(config).detach())
+        return EformService(config, inherited_fd=_bound(config).detach(), rawsocket_fd=_bound_rawsocket(config))
     except ConfigError as e:
         sys.stderr.write(f"eformws: configuration error: {e}\n")
         raise SystemExit(1)
@@ -106,6 +106,14 @@ def _bound(config):
     """The port, bound now: the service accepts on it once it is ready (clients wait in the
     backlog meanwhile)."""
     return bind_listener(config.get("server", "host"), config.get("server", "port"), config.get("server", "backlog"))
+
+
+def _bound_rawsocket(config) -> int | None:
+    """The RawSocket port (`wamp.rawsocket_port`), bound now like the port; None when unset."""
+    port = config.get("wamp", "rawsocket_port")
+    if port is None:
+        return None
+    return bind_listener(config.get("server", "host"), port, config.get("server", "backlog")).detach()
 
 
 def _demo(options):

@@ -4,7 +4,7 @@ into the module and every test in it fails when a failure or error was logged.""
 from __future__ import annotations
 
 import pytest
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 
 @pytest.fixture(autouse=True)
@@ -23,3 +23,28 @@ def logged_problems():
     yield problems
     globalLogPublisher.removeObserver(observe)
     assert problems == [], [event.get("log_format") for event in problems]
+
+
+class LogCapture:
+    """Every event on Twisted's global log publisher (where Autobahn's txaio logs go) while
+    active, formatted as text."""
+
+    def __init__(self):
+        self.events = []
+
+    def __enter__(self):
+        globalLogPublisher.addObserver(self.events.append)
+        return self
+
+    def __exit__(self, *exc):
+        globalLogPublisher.removeObserver(self.events.append)
+
+    def texts(self) -> list[str]:
+        texts = []
+        for event in self.events:
+            text = formatEvent(event)
+            failure = event.get("log_failure")
+            if failure is not None:
+                text += "\n" + failure.getTraceback()
+            texts.append(text)
+        return texts

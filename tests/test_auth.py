@@ -15,7 +15,7 @@ import time
 import pytest
 import pytest_twisted
 from conftest import REFUSED, accepted, aio, assert_got_nothing, bearer, refused
-from twisted.logger import formatEvent, globalLogPublisher
+from logcheck import LogCapture
 
 from eformws.sessions.sqlite import create_session
 
@@ -232,31 +232,6 @@ async def test_namespace_without_auth_accepts_the_client_without_a_room(server, 
 
 
 # -- session ids never reach the logs ------------------------------------------------------------
-
-
-class LogCapture:
-    """Every event on Twisted's global log publisher (where Autobahn's txaio logs go) while
-    active, formatted as text."""
-
-    def __init__(self):
-        self.events = []
-
-    def __enter__(self):
-        globalLogPublisher.addObserver(self.events.append)
-        return self
-
-    def __exit__(self, *exc):
-        globalLogPublisher.removeObserver(self.events.append)
-
-    def texts(self) -> list[str]:
-        texts = []
-        for event in self.events:
-            text = formatEvent(event)
-            failure = event.get("log_failure")
-            if failure is not None:
-                text += "\n" + failure.getTraceback()
-            texts.append(text)
-        return texts
 
 
 @pytest_twisted.ensureDeferred

@@ -3,6 +3,7 @@ with its default, and the choices that depend on Redis are made or refused clear
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -14,10 +15,14 @@ EXAMPLE = Path(__file__).parent.parent / "etc" / "eformws.toml"
 
 
 def test_example_config_lists_every_key_with_its_default():
-    example = tomllib.loads(EXAMPLE.read_text())
+    text = EXAMPLE.read_text()
+    example = tomllib.loads(text)
     listed = {(section, key): value for section, table in example.items() if isinstance(table, dict)
               for key, value in table.items()}
-    assert listed == {key: default for key, (default, _) in SCHEMA.items()}
+    assert listed == {key: default for key, (default, _) in SCHEMA.items() if default is not None}
+    # A key whose default is "left out" (None: TOML has no such value) is there as a comment.
+    commented = {(section, key) for (section, key), (default, _) in SCHEMA.items() if default is None}
+    assert commented and all(re.search(rf"^# {key} = ", text, re.M) for _, key in commented)
 
 
 def test_example_config_loads():
@@ -79,3 +84,16 @@ def test_a_wildcard_permission_entry_must_name_its_first_component():
     with pytest.raises(ConfigError, match=r"wamp\.permissions\[0\]\.uri: a wildcard entry names its first component"):
         load_config(overrides={("wamp", "permissions"): [
             {"uri": "..list", "match": "wildcard", "roles": ["staff"], "allow": ["call"]}]}, environ={})
+
+
+def test_the_rawsocket_port_is_off_unless_given_and_a_port_when_given():
+    assert load_config(environ={}).get("wamp", "rawsocket_port") is None
+    assert load_config(environ={"EFORMWS_WAMP_RAWSOCKET_PORT": "8081"}).get("wamp", "rawsocket_port") == 8081
+    with pytest.raises(ConfigError, match=r"^wamp\.rawsocket_port: must be an integer from 0 to 65535, got 70000$"):
+        load_config(overrides={("wamp", "rawsocket_port"): 70000}, environ={})
+
+
+def test_a_rawsocket_port_with_several_workers_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"^wamp\.rawsocket_port: the RawSocket port is served by one process"):
+        load_config(overrides={("wamp", "rawsocket_port"): 8081, ("server", "workers"): 2,
+                               ("redis", "url"): "redis://127.0.0.1:6379/0"}, environ={})

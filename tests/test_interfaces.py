@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from logcheck import logged_problems  # noqa: F401  (autouse: no error in the log)
+from rawsocket_peer import join_rawsocket
 from twisted.internet import defer
+from wamp_peer import Peer
 from zope.interface.verify import verifyObject
 
 import eformws
@@ -34,6 +36,7 @@ from eformws.sessions.sqlite import SQLiteSessionStore
 from eformws.transports.legacy import JsonFraming, LegacyProtocol
 from eformws.transports.wamp.framing import EventFraming
 from eformws.transports.wamp.router import WampRouter
+from eformws.transports.wamp.rawsocket import RawSocketProtocol
 from eformws.transports.wamp.transport import WampProtocol
 
 TIMEOUT = 5.0
@@ -162,8 +165,18 @@ async def wamp_connection(server, opened):
     return connection
 
 
-CONNECTIONS = {"legacy": (LegacyProtocol, legacy_connection), "wamp": (WampProtocol, wamp_connection)}
-FRAMINGS = {"legacy": (JsonFraming, legacy_connection), "wamp": (EventFraming, wamp_connection)}
+async def rawsocket_connection(server, opened):
+    """The server's side of a stock Autobahn|Python session on the RawSocket port."""
+    peer = await join_rawsocket(server, role="admin")
+    opened.append(peer)
+    [connection] = server.hub.endpoints["/wamp"].connections.values()
+    return connection
+
+
+CONNECTIONS = {"legacy": (LegacyProtocol, legacy_connection), "wamp": (WampProtocol, wamp_connection),
+               "rawsocket": (RawSocketProtocol, rawsocket_connection)}
+FRAMINGS = {"legacy": (JsonFraming, legacy_connection), "wamp": (EventFraming, wamp_connection),
+            "rawsocket": (EventFraming, rawsocket_connection)}
 ENDPOINTS = {"/wamp": WampRouter}
 
 
@@ -174,7 +187,17 @@ def opened(start_server):
     clients: list = []
     yield clients
     for client in clients:
-        pytest_twisted.blockon(client.close())
+        if isinstance(client, Peer):
+            client.leave()
+            pytest_twisted.blockon(within(client.gone))
+        else:
+            pytest_twisted.blockon(client.close())
+
+
+@pytest_twisted.async_fixture
+async def server(start_server):
+    """A server with a RawSocket port too."""
+    return await start_server({"wamp.rawsocket_port": 0})
 
 
 # -- buses and stores ------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Stock Autobahn|Python WAMP sessions on a test server's /wamp (ticket or cookie auth, JSON
-or MessagePack): for every test module that talks WAMP as a real client would."""
+"""Stock Autobahn|Python WAMP sessions on a test server's /wamp (ticket or cookie
+auth, JSON, MessagePack or CBOR): for every test module that talks WAMP as a real client would
+(over RawSocket: rawsocket_peer.py)."""
 
 from __future__ import annotations
 
@@ -73,12 +74,17 @@ class Inbox:
         return not self._queue.pending
 
 
-def open_peer(server, serializer="json", *, ticket=None, cookie=None, realm=REALM, authmethods=None) -> Peer:
-    """Connect a Peer over `serializer`; ticket auth when `ticket` is given, a session
-    cookie on the upgrade when `cookie` is."""
+def new_peer(*, ticket=None, realm=REALM, authmethods=None) -> Peer:
+    """A Peer: ticket auth when `ticket` is given."""
     if authmethods is None:
         authmethods = ["ticket"] if ticket is not None else None
-    peer = Peer(realm, authmethods, ticket)
+    return Peer(realm, authmethods, ticket)
+
+
+def open_peer(server, serializer="json", *, ticket=None, cookie=None, realm=REALM, authmethods=None) -> Peer:
+    """Connect a Peer (`new_peer`) over `serializer`; a session cookie on the upgrade when
+    `cookie` is given."""
+    peer = new_peer(ticket=ticket, realm=realm, authmethods=authmethods)
     headers = {"Cookie": f"sessionId={cookie}"} if cookie is not None else None
     factory = WampWebSocketClientFactory(
         lambda: peer, url=server.url("/wamp"), serializers=[SERIALIZERS[serializer]()], headers=headers

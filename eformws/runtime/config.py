@@ -75,6 +75,13 @@ def _tokens(key: str, value: Any) -> list[str]:
     return list(value)
 
 
+def _optional_port(key: str, value: Any) -> int | None:
+    """A TCP port (0: any free one), or None (left out: no such listener)."""
+    if value is None:
+        return None
+    return _integer(0, 65535)(key, value)
+
+
 def _roles(key: str, value: Any) -> list[str]:
     roles = _strings(key, value)
     unknown = [r for r in roles if r not in ROLES]
@@ -122,7 +129,8 @@ def _choice(*choices: str) -> Callable[[str, Any], str]:
     return check
 
 
-# (section, key) -> (default, validator). etc/eformws.toml documents each of these.
+# (section, key) -> (default, validator). etc/eformws.toml documents each of these (those whose
+# default is None, "left out", as a commented line).
 SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[str, Any], Any]]] = {
     ("server", "host"): ("0.0.0.0", _string),
     ("server", "port"): (3000, _integer(0, 65535)),
@@ -153,6 +161,7 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[str, Any], Any]]] = {
     ("wamp", "rate_limit_close_after"): (2000, _integer(1, 1_000_000)),
     ("wamp", "max_uri_length"): (512, _integer(64, 65_536)),
     ("wamp", "permissions"): (DEFAULT_PERMISSIONS, _permissions),
+    ("wamp", "rawsocket_port"): (None, _optional_port),
     ("auth", "cookie_names"): (["sessionId", "session"], _strings),
     ("auth", "api_tokens"): ([], _tokens),
     ("auth", "broadcast_roles"): (["admin"], _roles),
@@ -274,6 +283,9 @@ def _resolve_backends(values: dict) -> None:
         raise ConfigError("server.tls_certificate: TLS needs both server.tls_certificate and server.tls_private_key")
     if values[("server", "workers")] > 1 and not redis:
         raise ConfigError("server.workers: more than 1 worker needs redis.url (workers deliver to each other through Redis)")
+    if values[("server", "workers")] > 1 and values[("wamp", "rawsocket_port")] is not None:
+        raise ConfigError("wamp.rawsocket_port: the RawSocket port is served by one process; leave it out with "
+                          "server.workers above 1")
 
 
 def _outside_sections(key: str) -> str:

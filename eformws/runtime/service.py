@@ -6,7 +6,7 @@ from __future__ import annotations
 import txaio
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
-from twisted.internet.defer import DeferredList, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import DeferredList, gatherResults, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -57,10 +57,11 @@ LISTEN_WAIT = 5.0  # seconds the start waits for the event log's position before
 class EformService(MultiService):
     log = Logger()
 
-    def __init__(self, config, reactor=None, inherited_fd: int | None = None):
+    def __init__(self, config, reactor=None, inherited_fd: int | None = None, rawsocket_fd: int | None = None):
         super().__init__()
         self.config = config
         self.inherited_fd = inherited_fd
+        self.rawsocket_fd = rawsocket_fd  # the RawSocket port, bound by `twistd eformws` (else bound when listening)
         # Autobahn logs handshakes (with query strings) at debug level: never below info.
         txaio.set_global_log_level("info" if config.get("log", "level") == "debug" else config.get("log", "level"))
         self.reactor = reactor or _default_reactor()
@@ -113,6 +114,7 @@ class EformService(MultiService):
             reactor=self.reactor,
         )
         self.listener = None  # a ListeningService once the event log's position is known
+        self.rawsocket_listener = None  # likewise, for `wamp.rawsocket_port` when it is set
         certificate = config.get("server", "tls_certificate")
         self.tls = tls_options(certificate, config.get("server", "tls_private_key")) if certificate else None
 
@@ -226,6 +228,11 @@ class EformService(MultiService):
         """The port actually listened on (useful with port 0)."""
         return self.listener.port.getHost().port
 
+    @property
+    def rawsocket_port(self) -> int | None:
+        """The RawSocket port actually listened on; None without `wamp.rawsocket_port`."""
+        return None if self.rawsocket_listener is None else self.rawsocket_listener.port.getHost().port
+
     def startService(self):
         """Start the parts, follow the event log, and listen once its position is known and
         the retained events of earlier processes are read (at most `LISTEN_WAIT` seconds
@@ -245,15 +252,27 @@ class EformService(MultiService):
         self.ready = following.addCallback(lambda _: self._listen() if self.running else None)
 
     def _listen(self):
-        """Listen, as a child service, on the endpoint the configuration names."""
-        factory = self.site if self.tls is None else TLSMemoryBIOFactory(self.tls, False, self.site)
-        endpoint = server_endpoint(self.reactor, self.config.get("server", "host"), self.config.get("server", "port"),
-                                   self.config.get("server", "backlog"), self.inherited_fd)
-        self.listener = ListeningService(endpoint, factory)
-        self.listener.setServiceParent(self)
-        return self.listener.listening.addCallback(self._listening)
+        """Listen, as child services, on the endpoints the configuration names: the port, and
+        the RawSocket port when `wamp.rawsocket_port` is set (TLS on both when configured)."""
+        self.listener = self._listener(self.site, self.config.get("server", "port"), self.inherited_fd)
+        listening = [self.listener.listening]
+        rawsocket_port = self.config.get("wamp", "rawsocket_port")
+        if rawsocket_port is not None:
+            factory = self.wamp.rawsocket_factory(self.reactor)
+            self.rawsocket_listener = self._listener(factory, rawsocket_port, self.rawsocket_fd)
+            listening.append(self.rawsocket_listener.listening)
+        return gatherResults(listening, consumeErrors=True).addCallback(self._listening)
 
-    def _listening(self, port):
+    def _listener(self, factory, port: int, inherited_fd: int | None) -> ListeningService:
+        if self.tls is not None:
+            factory = TLSMemoryBIOFactory(self.tls, False, factory)
+        endpoint = server_endpoint(self.reactor, self.config.get("server", "host"), port,
+                                   self.config.get("server", "backlog"), inherited_fd)
+        listener = ListeningService(endpoint, factory)
+        listener.setServiceParent(self)
+        return listener
+
+    def _listening(self, ports):
         self.log.info(
             "eformws listening on {host}:{port}{tls} (namespaces: {namespaces})",
             host=self.config.get("server", "host"),
@@ -261,13 +280,18 @@ class EformService(MultiService):
             port=self.port,
             namespaces=", ".join(self.hub.namespaces),
         )
+        if self.rawsocket_listener is not None:
+            self.log.info("eformws serving WAMP over RawSocket on {host}:{rawsocket_port}{tls}",
+                          host=self.config.get("server", "host"), rawsocket_port=self.rawsocket_port,
+                          tls=" with TLS" if self.tls is not None else "")
         return self
 
     @inlineCallbacks
     def stopService(self):
         """Stop accepting, close every client with 1001, wait (bounded), then stop parts."""
-        if self.listener is not None:  # stop accepting first; the other parts after the clients
-            yield self.listener.stopService()
+        for listener in (self.listener, self.rawsocket_listener):  # stop accepting first; the other parts after the clients
+            if listener is not None:
+                yield listener.stopService()
         yield self.close_clients(CLOSE_GOING_AWAY, "Server shutdown")
         self.bus.stop()
         emitter.install(None)

@@ -1,5 +1,5 @@
 """What every WebSocket connection of the gateway shares, legacy namespaces and WAMP alike:
-admission against `server.max_connections`, Autobahn's options, and `GatewayProtocol`."""
+admission against `server.max_connections`, Autobahn's options, `GatewayProtocol`, `closed`."""
 
 from __future__ import annotations
 
@@ -53,7 +53,34 @@ def protocol_options(config) -> dict:
 
 
 
-class GatewayProtocol(WebSocketServerProtocol):
+class ClosedSignal:
+    """`closed` of a hub connection, whatever carries it (WebSocket, RawSocket): a Deferred
+    for each waiter, fired by `_gone_for_good` once the connection is gone."""
+
+    _closed_waiters: list[Deferred] | None = None  # made on first use
+    _is_gone = False
+
+    @property
+    def closed(self):
+        """A new Deferred that fires once the connection is gone and out of the hub.
+        (Autobahn's `is_closed` fires before `onClose`, while the hub still has it.)"""
+        if self._is_gone:
+            return succeed(self)
+        d = Deferred()
+        if self._closed_waiters is None:
+            self._closed_waiters = []
+        self._closed_waiters.append(d)
+        return d
+
+    def _gone_for_good(self) -> None:
+        """Fire `closed`: call last in connectionLost, once out of every registry."""
+        self._is_gone = True
+        waiters, self._closed_waiters = self._closed_waiters or [], None
+        for d in waiters:
+            d.callback(self)
+
+
+class GatewayProtocol(ClosedSignal, WebSocketServerProtocol):
     """What every WebSocket connection of the gateway shares (legacy namespaces and WAMP):
     handshake refusals without the query string, closing with any code, `closed`, and the
     budgets: every byte written to the peer counts against the slow-consumer bound, every
@@ -63,7 +90,6 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def __init__(self):
         super().__init__()
-        self._closed_waiters: list[Deferred] | None = []  # None once the connection is gone
         self.guard: SlowConsumerGuard | None = None  # set when the connection opens
         self.bucket: TokenBucket | None = None  # set when the connection opens
         self._closing_slow = False
@@ -155,19 +181,3 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def abort(self) -> None:
         self.dropConnection(abort=True)
-
-    @property
-    def closed(self):
-        """A new Deferred that fires once the connection is gone and out of the hub.
-        (Autobahn's `is_closed` fires before `onClose`, while the hub still has it.)"""
-        if self._closed_waiters is None:
-            return succeed(self)
-        d = Deferred()
-        self._closed_waiters.append(d)
-        return d
-
-    def _gone_for_good(self) -> None:
-        """Fire `closed`: call last in connectionLost, once out of every registry."""
-        waiters, self._closed_waiters = self._closed_waiters or [], None
-        for d in waiters:
-            d.callback(self)

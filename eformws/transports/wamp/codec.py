@@ -64,6 +64,7 @@ class Codec:
 
     subprotocol: str
     binary: bool
+    rawsocket_id: int  # its serializer's number in a RawSocket handshake
 
     def __init__(self, serializer, objects, max_uri_length: int = MAX_URI_LENGTH):
         self._serializer = serializer
@@ -119,6 +120,7 @@ class Codec:
 class JsonCodec(Codec):
     subprotocol = "wamp.2.json"
     binary = False
+    rawsocket_id = JsonSerializer.RAWSOCKET_SERIALIZER_ID
 
     def __init__(self, max_uri_length: int = MAX_URI_LENGTH):
         super().__init__(JsonSerializer(), JsonObjectSerializer(), max_uri_length)
@@ -153,6 +155,7 @@ class BinaryCodec(Codec):
 
 class MsgpackCodec(BinaryCodec):
     subprotocol = "wamp.2.msgpack"
+    rawsocket_id = MsgPackSerializer.RAWSOCKET_SERIALIZER_ID
     _ARRAY_5 = b"\x95"  # fixarray of 5 elements
     _ARRAY_1 = b"\x91"
 
@@ -166,6 +169,7 @@ class MsgpackCodec(BinaryCodec):
 
 class CborCodec(BinaryCodec):
     subprotocol = "wamp.2.cbor"
+    rawsocket_id = CBORSerializer.RAWSOCKET_SERIALIZER_ID
     _ARRAY_5 = b"\x85"  # array of 5 elements (major type 4)
     _ARRAY_1 = b"\x81"
 

@@ -1,13 +1,14 @@
 """How the hub's one-frame-per-message reaches WAMP sessions: per serialization, the
-envelope is encoded once and each matched subscription's EVENT framed once for all its sessions."""
+envelope is encoded once and each matched subscription's EVENT once, framed once per transport kind."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from autobahn.wamp.message import Event
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from eformws.core.compat import Frame
 from eformws.delivery.hub import IFraming
 
 log = Logger(namespace="eformws.wamp")
@@ -29,23 +30,27 @@ class EventFrame:
     """One message, as one audience sees it (`message`: the original or its redacted copy),
     for the sessions of one serialization. `events_for(connection)` are the prepared EVENTs
     that connection gets, one per subscription of its that matched; the EVENT of a
-    (subscription, topic) is built on first use and shared by every subscriber."""
+    (subscription, topic) is encoded on first use, framed on first use by each kind of
+    transport (`prepare_event` of the connection's class: a WebSocket frame, a RawSocket
+    frame), and shared by every subscriber."""
 
-    __slots__ = ("_codec", "_delivery", "_message", "_envelope", "_events")
+    __slots__ = ("_codec", "_delivery", "_message", "_envelope", "_payloads", "_events")
 
     def __init__(self, codec, delivery, message):
         self._codec = codec
         self._delivery = delivery
         self._message = message
         self._envelope: bytes | None = None
-        self._events: dict[tuple[int, str], Frame] = {}
+        self._payloads: dict[tuple[int, str], bytes | None] = {}
+        self._events: dict[tuple[Any, int, str], Any] = {}
 
-    def events_for(self, connection) -> list[Frame]:
+    def events_for(self, connection) -> list:
         matched = self._delivery.matches.get(connection)
         if not matched:
             return []
+        prepare = type(connection).prepare_event
         if self._delivery.application:
-            frames = [self._event(subscription, topic, self._application_event) for subscription, topic in matched]
+            frames = [self._event(prepare, subscription, topic, self._application_event) for subscription, topic in matched]
             return [frame for frame in frames if frame is not None]
         if self._envelope is None:
             try:
@@ -61,15 +66,18 @@ class EventFrame:
                 self._envelope = b""
         if not self._envelope:
             return []
-        return [self._event(subscription, topic, self._envelope_event) for subscription, topic in matched]
+        return [self._event(prepare, subscription, topic, self._envelope_event) for subscription, topic in matched]
 
-    def _event(self, subscription, topic, encode) -> Frame | None:
-        """The EVENT of (subscription, topic), built on first use, then shared; None when
-        this serialization cannot carry it."""
-        key = (subscription.id, topic.uri)
+    def _event(self, prepare, subscription, topic, encode):
+        """The EVENT of (subscription, topic) framed by `prepare`, built on first use, then
+        shared; None when this serialization cannot carry it."""
+        key = (prepare, subscription.id, topic.uri)
         if key not in self._events:
-            payload = encode(subscription.id, self._delivery.details(subscription, topic))
-            self._events[key] = Frame(payload, self._codec.binary) if payload is not None else None
+            payload_key = key[1:]
+            if payload_key not in self._payloads:
+                self._payloads[payload_key] = encode(subscription.id, self._delivery.details(subscription, topic))
+            payload = self._payloads[payload_key]
+            self._events[key] = prepare(payload, self._codec.binary) if payload is not None else None
         return self._events[key]
 
     def _envelope_event(self, subscription_id: int, details: dict) -> bytes:

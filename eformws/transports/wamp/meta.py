@@ -32,7 +32,7 @@ def session_details(connection) -> dict:
         "authrole": session.role,
         "authmethod": wamp.authmethod,
         "authprovider": "eformws",
-        "transport": {"type": "websocket"},
+        "transport": {"type": connection.transport_type},
     }
 
 

@@ -1,5 +1,6 @@
 """`WampRouter`, the hub endpoint `/wamp`: its joined sessions (counted and closed like any
-connection), the broker that tells the hub who gets each message, the dealer, the resource."""
+connection), the broker that tells the hub who gets each message, the dealer, its transports'
+entry points (the `/wamp` resource, the RawSocket port's factory)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from eformws.transports.wamp.dealer import Dealer
 from eformws.transports.wamp.framing import EventFraming
 from eformws.transports.wamp.meta import Meta
 from eformws.transports.wamp.permissions import DEFAULT_PERMISSIONS, Permissions
+from eformws.transports.wamp.rawsocket import RawSocketFactory
 from eformws.transports.wamp.registrations import Registrations
 from eformws.transports.wamp.transport import WampFactory
 
@@ -162,3 +164,8 @@ class WampRouter:
         if self._resource is None:
             self._resource = WebSocketResource(WampFactory(self, self._options))
         return self._resource
+
+    def rawsocket_factory(self, reactor=None) -> RawSocketFactory:
+        """The protocol factory of the RawSocket port (`wamp.rawsocket_port`): the same
+        sessions, auth and limits as `/wamp`."""
+        return RawSocketFactory(self, reactor)
