@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from eformws.backends.sqlite import connect
 from eformws.core.policy import ROLES
 from eformws.runtime.config import ConfigError, load_config, unknown_environment
-from eformws.sessions import SessionError, check_session_request
+from eformws.sessions import SessionError, check_session_request, issued
 from eformws.sessions import sqlite as session_sql
 
 
@@ -136,7 +136,10 @@ def sessions_create(args) -> int:
         lambda store: store.create(args.user, args.role, args.kiosk, ttl),
         creating=True,
     )
-    sys.stdout.write(session.id + "\n")
+    if args.json:
+        sys.stdout.write(json.dumps(issued(session, config.get("wamp", "cra_key"))) + "\n")
+    else:
+        sys.stdout.write(session.id + "\n")
     return 0
 
 
@@ -614,6 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--role", required=True, choices=ROLES, help="role of the session")
     create.add_argument("--kiosk", help="kiosk id (for kiosk sessions)")
     create.add_argument("--ttl", type=float, help="lifetime in seconds (default: sessions.default_ttl)")
+    create.add_argument("--json", action="store_true",
+                        help="print the session as POST /api/websocket/sessions answers it (id, ref, ... and, when "
+                             "wamp.cra_key is set, its WAMP-CRA authid and secret) instead of the id alone")
     create.set_defaults(run=sessions_create)
 
     listing = with_store(actions.add_parser("list", help="list sessions (by reference, never by id)"))

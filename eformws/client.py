@@ -19,11 +19,12 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, suc
 from twisted.logger import Logger
 
 from eformws.core.backoff import FACTOR, INITIAL_DELAY, MAX_DELAY, backoff_delay
+from eformws.core.wampcra import id_hash
 from eformws.core.wire import CLOSE_POLICY
 
 __all__ = [
     "ClientError", "Disconnect", "EformClient", "GaveUp", "Refused", "Resumed", "ServerError",
-    "backoff_delay", "seq_order", "websocket_url",
+    "backoff_delay", "seq_order", "wampcra_authid", "websocket_url",
 ]
 
 log = Logger(namespace="eformws.client")
@@ -38,6 +39,12 @@ FINAL_CLOSE_REASONS = frozenset(
 )
 FINAL_HTTP_STATUSES = frozenset({400, 401, 403, 404})
 RATE_LIMITED_RETRY = 0.25  # seconds before a request refused `rate_limited` is sent again
+
+
+def wampcra_authid(session_id: str) -> str:
+    """The WAMP-CRA authid of a session (docs/wamp.md, "Authentication"): the hex SHA-256 of
+    its id. Its secret is issued with the id (`wampcra` in the answer that created it)."""
+    return id_hash(session_id)
 
 
 def seq_order(seq) -> tuple:

@@ -97,3 +97,14 @@ def test_a_rawsocket_port_with_several_workers_is_refused_naming_the_key():
     with pytest.raises(ConfigError, match=r"^wamp\.rawsocket_port: the RawSocket port is served by one process"):
         load_config(overrides={("wamp", "rawsocket_port"): 8081, ("server", "workers"): 2,
                                ("redis", "url"): "redis://127.0.0.1:6379/0"}, environ={})
+
+
+@pytest.mark.parametrize("value", ["short-secret", 12345, "x" * 31, "tab\t" * 10])
+def test_a_bad_cra_key_is_refused_without_showing_it(value):
+    with pytest.raises(ConfigError, match=r"^wamp\.cra_key: must be .*\(value not shown\)$") as refused:
+        load_config(overrides={("wamp", "cra_key"): value}, environ={})
+    assert str(value) not in str(refused.value)
+
+
+def test_a_cra_key_of_32_characters_or_more_is_taken():
+    assert load_config(overrides={("wamp", "cra_key"): "k" * 32}, environ={}).get("wamp", "cra_key") == "k" * 32

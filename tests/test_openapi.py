@@ -454,3 +454,12 @@ async def test_an_admins_create_and_revoke_are_answered_as_documented(tokened, d
     code, headers, raw = await request(tokened, "GET", "/api/websocket/sessions", headers=admin)
     assert_documented(document, "/api/websocket/sessions", "get", code, headers, raw)
     assert [s["state"] for s in json.loads(raw)["sessions"]] == ["live", "revoked"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_create_with_wamp_cra_enabled_is_answered_as_documented(start_server, document):
+    server = await start_server({"auth.api_tokens": [TOKEN], "wamp.cra_key": "k" * 32})
+    code, headers, raw = await request(server, "POST", "/api/websocket/sessions", {"user_id": "bob", "role": "staff"},
+                                       headers=AUTH)
+    assert code == 201 and "wampcra" in json.loads(raw), raw
+    assert_documented(document, "/api/websocket/sessions", "post", code, headers, raw)

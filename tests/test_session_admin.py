@@ -14,7 +14,7 @@ import time
 import pytest
 import pytest_twisted
 import treq
-from conftest import TS, aio, bearer, refused, session_cookie
+from conftest import TS, aio, bearer, refused, session_cookie, within
 from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 
@@ -552,3 +552,24 @@ async def test_redis_store_revoke_of_a_reference_two_live_sessions_share_is_404_
     assert (await revoke(server, admin, "abcdef01")).code == 404
     states = [s["state"] for s in (await listed(server, admin)).json["sessions"] if s["user_id"] == "twin"]
     assert states == ["live", "live"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_a_redis_store_a_session_joins_wamp_by_wampcra_until_it_is_revoked(start_server, redis_url,
+                                                                                  redis_prefix):
+    from wamp_peer import open_peer
+
+    server = await start_server({"redis.url": redis_url, "redis.prefix": redis_prefix, "wamp.cra_key": "k" * 32,
+                                 **SLOW_RECHECK})
+    await server.service.sessions.connection.when_connected()
+    created = (await create(server, await server.session(), {"user_id": "bob", "role": "staff"})).json
+    store = server.service.sessions
+    found = await store.lookup_hash(created["wampcra"]["authid"])
+    assert (found.id, found.user_id) == (None, "bob")
+    assert await store.lookup_hash(created["id"]) is None  # an id is no hash
+    peer = open_peer(server, **created["wampcra"])
+    assert (await within(peer.joined)).authmethod == "wampcra"
+    assert (await revoke(server, await server.session(), created["ref"])).code == 200
+    assert (await within(peer.left)).message == "Session revoked"
+    again = open_peer(server, **created["wampcra"])
+    assert (await within(again.left)).reason == "wamp.error.not_authorized"

@@ -1,10 +1,11 @@
-"""Stock Autobahn|Python WAMP sessions on a test server's /wamp (ticket or cookie
+"""Stock Autobahn|Python WAMP sessions on a test server's /wamp (ticket, WAMP-CRA or cookie
 auth, JSON, MessagePack or CBOR): for every test module that talks WAMP as a real client would
 (over RawSocket: rawsocket_peer.py)."""
 
 from __future__ import annotations
 
 from autobahn.twisted.wamp import ApplicationSession
+from autobahn.wamp import auth
 from autobahn.twisted.websocket import WampWebSocketClientFactory, connectWS
 from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.serializer import CBORSerializer, JsonSerializer, MsgPackSerializer
@@ -18,23 +19,29 @@ SERIALIZERS = {"json": JsonSerializer, "msgpack": MsgPackSerializer, "cbor": CBO
 
 
 class Peer(ApplicationSession):
-    """A stock Autobahn session: joins with the given methods, answers a ticket challenge,
-    and reports join, leave and disconnect as Deferreds."""
+    """A stock Autobahn session: joins with the given methods (and `authid`), answers a
+    ticket challenge with `ticket` and a WAMP-CRA one with `compute_wcs` of `secret`, and
+    reports join, leave and disconnect as Deferreds."""
 
-    def __init__(self, realm=REALM, authmethods=None, ticket=None):
+    def __init__(self, realm=REALM, authmethods=None, ticket=None, authid=None, secret=None):
         super().__init__(ComponentConfig(realm))
         self.authmethods = authmethods
         self.ticket = ticket
+        self.hello_authid = authid
+        self.secret = secret
         self.joined = Deferred()
         self.left = Deferred()
         self.gone = Deferred()
         self.challenges = []
 
     def onConnect(self):
-        self.join(self.config.realm, authmethods=self.authmethods)
+        self.join(self.config.realm, authmethods=self.authmethods, authid=self.hello_authid)
 
     def onChallenge(self, challenge):
         self.challenges.append(challenge.method)
+        if challenge.method == "wampcra":
+            self.cra_challenge = challenge.extra["challenge"]
+            return auth.compute_wcs(self.secret, challenge.extra["challenge"]).decode("ascii")
         return self.ticket
 
     def onJoin(self, details):
@@ -74,17 +81,18 @@ class Inbox:
         return not self._queue.pending
 
 
-def new_peer(*, ticket=None, realm=REALM, authmethods=None) -> Peer:
-    """A Peer: ticket auth when `ticket` is given."""
+def new_peer(*, ticket=None, realm=REALM, authmethods=None, authid=None, secret=None) -> Peer:
+    """A Peer: ticket auth when `ticket` is given, WAMP-CRA when `secret` is (with `authid`)."""
     if authmethods is None:
-        authmethods = ["ticket"] if ticket is not None else None
-    return Peer(realm, authmethods, ticket)
+        authmethods = ["ticket"] if ticket is not None else ["wampcra"] if secret is not None else None
+    return Peer(realm, authmethods, ticket, authid, secret)
 
 
-def open_peer(server, serializer="json", *, ticket=None, cookie=None, realm=REALM, authmethods=None) -> Peer:
+def open_peer(server, serializer="json", *, ticket=None, cookie=None, realm=REALM, authmethods=None, authid=None,
+              secret=None) -> Peer:
     """Connect a Peer (`new_peer`) over `serializer`; a session cookie on the upgrade when
     `cookie` is given."""
-    peer = new_peer(ticket=ticket, realm=realm, authmethods=authmethods)
+    peer = new_peer(ticket=ticket, realm=realm, authmethods=authmethods, authid=authid, secret=secret)
     headers = {"Cookie": f"sessionId={cookie}"} if cookie is not None else None
     factory = WampWebSocketClientFactory(
         lambda: peer, url=server.url("/wamp"), serializers=[SERIALIZERS[serializer]()], headers=headers

@@ -32,9 +32,9 @@ from eformws.events import ValidationError
 from eformws.events.store import IdempotencyConflict
 from eformws.events.store.redis import EmitTimeout, EmitUnconfirmed
 from eformws.http.site import logged_path
-from eformws.sessions import SessionError, check_session_request, first_valid_session
+from eformws.sessions import SessionError, check_session_request, first_valid_session, issued
 from eformws.sessions.credentials import bearer_token, candidates, cookie_values
-from eformws.sessions.sqlite import as_reference, reference
+from eformws.sessions.sqlite import as_reference
 from eformws.transports.origins import origin_allowed
 
 REASONS = {
@@ -220,6 +220,7 @@ class Api:
         self.event_store = event_store
         self.api_tokens = [t.encode("utf-8") for t in config.get("auth", "api_tokens")]
         self.default_ttl = config.get("sessions", "default_ttl")
+        self.cra_key = config.get("wamp", "cra_key")  # a new session's WAMP-CRA secret is issued with its id
         self.cookie_names = tuple(config.get("auth", "cookie_names"))
         self.allowed_origins = frozenset(config.get("server", "allowed_origins"))
         self.max_body_bytes = config.get("server", "max_body_bytes")
@@ -522,21 +523,10 @@ class Api:
         except SessionError as e:
             raise HTTPError(400, str(e), field=SESSION_FIELDS[e.field]) from None
         session = yield self.sessions.create(user_id, role, kiosk_id, float(ttl))
-        ref = reference(session.id)
-        self.log.info("session {ref} created for {user_id} ({role}) by {by}", ref=ref, user_id=user_id, role=role,
-                      by=_who(admin))
-        return _json(
-            request,
-            201,
-            {
-                "id": session.id,
-                "ref": ref,
-                "user_id": session.user_id,
-                "role": session.role,
-                "kiosk_id": session.kiosk_id,
-                "expires_at": _timestamp(session.expires_at),
-            },
-        )
+        answer = issued(session, self.cra_key)
+        self.log.info("session {ref} created for {user_id} ({role}) by {by}", ref=answer["ref"], user_id=user_id,
+                      role=role, by=_who(admin))
+        return _json(request, 201, answer)
 
     @app.route("/api/websocket/sessions/<ref>", methods=["DELETE"])
     @inlineCallbacks

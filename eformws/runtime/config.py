@@ -82,6 +82,20 @@ def _optional_port(key: str, value: Any) -> int | None:
     return _integer(0, 65535)(key, value)
 
 
+MIN_SECRET_LENGTH = 32
+
+
+def _secret(key: str, value: Any) -> str:
+    """Empty (unset), or a string of at least MIN_SECRET_LENGTH characters; the message
+    never shows the value (a deployment secret)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: must be a string (value not shown)")
+    if value and (len(value) < MIN_SECRET_LENGTH or not value.isprintable()):
+        raise ConfigError(f"{key}: must be empty (off) or at least {MIN_SECRET_LENGTH} printable characters, "
+                          "e.g. the output of `openssl rand -base64 33` (value not shown)")
+    return value
+
+
 def _roles(key: str, value: Any) -> list[str]:
     roles = _strings(key, value)
     unknown = [r for r in roles if r not in ROLES]
@@ -162,6 +176,7 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[str, Any], Any]]] = {
     ("wamp", "max_uri_length"): (512, _integer(64, 65_536)),
     ("wamp", "permissions"): (DEFAULT_PERMISSIONS, _permissions),
     ("wamp", "rawsocket_port"): (None, _optional_port),
+    ("wamp", "cra_key"): ("", _secret),
     ("auth", "cookie_names"): (["sessionId", "session"], _strings),
     ("auth", "api_tokens"): ([], _tokens),
     ("auth", "broadcast_roles"): (["admin"], _roles),

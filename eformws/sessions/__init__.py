@@ -14,17 +14,28 @@ from zope.interface import Interface
 
 from eformws.core import wire
 from eformws.core.policy import ROLES
+from eformws.core import wampcra
+from eformws.core.wampcra import id_hash
+
+ID_HASH_LENGTH = 64  # hex digits of a SHA-256
+REF_LENGTH = 12  # hex digits of the hash that `sessions list` shows as a session's reference
 
 
 @dataclass(frozen=True)
 class Session:
-    """A live session. The id is kept for lookups only and never shown by repr."""
+    """A live session. The id is kept for lookups only and never shown by repr; it is None
+    for a session found by the hash of its id (WAMP-CRA), which `id_hash` always has."""
 
-    id: str = field(repr=False)
+    id: str | None = field(repr=False)
     user_id: str
     role: str
     kiosk_id: str | None
     expires_at: float
+    id_hash: str = field(default="", repr=False, compare=False)
+
+    def __post_init__(self):
+        if not self.id_hash and self.id is not None:
+            object.__setattr__(self, "id_hash", id_hash(self.id))
 
 
 class ISessionStore(Interface):
@@ -34,6 +45,10 @@ class ISessionStore(Interface):
     def lookup(session_id):
         """Deferred firing with the `Session` when `session_id` is known, live and not
         revoked, else None."""
+
+    def lookup_hash(hashed):
+        """As `lookup`, by the hex SHA-256 of the id (`id_hash`, a WAMP-CRA authid); the
+        Session's `id` is None (the store never had it)."""
 
     def ping():
         """Deferred that fires when the store answers (for /healthz)."""
@@ -131,6 +146,37 @@ def check_session_request(user_id: str, role: str, kiosk_id: str | None, ttl: fl
         problem = wire.name_problem(value, wire.MAX_ROOM_LENGTH) or (None if value.strip() else "must not be blank")
         if problem:
             raise SessionError(key, f"{name[key]} {problem}")
+
+
+def issued(session: Session, cra_key: str = "") -> dict:
+    """What creating a session answers (POST /api/websocket/sessions, `eformws sessions
+    create --json`), the one place its id is ever shown; with `wampcra` ({authid, secret},
+    docs/wamp.md) when WAMP-CRA is enabled (`wamp.cra_key`)."""
+    answer = {
+        "id": session.id,
+        "ref": session.id_hash[:REF_LENGTH],
+        "user_id": session.user_id,
+        "role": session.role,
+        "kiosk_id": session.kiosk_id,
+        "expires_at": wire.js_timestamp(session.expires_at),
+    }
+    cra = wampcra.credentials(cra_key, session.id)  # (not `credentials`: a module of this package has the name)
+    if cra is not None:
+        answer["wampcra"] = cra
+    return answer
+
+
+def is_id_hash(text) -> bool:
+    """Whether `text` can be an `id_hash` (64 lowercase hex digits): anything else is no
+    session's, and is not looked up."""
+    return (type(text) is str and len(text) == ID_HASH_LENGTH and text.isascii()
+            and not text.strip("0123456789abcdef"))
+
+
+def lookup_again(store, session: Session):
+    """Deferred firing with `session` as the store has it now (None when gone, expired or
+    revoked): by its id, or by its id's hash when it was found so."""
+    return store.lookup(session.id) if session.id is not None else store.lookup_hash(session.id_hash)
 
 
 @inlineCallbacks

@@ -12,7 +12,7 @@ from zope.interface import implementer
 
 from eformws.backends.redis import command_connection
 from eformws.core.policy import ROLES
-from eformws.sessions import ISessionAdmin, ISessionStore, Session, check_new_session, new_session_id
+from eformws.sessions import ISessionAdmin, ISessionStore, Session, check_new_session, is_id_hash, new_session_id
 from eformws.sessions.sqlite import (
     MAX_SESSION_ID_LENGTH,
     REF_LENGTH,
@@ -68,12 +68,12 @@ def _row(hashed: str, record: dict) -> SessionRow:
                       created_at, record["expires_at"], bool(record.get("revoked")))
 
 
-def parse_record(session_id: str, text, now: float) -> Session | None:
+def parse_record(session_id: str | None, text, now: float, hashed: str = "") -> Session | None:
     """A live Session from a stored record; None for anything missing, malformed or over."""
     record = _record(text)
     if record is None or record.get("revoked") or record["expires_at"] <= now:
         return None
-    return Session(session_id, record["user_id"], record["role"], record.get("kiosk_id"), record["expires_at"])
+    return Session(session_id, record["user_id"], record["role"], record.get("kiosk_id"), record["expires_at"], hashed)
 
 
 @implementer(ISessionStore, ISessionAdmin)
@@ -93,6 +93,13 @@ class RedisSessionStore(MultiService):
             return None
         text = yield self.connection.command("GET", self._key(id_hash(session_id)))
         return parse_record(session_id, text, self._clock())
+
+    @inlineCallbacks
+    def lookup_hash(self, hashed):
+        if not is_id_hash(hashed):
+            return None
+        text = yield self.connection.command("GET", self._key(hashed))
+        return parse_record(None, text, self._clock(), hashed)
 
     @inlineCallbacks
     def create(self, user_id, role, kiosk_id=None, ttl=86400.0):

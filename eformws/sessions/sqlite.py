@@ -3,17 +3,24 @@ shared by the server (lookups off the reactor) and the `eformws sessions` comman
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import time
 from dataclasses import dataclass
 
 from zope.interface import implementer
 
-from eformws.sessions import ISessionAdmin, ISessionStore, Session, check_new_session, new_session_id
+from eformws.core.wampcra import id_hash
+from eformws.sessions import (
+    REF_LENGTH,
+    ISessionAdmin,
+    ISessionStore,
+    Session,
+    check_new_session,
+    is_id_hash,
+    new_session_id,
+)
 
 MAX_SESSION_ID_LENGTH = 512
-REF_LENGTH = 12
 
 
 def create_schema(connection: sqlite3.Connection) -> None:
@@ -27,10 +34,6 @@ def create_schema(connection: sqlite3.Connection) -> None:
         " expires_at REAL NOT NULL,"
         " revoked INTEGER NOT NULL DEFAULT 0)"
     )
-
-
-def id_hash(session_id: str) -> str:
-    return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
 
 
 def reference(session_id: str) -> str:
@@ -86,15 +89,24 @@ def create_session(
 def lookup_session(connection: sqlite3.Connection, session_id: str, now: float | None = None):
     if not session_id or len(session_id) > MAX_SESSION_ID_LENGTH:
         return None
+    return _live(connection, id_hash(session_id), session_id, now)
+
+
+def lookup_session_hash(connection: sqlite3.Connection, hashed: str, now: float | None = None):
+    """The live session whose id has this hash (its `id` None), else None."""
+    return _live(connection, hashed, None, now) if is_id_hash(hashed) else None
+
+
+def _live(connection: sqlite3.Connection, hashed: str, session_id: str | None, now: float | None):
     row = connection.execute(
         "SELECT user_id, role, kiosk_id, expires_at FROM sessions"
         " WHERE id_hash = ? AND revoked = 0",
-        (id_hash(session_id),),
+        (hashed,),
     ).fetchone()
     now = time.time() if now is None else now
     if row is None or row[3] <= now:
         return None
-    return Session(session_id, row[0], row[1], row[2], row[3])
+    return Session(session_id, row[0], row[1], row[2], row[3], hashed)
 
 
 def list_sessions(connection: sqlite3.Connection) -> list[SessionRow]:
@@ -142,6 +154,9 @@ class SQLiteSessionStore:
 
     def lookup(self, session_id):
         return self._db.run(lookup_session, session_id)
+
+    def lookup_hash(self, hashed):
+        return self._db.run(lookup_session_hash, hashed)
 
     def create(self, user_id, role, kiosk_id=None, ttl=86400.0):
         return self._db.run(create_session, user_id, role, kiosk_id, ttl)

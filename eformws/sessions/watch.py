@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 
 from eformws.core import metrics
 from eformws.core.wire import CLOSE_POLICY
+from eformws.sessions import lookup_again
 
 log = Logger(namespace="eformws.expiry")
 
@@ -21,7 +22,8 @@ SESSION_REVOKED = "Session revoked"
 
 
 class SessionWatch(TimerService):
-    """Asks the store once per distinct session id per round (not once per connection).
+    """Asks the store once per distinct session per round (not once per connection), by its
+    id or, for one found by the hash of its id (WAMP-CRA), by that hash.
     When the store cannot answer, only the expiry times known to each connection are
     applied that round: nobody is closed for an outage."""
 
@@ -69,19 +71,20 @@ class SessionWatch(TimerService):
         for connection in self.hub.connections():
             session = getattr(connection, "session", None)
             if session is not None:
-                by_session.setdefault(session.id, []).append(connection)
+                by_session.setdefault(session.id_hash, []).append(connection)
         ids = list(by_session)
         try:
-            found = yield gatherResults([self.sessions.lookup(session_id) for session_id in ids], consumeErrors=True)
+            found = yield gatherResults([lookup_again(self.sessions, connections[0].session)
+                                         for connections in by_session.values()], consumeErrors=True)
         except FirstError as e:
             log.warn("session recheck: the session store did not answer ({error}); expiry only this round",
                      error=type(e.subFailure.value).__name__)
             found = [connections[0].session for connections in by_session.values()]  # expiry still applies
         closed = 0
-        for session_id, live in zip(ids, found):
+        for hashed, live in zip(ids, found):
             if live is not None and live.expires_at > now:
                 continue
-            for connection in by_session[session_id]:
+            for connection in by_session[hashed]:
                 # Gone from the store before its time: revoked (or deleted), not expired.
                 reason = SESSION_REVOKED if live is None and connection.session.expires_at > now else SESSION_EXPIRED
                 connection.close(CLOSE_POLICY, reason)

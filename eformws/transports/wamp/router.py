@@ -50,6 +50,7 @@ class WampRouter:
         allowed_origins=frozenset(),
         policy: Policy = Policy(),
         hello_timeout: float = 10.0,
+        cra_key: str = "",
         goodbye_timeout: float = 5.0,
         max_unsent_bytes: int = 1_048_576,
         admission=None,
@@ -72,6 +73,7 @@ class WampRouter:
         self.cookie_names = tuple(cookie_names)
         self.allowed_origins = frozenset(allowed_origins)
         self.hello_timeout = hello_timeout
+        self.cra_key = cra_key  # WAMP-CRA's key (`wamp.cra_key`); empty: not offered
         self.goodbye_timeout = goodbye_timeout
         self.max_unsent_bytes = max_unsent_bytes
         self.policy = policy
@@ -113,6 +115,7 @@ class WampRouter:
             allowed_origins=config.get("server", "allowed_origins"),
             policy=policy,
             hello_timeout=config.get("websocket", "open_handshake_timeout"),
+            cra_key=config.get("wamp", "cra_key"),
             goodbye_timeout=config.get("websocket", "close_handshake_timeout"),
             max_unsent_bytes=config.get("websocket", "max_unsent_bytes"),
             admission=admission,

@@ -1,5 +1,5 @@
-"""One WAMP session's life on a transport: HELLO and authentication (`ticket`, `cookie`),
-the established session's requests to broker and dealer, GOODBYE both ways, ABORT."""
+"""One WAMP session's life on a transport: HELLO and authentication (`ticket`, `wampcra`,
+`cookie`), the established session's requests to broker and dealer, GOODBYE both ways, ABORT."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from eformws.core import metrics
 from eformws.core.wire import CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR
 from eformws.sessions import first_valid_session
 from eformws.transports.wamp import errors
+from eformws.transports.wamp.cra import WAMPCRA, CraChallenge
 from eformws.transports.wamp.errors import WampError, new_id
 from eformws.transports.wamp.permissions import is_own, is_reserved
 from eformws.transports.wamp.topics import EXACT, REALM, is_uri
@@ -47,6 +48,17 @@ def _name(message) -> str:
     return type(message).__name__.upper()
 
 
+def _unusable(methods: list[str], authid, cra_key: str) -> str:
+    """Why an offered `wampcra` was passed over, for the ABORT (empty when not offered)."""
+    if WAMPCRA not in methods:
+        return ""
+    if not cra_key:
+        return "wampcra is not enabled on this router (no wamp.cra_key); "
+    if not authid:
+        return "wampcra needs an authid (the hex SHA-256 of the session id); "
+    return ""
+
+
 class RouterSession:
     """The router's side of WAMP sessions on one transport (`connection`, which sends and
     closes); after GOODBYE the transport may carry a new session."""
@@ -58,6 +70,7 @@ class RouterSession:
         self.id: int | None = None  # the WAMP session id, while established
         self.peer_roles: dict = {}  # the roles and features the client announced in HELLO
         self.authmethod: str | None = None
+        self._cra: CraChallenge | None = None  # the WAMP-CRA challenge sent, while CHALLENGED
         self._close: tuple[int, str] | None = None  # the close to do once GOODBYE is answered
 
     @property
@@ -85,7 +98,10 @@ class RouterSession:
                 self.violation(f"{_name(message)} before HELLO")
         elif self.state == CHALLENGED:
             if isinstance(message, wamp.Authenticate):
-                self._ticket(message.signature)
+                if self._cra is not None:
+                    self._cra_signed(message.signature)
+                else:
+                    self._ticket(message.signature)
             else:
                 self.violation(f"{_name(message)} instead of AUTHENTICATE")
         elif self.state == ESTABLISHED:
@@ -181,11 +197,11 @@ class RouterSession:
             return
         self.state = AUTHENTICATING
         self.peer_roles = dict(hello.roles or {})
-        d = self._authenticate(list(hello.authmethods or ()))
+        d = self._authenticate(list(hello.authmethods or ()), hello.authid)
         d.addErrback(self._failed, "authentication")
 
     @inlineCallbacks
-    def _authenticate(self, methods: list[str]):
+    def _authenticate(self, methods: list[str], authid: str | None = None):
         """The client's methods in its order; then a valid session cookie on its own (a
         browser sends it with the upgrade whatever the client lists)."""
         tried_cookie = False
@@ -193,6 +209,11 @@ class RouterSession:
             if method == "ticket":
                 self.state = CHALLENGED
                 self._send(wamp.Challenge("ticket", {}))
+                return
+            if method == WAMPCRA and self.router.cra_key and authid:
+                self._cra = CraChallenge(authid, new_id(), AUTH_PROVIDER)
+                self.state = CHALLENGED
+                self._send(wamp.Challenge(WAMPCRA, self._cra.extra()))
                 return
             if method == "cookie" and not tried_cookie:
                 tried_cookie = True
@@ -206,27 +227,43 @@ class RouterSession:
                     self._welcome(found, "cookie")
                     return
         metrics.auth_failures.labels(metrics.WAMP, "missing").inc()
-        self._abort(errors.NOT_AUTHORIZED, "Authentication failed: offer ticket (a session id) or send a session cookie")
+        self._abort(errors.NOT_AUTHORIZED, "Authentication failed: " + _unusable(methods, authid, self.router.cra_key)
+                    + "offer ticket (a session id) or send a session cookie")
 
     def _ticket(self, ticket: str) -> None:
         self.state = AUTHENTICATING
         d = self._lookup([ticket] if ticket else [])
-        d.addCallback(self._ticket_checked)
+        d.addCallback(self._authenticated)
         d.addErrback(self._failed, "authentication")
 
-    def _ticket_checked(self, found) -> None:
+    def _authenticated(self, found, method: str = "ticket", session_id: int | None = None) -> None:
         if self.state != AUTHENTICATING:
             return
         if found is None:
             metrics.auth_failures.labels(metrics.WAMP, "invalid").inc()
             self._abort(errors.NOT_AUTHORIZED, "Authentication failed")
         else:
-            self._welcome(found, "ticket")
+            self._welcome(found, method, session_id)
 
-    def _lookup(self, candidates):
-        """The first valid session among `candidates`; an unavailable store is ABORT
-        `wamp.error.authentication_failed` (and None here)."""
-        d = first_valid_session(self.router.sessions, candidates)
+    def _cra_signed(self, signature) -> None:
+        """AUTHENTICATE to a WAMP-CRA challenge: the signature is checked first, without the
+        store (a wrong one and an authid no session has are the same refusal); then the
+        session its authid names must be live."""
+        challenge, self._cra = self._cra, None
+        self.state = AUTHENTICATING
+        if not challenge.verify(self.router.cra_key, signature):
+            self._authenticated(None)
+            return
+        d = self._lookup(hashed=challenge.authid)
+        d.addCallback(self._authenticated, WAMPCRA, challenge.session)
+        d.addErrback(self._failed, "authentication")
+
+    def _lookup(self, candidates=(), hashed: str | None = None):
+        """The first valid session among `candidates` (or the one whose id has the hash
+        `hashed`); an unavailable store is ABORT `wamp.error.authentication_failed` (and
+        None here)."""
+        sessions = self.router.sessions
+        d = first_valid_session(sessions, candidates) if hashed is None else sessions.lookup_hash(hashed)
 
         def unavailable(failure):
             log.warn("session store unavailable for a wamp session: {error}", error=failure.getErrorMessage())
@@ -238,10 +275,10 @@ class RouterSession:
         d.addErrback(unavailable)
         return d
 
-    def _welcome(self, session, method: str) -> None:
+    def _welcome(self, session, method: str, session_id: int | None = None) -> None:
         self.connection.session = session
         self.connection.sees_sensitive = self.router.policy.sees_sensitive(session)
-        self.id = new_id()
+        self.id = session_id or new_id()  # WAMP-CRA's challenge named it already
         self.authmethod = method
         self.state = ESTABLISHED
         self.connection.stop_timer()
