@@ -9,7 +9,7 @@ import socket
 
 import pytest
 from autobahn.twisted.rawsocket import WampRawSocketClientFactory
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 
 from conftest import aio, within
 from wamp_peer import SERIALIZERS, new_peer
@@ -19,13 +19,17 @@ JSON, MSGPACK, CBOR = 1, 2, 3  # serializer numbers of the handshake
 DATA, PING, PONG = 0, 1, 2
 
 
-def open_rawsocket_peer(server, serializer="json", **auth):
-    """Connect a stock Peer (`wamp_peer.new_peer(**auth)`) to the server's RawSocket port."""
+def open_rawsocket_peer(server, serializer="json", tls=None, **auth):
+    """Connect a stock Peer (`wamp_peer.new_peer(**auth)`) to the server's RawSocket port;
+    over TLS with `tls` (Twisted's client TLS options)."""
     from twisted.internet import reactor
 
     peer = new_peer(**auth)
     factory = WampRawSocketClientFactory(lambda: peer, serializer=SERIALIZERS[serializer]())
-    TCP4ClientEndpoint(reactor, "127.0.0.1", server.service.rawsocket_port).connect(factory)
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", server.service.rawsocket_port)
+    if tls is not None:
+        endpoint = wrapClientTLS(tls, endpoint)
+    endpoint.connect(factory)
     return peer
 
 

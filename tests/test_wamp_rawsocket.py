@@ -148,6 +148,21 @@ async def test_a_call_over_wamp_max_message_bytes_is_answered_payload_size_excee
 
 
 @pytest_twisted.ensureDeferred
+async def test_with_the_servers_tls_the_rawsocket_port_is_served_over_tls(start_server, tmp_path):
+    from certificates import self_signed
+    from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+    cert_path, key_path = self_signed(tmp_path)
+    server = await start_server({**RAWSOCKET, "server.tls_certificate": str(cert_path),
+                                 "server.tls_private_key": str(key_path)})
+    trusted = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(cert_path.read_bytes()))
+    peer = open_rawsocket_peer(server, "cbor", tls=trusted, ticket=await server.session(role="admin"))
+    details = await within(peer.joined)
+    assert (await within(peer.call("wamp.session.get", details.session)))["transport"] == {"type": "rawsocket"}
+    await leave(peer)
+
+
+@pytest_twisted.ensureDeferred
 async def test_shutdown_says_goodbye_to_a_rawsocket_session(start_server):
     server = await start_server(RAWSOCKET)
     peer = await join_rawsocket(server, "json")

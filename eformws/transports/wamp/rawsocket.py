@@ -59,6 +59,7 @@ class RawSocketProtocol(WampConnection, ClosedSignal, Protocol):
         self.guard = None  # set when the handshake is done
         self.bucket = None
         self._buffer = bytearray()
+        self._admitted_now = False  # within server.max_connections (else refused at the handshake)
         self._open = False  # the handshake is done and the transport not closing
         self._ending = False  # closing or closed: nothing more is read or written
         self._drop = None  # the timer that drops a transport whose close does not end
@@ -91,8 +92,8 @@ class RawSocketProtocol(WampConnection, ClosedSignal, Protocol):
             return self._refuse(CONNECTION_LIMIT, "maximum connection count reached (server.max_connections)")
         self.max_send = 2 ** (9 + (second >> 4))
         self.transport.write(bytes((MAGIC, self.factory.exponent << 4 | codec.rawsocket_id, 0, 0)))
-        self._open = True
         self.start_session(codec)
+        self._open = True
         return True
 
     def _refuse(self, code: int | None, reason: str) -> bool:
@@ -129,7 +130,8 @@ class RawSocketProtocol(WampConnection, ClosedSignal, Protocol):
                 return
             if len(buffer) < HEADER + length:
                 return
-            payload = bytes(buffer[HEADER:HEADER + length])
+            with memoryview(buffer) as view:
+                payload = bytes(view[HEADER:HEADER + length])
             del buffer[:HEADER + length]
             if kind == DATA:
                 self.received(payload, self._codec.binary)
