@@ -8,11 +8,11 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
 from autobahn.exception import PayloadExceededError
-from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.types import PublishOptions
 from conftest import within
 from js_peers import Lines
@@ -338,3 +338,37 @@ def deferred_later(seconds: float):
     from twisted.internet.task import deferLater
 
     return deferLater(reactor, seconds, lambda: None)
+
+
+# -- twistd eformws ------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_serves_the_rawsocket_port_it_bound_before_starting(tmp_path, spawn):
+    from processes import create_session, free_port, write_config
+
+    port = free_port()
+    config = write_config(tmp_path, f"[wamp]\nrawsocket_port = {port}\n")
+    gateway = await spawn(["--config", str(config)], tmp_path)
+    await gateway.process.line(rf"serving WAMP over RawSocket on 127\.0\.0\.1:{port}")
+    ticket = await create_session(tmp_path, config, role="staff")
+    server = SimpleNamespace(service=SimpleNamespace(rawsocket_port=port))
+    peer = open_rawsocket_peer(server, "msgpack", ticket=ticket)
+    assert (await within(peer.joined, 10)).authrole == "staff"
+    await leave(peer)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rawsocket_port_in_use_ends_twistd_with_one_line_and_exit_1(tmp_path):
+    import socket
+
+    from processes import TWISTD, run, write_config
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        taken = holder.getsockname()[1]
+        config = write_config(tmp_path, f"[wamp]\nrawsocket_port = {taken}\n")
+        out, err, code = await run(TWISTD, "-n", "--pidfile=", "eformws", "--config", str(config), cwd=tmp_path)
+    assert (err, code) == (f"eformws: cannot listen on 127.0.0.1:{taken}: address already in use (another process "
+                           "listens there: stop it, or choose --port)\n", 1)
