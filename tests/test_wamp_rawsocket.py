@@ -313,7 +313,8 @@ async def test_over_the_rate_limit_a_request_is_refused_as_on_wamp(start_server)
 @pytest_twisted.ensureDeferred
 async def test_a_rawsocket_subscriber_that_stops_reading_is_dropped(start_server):
     limit = 128 * 1024
-    server = await start_server({**RAWSOCKET, "websocket.max_unsent_bytes": limit, "wamp.max_message_bytes": limit // 2})
+    server = await start_server({**RAWSOCKET, "websocket.max_unsent_bytes": limit,
+                                 "wamp.max_message_bytes": limit // 2})
     closes_before = SLOW_CLOSES.get()
     client = await RawClient.connect(server, receive_buffer=4096)
     await client.handshake()

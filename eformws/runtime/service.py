@@ -289,7 +289,7 @@ class EformService(MultiService):
     @inlineCallbacks
     def stopService(self):
         """Stop accepting, close every client with 1001, wait (bounded), then stop parts."""
-        for listener in (self.listener, self.rawsocket_listener):  # stop accepting first; the other parts after the clients
+        for listener in (self.listener, self.rawsocket_listener):  # stop accepting first; the rest after the clients
             if listener is not None:
                 yield listener.stopService()
         yield self.close_clients(CLOSE_GOING_AWAY, "Server shutdown")

@@ -50,7 +50,8 @@ class EventFrame:
             return []
         prepare = type(connection).prepare_event
         if self._delivery.application:
-            frames = [self._event(prepare, subscription, topic, self._application_event) for subscription, topic in matched]
+            frames = [self._event(prepare, subscription, topic, self._application_event)
+                      for subscription, topic in matched]
             return [frame for frame in frames if frame is not None]
         if self._envelope is None:
             try:
