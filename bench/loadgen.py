@@ -47,10 +47,14 @@ GREETING, READY, DEAD = 0, 1, 2
 
 
 def _mask(payload: bytes) -> bytes:
-    """A client frame must be masked; messages we send are tiny, so plain Python is fine."""
+    """A client frame must be masked: the key, then the payload XOR the key repeated (as
+    one big-integer XOR, not a loop over bytes: the WAMP clients send many frames)."""
     key = random.getrandbits(32).to_bytes(4, "big")
-    masked = bytes(b ^ key[i & 3] for i, b in enumerate(payload))
-    return key + masked
+    n = len(payload)
+    if not n:
+        return key
+    stream = int.from_bytes((key * (n // 4 + 1))[:n], "big")
+    return key + (int.from_bytes(payload, "big") ^ stream).to_bytes(n, "big")
 
 
 def client_frame(opcode: int, payload: bytes) -> bytes:
@@ -64,72 +68,39 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
     return head + _mask(payload)
 
 
-class Conn(asyncio.Protocol):
-    __slots__ = (
-        "buf",
-        "count",
-        "eio_ack",
-        "eio_open",
-        "fail_reason",
-        "frag",
-        "g",
-        "gen",
-        "greet",
-        "join_pending",
-        "leave_pending",
-        "mask",
-        "ready_at",
-        "ready_future",
-        "replay_left",
-        "room",
-        "started",
-        "state",
-        "transport",
-        "upgraded",
-    )
+class WsClient(asyncio.Protocol):
+    """The client side of one WebSocket: sends `self.request()` (the upgrade) on connect,
+    checks the 101, parses the server's frames (answering pings) and hands each message to
+    `on_message(payload, now)`; a refused upgrade or a close frame goes to `_fail(reason)`
+    (a close frame first to `on_close_frame()`), a completed upgrade to `on_open()`.
+    Subclasses give `request`, `on_message` and `_fail`."""
 
-    def __init__(self, gen: Generator, g: int, room: str | None):
-        self.gen = gen
-        self.g = g  # global index among all generator processes
-        self.room = room
+    __slots__ = ("buf", "frag", "transport", "upgraded")
+
+    def __init__(self):
         self.transport = None
         self.upgraded = False
         self.buf = bytearray()
-        self.state = GREETING
         self.frag = None
-        self.mask = 0
-        self.count = 0
-        self.greet = 0  # connection + room_joined seen (of 2)
-        self.replay_left = gen.replay
-        self.join_pending = room is not None
-        self.leave_pending = room is not None and gen.leave_default
-        self.ready_at = None
-        self.started = time.time()
-        self.ready_future = asyncio.get_running_loop().create_future()
-        self.fail_reason = None
-        self.eio_open = False
-        self.eio_ack = False
 
-    # -- transport ------------------------------------------------------------------
+    def request(self) -> bytes:
+        raise NotImplementedError
+
+    def on_message(self, payload: bytes, now: float) -> None:
+        raise NotImplementedError
+
+    def on_open(self) -> None:
+        pass
+
+    def on_close_frame(self) -> None:
+        pass
+
+    def _fail(self, reason: str) -> None:
+        raise NotImplementedError
 
     def connection_made(self, transport):
         self.transport = transport
-        transport.write(self.gen.request)
-
-    def connection_lost(self, exc):
-        was = self.state
-        self.state = DEAD
-        if was == READY:
-            self.gen.lost += 1
-        self._fail("closed before ready" if exc is None else f"lost: {type(exc).__name__}")
-
-    def _fail(self, reason: str):
-        if not self.ready_future.done():
-            self.fail_reason = reason
-            self.ready_future.set_result(False)
-        if self.transport is not None and self.state != DEAD:
-            self.state = DEAD
-            self.transport.abort()
+        transport.write(self.request())
 
     def send_text(self, text: str | bytes):
         if isinstance(text, str):
@@ -153,6 +124,7 @@ class Conn(asyncio.Protocol):
             self.upgraded = True
             rest = self.buf[end + 4:]
             self.buf = bytearray()
+            self.on_open()
             if not rest:
                 return
             data = bytes(rest)
@@ -197,8 +169,7 @@ class Conn(asyncio.Protocol):
             elif opcode == 9:  # ping: answer with the same payload
                 self.transport.write(client_frame(0xA, payload))
             elif opcode == 8:
-                if self.state == READY:
-                    self.gen.closed_by_server += 1
+                self.on_close_frame()
                 self.transport.write(client_frame(0x8, payload[:2]))
                 self._fail("closed by server: " + payload[2:].decode("utf-8", "replace"))
                 return
@@ -206,6 +177,70 @@ class Conn(asyncio.Protocol):
             self.buf = bytearray(view[pos:])
         elif buf:
             self.buf = bytearray()
+
+
+class Conn(WsClient):
+    __slots__ = (
+        "count",
+        "eio_ack",
+        "eio_open",
+        "fail_reason",
+        "g",
+        "gen",
+        "greet",
+        "join_pending",
+        "leave_pending",
+        "mask",
+        "ready_at",
+        "ready_future",
+        "replay_left",
+        "room",
+        "started",
+        "state",
+    )
+
+    def __init__(self, gen: Generator, g: int, room: str | None):
+        super().__init__()
+        self.gen = gen
+        self.g = g  # global index among all generator processes
+        self.room = room
+        self.state = GREETING
+        self.mask = 0
+        self.count = 0
+        self.greet = 0  # connection + room_joined seen (of 2)
+        self.replay_left = gen.replay
+        self.join_pending = room is not None
+        self.leave_pending = room is not None and gen.leave_default
+        self.ready_at = None
+        self.started = time.time()
+        self.ready_future = asyncio.get_running_loop().create_future()
+        self.fail_reason = None
+        self.eio_open = False
+        self.eio_ack = False
+
+    # -- transport ------------------------------------------------------------------
+
+    def request(self) -> bytes:
+        return self.gen.request
+
+    def connection_lost(self, exc):
+        was = self.state
+        self.state = DEAD
+        if was == READY:
+            self.gen.lost += 1
+        self._fail("closed before ready" if exc is None else f"lost: {type(exc).__name__}")
+
+    def _fail(self, reason: str):
+        if not self.ready_future.done():
+            self.fail_reason = reason
+            self.ready_future.set_result(False)
+        if self.transport is not None and self.state != DEAD:
+            self.state = DEAD
+            self.transport.abort()
+
+    def on_close_frame(self):
+        if self.state == READY:
+            self.gen.closed_by_server += 1
 
     # -- messages -------------------------------------------------------------------
 
@@ -460,11 +495,13 @@ class Generator:
         return {"ok": True}
 
 
-async def serve() -> None:
+async def serve(commands: dict) -> None:
+    """Answer the JSON command lines on stdin, one JSON line each on stdout: `commands` maps
+    a command's name to a function of the command (a dict or an awaitable of one); `close`
+    ends the process after its answer. The first line out says the process is ready."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 24)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    gen = Generator()
     out = sys.stdout.buffer
 
     def reply(obj: dict):
@@ -478,28 +515,34 @@ async def serve() -> None:
             break
         cmd = json.loads(line)
         op = cmd["cmd"]
-        if op == "connect":
-            reply(await gen.connect(cmd))
-        elif op == "wait":
-            reply(await gen.wait(cmd))
-        elif op == "collect":
-            reply(gen.collect(cmd))
-        elif op == "reset":
-            reply(gen.reset())
-        elif op == "stats":
-            reply(gen.stats())
-        elif op == "close":
-            reply(await gen.close())
-            break
-        else:
+        handler = commands.get(op)
+        if handler is None:
             reply({"error": f"unknown command {op}"})
+            continue
+        answer = handler(cmd)
+        reply(await answer if asyncio.iscoroutine(answer) else answer)
+        if op == "close":
+            break
+
+
+def run(commands) -> None:
+    """`serve(commands())` on uvloop when it is installed, else the stock loop."""
+    async def main():
+        await serve(commands())
+
+    if uvloop is not None:
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
 
 
 def main() -> None:
-    if uvloop is not None:
-        uvloop.run(serve())
-    else:
-        asyncio.run(serve())
+    def commands():
+        gen = Generator()
+        return {"connect": gen.connect, "wait": gen.wait, "collect": gen.collect, "reset": lambda cmd: gen.reset(),
+                "stats": lambda cmd: gen.stats(), "close": lambda cmd: gen.close()}
+
+    run(commands)
 
 
 if __name__ == "__main__":

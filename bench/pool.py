@@ -16,9 +16,46 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Generator:
+    """One load-generator process (a module of bench/ run with `python -m`, answering JSON
+    command lines): `call(cmd)` -> its answer; `spawn(module)` starts one and waits for its
+    `ready` line (kept in `hello`)."""
+
     def __init__(self, proc: asyncio.subprocess.Process):
         self.proc = proc
         self.lock = asyncio.Lock()
+        self.hello: dict = {}
+
+    @classmethod
+    async def spawn(cls, module: str = "bench.loadgen", wait: bool = True) -> Generator:
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", module, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+            limit=1 << 26,
+        )
+        generator = cls(proc)
+        if wait:
+            await generator.ready()
+        return generator
+
+    async def ready(self) -> dict:
+        line = await self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"load generator {self.proc.pid} ended (exit {await self.proc.wait()})")
+        self.hello = json.loads(line)
+        return self.hello
+
+    async def close(self) -> None:
+        """`close`, then the process's end (killed after 10 s)."""
+        try:
+            await asyncio.wait_for(self.call({"cmd": "close"}), 30)
+        except (TimeoutError, RuntimeError, ConnectionError):
+            pass
+        if self.proc.returncode is None:
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
 
     async def call(self, cmd: dict) -> dict:
         async with self.lock:
@@ -42,16 +79,9 @@ class Pool:
     async def start(cls, size: int, per_process: int) -> Pool:
         count = max(1, math.ceil(size / per_process))
         shares = [size // count + (1 if k < size % count else 0) for k in range(count)]
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        generators = []
-        for _ in range(count):
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.loadgen", stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, env=env, limit=1 << 26,
-            )
-            generators.append(Generator(proc))
+        generators = [await Generator.spawn("bench.loadgen", wait=False) for _ in range(count)]
         pool = cls(generators, shares)
-        hello = [json.loads(await g.proc.stdout.readline()) for g in generators]
+        hello = [await g.ready() for g in generators]
         pool.uvloop = all(h.get("uvloop") for h in hello)
         return pool
 
@@ -120,17 +150,7 @@ class Pool:
 
     async def close(self) -> None:
         for g in self.generators:
-            try:
-                await asyncio.wait_for(g.call({"cmd": "close"}), 30)
-            except (TimeoutError, RuntimeError, ConnectionError):
-                pass
-        for g in self.generators:
-            if g.proc.returncode is None:
-                try:
-                    await asyncio.wait_for(g.proc.wait(), 10)
-                except TimeoutError:
-                    g.proc.kill()
-                    await g.proc.wait()
+            await g.close()
 
 
 class Http:
