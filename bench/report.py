@@ -1,6 +1,7 @@
 """`python -m bench report`: the tables of docs/performance.md (between its `bench:results`
-markers) and docs/performance-fanout.png, from the newest line of each scenario (and N)
-in the results file. The plot needs matplotlib (the bench extra)."""
+markers, and the WAMP ones between its `bench:wamp` markers) and docs/performance-fanout.png,
+from the newest line of each scenario (and N) in the results file. The plot needs
+matplotlib (the bench extra)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"
 PLOT = ROOT / "docs" / "performance-fanout.png"
 START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
+WAMP_START, WAMP_END = "<!-- bench:wamp:start -->", "<!-- bench:wamp:end -->"
 ORDER = ("eformws", "floor", "peer")
+WAMP_ORDER = ("eformws", "crossbar")
+
+
+def is_wamp(line: dict) -> bool:
+    return line["scenario"].startswith("wamp_")
 
 
 def latest(path: Path) -> dict:
@@ -50,7 +57,8 @@ def targets(lines: list[dict]) -> str:
         if line.get("replay") is not None:
             label += f" replay {line['replay']}"
         for name, ok in line.get("targets", {}).items():
-            verdict = "n/a at this size" if ok is None else ("met" if ok else "**not met**")
+            missing = "n/a (no Crossbar.io in this run)" if is_wamp(line) else "n/a at this size"
+            verdict = missing if ok is None else ("met" if ok else "**not met**")
             found.append(f"- {label}: {name}: {verdict}")
     return "\n".join(found) if found else "(none evaluated)"
 
@@ -150,6 +158,85 @@ def render(chosen: dict, preliminary: bool) -> str:
     return "\n\n".join(parts)
 
 
+def render_wamp(lines: list[dict]) -> str:
+    """The WAMP tables: one row per router with each scenario's rate and router CPU per
+    round trip or delivered event, the ratios eformws/crossbar, then the details."""
+    lines = sorted(lines, key=lambda l: (l["scenario"] != "wamp_rpc", l["n"]))
+    if not lines:
+        return "(no WAMP results)"
+
+    def label(l):
+        return f"rpc, {l['n']} caller{'s' if l['n'] != 1 else ''}" if l["scenario"] == "wamp_rpc" \
+            else f"pub/sub, {l['n']} subscribers"
+
+    def figures(l):
+        return ("calls_per_s", "cpu_us_per_call", "calls/s", "µs CPU/call") if l["scenario"] == "wamp_rpc" \
+            else ("events_per_s", "cpu_us_per_event", "events/s", "µs CPU/event")
+
+    headers = ["router"]
+    for l in lines:
+        _, _, rate_name, cpu_name = figures(l)
+        headers += [f"{label(l)}: {rate_name}", cpu_name]
+    rows = []
+    for name in WAMP_ORDER:
+        if not any(name in l["servers"] for l in lines):
+            continue
+        row = [name]
+        for l in lines:
+            rate, cpu, _, _ = figures(l)
+            s = l["servers"].get(name)
+            row += [s[rate], s[cpu]] if s else ["", ""]
+        rows.append(row)
+    if any("eformws/crossbar" in l.get("ratios", {}) for l in lines):
+        row = ["*eformws/crossbar*"]
+        for l in lines:
+            rate, cpu, _, _ = figures(l)
+            r = l.get("ratios", {}).get("eformws/crossbar", {})
+            row += [r.get(rate), r.get(cpu)]
+        rows.append(row)
+    parts = [table(headers, rows)]
+    unavailable = {name: reason for l in lines for name, reason in (l.get("unavailable") or {}).items()}
+    parts += [f"{name}: not available ({reason})" for name, reason in unavailable.items()]
+    detail = []
+    for l in lines:
+        rate, cpu, rate_name, _ = figures(l)
+        for name in WAMP_ORDER:
+            s = l["servers"].get(name)
+            if not s:
+                continue
+            if l["scenario"] == "wamp_rpc":
+                done = f"{s['calls']} answered" + (f", {s['errors']} errors" if s["errors"] else "") \
+                    + (f", {s['unanswered']} unanswered" if s["unanswered"] else "")
+                clients = f"{s['callers_cpu_s']} + {s['callee_cpu_s']}"
+            else:
+                done = f"{s['delivered']}/{s['expected']}" + (f", {s['dups']} dup" if s["dups"] else "") \
+                    + (f", {s['errors']} errors" if s["errors"] else "")
+                clients = f"{s['client_cpu_s']}"
+            detail.append([label(l), name, s[rate], s["p50_ms"], s["p99_ms"], s["max_ms"], s["server_cpu_s"],
+                           s["elapsed_s"], clients, done])
+    parts.append(table(["scenario", "router", "rate /s", "p50 ms", "p99 ms", "max ms", "router CPU s", "measured s",
+                        "clients CPU s", "answered / delivered"], detail))
+    first = lines[0]
+    repeat, seconds = first.get("repeat", 1), first.get("seconds")
+    v, cb = first.get("versions", {}), first.get("crossbar_versions") or {}
+    m = first.get("machine", {})
+    parts.append(f"Median of {repeat} run{'s' if repeat != 1 else ''} of {seconds:g} s each per router "
+                 f"(routers taking turns); pub/sub: {first.get('window', lines[-1].get('window'))} publications in "
+                 f"flight. eformws on Twisted {v.get('twisted')}, Autobahn {v.get('autobahn')}"
+                 + (f"; Crossbar.io {cb.get('crossbar')} on Twisted {cb.get('twisted')}, Autobahn {cb.get('autobahn')}"
+                    if cb else "")
+                 + f"; {m.get('cpu')}, {m.get('cores')} cores, Python {m.get('python')}; run at {first.get('at')}"
+                 + (" (--quick)" if first.get("quick") else "") + ".")
+    parts.append("Targets (as the JSON lines evaluate them):\n\n" + targets(lines))
+    return "\n\n".join(parts)
+
+
+def _replace(text: str, start: str, end: str, body: str) -> str:
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
 def plot(chosen: dict, path: Path = PLOT, preliminary: bool = False) -> bool:
     fanout = sorted((l for l in chosen.values() if l["scenario"] == "fanout"), key=lambda l: l["n"])
     if not fanout:
@@ -186,17 +273,22 @@ def plot(chosen: dict, path: Path = PLOT, preliminary: bool = False) -> bool:
 def write_report(results: Path, quick: bool = False, doc: Path = DOC) -> None:
     """Rewrite `doc` between the markers (a new page when it has none) and the plot beside
     it (`performance-fanout.png` in the same folder)."""
-    chosen = latest(results)
-    preliminary = quick or any(l.get("quick") for l in chosen.values())
-    body = render(chosen, preliminary)
+    everything = latest(results)
+    chosen = {k: l for k, l in everything.items() if not is_wamp(l)}
+    wamp = [l for l in everything.values() if is_wamp(l)]
     text = doc.read_text() if doc.exists() else ""
-    if START not in text:
-        text = f"{text or '# Performance'}\n\n{START}\n{END}\n"
-    head, _, rest = text.partition(START)
-    _, _, tail = rest.partition(END)
-    doc.write_text(f"{head}{START}\n{body}\n{END}{tail}")
+    preliminary = quick or any(l.get("quick") for l in chosen.values())
+    if chosen or not wamp:
+        if START not in text:
+            text = f"{text or '# Performance'}\n\n{START}\n{END}\n"
+        text = _replace(text, START, END, render(chosen, preliminary))
+    if wamp:
+        if WAMP_START not in text:
+            text = f"{text or '# Performance'}\n\n{WAMP_START}\n{WAMP_END}\n"
+        text = _replace(text, WAMP_START, WAMP_END, render_wamp(wamp))
+    doc.write_text(text)
     image = doc.parent / PLOT.name
-    plotted = plot(chosen, image, preliminary)
+    plotted = plot(chosen, image, preliminary) if chosen else False
     print(f"wrote {doc}" + (f" and {image}" if plotted else " (no plot: matplotlib missing or no fanout)"))
 
 

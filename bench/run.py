@@ -1,11 +1,12 @@
 """`python -m bench SCENARIO... [options]`: run scenarios against eformws, the floor and
-the peer, each started here on a free loopback port; print one JSON line per scenario (and
-per N) with every server's figures and the ratios eformws/floor (and eformws/peer), and
-append it to the results file.
+the peer (WAMP: eformws and Crossbar.io, bench/wamp.py), each started here on a free
+loopback port; print one JSON line per scenario (and per N) with every server's figures and
+the ratios eformws/floor (and eformws/peer, eformws/crossbar), and append it to the results file.
 
     python -m bench all                 # every scenario at the issue's sizes, then the report
     python -m bench all --quick         # the same at small sizes (minutes, for checking)
     python -m bench fanout --n 200 --broadcasts 5 --repeat 1 --servers eformws,floor   # what CI runs
+    python -m bench wamp                # WAMP RPC and pub/sub: eformws and Crossbar.io (installed on first use)
     python -m bench report              # docs/performance.md table and plot from the results
 
 Latency method, the same for every server: the orchestrator (the process that triggers a
@@ -46,6 +47,7 @@ FULL = {
     "idle": 5000,
     "emit_subscribers": 1000, "emit_rate": 5000, "emit_seconds": 10,
     "workers": 10000,
+    "wamp_seconds": 10, "wamp_repeat": 3,
 }
 QUICK = {
     "fanout": [200, 500, 1000], "fanout_repeat": 1,
@@ -54,6 +56,7 @@ QUICK = {
     "idle": 500,
     "emit_subscribers": 100, "emit_rate": 1000, "emit_seconds": 3,
     "workers": 1000,
+    "wamp_seconds": 3, "wamp_repeat": 1,
 }
 
 
@@ -83,17 +86,19 @@ MEDIAN = ("p50_ms", "p95_ms", "p99_ms", "max_ms", "mean_ms", "server_cpu_s", "el
           "generators_cpu_s")
 
 
-def merge_runs(runs: list[dict]) -> dict:
-    """One server's runs of a scenario: medians of the figures, sums of the counts."""
+def merge_runs(runs: list[dict], summed=SUMMED, median=MEDIAN,
+               kept=("p50_ms", "p99_ms", "max_ms", "server_cpu_s")) -> dict:
+    """One server's runs of a scenario: medians of the figures, sums of the counts, and
+    the `kept` figures of each run in `runs`."""
     if len(runs) == 1:
         return runs[0]
     out = dict(runs[0])
-    for key in SUMMED:
+    for key in summed:
         out[key] = sum(r[key] for r in runs)
-    for key in MEDIAN:
+    for key in median:
         values = sorted(r[key] for r in runs if r.get(key) is not None)
         out[key] = values[len(values) // 2] if values else None
-    out["runs"] = [{k: r.get(k) for k in ("p50_ms", "p99_ms", "max_ms", "server_cpu_s")} for r in runs]
+    out["runs"] = [{k: r.get(k) for k in kept} for r in runs]
     return out
 
 
@@ -514,7 +519,7 @@ async def amain(args) -> int:
     sizes = QUICK if args.quick else FULL
     scenarios = args.scenarios
     if "all" in scenarios:
-        scenarios = ["fanout", "rooms", "connect", "idle", "emit", "workers", "report"]
+        scenarios = ["fanout", "rooms", "connect", "idle", "emit", "workers", "wamp", "report"]
     bench = Bench(args)
     log(f"run directory {bench.workdir}; results to {args.out}")
     try:
@@ -535,6 +540,15 @@ async def amain(args) -> int:
                                           args.emit_seconds or sizes["emit_seconds"])
             elif scenario == "workers":
                 await bench.workers((args.n or [sizes["workers"]])[0])
+            elif scenario == "wamp":
+                from bench.report import render_wamp
+                from bench.wamp import run_wamp
+
+                lines = await run_wamp(bench, args.wamp_callers, args.wamp_subscribers,
+                                       args.wamp_seconds or sizes["wamp_seconds"],
+                                       args.wamp_repeat or sizes["wamp_repeat"], args.wamp_window,
+                                       max_calls=args.wamp_max_calls, max_publications=args.wamp_max_publications)
+                print("\n" + render_wamp(lines), flush=True)
             elif scenario == "report":
                 from bench.report import write_report
 
@@ -552,11 +566,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenarios", nargs="+",
-                        help="all | fanout | rooms | connect | idle | emit | workers | report")
+                        help="all | fanout | rooms | connect | idle | emit | workers | wamp | report")
     parser.add_argument("--quick", action="store_true", help="small sizes, for checking the harness")
     parser.add_argument("--n", type=lambda s: [int(x) for x in s.split(",")],
                         help="client count(s), comma-separated (fanout takes several)")
-    parser.add_argument("--servers", default="", help="subset of eformws,floor,peer (default: all that apply)")
+    parser.add_argument("--servers", default="",
+                        help="subset of eformws,floor,peer (wamp: eformws,crossbar) (default: all that apply)")
     parser.add_argument("--broadcasts", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=0,
                         help="fanout: runs of each server per N, taking turns; medians reported (default 3, --quick 1)")
@@ -569,6 +584,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="messages per room in `rooms`")
     parser.add_argument("--emit-rate", type=float, default=0)
     parser.add_argument("--emit-seconds", type=float, default=0)
+    parser.add_argument("--wamp-callers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 50],
+                        help="wamp: caller counts of the RPC runs, comma-separated")
+    parser.add_argument("--wamp-subscribers", type=int, default=100, help="wamp: subscribers of the pub/sub run (0: none)")
+    parser.add_argument("--wamp-seconds", type=float, default=0,
+                        help="wamp: measured seconds of each run (default 10, --quick 3), after a warm-up of a fifth")
+    parser.add_argument("--wamp-repeat", type=int, default=0,
+                        help="wamp: runs of each router, taking turns; medians reported (default 3, --quick 1)")
+    parser.add_argument("--wamp-window", type=int, default=10,
+                        help="wamp: publications in flight (not yet received by every subscriber)")
+    parser.add_argument("--wamp-max-calls", type=int, default=0, help="wamp: stop each caller after this many calls")
+    parser.add_argument("--wamp-max-publications", type=int, default=0,
+                        help="wamp: stop the publisher after this many publications")
+    parser.add_argument("--crossbar-venv", type=Path, default=None,
+                        help="wamp: Crossbar.io's virtualenv, made on first use (default ~/.cache/eformws-bench/crossbar-VERSION)")
     parser.add_argument("--per-process", type=int, default=2500, help="connections per load-generator process")
     parser.add_argument("--backlog", type=int, default=4096, help="listen backlog of every server")
     parser.add_argument("--settle", type=float, default=1.0)

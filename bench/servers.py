@@ -1,12 +1,15 @@
 """The servers the harness starts and stops itself: eformws (`twistd -n eformws`, or the
-emit host), the floor (bench/floor.py), the peer (bench/peer.py) and a Redis; each on a
-free loopback port, its output in a log file of the run directory, its CPU seconds and
-RSS read from /proc (summed over its worker processes)."""
+emit host), the floor (bench/floor.py), the peer (bench/peer.py), a Redis and Crossbar.io
+(installed by the harness in a virtualenv of its own); each on a free loopback port, its
+output in a log file of the run directory, its CPU seconds and RSS read from /proc (summed
+over its worker processes)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -137,10 +140,11 @@ class Server:
 
 
 def eformws_config(workdir: Path, port: int, *, max_connections: int, replay_limit: int, backlog: int,
-                   redis_url: str = "", workers: int = 1, log_level: str = "info") -> Path:
+                   redis_url: str = "", workers: int = 1, log_level: str = "info", extra: tuple[str, ...] = ()) -> Path:
     """A configuration for the bench: everything at its default except the port, the
     limits the brief names (backlog, max_connections, replay), an API token for the
-    trigger, the store files in the run directory, and Redis for workers."""
+    trigger, the store files in the run directory, Redis for workers, and the scenario's
+    `extra` TOML lines (sections of their own)."""
     path = workdir / "eformws.toml"
     db = workdir / "eformws.db"
     lines = [
@@ -153,17 +157,19 @@ def eformws_config(workdir: Path, port: int, *, max_connections: int, replay_lim
     ]
     if redis_url:
         lines += ["[redis]", f'url = "{redis_url}"']
+    lines += list(extra)
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 async def start_eformws(workdir: Path, *, max_connections: int, replay_limit: int = 0, backlog: int = 4096,
-                        redis_url: str = "", workers: int = 1, emit_host: bool = False) -> Server:
+                        redis_url: str = "", workers: int = 1, emit_host: bool = False,
+                        extra: tuple[str, ...] = ()) -> Server:
     workdir = workdir / ("eformws-emit" if emit_host else "eformws")
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = eformws_config(workdir, port, max_connections=max_connections, replay_limit=replay_limit,
-                            backlog=backlog, redis_url=redis_url, workers=workers)
+                            backlog=backlog, redis_url=redis_url, workers=workers, extra=extra)
     created = subprocess.run([str(BIN / "eformws"), "sessions", "create", "--user", "bench", "--role", "admin",
                               "--config", str(config)], cwd=workdir, capture_output=True, text=True, timeout=60,
                              check=False)
@@ -244,3 +250,81 @@ async def start_redis(workdir: Path) -> tuple[Server, str]:
     server = Server("redis", "redis", port, argv, workdir)
     await server.ready()
     return server, f"redis://127.0.0.1:{port}/0"
+
+
+# -- Crossbar.io --------------------------------------------------------------------------
+
+CROSSBAR_VERSION = "26.10.1"  # pins its own Autobahn and Twisted, hence a virtualenv of its own
+
+
+def crossbar_venv_default() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "eformws-bench" / f"crossbar-{CROSSBAR_VERSION}"
+
+
+def ensure_crossbar(venv: Path, log=print) -> tuple[Path | None, str]:
+    """`crossbar` of a virtualenv at `venv` with Crossbar.io CROSSBAR_VERSION in it, made
+    (and `pip install`ed, a minute or two) when it is not there yet: (the executable, its
+    versions) or (None, why not). A file `installed.json` marks a finished install."""
+    exe, marker = venv / "bin" / "crossbar", venv / "installed.json"
+    if exe.exists() and marker.exists():
+        return exe, marker.read_text().strip()
+    shutil.rmtree(venv, ignore_errors=True)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    install_log = venv.parent / f"{venv.name}-install.log"
+    log(f"installing Crossbar.io {CROSSBAR_VERSION} into {venv} (log: {install_log})")
+    with open(install_log, "wb") as out:
+        for argv in ([sys.executable, "-m", "venv", str(venv)],
+                     [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", f"crossbar=={CROSSBAR_VERSION}"]):
+            try:
+                done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, timeout=900, check=False)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                return None, f"{' '.join(argv[:3])}: {e}"
+            if done.returncode != 0:
+                tail = install_log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+                return None, f"{' '.join(argv[:3])} exited {done.returncode}: {tail[0][:300]}"
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import crossbar, autobahn, twisted, json; print(json.dumps("
+                            "{'crossbar': crossbar.__version__, 'autobahn': autobahn.__version__, "
+                            "'twisted': twisted.__version__}))"], capture_output=True, text=True, timeout=120,
+                           check=False)
+    if probe.returncode != 0 or not exe.exists():
+        return None, f"crossbar does not import: {probe.stderr.strip().splitlines()[-1:]}"
+    marker.write_text(probe.stdout.strip() + "\n")
+    return exe, probe.stdout.strip()
+
+
+def crossbar_config(port: int, realm: str, role: str, prefix: str) -> dict:
+    """One router worker: realm `realm`, a WebSocket transport (JSON) on 127.0.0.1:`port`,
+    anonymous authentication as `role`, which may do everything under `prefix`, disclosing
+    callers and publishers as eformws's default permission table does."""
+    permission = {"uri": prefix, "match": "prefix",
+                  "allow": {"call": True, "register": True, "publish": True, "subscribe": True},
+                  "disclose": {"caller": True, "publisher": True}, "cache": True}
+    return {
+        "version": 2,
+        "controller": {},
+        "workers": [{
+            "type": "router",
+            "realms": [{"name": realm, "roles": [{"name": role, "permissions": [permission]}]}],
+            "transports": [{
+                "type": "websocket",
+                "endpoint": {"type": "tcp", "interface": "127.0.0.1", "port": port, "backlog": 4096},
+                "serializers": ["json"],
+                "auth": {"anonymous": {"type": "static", "role": role}},
+            }],
+        }],
+    }
+
+
+async def start_crossbar(workdir: Path, exe: Path, *, realm: str, role: str, prefix: str) -> Server:
+    """`crossbar start` (a controller and one router worker process) on a free port; ready
+    once the worker listens (several seconds)."""
+    workdir = workdir / "crossbar"
+    cbdir = workdir / ".crossbar"
+    cbdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    (cbdir / "config.json").write_text(json.dumps(crossbar_config(port, realm, role, prefix), indent=2))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EFORMWS_", "PYTHON", "VIRTUAL_ENV"))}
+    server = Server("crossbar", "crossbar", port, [str(exe), "start", "--cbdir", str(cbdir)], workdir, env)
+    await server.ready(timeout=90.0)
+    return server
