@@ -17,6 +17,7 @@ import time
 
 from bench import servers as S
 from bench.pool import Generator
+from bench.profile import categorize
 from bench.run import Profiler, log, merge_runs, ratio
 
 REALM = "eform"
@@ -26,6 +27,23 @@ CROSSBAR_ROLE = "staff"
 # eformws's per-session inbound limit (`wamp.rate_limit`, 1,000 messages/s by default) is a
 # policy Crossbar does not have; lifted here so that both routers run at what they can do.
 EFORMWS_WAMP = ("[wamp]", "rate_limit = 1000000", "rate_burst = 1000000")
+
+# where a router's busy samples go (`--profile`: bench/profile.py's categorize), the same for both
+PROFILE_CATEGORIES = [
+    ("Autobahn sendData debug-log arguments", ("autobahn/util.py:hl", "autobahn/util.py:_qn", "click/termui")),
+    ("decode (Autobahn JSON serializer, message parse)", ("Codec.decode", "Serializer.unserialize")),
+    ("encode (Autobahn JSON serializer)", ("Codec.encode", "Serializer.serialize", "Message.serialize")),
+    ("eformws invocation ids (secrets)", ("wamp/errors.py:new_id",)),
+    ("send() system calls", ("untilConcludes", "writeSomeData")),
+    ("epoll_ctl (Twisted add/remove writer)", ("EPollReactor._add", "EPollReactor._remove")),
+    ("unmasking client frames", ("XorMasker",)),
+    ("send path, rest (Autobahn, Twisted)", ("sendData", "sendFrame", "sendMessage", "sendPreparedMessage",
+                                             "FileDescriptor.write", "ConnectionMixin.write", "doWrite")),
+    ("router: eformws", ("eformws/",)),
+    ("router: Crossbar", ("crossbar/",)),
+    ("txaio", ("txaio/",)),
+    ("frame parsing, rest (Autobahn)", ("autobahn/websocket", "autobahn/twisted")),
+]
 
 RPC_SUMMED = ("calls", "errors", "unanswered", "lost")
 RPC_MEDIAN = ("calls_per_s", "cpu_us_per_call", "p50_ms", "p95_ms", "p99_ms", "max_ms", "mean_ms", "server_cpu_s",
@@ -77,7 +95,15 @@ async def cpu_of(*gens: Generator) -> list[float]:
     return [(await g.call({"cmd": "stats"}))["cpu_s"] for g in gens]
 
 
-async def rpc(router: Router, callers: int, seconds: float, warmup: float, max_calls: int, profile=None) -> dict:
+def profiled(profiler: Profiler) -> dict | None:
+    """py-spy's summary of the measured phase, with the busy samples by PROFILE_CATEGORIES."""
+    summary = profiler.stop()
+    if summary is not None:
+        summary["categories_pct"] = categorize(profiler.path, PROFILE_CATEGORIES)
+    return summary
+
+
+async def rpc(router: Router, callers: int, seconds: float, warmup: float, max_calls: int, profile_dir=None) -> dict:
     """One callee registers PROCEDURE and echoes; `callers` sessions each CALL it one after
     the other (the next CALL once the RESULT is in) for `seconds` (or `max_calls` each)."""
     callee = await Generator.spawn("bench.wampgen")
@@ -91,15 +117,15 @@ async def rpc(router: Router, callers: int, seconds: float, warmup: float, max_c
         run = {"cmd": "calls", "group": "callers", "procedure": PROCEDURE}
         if warmup:
             await calling.call({**run, "seconds": warmup, "max_calls": max_calls})
-        profiler = Profiler(profile, f"wamp-rpc-{callers}-{router.kind}", router.routing_pid)
+        profiler = Profiler(profile_dir, f"wamp-rpc-{callers}-{router.kind}", router.routing_pid)
         gen0, cpu0 = await cpu_of(callee, calling), router.server.cpu()
         result = await calling.call({**run, "seconds": seconds, "max_calls": max_calls})
         cpu, gen1 = router.server.cpu() - cpu0, await cpu_of(callee, calling)
-        profiled = profiler.stop()
+        profile = profiled(profiler)
         if not result["errors"]:
             result.pop("error_uris", None)
-        if profiled is not None:
-            result["profile"] = profiled
+        if profile is not None:
+            result["profile"] = profile
         return {**result, "server_cpu_s": round(cpu, 3),
                 "cpu_us_per_call": round(cpu * 1e6 / result["calls"], 2) if result["calls"] else None,
                 "callee_cpu_s": round(gen1[0] - gen0[0], 3), "callers_cpu_s": round(gen1[1] - gen0[1], 3),
@@ -110,7 +136,7 @@ async def rpc(router: Router, callers: int, seconds: float, warmup: float, max_c
 
 
 async def pubsub(router: Router, subscribers: int, seconds: float, warmup: float, window: int,
-                 max_publications: int, profile=None) -> dict:
+                 max_publications: int, profile_dir=None) -> dict:
     """`subscribers` sessions subscribe to TOPIC; one more publishes to it, acknowledged, with
     at most `window` publications not yet received by every subscriber."""
     gen = await Generator.spawn("bench.wampgen")
@@ -124,13 +150,13 @@ async def pubsub(router: Router, subscribers: int, seconds: float, warmup: float
                "max_publications": max_publications}
         if warmup:
             await gen.call({**run, "seconds": warmup})
-        profiler = Profiler(profile, f"wamp-pubsub-{subscribers}-{router.kind}", router.routing_pid)
+        profiler = Profiler(profile_dir, f"wamp-pubsub-{subscribers}-{router.kind}", router.routing_pid)
         gen0, cpu0 = await cpu_of(gen), router.server.cpu()
         result = await gen.call({**run, "seconds": seconds})
         cpu, gen1 = router.server.cpu() - cpu0, await cpu_of(gen)
-        profiled = profiler.stop()
-        if profiled is not None:
-            result["profile"] = profiled
+        profile = profiled(profiler)
+        if profile is not None:
+            result["profile"] = profile
         return {**result, "server_cpu_s": round(cpu, 3),
                 "cpu_us_per_event": round(cpu * 1e6 / result["delivered"], 2) if result["delivered"] else None,
                 "client_cpu_s": round(gen1[0] - gen0[0], 3), "uvloop": bool(gen.hello.get("uvloop"))}
