@@ -221,9 +221,9 @@ def render_wamp(lines: list[dict]) -> str:
     v, cb = first.get("versions", {}), first.get("crossbar_versions") or {}
     m = first.get("machine", {})
     parts.append(f"Median of {repeat} run{'s' if repeat != 1 else ''} of {seconds:g} s each per router "
-                 f"(routers taking turns; answered and delivered: all runs); pub/sub: "
-                 f"{first.get('window', lines[-1].get('window'))} publications in flight; clients CPU s: callers + "
-                 f"callee, or the one pub/sub process. eformws on Twisted {v.get('twisted')}, Autobahn {v.get('autobahn')}"
+                 f"(routers taking turns; answered and delivered: all runs)"
+                 + "".join(f"; pub/sub: {l['window']} publications in flight" for l in lines if l.get("window"))
+                 + f"; clients CPU s: callers + callee, or the one pub/sub process. eformws on Twisted {v.get('twisted')}, Autobahn {v.get('autobahn')}"
                  + (f"; Crossbar.io {cb.get('crossbar')} on Twisted {cb.get('twisted')}, Autobahn {cb.get('autobahn')}"
                     if cb else "")
                  + f"; {m.get('cpu')}, {m.get('cores')} cores, Python {m.get('python')}; run at {first.get('at')}"

@@ -270,19 +270,20 @@ def ensure_crossbar(venv: Path, log=print) -> tuple[Path | None, str]:
     if exe.exists() and marker.exists():
         return exe, marker.read_text().strip()
     shutil.rmtree(venv, ignore_errors=True)
-    venv.parent.mkdir(parents=True, exist_ok=True)
     install_log = venv.parent / f"{venv.name}-install.log"
     log(f"installing Crossbar.io {CROSSBAR_VERSION} into {venv} (log: {install_log})")
-    with open(install_log, "wb") as out:
-        for argv in ([sys.executable, "-m", "venv", str(venv)],
-                     [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", f"crossbar=={CROSSBAR_VERSION}"]):
-            try:
+    try:
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        with open(install_log, "wb") as out:
+            for argv in ([sys.executable, "-m", "venv", str(venv)],
+                         [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check",
+                          f"crossbar=={CROSSBAR_VERSION}"]):
                 done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, timeout=900, check=False)
-            except (OSError, subprocess.TimeoutExpired) as e:
-                return None, f"{' '.join(argv[:3])}: {e}"
-            if done.returncode != 0:
-                tail = install_log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
-                return None, f"{' '.join(argv[:3])} exited {done.returncode}: {tail[0][:300]}"
+                if done.returncode != 0:
+                    tail = install_log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+                    return None, f"{' '.join(argv[:3])} exited {done.returncode}: {tail[0][:300]}"
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, f"installing Crossbar.io: {e}"
     probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import crossbar, autobahn, twisted, json; print(json.dumps("
                             "{'crossbar': crossbar.__version__, 'autobahn': autobahn.__version__, "
                             "'twisted': twisted.__version__}))"], capture_output=True, text=True, timeout=120,

@@ -201,6 +201,9 @@ async def run_wamp(bench, callers: list[int], subscribers: int, seconds: float, 
             kinds.remove("crossbar")
         else:
             crossbar_versions = json.loads(found)
+    if not kinds:
+        log("wamp: no router to run")
+        return []
     warmup = min(1.0, seconds / 5)
     scenarios = [("wamp_rpc", n) for n in callers] + ([("wamp_pubsub", subscribers)] if subscribers else [])
     runs: dict[tuple, dict[str, list[dict]]] = {key: {} for key in scenarios}
