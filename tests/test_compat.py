@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 
+import pytest
 import pytest_twisted
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
@@ -27,6 +28,7 @@ from eformws.core.compat import (
     has_pipelined_requests,
     twisted_write_buffer,
     use_exact_timers,
+    server_frame,
     writes_frames_directly,
 )
 
@@ -39,6 +41,13 @@ def test_a_frame_is_the_bytes_autobahn_sends_and_keeps_its_position():
     assert frame_bytes(frame) == b"\x81\x05hello"  # FIN + text, unmasked, length 5
     assert frame.position == ("epoch", 7)
     assert frame_bytes(Frame(b"\x00", True))[:2] == b"\x82\x01"  # binary
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70000])
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_server_frame_is_byte_for_byte_what_autobahn_writes_for_the_message(size, binary):
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert server_frame(payload, binary) == frame_bytes(PreparedMessage(payload, binary, False, True))
 
 
 @pytest_twisted.ensureDeferred

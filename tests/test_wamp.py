@@ -447,3 +447,17 @@ async def test_autobahn_js_subscriber_gets_the_envelope_on_its_prefix(server, se
     event = json.loads(await within(child.lines.get()))
     assert event == {"envelope": stored, "topic": "eform.lockers.locker_updates"}
     assert await within(child.ended) == 0, child.stderr
+
+
+@pytest.mark.parametrize("frame", [
+    b'[48,1,{},"app.x",["plain",1.5,null,true],{"k":[{"deep":"\\u00e9"}]}]',
+    b'[48,2,{},"app.x",["\\u0000AAE=","a"],{"k":"\\u0000"}]',  # byte strings, as Autobahn writes them
+    b'[48,3,{},"app.x",["\\\\u0000 is text"]]',
+    b'[16,4,{},"app.t",[1e400,-0.0,NaN]]',
+])
+def test_a_json_frame_decodes_to_what_autobahns_decoder_makes_of_it(frame):
+    from autobahn.wamp.serializer import JsonObjectSerializer, Serializer
+
+    ours = [m.marshal() for m in JsonCodec().decode(frame, False)]
+    theirs = [Serializer.MESSAGE_TYPE_MAP[raw[0]].parse(raw).marshal() for raw in JsonObjectSerializer().unserialize(frame)]
+    assert repr(ours) == repr(theirs)

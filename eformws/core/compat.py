@@ -3,6 +3,8 @@ pinned by tests/test_compat.py, which fails loudly when a release of either chan
 
 from __future__ import annotations
 
+import struct
+
 from autobahn.websocket.protocol import PreparedMessage
 
 # -- Autobahn --------------------------------------------------------------------------------
@@ -20,6 +22,18 @@ class Frame(PreparedMessage):
 def frame_bytes(frame: PreparedMessage) -> bytes:
     """The whole frame as it goes on the wire (header and payload)."""
     return frame.payloadHybi
+
+
+def server_frame(payload: bytes, binary: bool) -> bytes:
+    """One whole unmasked, uncompressed WebSocket frame (RFC 6455 5.2), as a server sends
+    it: what Autobahn's sendMessage writes for a message it does not fragment."""
+    opcode = 0x82 if binary else 0x81
+    size = len(payload)
+    if size < 126:
+        return bytes((opcode, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", opcode, 126, size) + payload
+    return struct.pack("!BBQ", opcode, 127, size) + payload
 
 
 def writes_frames_directly(protocol) -> bool:

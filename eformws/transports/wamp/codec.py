@@ -4,6 +4,7 @@ an encoded envelope."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import cbor2
@@ -76,7 +77,7 @@ class Codec:
             kind = "binary" if is_binary else "text"
             raise Undecodable(f"{kind} frame on subprotocol {self.subprotocol}")
         try:
-            raws = self._objects.unserialize(payload)
+            raws = self._unserialize(payload)
         except Exception:
             raise Undecodable(f"invalid serialization for {self.subprotocol}") from None
         messages = []
@@ -104,6 +105,9 @@ class Codec:
             messages.append(message)
         return messages
 
+    def _unserialize(self, payload: bytes) -> list:
+        return self._objects.unserialize(payload)
+
     def encode(self, message) -> bytes:
         return self._serializer.serialize(message)[0]
 
@@ -124,6 +128,14 @@ class JsonCodec(Codec):
 
     def __init__(self, max_uri_length: int = MAX_URI_LENGTH):
         super().__init__(JsonSerializer(), JsonObjectSerializer(), max_uri_length)
+
+    def _unserialize(self, payload: bytes) -> list:
+        """Autobahn's decoder (the pure-Python scanner: it turns a string that starts with
+        NUL into bytes) only where such a string can be: JSON writes NUL as `\\u0000`.
+        Anything else the C decoder reads alike, several times faster."""
+        if b"\\u0000" in payload:
+            return self._objects.unserialize(payload)
+        return [json.loads(payload.decode("utf-8"))]
 
     def envelope(self, message: Message) -> bytes:
         return message.payload  # compact JSON, shared with legacy connections

@@ -4,6 +4,7 @@ and `WampError`, which a handler raises to answer a request with ERROR."""
 from __future__ import annotations
 
 import hashlib
+import random
 import secrets
 from typing import Any
 
@@ -39,9 +40,13 @@ TIMEOUT = "wamp.error.timeout"
 MAX_ID = 2**53
 
 
+_ids = random.Random(secrets.randbits(128))  # seeded by the system, drawn without a system call each
+
+
 def new_id() -> int:
-    """A random id from [1, 2^53], the range WAMP ids live in (global scope ids)."""
-    return secrets.randbelow(MAX_ID) + 1
+    """A random id from [1, 2^53], the range WAMP ids live in (global scope ids). Ids name
+    things, they guard nothing: none of them is a credential."""
+    return _ids.randrange(MAX_ID) + 1
 
 
 def named_id(name: str) -> int:

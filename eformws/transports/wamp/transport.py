@@ -7,7 +7,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny
 from zope.interface import implementer
 
-from eformws.core.compat import Frame, use_exact_timers
+from eformws.core.compat import Frame, frame_bytes, server_frame, use_exact_timers, writes_frames_directly
 from eformws.delivery.hub import IConnection
 from eformws.sessions.credentials import cookie_values
 from eformws.transports.gateway import GatewayProtocol
@@ -50,10 +50,20 @@ class WampProtocol(WampConnection, GatewayProtocol):
         self.received(payload, isBinary)
 
     def write_message(self, payload: bytes) -> None:
-        self.sendMessage(payload, self._codec.binary)
+        if writes_frames_directly(self):  # what sendMessage writes, minus its per-frame work and debug log
+            self._write(server_frame(payload, self._codec.binary))
+        else:
+            self.sendMessage(payload, self._codec.binary)
 
     def write_event(self, frame) -> None:
-        self.sendPreparedMessage(frame)
+        if writes_frames_directly(self):
+            self._write(frame_bytes(frame))
+        else:
+            self.sendPreparedMessage(frame)
+
+    def _write(self, data: bytes) -> None:
+        self.transport.write(data)
+        self.wrote(len(data))  # counted against the slow-consumer bound, as sendData does
 
     # -- end -----------------------------------------------------------------------------------
 
