@@ -2,7 +2,8 @@
 (txaio takes one framework per process): as tests/js/apps.js, a callee registers
 app.py.add (with progressive results) and subscribes app.py.news; a caller publishes,
 calls with progress, and calls a procedure nobody registered. Prints one JSON line.
-Usage: python asyncio_apps.py URL CALLEE_TICKET CALLER_TICKET json|msgpack|cbor"""
+Usage: python asyncio_apps.py URL CALLEE_TICKET CALLER_TICKET json|msgpack|cbor [CALLER_URL]
+(the caller on CALLER_URL, another process of the deployment, when given)"""
 
 import asyncio
 import json
@@ -58,9 +59,9 @@ async def joined(url: str, ticket: str, serializer: str) -> ApplicationSession:
     return session
 
 
-async def main(url: str, callee_ticket: str, caller_ticket: str, serializer: str) -> None:
+async def main(url: str, callee_ticket: str, caller_ticket: str, serializer: str, caller_url: str = "") -> None:
     callee = await joined(url, callee_ticket, serializer)
-    caller = await joined(url, caller_ticket, serializer)
+    caller = await joined(caller_url or url, caller_ticket, serializer)
     heard = asyncio.get_running_loop().create_future()
 
     def news(*args, details=None, **kwargs):
@@ -92,4 +93,4 @@ async def main(url: str, callee_ticket: str, caller_ticket: str, serializer: str
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:5]))
+    asyncio.run(main(*sys.argv[1:6]))

@@ -5,16 +5,22 @@ forgotten."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import sys
+from pathlib import Path
 
 import pytest
 import pytest_twisted
 from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.types import CallDetails, CallOptions, PublishOptions, RegisterOptions
 from conftest import within
+from js_peers import JS_DIR, NODE, Lines, needs_node
 from logcheck import logged_problems  # noqa: F401  (autouse: no error in the log)
 from processes import create_session
 from test_redis import gateways
+from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
 from wamp_peer import call_error, open_peer, subscribe
 
@@ -278,3 +284,76 @@ async def test_after_redis_lost_the_registry_each_process_claims_its_registratio
     finally:
         admin.stopService()
         await redis.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_registration_taken_elsewhere_while_redis_had_lost_it_is_revoked_from_its_callee(
+        tmp_path, spawn, redis_prefix):
+    from eformws.backends.redis import RedisAddress, RedisConnection
+    from processes import RedisServer
+
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    admin = RedisConnection(RedisAddress.parse(redis.url), "test", 0.05, 0.2)
+    admin.startService()
+    try:
+        a, b = await gateways(spawn, tmp_path, redis.url, redis_prefix)
+        usurper, callee = await peer_on(a, tmp_path), await peer_on(b, tmp_path)
+        await within(callee.register(lambda: "first", "app.kept"))
+        mark = b.process.mark
+        await within(admin.when_connected())
+        await admin.command("DEL", f"{redis_prefix}wamp:registrations", f"{redis_prefix}wamp:callee_nodes")
+        taken = await within(usurper.register(lambda: "usurper", "app.kept"))  # the registry knew no one
+        await admin.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        await b.process.line(r"wamp registration app\.kept was taken by another process", after=mark)
+        assert await within(callee.call("wamp.registration.list_callees", taken.id)) == [usurper.session_id]
+        assert await within(callee.call("app.kept")) == "usurper"  # the revoked callee's session goes on
+        await leave(usurper, callee)
+    finally:
+        admin.stopService()
+        await redis.stop()
+
+
+async def stock_peers_across(child_argv, spawn, tmp_path, redis_url, redis_prefix, cwd=None) -> dict:
+    """Run a stock-peers script (tests/js/apps.js, tests/asyncio_apps.py) with its callee
+    on process A and its caller on process B; what it saw."""
+    a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
+    callee_ticket = await create_session(tmp_path, a.config, role="admin")
+    caller_ticket = await create_session(tmp_path, a.config, role="staff")
+    child = Lines()
+    argv = [*child_argv(a.url("/wamp"), callee_ticket, caller_ticket), b.url("/wamp")]
+    reactor.spawnProcess(child, argv[0], argv, env=dict(os.environ), path=cwd)
+    seen = json.loads(await within(child.lines.get(), 20))
+    assert await within(child.ended, 10) == 0, child.stderr
+    return seen
+
+
+@needs_node
+@pytest_twisted.ensureDeferred
+async def test_autobahn_js_peers_on_two_processes_publish_subscribe_register_and_call_with_progress(
+        tmp_path, spawn, redis_url, redis_prefix):
+    def argv(url, callee, caller):
+        return [*NODE, "apps.js", url, callee, caller, "msgpack"]
+
+    seen = await stock_peers_across(argv, spawn, tmp_path, redis_url, redis_prefix, cwd=str(JS_DIR))
+    assert seen == {
+        "event": {"args": ["hello", 1], "kwargs": {"n": 2}, "publisher_authrole": "staff"},
+        "progress": [{"args": ["half"], "kwargs": {"of": 3}}],
+        "result": {"args": [6.5], "kwargs": {"caller_authrole": "staff"}},
+        "error": "wamp.error.no_such_procedure",
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_autobahn_asyncio_peers_on_two_processes_publish_subscribe_register_and_call(
+        tmp_path, spawn, redis_url, redis_prefix):
+    def argv(url, callee, caller):
+        return [sys.executable, str(Path(__file__).parent / "asyncio_apps.py"), url, callee, caller, "cbor"]
+
+    seen = await stock_peers_across(argv, spawn, tmp_path, redis_url, redis_prefix)
+    assert seen == {
+        "event": {"args": ["hello", 1], "kwargs": {"n": 2}, "publisher_authrole": "staff"},
+        "progress": [["half", 3]],
+        "result": [6.5, "staff"],
+        "error": "wamp.error.no_such_procedure",
+    }

@@ -2,11 +2,12 @@
 // answering with progressive results, and subscribes to app.js.news; a caller (second ticket)
 // publishes app.js.news, calls app.js.add with receive_progress, and calls a procedure nobody
 // registered. Prints one JSON line of what each side saw, then leaves.
-// Usage: node apps.js URL CALLEE_TICKET CALLER_TICKET json|msgpack
+// Usage: node apps.js URL CALLEE_TICKET CALLER_TICKET json|msgpack [CALLER_URL]
+// (the caller on CALLER_URL, another process of the deployment, when given)
 const autobahn = require("autobahn");
-const [url, calleeTicket, callerTicket, serializer] = process.argv.slice(2);
+const [calleeUrl, calleeTicket, callerTicket, serializer, callerUrl] = process.argv.slice(2);
 
-function open(ticket) {
+function open(ticket, url) {
   const serializers = [serializer === "msgpack" ? new autobahn.serializer.MsgpackSerializer() : new autobahn.serializer.JSONSerializer()];
   const connection = new autobahn.Connection({
     url, realm: "eform", serializers, authmethods: ["ticket"], onchallenge: () => ticket, max_retries: 0,
@@ -20,8 +21,8 @@ function open(ticket) {
 
 (async () => {
   const seen = {};
-  const callee = await open(calleeTicket);
-  const caller = await open(callerTicket);
+  const callee = await open(calleeTicket, calleeUrl);
+  const caller = await open(callerTicket, callerUrl || calleeUrl);
   let news;
   const heard = new Promise((resolve) => { news = resolve; });
   await callee.session.subscribe("app.js.news", (args, kwargs, details) => {
