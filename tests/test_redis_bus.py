@@ -42,6 +42,11 @@ class Hub(Awaited):
         self.wake()
         return 1
 
+    def signal(self, payload: dict) -> None:
+        """A signal (IBus.signal), kept in order with the messages as ("signal", x, sender)."""
+        self.got.append(("signal", payload["x"], payload["from"]))
+        self.wake()
+
     def has(self, n, seconds: float = TIMEOUT) -> defer.Deferred:
         """Fires once the message numbered `n` has come."""
         return self.until(lambda: n in self.got, seconds)
@@ -57,7 +62,7 @@ class Process:
         self.hub = Hub()
 
     async def start(self) -> "Process":
-        self.bus.start(self.hub)
+        self.bus.start(self.hub, self.hub.signal)
         self.bus.startService()
         await within(self.bus.writer.when_connected())
         await within(self.bus.reader.when_connected())
@@ -134,6 +139,28 @@ async def test_a_broadcast_is_delivered_once_to_the_publishers_hub_and_once_to_t
     await settled(b, [a], "end")  # a has read past its own entry in the stream
     assert a.hub.got == [0, "end"]
     assert b.hub.got == [0, "end"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_signal_reaches_its_addressee_alone_in_order_with_the_senders_broadcasts(processes, redis_url):
+    a, b = await pair(processes, redis_url)
+    c = await processes(redis_url, "process-c")
+    a.publish(0)
+    a.bus.signal({"x": "to b", "bytes": b"\x00\xff"}, "process-b")
+    a.publish(1)
+    a.bus.signal({"x": "to all"})
+    await settled(a, [b, c], "end")
+    assert b.hub.got == [0, ("signal", "to b", "process-a"), 1, ("signal", "to all", "process-a"), "end"]
+    assert c.hub.got == [0, 1, ("signal", "to all", "process-a"), "end"]
+    assert a.hub.got == [0, 1, "end"]  # a process never signals itself
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_signal_the_bus_cannot_carry_is_refused_before_anything_is_queued(processes, redis_url):
+    a, _ = await pair(processes, redis_url)
+    with pytest.raises(ValueError):
+        a.bus.signal({"x": object()}, "process-b")
+    assert not a.bus.pending
 
 
 @pytest_twisted.ensureDeferred

@@ -22,7 +22,7 @@ class IBus(Interface):
         processes' signals to `on_signal(payload)` (payload gains `from`: the sender)."""
 
     def signal(payload, to=None):
-        """Send a dict (anything CBOR carries; TypeError/ValueError when it cannot) to the
+        """Send a dict (anything CBOR carries; ValueError when it cannot) to the
         process `to` (a node id), or to every other process; in the order signals and
         messages were sent. A bus of one process has no other: nothing is sent."""
 

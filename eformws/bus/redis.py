@@ -100,7 +100,10 @@ class RedisBus(MultiService):
         return succeed(count)
 
     def signal(self, payload: dict, to: str | None = None):
-        body = {"signal": _cbor(payload)}  # raises before anything is queued when CBOR cannot carry it
+        try:
+            body = {"signal": _cbor(payload)}
+        except Exception as e:  # cbor2's own errors, deep nesting: refused before anything is queued
+            raise ValueError(f"the bus cannot carry this signal: {str(e)[:200]}") from None
         if to is not None:
             body["to"] = to
         self._send(body)

@@ -73,7 +73,7 @@ class RemoteCallee:
             payload = {"kind": "interrupt", "call": message.request, "mode": message.mode, "reason": message.reason}
         try:
             self._signal(payload, self.node)
-        except (TypeError, ValueError, OverflowError, RecursionError):
+        except ValueError:
             return False
         return True
 
@@ -684,7 +684,7 @@ class Registrations(MetaEvents):
         """An answer to another process's caller; one the bus cannot carry becomes ERROR."""
         try:
             self._signal(payload, node)
-        except (TypeError, ValueError, OverflowError, RecursionError):
+        except ValueError:
             self._signal({"kind": "error", "call": payload["call"], "error": INVALID_ARGUMENT,
                           "args": ["the answer cannot be carried between processes"], "kwargs": None}, node)
 
