@@ -287,6 +287,7 @@ async def test_broadcast_missing_property_is_400_naming_it(tokened, body, messag
         ({"namespace": "/ws/lockers", "event": "x", "data": None}, "body/data must be object"),
         ({"namespace": "/ws/lockers", "event": "x", "data": {}, "room": 5}, "body/room must be string"),
         ({"namespace": True, "event": "x", "data": {}}, "body/namespace must be string"),
+        ({"namespace": "/ws/lockers", "event": "", "data": {}}, "body/event must NOT have fewer than 1 characters"),
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -348,6 +349,12 @@ async def test_healthz_is_200_ok(server):
     assert answer.code == 200
     assert answer.headers.getRawHeaders("content-type") == ["application/json"]
     assert answer.json["status"] == "ok"
+
+
+@pytest_twisted.ensureDeferred
+async def test_healthz_of_a_single_process_has_no_bus_check(server):
+    answer = await get(server, "/healthz")
+    assert answer.code == 200 and "redis_bus" not in answer.json.get("checks", {})
 
 
 @pytest.mark.parametrize("path", ["/nope", "/api/websocket/nope", "/api/websocket/status/extra"])

@@ -536,3 +536,81 @@ async def test_large_messages_spend_the_rate_limit_by_size_before_they_are_read(
     await client.send([CALL, 2, {}, "eform.status", ["x" * 200_000]])  # 48 tokens: more than are left
     kind, (code, reason) = await next_or_close(client)
     assert (kind, code, reason) == ("closed", 1008, "Rate limit exceeded")
+
+
+# -- what each refusal says (found by a mutation survey: each fails on a mutant that passed) ---------
+
+
+@pytest_twisted.ensureDeferred
+async def test_unsubscribing_another_sessions_subscription_is_no_such_subscription_and_keeps_it(server):
+    owner, _ = await join(server)
+    await owner.send([SUBSCRIBE, 1, {}, "app.news"])
+    subscribed = await owner.recv()
+    other, _ = await join(server)
+    await other.send([UNSUBSCRIBE, 2, subscribed[2]])
+    assert (await other.recv())[:5] == [ERROR, UNSUBSCRIBE, 2, {}, "wamp.error.no_such_subscription"]
+    assert server.service.wamp.broker.subscription(subscribed[2]).connections  # the owner's is kept
+
+
+@pytest.mark.parametrize(("publish", "says"), [
+    ([PUBLISH, 1, {"acknowledge": True}, "eform.lockers." + "r" * 129, ["notice", {}]], "Room must be at most 128 characters"),
+    ([PUBLISH, 1, {"acknowledge": True}, "eform.lockers", ["notice", {}, "extra"]], "publish args"),
+    ([PUBLISH, 1, {"acknowledge": True, "retain": True}, "eform.lockers", ["notice", {}]], "retain"),
+    ([PUBLISH, 1, {"acknowledge": True, "eligible": [1]}, "eform.lockers", ["notice", {}]], "eligible"),
+])
+@pytest_twisted.ensureDeferred
+async def test_an_admin_publish_to_a_namespace_the_router_cannot_carry_is_invalid_argument(server, publish, says):
+    client, _ = await join(server, role="admin")
+    await client.send(publish)
+    error = await client.recv()
+    assert error[:5] == [ERROR, PUBLISH, 1, {}, "wamp.error.invalid_argument"]
+    assert says in error[5][0]
+
+
+@pytest.mark.parametrize(("args", "kwargs", "says"), [
+    (["locker_state_changed", {}, "key", "more"], {}, "too many arguments"),
+    (["locker_state_changed"], {"data": {}, "colour": "red"}, "unknown argument 'colour'"),
+    (["locker_state_changed", {}], {"data": {}}, "data given twice"),
+    ([], {"data": {}}, "missing argument 'type'"),
+    (["locker_state_changed", {}], {"idempotency_key": 7}, "idempotency_key must be a string"),
+])
+@pytest_twisted.ensureDeferred
+async def test_eform_emit_with_arguments_that_do_not_bind_is_invalid_argument_saying_which(server, args, kwargs, says):
+    client, _ = await join(server, role="admin")
+    await client.send([CALL, 3, {}, "eform.emit", args, kwargs])
+    error = await client.recv()
+    assert error[:5] == [ERROR, CALL, 3, {}, "wamp.error.invalid_argument"]
+    assert says in error[5][0], error
+
+
+@pytest_twisted.ensureDeferred
+async def test_eform_emit_while_the_event_log_is_out_of_reach_is_unavailable(server, monkeypatch):
+    from twisted.internet.defer import fail
+
+    from eformws.backends.redis import RedisUnavailable
+
+    client, _ = await join(server, role="admin")
+    monkeypatch.setattr(server.service.events, "emit",
+                        lambda *args, **kwargs: fail(RedisUnavailable("redis writes: connection lost")))
+    await client.send([CALL, 4, {}, "eform.emit", ["locker_state_changed", {}]])
+    assert (await client.recv())[:5] == [ERROR, CALL, 4, {}, "eform.error.unavailable"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_to_a_session_that_ended_is_not_given_to_the_next_session_on_the_transport(server):
+    from twisted.internet.defer import Deferred
+
+    client, _ = await join(server, role="admin")
+    held = Deferred()
+    server.service.wamp.dealer._procedures["eform.status"] = (lambda args, kwargs: held, False)
+    await client.send([CALL, 5, {}, "eform.status"])
+    await client.send([GOODBYE, {}, "wamp.close.close_realm"])
+    assert await client.recv() == [GOODBYE, {}, "wamp.close.goodbye_and_out"]
+    sid = await server.session()
+    await client.send([HELLO, "eform", {"roles": ROLES, "authmethods": ["ticket"]}])
+    assert (await client.recv())[0] == CHALLENGE
+    await client.send([AUTHENTICATE, sid, {}])
+    assert (await client.recv())[0] == WELCOME
+    held.callback(["for the session that left"])
+    await client.send([CALL, 6, {}, "wamp.session.count"])
+    assert (await client.recv())[:2] == [RESULT, 6]  # and not RESULT 5 first
