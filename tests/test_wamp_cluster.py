@@ -37,6 +37,13 @@ async def leave(*peers) -> None:
         await within(peer.gone)
 
 
+async def reconnected(gateway, mark) -> None:
+    """Wait until a gateway's Redis connections that WAMP across processes needs are back
+    (until then a call to another process is answered eform.error.unavailable at once)."""
+    for name in ("lookups", "writes", "bus reader"):
+        await gateway.process.line(rf"redis {name} reached \S+ again", after=mark)
+
+
 async def two(spawn, tmp_path, redis_url, redis_prefix, serializers=("json", "json")):
     """Gateways A and B, and a joined admin peer on each: (a, b, on_a, on_b)."""
     a, b = await gateways(spawn, tmp_path, redis_url, redis_prefix)
@@ -276,7 +283,8 @@ async def test_after_redis_lost_the_registry_each_process_claims_its_registratio
         await admin.command("DEL", f"{redis_prefix}wamp:registrations", f"{redis_prefix}wamp:callee_nodes")
         await admin.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
         await b.process.line(r"wamp registry: 1 registrations of this process claimed again", after=marks[1])
-        await a.process.line(r"redis lookups reached \S+ again", after=marks[0])
+        await reconnected(a, marks[0])
+        await reconnected(b, marks[1])
         assert await within(caller.call("app.kept")) == "still here"
         error = await call_error(caller.register(lambda: "usurper", "app.kept"))
         assert error.error == "wamp.error.procedure_already_exists"
@@ -306,6 +314,7 @@ async def test_a_registration_taken_elsewhere_while_redis_had_lost_it_is_revoked
         taken = await within(usurper.register(lambda: "usurper", "app.kept"))  # the registry knew no one
         await admin.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
         await b.process.line(r"wamp registration app\.kept was taken by another process", after=mark)
+        await reconnected(b, mark)
         assert await within(callee.call("wamp.registration.list_callees", taken.id)) == [usurper.session_id]
         assert await within(callee.call("app.kept")) == "usurper"  # the revoked callee's session goes on
         await leave(usurper, callee)
@@ -357,3 +366,135 @@ async def test_autobahn_asyncio_peers_on_two_processes_publish_subscribe_registe
         "result": [6.5, "staff"],
         "error": "wamp.error.no_such_procedure",
     }
+
+
+# -- what an attack found (each failed before its fix) ------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_process_that_stalled_past_node_ttl_claims_its_registrations_again_once_it_runs(
+        tmp_path, spawn, redis_url, redis_prefix):
+    a, b, caller, callee = await two(spawn, tmp_path, redis_url, redis_prefix)
+    await within(callee.register(lambda: "still here", "app.kept"))
+    marks = a.process.mark, b.process.mark
+    b.process.transport.signalProcess(signal.SIGSTOP)  # a stall: a paused VM, a starved CPU
+    await a.process.line(r"stopped process\(es\) forgotten", after=marks[0])
+    b.process.transport.signalProcess(signal.SIGCONT)
+    await b.process.line(r"wamp registry: 1 registrations of this process claimed again", after=marks[1])
+    assert await within(caller.call("app.kept")) == "still here"
+    await leave(caller, callee)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_release_redis_refused_is_taken_once_redis_has_room_again(tmp_path, spawn, redis_prefix):
+    from eformws.backends.redis import RedisAddress, RedisConnection
+    from processes import RedisServer
+
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    admin = RedisConnection(RedisAddress.parse(redis.url), "test", 0.05, 0.2)
+    admin.startService()
+    try:
+        a, b = await gateways(spawn, tmp_path, redis.url, redis_prefix)
+        caller, callee = await peer_on(a, tmp_path), await peer_on(b, tmp_path)
+        await within(callee.register(lambda: "old", "app.job"))
+        mark = b.process.mark
+        await within(admin.when_connected())
+        await admin.command("CONFIG", "SET", "maxmemory", "1")  # out of memory: scripts refused, no link lost
+        callee.leave()
+        await within(callee.gone)
+        await b.process.line(r"wamp registry did not take a release", after=mark)
+        await admin.command("CONFIG", "SET", "maxmemory", "0")
+        await b.process.line(r"wamp registry took a release it could not take before \(app\.job\)", after=mark)
+        successor = await peer_on(a, tmp_path)
+        await within(successor.register(lambda: "new", "app.job"))
+        assert await within(caller.call("app.job")) == "new"
+        await leave(caller, successor)
+    finally:
+        admin.stopService()
+        await redis.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_register_whose_claim_reply_was_lost_leaves_no_registration_behind(
+        tmp_path, spawn, redis_url, redis_prefix):
+    from eformws.backends.redis import RedisAddress, RedisConnection
+    from proxy import FaultyProxy
+    from test_redis import start_gateway
+    from twisted.internet.task import deferLater
+
+    address = RedisAddress.parse(redis_url)
+    proxy = FaultyProxy(address.host, address.port)
+    port = proxy.start(reactor)
+    admin = RedisConnection(address, "test", 0.05, 0.2)
+    admin.startService()
+    try:
+        a = await start_gateway(spawn, tmp_path / "a", redis_url, redis_prefix)
+        b = await start_gateway(spawn, tmp_path / "b", f"redis://127.0.0.1:{port}/{address.db}", redis_prefix)
+        caller, callee = await peer_on(a, tmp_path), await peer_on(b, tmp_path)
+        await within(admin.when_connected())
+        proxy.swallowing = True  # Redis runs B's claim; its reply is lost on the way back
+        registering = callee.register(lambda: "served", "app.lost")
+        for _ in range(250):  # no event says the script ran: Redis is asked
+            if await admin.command("HEXISTS", f"{redis_prefix}wamp:registrations", "exact app.lost"):
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        mark = b.process.mark
+        proxy.cut()  # the link goes (as after CLIENT KILL, or a reply timeout)
+        proxy.swallowing = False
+        assert (await call_error(registering)).error == "eform.error.unavailable"
+        await reconnected(b, mark)  # the release owed is sent first on the new link
+        await leave(callee)
+        successor = await peer_on(a, tmp_path)
+        await within(successor.register(lambda: "successor", "app.lost"))  # no record left behind
+        assert await within(caller.call("app.lost")) == "successor"
+        await leave(caller, successor)
+    finally:
+        admin.stopService()
+        proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_to_another_process_while_redis_is_out_of_reach_is_answered_unavailable_at_once(
+        tmp_path, spawn, redis_prefix):
+    from processes import RedisServer
+
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    try:
+        a, b = await gateways(spawn, tmp_path, redis.url, redis_prefix)
+        caller, callee = await peer_on(a, tmp_path), await peer_on(b, tmp_path)
+        await within(callee.register(lambda: "answered", "app.quick"))
+        mark = a.process.mark
+        await redis.stop()
+        await a.process.line(r"redis writes connection lost", after=mark)
+        error = await call_error(caller.call("app.quick"))  # not queued where the bus might drop it
+        assert error.error == "eform.error.unavailable"
+        await redis.start()
+        await reconnected(a, mark)
+        await reconnected(b, mark)
+        assert await within(caller.call("app.quick")) == "answered"
+        await leave(caller, callee)
+    finally:
+        await redis.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_callee_is_interrupted_when_its_callers_process_dies_even_while_status_is_read(
+        tmp_path, spawn, redis_url, redis_prefix):
+    from test_redis import get
+    from twisted.internet.task import deferLater
+
+    a, b, caller, callee = await two(spawn, tmp_path, redis_url, redis_prefix)  # A registers nothing
+    invoked, interrupted = await pending_procedure(callee, "app.slow")
+    caller.call("app.slow").addErrback(lambda _: None)
+    await within(invoked)
+    a.process.transport.signalProcess(signal.SIGKILL)
+    for _ in range(100):  # a load balancer reading B's status (which used to forget A's id)
+        if interrupted.called:
+            break
+        status, _ = await get(b, "/api/websocket/status")
+        assert status == 200
+        await deferLater(reactor, 0.1, lambda: None)
+    await within(interrupted)
+    await leave(callee)

@@ -31,6 +31,8 @@ class NodeRegistry(MultiService):
         self.connection.on_connected.append(lambda _: self.heartbeat())
         # The node list is read where reads do not wait behind writes (status during a failover).
         self.lookups = lookups if lookups is not None else self.connection
+        self.on_rejoined: list = []
+        self._beats = 0  # heartbeats written: the first finds no entry, as it should
         self._beat = TimerService(interval, self.heartbeat)
         self._beat.setServiceParent(self)
 
@@ -45,17 +47,30 @@ class NodeRegistry(MultiService):
         }
 
     def heartbeat(self):
+        """Write this process's entry; one that had expired since the last (a stall, an
+        outage past `ttl`: the others may have taken this process for dead) is told to
+        `on_rejoined` callbacks."""
         if not self.connection.connected:
             return None
         key = f"{self.prefix}node:{self.node_id}"
-        d = self.connection.command("SET", key, json.dumps(self.local()), "PX", int(self.ttl * 1000))
+        d = self.connection.command("SET", key, json.dumps(self.local()), "PX", int(self.ttl * 1000), "GET")
+        d.addCallback(self._beaten)
         d.addCallback(lambda _: self.connection.command("SADD", f"{self.prefix}nodes", self.node_id))
         d.addErrback(lambda failure: log.warn("node heartbeat failed: {error}", error=failure.getErrorMessage()))
         return d
 
+    def _beaten(self, before) -> None:
+        if before is None and self._beats:
+            log.warn("this process's status entry had expired (no heartbeat for {ttl:g} s): the others may have "
+                     "taken it for dead", ttl=self.ttl)
+            for callback in list(self.on_rejoined):
+                callback()
+        self._beats += 1
+
     @inlineCallbacks
     def nodes(self) -> list[dict]:
-        """Every live process's entry (this one's fresh); stale ids are forgotten."""
+        """Every live process's entry (this one's fresh). Ids whose entry expired are left
+        in the list for the WAMP registry's purge, which takes their callees out first."""
         ids = yield self.lookups.command("SMEMBERS", f"{self.prefix}nodes")
         ids = sorted(set(ids or ()) - {self.node_id})
         found = [self.local()]
@@ -63,7 +78,6 @@ class NodeRegistry(MultiService):
             values = yield self.lookups.command("MGET", *[f"{self.prefix}node:{i}" for i in ids])
             for node_id, value in zip(ids, values):
                 if value is None:
-                    yield self.connection.command("SREM", f"{self.prefix}nodes", node_id)
                     continue
                 try:
                     found.append(json.loads(value))

@@ -69,6 +69,7 @@ class RedisBus(MultiService):
         self.writer.on_connected.append(lambda _: self._flush())
         self.reader.on_connected.append(lambda _: self._start_reading())
         self.pending: deque[str] = deque()
+        self._signal_entries: set[int] = set()  # ids of the entries in `pending` that are signals
         self.dropped = 0
         self._n = 0
         self._flushing = False
@@ -118,6 +119,8 @@ class RedisBus(MultiService):
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warn("redis outage buffer full: {dropped} messages dropped for other processes", dropped=self.dropped)
         self.pending.append(entry)
+        if "signal" in body:
+            self._signal_entries.add(id(entry))
         self._flush()
 
     def ping(self):
@@ -167,7 +170,7 @@ class RedisBus(MultiService):
                     return
                 self.pause.accepted()
                 for _ in range(self._written_still_pending()):
-                    self.pending.popleft()
+                    self._signal_entries.discard(id(self.pending.popleft()))
                 self._writing = []
         finally:
             self._flushing = False
@@ -184,13 +187,17 @@ class RedisBus(MultiService):
         return count
 
     def _drop_oldest(self) -> None:
-        """Make room in a full buffer: drop the oldest entry that is not being written, or,
-        when all are, the oldest (which the write under way may still deliver)."""
+        """Make room in a full buffer: drop the oldest broadcast that is not being written
+        (signals go last: a call waits for each of its own), else the oldest signal that is
+        not, or, when all are being written, the oldest (the write under way may still
+        deliver it)."""
         being_written = self._written_still_pending()
-        if being_written < len(self.pending):
-            del self.pending[being_written]
-        else:
-            self.pending.popleft()
+        index = next((i for i in range(being_written, len(self.pending))
+                      if id(self.pending[i]) not in self._signal_entries), None)
+        if index is None:
+            index = being_written if being_written < len(self.pending) else 0
+        self._signal_entries.discard(id(self.pending[index]))
+        del self.pending[index]
 
     @staticmethod
     def _reactor():

@@ -95,8 +95,11 @@ class EformService(MultiService):
                                            peers=self.nodes.others if self.nodes is not None else None,
                                            retained_store=self.retained)
         if self.registry is not None:
-            self.registry.on_connected = self.wamp.registrations.resync
-            self.registry.on_purged = self.wamp.registrations.purged
+            registrations = self.wamp.registrations
+            self.registry.on_connected = registrations.resync
+            self.registry.on_purged = registrations.purged
+            self.registry.on_tick = registrations.retry_owed  # releases Redis refused (out of memory, ...)
+            self.nodes.on_rejoined.append(registrations.resync)  # taken for dead while alive: claim again
         self.hub.add_endpoint(self.wamp)
         watch.setServiceParent(self)
         self.metrics = metrics.ServiceCollector(self.hub, self._redis_connections())
@@ -203,7 +206,8 @@ class EformService(MultiService):
             return None
         config = self.config
         return self._child(RedisRegistry(self._redis_role(LOOKUPS), config.get("redis", "prefix"),
-                                         config.get("redis", "node_heartbeat"), **self._redis_options()))
+                                         config.get("redis", "node_heartbeat"), config.get("redis", "node_ttl"),
+                                         **self._redis_options()))
 
     def _retained_store(self):
         """Retained WAMP events for processes that start later: in Redis, when there is one."""

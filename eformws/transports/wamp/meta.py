@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from eformws.transports.wamp.dealer import bind
-from eformws.transports.wamp.errors import INVALID_ARGUMENT, NO_SUCH_PROCEDURE, WampError, new_id
+from eformws.transports.wamp.errors import INVALID_ARGUMENT, NO_SUCH_PROCEDURE, UNAVAILABLE, WampError, new_id
 from eformws.transports.wamp.topics import EXACT, PREFIX_MATCH, WILDCARD
 
 log = Logger(namespace="eformws.wamp.meta")
@@ -85,14 +85,33 @@ class Meta:
             raise WampError(NO_SUCH_PROCEDURE, f"no procedure {procedure}")
         merge = MERGES.get(procedure)
         if procedure.startswith("wamp.registration.") and self._router.registrations.shared:
-            # The registry as it is now, not as the other processes' signals have told it so far.
-            d = self._router.registrations.reload()
-            return d.addCallback(lambda _: [handler(procedure, args, kwargs)])
+            d = self._registry_now(procedure, args, kwargs)
+            d.addCallback(lambda _: [handler(procedure, args, kwargs)])
+            return d.addErrback(_unreachable)
         if merge is None or self._peers is None:
             return succeed([handler(procedure, args, kwargs)])
         here = self._part(procedure, args, kwargs)
         d = self._ask(procedure, args, kwargs)
         return d.addCallback(lambda parts: [merge(procedure, [here, *parts])])
+
+    def _registry_now(self, procedure: str, args, kwargs) -> Deferred:
+        """Read what the answer needs from the registry as it is now, not as the other
+        processes' signals have told it so far: the record named (lookup, match), the
+        whole list (list), or, for an id this process does not know, every record."""
+        registrations = self._router.registrations
+        if procedure in ("wamp.registration.lookup", "wamp.registration.match"):
+            uri = (list(args or ()) or [(kwargs or {}).get("procedure")])[0]
+            options = (list(args or ()) + [None, None])[1] or (kwargs or {}).get("options") or {}
+            match = options.get("match", EXACT) if isinstance(options, dict) and procedure.endswith("lookup") else EXACT
+            if isinstance(uri, str) and match in (EXACT, PREFIX_MATCH, WILDCARD):
+                return registrations.refresh(uri, match)
+            return succeed(None)  # the handler says what is wrong with the arguments
+        if procedure == "wamp.registration.list":
+            return registrations.reload()
+        registration = (list(args or ()) or [(kwargs or {}).get("registration")])[0]
+        if isinstance(registration, int) and registrations.get(registration) is None:
+            return registrations.reload()
+        return succeed(None)
 
     def _part(self, procedure: str, args, kwargs):
         """This process's part of an answer: None for what it does not know of."""
@@ -266,6 +285,13 @@ class Meta:
 
     def _registration_count_callees(self, procedure, args, kwargs):
         return len(self._registration(procedure, args, kwargs).callees)
+
+
+def _unreachable(failure):
+    if failure.check(WampError):
+        return failure
+    log.warn("wamp meta: the registry is out of reach: {error}", error=failure.getErrorMessage()[:200])
+    raise WampError(UNAVAILABLE, "the registry of procedures is out of reach; try again")
 
 
 def _sum(procedure, parts):

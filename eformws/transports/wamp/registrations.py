@@ -150,10 +150,11 @@ class Registrations(MetaEvents):
 
     `registry` decides who serves what (a LocalRegistry: this process alone); `node` names
     this process; `signal(payload, to)` reaches other processes (the bus's); `session(id)`
-    is this process's connection of a WAMP session id, or None."""
+    is this process's connection of a WAMP session id, or None; `reachable()` whether the
+    other processes can be reached now (the bus is healthy)."""
 
     def __init__(self, permissions: Permissions, max_registrations: int = 100, reactor=None, registry=None,
-                 node: str = "", signal=None, session=None):
+                 node: str = "", signal=None, session=None, reachable=None):
         self._permissions = permissions
         self._max_registrations = max_registrations  # per session
         self._reactor = reactor
@@ -161,8 +162,10 @@ class Registrations(MetaEvents):
         self._node = node
         self._signal = signal or (lambda payload, to=None: None)
         self._session = session or (lambda session_id: None)
+        self._reachable = reachable or (lambda: True)  # whether the other processes can be reached now
         self._own: dict[Any, dict[str, tuple[int, str]]] = {}  # connection -> its (id, invoke) by record name
         self._claims: dict[Any, int] = {}  # connection -> its REGISTERs waiting for the registry
+        self._claiming: set[tuple[str, int]] = set()  # (record name, session id) of those REGISTERs
         self._owed: list[tuple[str, str, int]] = []  # releases the registry could not take yet
         self._by_key: dict[str, Registration] = {}  # by record name (match and procedure)
         self._by_id: dict[int, Registration] = {}
@@ -198,14 +201,24 @@ class Registrations(MetaEvents):
                             limit=limit)
         session_id = connection.wamp.id
         self._claims[connection] = self._claims.get(connection, 0) + 1
+        self._claiming.add((name, session_id))
         d = self._registry.claim(procedure, match, invoke, self._node, session_id, _flags(connection), new_id(),
                                  js_timestamp())
-        d.addBoth(self._claim_answered, connection)
-        d.addCallback(self._claimed, connection, session_id, name, invoke)
-        d.addErrback(_unavailable)
+        d.addBoth(self._claim_answered, connection, (name, session_id))
+        d.addCallbacks(self._claimed, self._claim_failed, (connection, session_id, name, invoke),
+                       errbackArgs=(procedure, match, session_id))
         return d
 
-    def _claim_answered(self, result, connection):
+    def _claim_failed(self, failure, procedure: str, match: str, session_id: int):
+        """Redis did not answer the claim (the link went, or its reply did): it may have run
+        all the same, so its release is owed (a claim the session makes again meanwhile
+        takes the record over). A claim Redis refused (an error reply) did not run."""
+        if not _refused(failure):
+            self._owed.append((procedure, match, session_id, None))
+        return _unavailable(failure)
+
+    def _claim_answered(self, result, connection, claim):
+        self._claiming.discard(claim)
         left = self._claims.pop(connection) - 1
         if left:
             self._claims[connection] = left
@@ -213,8 +226,10 @@ class Registrations(MetaEvents):
 
     def _claimed(self, answer, connection, session_id: int, name: str, invoke: str) -> Registration:
         outcome, record = answer
-        if outcome == ALREADY:
+        if outcome == ALREADY and name in self._own.get(connection, {}):
             raise WampError(PROCEDURE_ALREADY_EXISTS, f"{record['uri']!r} is registered by this session already")
+        if outcome == ALREADY:  # a claim of this session whose answer was lost: it holds the record
+            self._owed = [o for o in self._owed if (field(o[0], o[1]), o[2]) != (name, session_id)]
         if outcome == EXISTS:
             self._apply(name, record)
             raise WampError(PROCEDURE_ALREADY_EXISTS,
@@ -254,18 +269,22 @@ class Registrations(MetaEvents):
         match, uri = name.split(" ", 1)
         return self._release(uri, match, session_id, registration_id)
 
-    def _release(self, uri: str, match: str, session_id: int, registration_id: int):
+    def _release(self, uri: str, match: str, session_id: int, registration_id: int | None, retried: bool = False):
         d = self._registry.release(uri, match, self._node, session_id)
 
         def released(answer):
-            outcome, record = answer
+            outcome, record = answer  # DELETED: the record as it was
             name = field(uri, match)
+            if retried:
+                log.info("wamp registry took a release it could not take before ({procedure})", procedure=uri)
             if outcome in (LEFT, DELETED):
-                self._meta("wamp.registration.on_unregister", session_id, registration_id)
+                known = registration_id if registration_id is not None else record["id"]
+                self._meta("wamp.registration.on_unregister", session_id, known)
                 if outcome == DELETED:
-                    self._meta("wamp.registration.on_delete", session_id, registration_id)
-            self._apply(name, record)
-            self._tell({name: record})
+                    self._meta("wamp.registration.on_delete", session_id, known)
+            after = None if outcome == DELETED else record
+            self._apply(name, after)
+            self._tell({name: after})
 
         def owed(failure):
             log.warn("wamp registry did not take a release ({error}); retried once it answers",
@@ -275,10 +294,19 @@ class Registrations(MetaEvents):
         return d.addCallbacks(released, owed)
 
     def retry_owed(self) -> None:
-        """Release again what the registry could not take (it was unreachable)."""
+        """Release again what the registry could not take (unreachable, or refusing writes);
+        not what the session holds again meanwhile (its claim's answer came after all)."""
         owed, self._owed = self._owed, []
         for uri, match, session_id, registration_id in owed:
-            self._release(uri, match, session_id, registration_id)
+            connection = self._session(session_id)
+            name = field(uri, match)
+            if connection is not None and (name in self._own.get(connection, {}) or (name, session_id) in self._claiming):
+                continue
+            self._release(uri, match, session_id, registration_id, retried=True)
+
+    def refresh(self, procedure: str, match: str) -> Deferred:
+        """Read one record again (the meta API does, to answer as the registry is now)."""
+        return self._registry.get(procedure, match).addCallback(lambda record: self._apply(field(procedure, match), record))
 
     # -- what this process knows of the registry ------------------------------------------
 
@@ -492,21 +520,24 @@ class Registrations(MetaEvents):
             return self._call(connection, request, progress, entry.disclose, registration)
 
         def unread(failure):
-            failure.trap(Exception)
             if failure.check(WampError):
                 return failure
-            raise WampError(NO_SUCH_PROCEDURE, f"no procedure {procedure}")
+            return _unavailable(failure)
 
         return d.addCallback(found).addErrback(unread)
 
     def _call(self, connection, request, progress, disclose: bool, registration: Registration) -> Deferred:
+        callee = registration.callee()
+        if isinstance(callee, RemoteCallee) and not self._reachable():
+            # Not queued behind an outage (where the bus may have to drop it): answered now.
+            raise WampError(UNAVAILABLE, "the callee is on another process, out of reach now (Redis); try again")
         disclosed: dict[str, Any] = {}
         if disclose:
             session = connection.session
             disclosed = {"caller": connection.wamp.id, "caller_authid": session.user_id,
                          "caller_authrole": session.role}
         wants_progress = bool(request.receive_progress) and progress is not None
-        invocation = self._invoke(registration.callee(), registration, connection, request.request, request.args,
+        invocation = self._invoke(callee, registration, connection, request.request, request.args,
                                   request.kwargs, request.procedure, progress if wants_progress else None, disclosed,
                                   request.timeout)
         return invocation.answer
@@ -709,8 +740,13 @@ class Registrations(MetaEvents):
         for name, record in records.items():
             self._apply(name, _checked(record))
         self._refresh(records)
-        if s.get("gone"):
-            self.gone(s["gone"])
+        gone = list(s.get("gone") or ())
+        if self._node in gone:  # taken for dead while alive (a stall): claim this process's again
+            log.warn("another process took this one for dead; claiming its registrations again")
+            gone.remove(self._node)
+            self.resync()
+        if gone:
+            self.gone(gone)
 
     _signals = {"invoke": _invoked, "interrupt": _interrupted, "progress": _answer, "result": _answer,
                 "error": _answer, "registry": _changed}
@@ -718,6 +754,13 @@ class Registrations(MetaEvents):
     @property
     def count(self) -> int:
         return len(self._by_id)
+
+
+def _refused(failure) -> bool:
+    """Whether Redis answered with an error (the command did not run)."""
+    import txredisapi
+
+    return failure.check(txredisapi.ResponseError) is not None
 
 
 def _unavailable(failure):

@@ -63,7 +63,7 @@ class LocalRegistry:
             return succeed((ABSENT, record))
         if not callees:
             del self._records[name]
-            return succeed((DELETED, None))
+            return succeed((DELETED, record))
         record = self._records[name] = dict(record, callees=callees)
         return succeed((LEFT, record))
 
@@ -99,7 +99,8 @@ CLAIM = Script(
     "return {'joined', v}\n"
 )
 
-# KEYS: the records' hash. ARGV: field, node, session.
+# KEYS: the records' hash. ARGV: field, node, session. Returns the outcome and the record
+# after it (deleted: as it was).
 RELEASE = Script(
     "#!lua\n"
     "local v = redis.call('HGET', KEYS[1], ARGV[1])\n"
@@ -110,7 +111,7 @@ RELEASE = Script(
     "  if not (c[1] == ARGV[2] and c[2] == ARGV[3]) then table.insert(kept, c) end\n"
     "end\n"
     "if #kept == #r.callees then return {'absent', v} end\n"
-    "if #kept == 0 then redis.call('HDEL', KEYS[1], ARGV[1]) return {'deleted', ''} end\n"
+    "if #kept == 0 then redis.call('HDEL', KEYS[1], ARGV[1]) return {'deleted', v} end\n"
     "r.callees = kept\n"
     "v = cjson.encode(r)\n"
     "redis.call('HSET', KEYS[1], ARGV[1], v)\n"
@@ -197,17 +198,42 @@ class RedisRegistry(MultiService):
 
     shared = True
 
-    def __init__(self, redis, prefix: str, interval: float, initial_delay: float = 0.5, max_delay: float = 10.0):
+    def __init__(self, redis, prefix: str, interval: float, ttl: float, initial_delay: float = 0.5,
+                 max_delay: float = 10.0, reactor=None):
         super().__init__()
         self.prefix = prefix
         self.key = f"{prefix}wamp:registrations"
         self.nodes_key = f"{prefix}wamp:callee_nodes"
+        self.ttl = ttl
         self.connection = command_connection(self, redis, "wamp registry", initial_delay, max_delay)
         self.on_purged = None
         self.on_connected = None
-        self.connection.on_connected.append(lambda _: self.on_connected() if self.on_connected is not None else None)
+        self.on_tick = None
+        self.connection.on_connected.append(self._connected)
         self._suspects: list[str] = []
-        TimerService(interval, self.purge).setServiceParent(self)
+        self._quiet_until = 0.0
+        self._reactor = reactor
+        TimerService(interval, self._tick).setServiceParent(self)
+
+    def _connected(self, _) -> None:
+        """After an outage every process's entry may have expired, and each gets back in
+        its own time: judge nobody for a `ttl` (a live one writes its entry within it)."""
+        self._suspects = []
+        self._quiet_until = self._clock().seconds() + self.ttl
+        if self.on_connected is not None:
+            self.on_connected()
+
+    def _tick(self):
+        if self.on_tick is not None:
+            self.on_tick()
+        return self.purge()
+
+    def _clock(self):
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
 
     def claim(self, uri, match, invoke, node, session, flags, registration_id, created):
         d = CLAIM.run(self.connection, [self.key, self.nodes_key],
@@ -231,7 +257,7 @@ class RedisRegistry(MultiService):
     def purge(self):
         """Take the callees of dead processes out (a process is dead once its entry is
         missing on two looks in a row: a starting one writes it within a heartbeat)."""
-        if not self.connection.connected:
+        if not self.connection.connected or self._clock().seconds() < self._quiet_until:
             return
         try:
             reply = yield PURGE.run(self.connection, [self.key, self.nodes_key, f"{self.prefix}nodes"],

@@ -91,8 +91,9 @@ class WampRouter:
         self.connections: dict[str, Any] = {}  # joined sessions' transports by connection id
         self.by_session: dict[int, Any] = {}  # the same by WAMP session id
         signal = bus.signal if bus is not None else None
+        reachable = (lambda: bus.healthy is not False) if bus is not None else None
         self.registrations = Registrations(self.permissions, max_registrations, registry=registry, node=node,
-                                           signal=signal, session=self.by_session.get)
+                                           signal=signal, session=self.by_session.get, reachable=reachable)
         self.meta = Meta(self, events, peers=peers, signal=signal)
         self.broker.on_meta = self.registrations.on_meta = self.meta.event
         self.dealer = Dealer(hub, events, status, policy)
