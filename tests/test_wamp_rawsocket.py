@@ -373,3 +373,56 @@ async def test_a_rawsocket_port_in_use_ends_twistd_with_one_line_and_exit_1(tmp_
         out, err, code = await run(TWISTD, "-n", "--pidfile=", "eformws", "--config", str(config), cwd=tmp_path)
     assert (err, code) == (f"eformws: cannot listen on 127.0.0.1:{taken}: address already in use (another process "
                            "listens there: stop it, or choose --port)\n", 1)
+
+
+# -- what an attack found (each failed before its fix) -------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ping_is_paid_by_its_size_as_a_message_is_and_one_it_cannot_pay_closes(start_server):
+    # 1 token a second, 10 deep: at 4 KiB a token, a peer may make the router read 40 KiB
+    server = await start_server({**RAWSOCKET, "wamp.rate_limit": 1, "wamp.rate_burst": 10})
+    client = await RawClient.connect(server)
+    await client.handshake()  # nobody authenticated: a PING is answered all the same
+    echoed = 0
+    for _ in range(8):
+        client.send_frame(b"x" * 1_000_000, PING)
+        frame = await client.recv_frame()
+        if frame is None:
+            break
+        echoed += len(frame[1])
+    assert echoed <= 10 * 4096, f"{echoed} bytes read and echoed for 8 tokens"
+    assert await client.closed() == b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_over_server_max_connections_is_told_and_closed_at_once(start_server):
+    server = await start_server({**RAWSOCKET, "server.max_connections": 2, "websocket.open_handshake_timeout": 8})
+    held = [await RawClient.connect(server) for _ in range(2)]  # within the limit, sending nothing yet
+    over = await RawClient.connect(server)  # sends nothing either: refused without waiting for its handshake
+    assert await over.closed(timeout=2) == bytes((MAGIC, 4 << 4, 0, 0))  # error 4: connection count
+    assert len(held) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pong_is_never_over_the_length_the_peers_handshake_asked_for(start_server):
+    server = await start_server(RAWSOCKET)
+    client = await RawClient.connect(server)
+    await client.handshake(JSON, 1)  # takes at most 1,024 octets
+    client.send_frame(b"p" * 4096, PING)
+    client.send_frame(b"small", PING)
+    assert await client.recv_frame() == (PONG, b"small")  # the big one was not answered
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rawsocket_connection_probes_its_peer_as_often_as_wamp_pings(start_server):
+    import socket
+
+    server = await start_server({**RAWSOCKET, "websocket.ping_interval": 5, "websocket.ping_timeout": 3})
+    await raw_join(server)
+    (connection,) = server.service.wamp.connections.values()
+    handle = connection.transport.getHandle()
+    assert handle.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    options = [handle.getsockopt(socket.IPPROTO_TCP, option)
+               for option in (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT, socket.TCP_USER_TIMEOUT)]
+    assert options == [5, 3, 2, 8000]  # a vanished peer is dropped within about 11 s, not 2 h 11 min

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+import socket
 import uuid
 
 from twisted.internet.protocol import Factory, Protocol
@@ -13,7 +15,7 @@ from eformws.core import metrics
 from eformws.core.wire import CLOSE_POLICY
 from eformws.delivery.hub import IConnection
 from eformws.transports.gateway import ClosedSignal
-from eformws.transports.wamp.connection import WampConnection
+from eformws.transports.wamp.connection import BYTES_PER_TOKEN, WampConnection
 
 log = Logger(namespace="eformws.wamp")
 
@@ -59,7 +61,6 @@ class RawSocketProtocol(WampConnection, ClosedSignal, Protocol):
         self.guard = None  # set when the handshake is done
         self.bucket = None
         self._buffer = bytearray()
-        self._admitted_now = False  # within server.max_connections (else refused at the handshake)
         self._open = False  # the handshake is done and the transport not closing
         self._ending = False  # closing or closed: nothing more is read or written
         self._drop = None  # the timer that drops a transport whose close does not end
@@ -68,11 +69,10 @@ class RawSocketProtocol(WampConnection, ClosedSignal, Protocol):
 
     def connectionMade(self):
         self.id = str(uuid.uuid4())
-        self._admitted_now = self.admit()  # refused: told so once its handshake comes
-        try:
-            self.transport.setTcpKeepAlive(True)
-        except AttributeError:
-            pass  # not TCP (a test's transport)
+        if not self.admit():  # told at once (a client reads the reply after its handshake) and closed
+            self._refuse(CONNECTION_LIMIT, "maximum connection count reached (server.max_connections)")
+            return
+        keep_alive(self.transport, self.factory.router.ping_interval, self.factory.router.ping_timeout)
         self.await_hello()  # the handshake and HELLO to WELCOME, within the open handshake timeout
 
     def _handshake(self, octets: bytes) -> bool:
@@ -88,8 +88,6 @@ class RawSocketProtocol(WampConnection, ClosedSignal, Protocol):
             return self._refuse(SERIALIZER_UNSUPPORTED, f"serializer {second & 0x0F} unsupported")
         if second >> 4 < MIN_PEER_EXPONENT:
             return self._refuse(LENGTH_UNACCEPTABLE, "the client takes messages of at most 512 bytes (WELCOME is more)")
-        if not self._admitted_now:
-            return self._refuse(CONNECTION_LIMIT, "maximum connection count reached (server.max_connections)")
         self.max_send = 2 ** (9 + (second >> 4))
         self.transport.write(bytes((MAGIC, self.factory.exponent << 4 | codec.rawsocket_id, 0, 0)))
         self.start_session(codec)
@@ -135,13 +133,23 @@ class RawSocketProtocol(WampConnection, ClosedSignal, Protocol):
             del buffer[:HEADER + length]
             if kind == DATA:
                 self.received(payload, self._codec.binary)
-            elif self._frame_paid():  # PING answered with its payload; a PONG answers nothing of ours
-                if kind == PING:
+            elif self._frame_paid(length):  # PING answered with its payload; a PONG answers nothing of ours
+                if kind == PING and length <= self.max_send:
                     self._write(frame_header(PONG, length), payload)
+                elif kind == PING:
+                    log.debug("a PING over the {limit} bytes the peer takes was not answered", limit=self.max_send,
+                              connection=self.id)
 
-    def _frame_paid(self) -> bool:
-        """A PING or PONG costs a token like a message; over the limit it is not answered,
-        and past `wamp.rate_limit_close_after` refusals in a row the transport is closed."""
+    def _frame_paid(self, length: int) -> bool:
+        """A PING or PONG costs what a message of its size does (a token, and one per 4 KiB
+        past the first, which it cannot pay closes the transport); over the limit it is not
+        answered, and past `wamp.rate_limit_close_after` refusals in a row the transport is
+        closed."""
+        weight = length // BYTES_PER_TOKEN
+        if weight and not self.bucket.take(cost=weight):
+            log.info("closing a wamp session: rate limit (bytes)", connection=self.id, transport=self.transport_type)
+            self.close_transport(CLOSE_POLICY, "Rate limit exceeded")
+            return False
         if self.bucket.take():
             return True
         if self.bucket.refused_in_a_row >= self.rate_limit_close_after:
@@ -210,6 +218,27 @@ class RawSocketProtocol(WampConnection, ClosedSignal, Protocol):
         self._gone()
         self._release()
         self._gone_for_good()
+
+
+def keep_alive(transport, interval: float, timeout: float) -> None:
+    """TCP keepalive on an accepted socket, probing as often as /wamp pings: a peer that
+    vanished (host down, network gone) is dropped within about `interval` + 2 × `timeout`,
+    and data it leaves unacknowledged for `interval` + `timeout` ends the connection.
+    (RawSocket has its own PING, but stock Autobahn|Python clients cannot take one.) A
+    peer whose host still answers TCP but whose process is stuck is found only once
+    unsent data passes the slow-consumer bound."""
+    try:
+        transport.setTcpKeepAlive(True)
+        handle = transport.getHandle()
+        if interval <= 0 or not hasattr(socket, "TCP_KEEPIDLE"):
+            return
+        handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, math.ceil(interval)))
+        handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, math.ceil(timeout)))
+        handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 2)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int((interval + timeout) * 1000))
+    except (AttributeError, OSError):
+        pass  # not a TCP socket (TLS wraps one: its handle; a test's transport has none)
 
 
 class RawSocketFactory(Factory):

@@ -99,6 +99,8 @@ class WampRouter:
         self.dealer = Dealer(hub, events, status, policy)
         self.framings = {name: EventFraming(codec, self.broker) for name, codec in self.codecs.items()}
         self._options = options or {}
+        self.ping_interval = self._options.get("autoPingInterval", 0)  # /wamp's pings; RawSocket's keepalive
+        self.ping_timeout = self._options.get("autoPingTimeout", 0)
         self._resource = None
 
     @classmethod
