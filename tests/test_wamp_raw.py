@@ -614,3 +614,13 @@ async def test_an_answer_to_a_session_that_ended_is_not_given_to_the_next_sessio
     held.callback(["for the session that left"])
     await client.send([CALL, 6, {}, "wamp.session.count"])
     assert (await client.recv())[:2] == [RESULT, 6]  # and not RESULT 5 first
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_abort_answering_the_routers_goodbye_closes_at_once_with_the_routers_code(start_server):
+    server = await start_server({"websocket.close_handshake_timeout": 30})
+    client, _ = await join(server)
+    server.hub.close_all(1001, "Server shutdown")
+    assert await client.recv() == [GOODBYE, {"message": "Server shutdown"}, "wamp.close.system_shutdown"]
+    await client.send([ABORT, {}, "wamp.close.normal"])
+    assert await next_or_close(client) == ("closed", (1001, "Server shutdown"))  # not after 30 s

@@ -81,7 +81,11 @@ class RouterSession:
 
     def receive(self, message) -> None:
         if isinstance(message, wamp.Abort):
-            if self.state not in (CLOSED, CLOSING):
+            if self.state == CLOSING:  # an ABORT answers our GOODBYE as well: close now
+                code, reason = self._close
+                self._end(CLOSED)
+                self.connection.close_transport(code, reason)
+            elif self.state != CLOSED:
                 log.info("wamp session aborted by the peer: {reason}", reason=message.reason, connection=self.connection.id)
                 self._end(CLOSED)
                 self.connection.close_transport(CLOSE_NORMAL, "Session aborted")
