@@ -13,6 +13,7 @@ import pytest
 import pytest_twisted
 import websockets
 
+from conftest import within
 from logcheck import logged_problems  # noqa: F401  (autouse: no error in the log)
 from wamp_frames import (  # noqa: F401  (close_raw_clients: autouse, closes raw clients first)
     ABORT,
@@ -624,3 +625,29 @@ async def test_an_abort_answering_the_routers_goodbye_closes_at_once_with_the_ro
     assert await client.recv() == [GOODBYE, {"message": "Server shutdown"}, "wamp.close.system_shutdown"]
     await client.send([ABORT, {}, "wamp.close.normal"])
     assert await next_or_close(client) == ("closed", (1001, "Server shutdown"))  # not after 30 s
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ticket_whose_lookup_is_answered_after_the_client_left_opens_no_session(server, monkeypatch):
+    from twisted.internet.defer import Deferred
+
+    from eformws.transports.wamp.session import RouterSession
+
+    session = await server.service.sessions.lookup(await server.session())
+    asked = Deferred()  # fires with (the connection, the lookup's answer to give later)
+
+    def slow_lookup(self, candidates=(), hashed=None):
+        answer = Deferred()
+        asked.callback((self.connection, answer))
+        return answer
+
+    monkeypatch.setattr(RouterSession, "_lookup", slow_lookup)
+    client = await connect(server)
+    await client.send([HELLO, "eform", {"roles": ROLES, "authmethods": ["ticket"]}])
+    assert (await client.recv())[0] == CHALLENGE
+    await client.send([AUTHENTICATE, "a ticket", {}])
+    connection, answer = await within(asked)
+    client.connection.transport.abort()
+    await within(connection.closed)
+    answer.callback(session)  # a valid session, too late
+    assert server.service.wamp.connections == {} and server.hub.connection_count("/wamp") == 0
