@@ -13,7 +13,7 @@ from autobahn.websocket.protocol import PreparedMessage
 from twisted.application import app
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.protocols.policies import WrappingFactory
 from twisted.web.http import HTTPChannel
@@ -26,9 +26,10 @@ from eformws.core.compat import (
     forget_exit_signal,
     frame_bytes,
     has_pipelined_requests,
+    server_frame,
     twisted_write_buffer,
     use_exact_timers,
-    server_frame,
+    write_now,
     writes_frames_directly,
 )
 
@@ -133,3 +134,74 @@ def test_the_exit_signal_twistd_re_raises_is_the_reactors_and_can_be_forgotten()
     forget_exit_signal(clock_reactor)
     assert clock_reactor._exitSignal is None
     assert hasattr(reactor, "_exitSignal")
+
+
+async def accepted_tcp_pair():
+    """A Twisted TCP server transport and the plain socket at the other end (which reads
+    only when the test reads): (server transport, client socket, listening port)."""
+    import socket
+
+    made = defer.Deferred()
+
+    class Accepting(protocol.Protocol):
+        def connectionMade(self):
+            made.callback(self.transport)
+
+    port = reactor.listenTCP(0, protocol.Factory.forProtocol(Accepting), interface="127.0.0.1")
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    client.setblocking(False)
+    transport = await made
+    return transport, client, port
+
+
+def read_all(client, size: int) -> bytes:
+    import select
+
+    got = b""
+    while len(got) < size:
+        select.select([client], [], [], 5)
+        got += client.recv(1 << 20)
+    return got
+
+
+@pytest_twisted.ensureDeferred
+async def test_write_now_sends_at_once_when_twisted_holds_nothing_for_the_socket():
+    transport, client, port = await accepted_tcp_pair()
+    try:
+        write_now(transport, b"frame")
+        assert twisted_write_buffer(transport) == 0 and not transport._tempDataBuffer
+        assert read_all(client, 5) == b"frame"  # sent before the reactor turned again
+    finally:
+        client.close()
+        port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_the_kernel_does_not_take_waits_in_twisteds_buffer_and_later_writes_keep_their_order():
+    import socket
+
+    transport, client, port = await accepted_tcp_pair()
+    try:
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        big = bytes(range(256)) * 16_384  # 4 MiB: more than the kernel takes at once
+        write_now(transport, big)
+        assert twisted_write_buffer(transport) > 0  # the rest waits in Twisted's buffer
+        write_now(transport, b"after")  # not sent past what waits
+        assert twisted_write_buffer(transport) > 0
+        got = b""
+        while len(got) < len(big) + 5:  # the reactor writes what waits as the peer reads
+            await deferLater(reactor, 0.001, lambda: None)
+            try:
+                got += client.recv(1 << 20)
+            except BlockingIOError:
+                pass
+        assert got == big + b"after"
+    finally:
+        client.close()
+        port.stopListening()
+
+
+def test_write_now_hands_any_other_transport_to_its_write():
+    transport = StringTransport()
+    write_now(transport, b"frame")
+    assert transport.value() == b"frame"

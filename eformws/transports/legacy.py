@@ -17,7 +17,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from eformws.core import metrics, wire
-from eformws.core.compat import Frame, frame_bytes, use_exact_timers, writes_frames_directly
+from eformws.core.compat import Frame, frame_bytes, use_exact_timers, write_now, writes_frames_directly
 from eformws.core.policy import Policy
 from eformws.core.slow_consumer import SlowConsumerGuard
 from eformws.core.wire import CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER
@@ -362,7 +362,7 @@ class LegacyProtocol(GatewayProtocol):
         if self.writable:
             if writes_frames_directly(self):
                 payload = frame_bytes(frame)
-                self.transport.write(payload)  # what sendPreparedMessage does, minus its per-frame debug log
+                write_now(self.transport, payload)  # what sendPreparedMessage does, minus its per-frame debug log
                 self.wrote(len(payload))
             else:
                 self.sendPreparedMessage(frame)  # counted in sendData

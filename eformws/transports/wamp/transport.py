@@ -7,7 +7,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny
 from zope.interface import implementer
 
-from eformws.core.compat import Frame, frame_bytes, server_frame, use_exact_timers, writes_frames_directly
+from eformws.core.compat import Frame, frame_bytes, server_frame, use_exact_timers, write_now, writes_frames_directly
 from eformws.delivery.hub import IConnection
 from eformws.sessions.credentials import cookie_values
 from eformws.transports.gateway import GatewayProtocol
@@ -62,7 +62,7 @@ class WampProtocol(WampConnection, GatewayProtocol):
             self.sendPreparedMessage(frame)
 
     def _write(self, data: bytes) -> None:
-        self.transport.write(data)
+        write_now(self.transport, data)
         self.wrote(len(data))  # counted against the slow-consumer bound, as sendData does
 
     # -- end -----------------------------------------------------------------------------------
