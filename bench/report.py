@@ -14,8 +14,14 @@ DOC = ROOT / "docs" / "performance.md"
 PLOT = ROOT / "docs" / "performance-fanout.png"
 START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
 WAMP_START, WAMP_END = "<!-- bench:wamp:start -->", "<!-- bench:wamp:end -->"
-ORDER = ("eformws", "floor", "peer")
+ORDER = ("eformws", "floor", "node", "peer")
+LABELS = {"node": "Node ws"}  # a server's name in the tables and the plot, where not its own
 WAMP_ORDER = ("eformws", "crossbar")
+
+
+def display_name(name: str) -> str:
+    """A server's name, or a ratio's (`eformws/node`), as the tables show it."""
+    return "/".join(LABELS.get(part, part) for part in name.split("/"))
 
 
 def is_wamp(line: dict) -> bool:
@@ -70,22 +76,30 @@ def latency_rows(line: dict, extra=lambda s: []) -> list[list]:
         s = servers.get(name)
         if s is None:
             continue
-        rows.append([line.get("n"), name, s["p50_ms"], s["p95_ms"], s["p99_ms"], s["max_ms"], s["server_cpu_s"],
+        rows.append([line.get("n"), display_name(name), s["p50_ms"], s["p95_ms"], s["p99_ms"], s["max_ms"],
+                     s["server_cpu_s"],
                      f"{s['delivered']}/{s['expected']}" + (f", {s['dups']} dup" if s.get("dups") else ""), *extra(s)])
     for pair, r in line.get("ratios", {}).items():
-        rows.append([line.get("n"), f"*{pair}*", r.get("p50_ms"), r.get("p95_ms"), r.get("p99_ms"), r.get("max_ms"),
-                     r.get("server_cpu_s"), "", *["" for _ in extra({})]])
+        rows.append([line.get("n"), f"*{display_name(pair)}*", r.get("p50_ms"), r.get("p95_ms"), r.get("p99_ms"),
+                     r.get("max_ms"), r.get("server_cpu_s"), "", *["" for _ in extra({})]])
     return rows
 
 
-def machine_block(line: dict) -> str:
+def machine_block(line: dict, node: dict | None = None) -> str:
     m = line.get("machine", {})
     v = line.get("versions", {})
     uname = " ".join(platform.uname()[:3]) if not m else f"Linux {m.get('kernel')}"
     return (f"- CPU: {m.get('cpu')} ({m.get('cores')} cores, `/proc/cpuinfo`), kernel {uname}, Python {m.get('python')}\n"
             f"- Twisted {v.get('twisted')}, Autobahn {v.get('autobahn')}, python-socketio {v.get('socketio')} "
             f"(python-engineio {v.get('engineio')}), aiohttp {v.get('aiohttp')}, uvloop {v.get('uvloop')} (load generator)\n"
-            f"- run at {line.get('at')}, load generator and servers on the same machine (loopback)")
+            + (f"- Node ws: Node.js {node.get('node')}, ws {node.get('ws')}\n" if node else "")
+            + f"- run at {line.get('at')}, load generator and servers on the same machine (loopback)")
+
+
+def unavailable(lines: list[dict]) -> list[str]:
+    """`<server>: not available (<why>)`, once per server that some line says was not run."""
+    found = {name: reason for l in lines for name, reason in (l.get("unavailable") or {}).items()}
+    return [f"{display_name(name)}: not available ({reason})" for name, reason in found.items()]
 
 
 def render(chosen: dict, preliminary: bool) -> str:
@@ -96,7 +110,9 @@ def render(chosen: dict, preliminary: bool) -> str:
                      "figures; a run of `python -m bench all` on a quiet machine replaces this section.")
     lines = list(chosen.values())
     if lines:
-        parts.append("Machine:\n\n" + machine_block(lines[-1]))
+        node = next((l["node_versions"] for l in reversed(lines) if l.get("node_versions")), None)
+        parts.append("Machine:\n\n" + machine_block(lines[-1], node))
+        parts += unavailable(lines)
     fanout = sorted((l for l in lines if l["scenario"] == "fanout"), key=lambda l: l["n"])
     if fanout:
         rows = [r for l in fanout for r in latency_rows(l)]
@@ -119,10 +135,10 @@ def render(chosen: dict, preliminary: bool) -> str:
         for name in ORDER:
             s = l["servers"].get(name)
             if s:
-                rows.append([name, s["connected"], s["failures"], s["rate_per_s"], s["handshake_p50_ms"],
+                rows.append([display_name(name), s["connected"], s["failures"], s["rate_per_s"], s["handshake_p50_ms"],
                              s["handshake_p99_ms"], s["server_cpu_ms_per_connect"]])
         for pair, r in l.get("ratios", {}).items():
-            rows.append([f"*{pair}*", "", "", r.get("rate"), "", r.get("handshake_p99_ms"), ""])
+            rows.append([f"*{display_name(pair)}*", "", "", r.get("rate"), "", r.get("handshake_p99_ms"), ""])
         parts.append(f"### connect: {l['n']} authenticated connects, {l['concurrency']} in flight, "
                      f"{next(iter(l['servers'].values()))['replay']} events replayed to each\n\n"
                      + table(["server", "connected", "failures", "connects/s", "ready p50 ms", "ready p99 ms",
@@ -132,9 +148,10 @@ def render(chosen: dict, preliminary: bool) -> str:
         for name in ORDER:
             s = l["servers"].get(name)
             if s:
-                rows.append([name, s["alive"], s["rss_before_mib"], s["rss_after_mib"], s["kib_per_connection"]])
+                rows.append([display_name(name), s["alive"], s["rss_before_mib"], s["rss_after_mib"],
+                             s["kib_per_connection"]])
         for pair, r in l.get("ratios", {}).items():
-            rows.append([f"*{pair}*", "", "", "", r.get("kib_per_connection")])
+            rows.append([f"*{display_name(pair)}*", "", "", "", r.get("kib_per_connection")])
         parts.append(f"### idle: RSS per idle authenticated connection, N = {l['n']}\n\n"
                      + table(["server", "connections", "RSS before MiB", "RSS after MiB", "KiB per connection"], rows))
     for l in (l for l in lines if l["scenario"] == "emit"):
@@ -142,10 +159,10 @@ def render(chosen: dict, preliminary: bool) -> str:
         for name in ORDER:
             s = l["servers"].get(name)
             if s:
-                rows.append([name, s["offered_per_s"], s["stored"], s["stored_per_s"], s["p50_ms"], s["p99_ms"],
-                             s["max_ms"], s["server_cpu_s"], f"{s['delivered']}/{s['expected']}"])
+                rows.append([display_name(name), s["offered_per_s"], s["stored"], s["stored_per_s"], s["p50_ms"],
+                             s["p99_ms"], s["max_ms"], s["server_cpu_s"], f"{s['delivered']}/{s['expected']}"])
         for pair, r in l.get("ratios", {}).items():
-            rows.append([f"*{pair}*", "", "", r.get("rate"), "", r.get("p99_ms"), "", "", ""])
+            rows.append([f"*{display_name(pair)}*", "", "", r.get("rate"), "", r.get("p99_ms"), "", "", ""])
         parts.append(f"### emit: {l['subscribers']} subscribers (one kiosk room each), SQLite store, "
                      f"{l['offered_per_s']:g} events/s offered for {l['seconds']:g} s, {l['via']}\n\n"
                      + table(["server", "offered/s", "stored", "stored/s", "p50 ms", "p99 ms", "max ms",
@@ -195,8 +212,7 @@ def render_wamp(lines: list[dict]) -> str:
             row += [r.get(rate), r.get(cpu)]
         rows.append(row)
     parts = [table(headers, rows)]
-    unavailable = {name: reason for l in lines for name, reason in (l.get("unavailable") or {}).items()}
-    parts += [f"{name}: not available ({reason})" for name, reason in unavailable.items()]
+    parts += unavailable(lines)
     detail = []
     for l in lines:
         rate, cpu, rate_name, _ = figures(l)
@@ -250,12 +266,12 @@ def plot(chosen: dict, path: Path = PLOT, preliminary: bool = False) -> bool:
     except ImportError:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-    for name, style in zip(ORDER, ("o-", "s--", "^:")):
+    for name, style in zip(ORDER, ("o-", "s--", "d-.", "^:")):
         points = [(l["n"], l["servers"][name]) for l in fanout if name in l["servers"]]
         if not points:
             continue
         for ax, key in zip(axes, ("p50_ms", "p99_ms")):
-            ax.plot([n for n, _ in points], [s[key] for _, s in points], style, label=name)
+            ax.plot([n for n, _ in points], [s[key] for _, s in points], style, label=display_name(name))
     for ax, title in zip(axes, ("p50", "p99")):
         ax.set_title(f"fan-out delivery latency, {title}")
         ax.set_xlabel("clients on one namespace (N)")
@@ -264,7 +280,10 @@ def plot(chosen: dict, path: Path = PLOT, preliminary: bool = False) -> bool:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     quick = preliminary or any(l.get("quick") for l in fanout)
-    fig.suptitle("eformws vs bare Autobahn (floor) vs python-socketio (peer)" + (" — preliminary" if quick else ""))
+    shown = [name for name in ORDER if any(name in l["servers"] for l in fanout)]
+    titles = {"eformws": "eformws", "floor": "bare Autobahn (floor)", "node": "Node.js + ws (Node ws)",
+              "peer": "python-socketio (peer)"}
+    fig.suptitle(" vs ".join(titles[name] for name in shown) + (" — preliminary" if quick else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

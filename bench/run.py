@@ -1,11 +1,13 @@
-"""`python -m bench SCENARIO... [options]`: run scenarios against eformws, the floor and
-the peer (WAMP: eformws and Crossbar.io, bench/wamp.py), each started here on a free
+"""`python -m bench SCENARIO... [options]`: run scenarios against eformws, the floor, Node ws
+and the peer (WAMP: eformws and Crossbar.io, bench/wamp.py), each started here on a free
 loopback port; print one JSON line per scenario (and per N) with every server's figures and
-the ratios eformws/floor (and eformws/peer, eformws/crossbar), and append it to the results file.
+the ratios eformws/floor (and eformws/node, eformws/peer, eformws/crossbar), and append it to
+the results file.
 
     python -m bench all                 # every scenario at the issue's sizes, then the report
     python -m bench all --quick         # the same at small sizes (minutes, for checking)
     python -m bench fanout --n 200 --broadcasts 5 --repeat 1 --servers eformws,floor   # what CI runs
+    python -m bench fanout connect idle --servers eformws,floor,node   # against Node.js + ws (npm ci on first use)
     python -m bench wamp                # WAMP RPC and pub/sub: eformws and Crossbar.io (installed on first use)
     python -m bench report              # docs/performance.md table and plot from the results
 
@@ -57,6 +59,25 @@ QUICK = {
     "emit_subscribers": 100, "emit_rate": 1000, "emit_seconds": 3,
     "workers": 1000,
     "wamp_seconds": 3, "wamp_repeat": 1,
+}
+
+
+# the servers of each scenario, taking turns in this order (`--servers` picks some, in its own order)
+SERVERS = {
+    "fanout": ["eformws", "floor", "node", "peer"],
+    "rooms": ["eformws", "floor", "node", "peer"],
+    "connect": ["eformws", "floor", "node", "peer"],
+    "idle": ["eformws", "floor", "node", "peer"],
+    "emit": ["eformws", "floor"],
+    "workers": ["eformws", "floor"],
+}
+# the ratios eformws/<server> of each scenario (`compare`): ratio's name -> the figure divided
+LATENCY = {k: k for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms", "server_cpu_s")}
+RATIOS = {
+    "fanout": LATENCY, "rooms": LATENCY, "workers": LATENCY,
+    "connect": {"rate": "rate_per_s", "handshake_p99_ms": "handshake_p99_ms"},
+    "idle": {"kib_per_connection": "kib_per_connection"},
+    "emit": {"rate": "stored_per_s", "p99_ms": "p99_ms"},
 }
 
 
@@ -177,6 +198,9 @@ class Bench:
         self.args = args
         self.workdir = Path(tempfile.mkdtemp(prefix="eformws-bench-"))
         self.started: list[S.Server] = []
+        self.unavailable: dict[str, str] = {}  # server -> why it was not run
+        self.node: list[str] | None = None  # the command that runs bench/node/server.js
+        self.node_versions: dict | None = None
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -190,6 +214,8 @@ class Bench:
         elif kind == "floor":
             server = await S.start_floor(self.workdir, replay=replay, backlog=backlog, redis_url=redis_url,
                                          workers=workers)
+        elif kind == "node":
+            server = await S.start_node(self.workdir, self.node, replay=replay, backlog=backlog)
         elif kind == "peer":
             server = await S.start_peer(self.workdir, replay=replay, backlog=backlog)
         else:
@@ -214,7 +240,14 @@ class Bench:
         return "eio" if kind == "peer" else "ws"
 
     def emit(self, line: dict) -> dict:
-        line = {"scenario": line.pop("scenario"), **line, "at": datetime.datetime.now(datetime.UTC)
+        applicable = SERVERS.get(line["scenario"], ())
+        extra = {}
+        if self.node_versions and "node" in line.get("servers", {}):
+            extra["node_versions"] = self.node_versions
+        unavailable = {k: why for k, why in self.unavailable.items() if k in applicable}
+        if unavailable:
+            extra["unavailable"] = unavailable
+        line = {"scenario": line.pop("scenario"), **line, **extra, "at": datetime.datetime.now(datetime.UTC)
                 .isoformat(timespec="seconds"), "machine": machine(), "versions": versions(),
                 "quick": bool(self.args.quick)}
         text = json.dumps(line, separators=(",", ":"))
@@ -225,8 +258,19 @@ class Bench:
         return line
 
     def kinds(self, default: list[str]) -> list[str]:
+        """The servers of `default` that `--servers` chose (all by default), in the order
+        chosen, less those not available here (Node ws without node or its `ws`: the reason
+        is logged once, and kept for the JSON lines)."""
         chosen = self.args.servers.split(",") if self.args.servers else default
-        return [k for k in chosen if k in default]
+        kinds = [k for k in chosen if k in default]
+        if "node" in kinds and self.node is None and "node" not in self.unavailable:
+            command, found = S.ensure_node(log)
+            if command is None:
+                log(f"node: not available: {found}")
+                self.unavailable["node"] = found
+            else:
+                self.node, self.node_versions = command, found
+        return [k for k in kinds if k not in self.unavailable]
 
     async def connected(self, kind: str, server, pool: Pool, n: int, **options) -> dict:
         result = await pool.connect(server, rate=options.pop("rate", self.args.rate),
@@ -282,13 +326,13 @@ class Bench:
             self.stop(server)
 
     async def fanout(self, sizes: list[int], repeat: int) -> None:
-        """Each N: every server `repeat` times, taking turns (eformws, floor, peer, eformws,
-        ...), so a disturbance of the machine hits one run rather than one server; each
+        """Each N: every server `repeat` times, taking turns (eformws, floor, node, peer,
+        eformws, ...), so a disturbance of the machine hits one run rather than one server; each
         figure is the median over the runs, counts are summed, every run is kept in `runs`."""
         for n in sizes:
             runs: dict[str, list[dict]] = {}
             for r in range(repeat):
-                for kind in self.kinds(["eformws", "floor", "peer"]):
+                for kind in self.kinds(SERVERS["fanout"]):
                     log(f"fanout N={n}: {kind}" + (f" (run {r + 1} of {repeat})" if repeat > 1 else ""))
                     runs.setdefault(kind, []).append(await self.fanout_one(
                         kind, n, self.args.broadcasts, profile_name=f"fanout-{n}" if r == 0 else None))
@@ -297,14 +341,14 @@ class Bench:
                        **self.compare(results, "fanout", n)})
 
     def compare(self, results: dict, scenario: str, n: int) -> dict:
+        """The ratios eformws/<server> of RATIOS[scenario] for every other server that ran,
+        and the issue's targets (against the floor and the peer)."""
         e, f, p = results.get("eformws"), results.get("floor"), results.get("peer")
         ratios, targets = {}, {}
-        if scenario in ("fanout", "rooms", "workers"):
-            keys = ("p50_ms", "p95_ms", "p99_ms", "max_ms", "server_cpu_s")
-            if e and f:
-                ratios["eformws/floor"] = {k: ratio(e[k], f[k]) for k in keys}
-            if e and p:
-                ratios["eformws/peer"] = {k: ratio(e[k], p[k]) for k in keys}
+        for other in SERVERS[scenario]:
+            if e and other != "eformws" and results.get(other):
+                ratios[f"eformws/{other}"] = {name: ratio(e[k], results[other][k])
+                                              for name, k in RATIOS[scenario].items()}
         if scenario == "fanout" and e:
             if f:
                 targets["p50 <= 1.15 x floor"] = (ratios["eformws/floor"]["p50_ms"] or 99) <= 1.15
@@ -317,22 +361,11 @@ class Bench:
             targets["every message delivered once"] = e["missing"] == 0 and e["dups"] == 0 and e["expected"] > 0
         if scenario == "connect" and e:
             if f:
-                ratios["eformws/floor"] = {"rate": ratio(e["rate_per_s"], f["rate_per_s"]),
-                                           "handshake_p99_ms": ratio(e["handshake_p99_ms"], f["handshake_p99_ms"])}
                 targets["rate >= 0.7 x floor"] = (ratios["eformws/floor"]["rate"] or 0) >= 0.7
-            if p:
-                ratios["eformws/peer"] = {"rate": ratio(e["rate_per_s"], p["rate_per_s"])}
             targets["0 failures"] = e["failures"] == 0
         if scenario == "idle" and e:
-            if f:
-                ratios["eformws/floor"] = {"kib_per_connection": ratio(e["kib_per_connection"], f["kib_per_connection"])}
-            if p:
-                ratios["eformws/peer"] = {"kib_per_connection": ratio(e["kib_per_connection"], p["kib_per_connection"])}
             targets["<= 12 KiB per connection"] = e["kib_per_connection"] <= 12
         if scenario == "emit" and e:
-            if f:
-                ratios["eformws/floor"] = {"rate": ratio(e["stored_per_s"], f["stored_per_s"]),
-                                           "p99_ms": ratio(e["p99_ms"], f["p99_ms"])}
             # sustained: every offered event stored, at >= 98 % of the offered rate (the rate is
             # measured from the first emit to the last store, so a backlog shows as a lower rate)
             full = e["offered_per_s"] >= 5000 and e["subscribers"] >= 1000  # None: not measured at this size
@@ -347,7 +380,7 @@ class Bench:
 
     async def rooms(self, n: int, room_count: int, rounds: int) -> None:
         results = {}
-        for kind in self.kinds(["eformws", "floor", "peer"]):
+        for kind in self.kinds(SERVERS["rooms"]):
             log(f"rooms N={n} in {room_count} rooms: {kind}")
             server = await self.server(kind, n=n)
             pool = await self.pool(n)
@@ -400,7 +433,7 @@ class Bench:
 
     async def connect(self, n: int, replay: int) -> None:
         results = {}
-        for kind in self.kinds(["eformws", "floor", "peer"]):
+        for kind in self.kinds(SERVERS["connect"]):
             log(f"connect N={n} (replay {replay}): {kind}")
             server = await self.server(kind, n=n, replay=replay)
             if kind == "eformws" and replay:
@@ -434,7 +467,7 @@ class Bench:
 
     async def idle(self, n: int) -> None:
         results = {}
-        for kind in self.kinds(["eformws", "floor", "peer"]):
+        for kind in self.kinds(SERVERS["idle"]):
             log(f"idle N={n}: {kind}")
             server = await self.server(kind, n=n)
             try:
@@ -464,7 +497,7 @@ class Bench:
 
     async def emit_scenario(self, subscribers: int, rate: float, seconds: float) -> None:
         results = {}
-        for kind in self.kinds(["eformws", "floor"]):
+        for kind in self.kinds(SERVERS["emit"]):
             log(f"emit {rate:g}/s for {seconds:g} s, {subscribers} subscribers: {kind}")
             server = await self.server(kind, n=subscribers, emit_host=kind == "eformws")
             pool = await self.pool(subscribers)
@@ -506,7 +539,7 @@ class Bench:
         self.started.append(redis)
         results = {}
         try:
-            for kind in self.kinds(["eformws", "floor"]):
+            for kind in self.kinds(SERVERS["workers"]):
                 log(f"workers N={n}, 2 workers + Redis: {kind}")
                 results[kind] = await self.fanout_one(kind, n, self.args.broadcasts, workers=2, redis_url=url)
         finally:
@@ -571,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=lambda s: [int(x) for x in s.split(",")],
                         help="client count(s), comma-separated (fanout takes several)")
     parser.add_argument("--servers", default="",
-                        help="subset of eformws,floor,peer (wamp: eformws,crossbar) (default: all that apply)")
+                        help="subset of eformws,floor,node,peer (wamp: eformws,crossbar) (default: all that apply; "
+                             "node: Node.js + ws, fanout/rooms/connect/idle)")
     parser.add_argument("--broadcasts", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=0,
                         help="fanout: runs of each server per N, taking turns; medians reported (default 3, --quick 1)")

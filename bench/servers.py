@@ -1,8 +1,9 @@
 """The servers the harness starts and stops itself: eformws (`twistd -n eformws`, or the
-emit host), the floor (bench/floor.py), the peer (bench/peer.py), a Redis and Crossbar.io
-(installed by the harness in a virtualenv of its own); each on a free loopback port, its
-output in a log file of the run directory, its CPU seconds and RSS read from /proc (summed
-over its worker processes)."""
+emit host), the floor (bench/floor.py), Node ws (bench/node/server.js, its `ws` installed by
+the harness with `npm ci`), the peer (bench/peer.py), a Redis and Crossbar.io (installed by
+the harness in a virtualenv of its own); each on a free loopback port, its output in a log
+file of the run directory, its CPU seconds and RSS read from /proc (summed over its worker
+processes)."""
 
 from __future__ import annotations
 
@@ -228,6 +229,59 @@ async def start_floor(workdir: Path, *, replay: int = 0, backlog: int = 4096, re
         while server.log_tail(100).count("floor worker ready") < workers and time.time() < deadline:
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.3)
+    return server
+
+
+# -- Node.js with ws ----------------------------------------------------------------------
+
+NODE_DIR = ROOT / "bench" / "node"
+
+
+def ensure_node(log=print) -> tuple[list[str] | None, str | dict]:
+    """The command that runs bench/node/server.js, with the `ws` that bench/node/package-lock.json
+    pins installed (`npm ci --prefix bench/node`, seconds, when node_modules does not hold that
+    version yet): (the command, {"node": ..., "ws": ...}) or (None, why not)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None:
+        return None, "node is not on PATH"
+    try:
+        found = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30, check=False)
+        wanted = json.loads((NODE_DIR / "package-lock.json").read_text())["packages"]["node_modules/ws"]["version"]
+    except (OSError, ValueError, KeyError, subprocess.TimeoutExpired) as e:
+        return None, f"node --version or bench/node/package-lock.json: {e}"
+    if found.returncode != 0:
+        return None, f"node --version exited {found.returncode}: {found.stderr.strip()[:300]}"
+
+    def installed() -> str | None:
+        try:
+            return json.loads((NODE_DIR / "node_modules" / "ws" / "package.json").read_text())["version"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    if installed() != wanted:
+        if npm is None:
+            return None, f"ws {wanted} is not installed in bench/node and npm is not on PATH"
+        log(f"installing ws {wanted} into {NODE_DIR / 'node_modules'} (npm ci)")
+        try:
+            done = subprocess.run([npm, "ci", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund"], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=600, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return None, f"npm ci --prefix bench/node: {e}"
+        if done.returncode != 0:
+            tail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or [""]
+            return None, f"npm ci --prefix bench/node exited {done.returncode}: {tail[0][:300]}"
+        if installed() != wanted:
+            return None, f"npm ci --prefix bench/node did not install ws {wanted} (found {installed()})"
+    return [node, str(NODE_DIR / "server.js")], {"node": found.stdout.strip().lstrip("v"), "ws": wanted}
+
+
+async def start_node(workdir: Path, command: list[str], *, replay: int = 0, backlog: int = 4096) -> Server:
+    """bench/node/server.js (`command`, from ensure_node) on a free port: one process."""
+    port = free_port()
+    argv = [*command, "--port", str(port), "--backlog", str(backlog), "--replay", str(replay)]
+    server = Server("node", "node", port, argv, workdir)
+    server.replay = replay
+    await server.ready()
     return server
 
 
