@@ -63,6 +63,29 @@ async def test_a_connection_without_compression_writes_prepared_frames_directly(
     await client.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_connection_carries_no_copy_of_its_factorys_protocol_options(server):
+    client = await server.join("/ws/lockers", await server.session())
+    connection, = server.hub.namespaces["/ws/lockers"].connections.values()
+    assert set(WebSocketServerProtocol.CONFIG_ATTRS) & set(vars(connection)) == set()
+    assert connection.autoPingInterval == connection.factory.autoPingInterval  # read from its class
+    assert connection.perMessageCompressionAccept([]) is None  # a function option stays a function
+    await client.close()
+
+
+def test_autobahns_option_dump_is_formatted_only_when_it_is_written():
+    from pprint import pformat
+
+    from autobahn.websocket import protocol as autobahn_protocol
+
+    from eformws.core.compat import defer_autobahn_option_dump
+
+    assert "pformat(configAttrLog)" in inspect.getsource(autobahn_protocol.WebSocketProtocol._connectionMade)
+    defer_autobahn_option_dump()
+    dump = autobahn_protocol.pformat([("autoPingInterval", 25, "Factory")])
+    assert f"{dump}" == str(dump) == pformat([("autoPingInterval", 25, "Factory")])
+
+
 class _Transport(StringTransport):
     def unregisterProducer(self):
         pass  # Autobahn unregisters whether or not it registered; a socket's transport allows it

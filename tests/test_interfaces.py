@@ -31,6 +31,7 @@ from eformws.events.store.memory import MemoryEventStore
 from eformws.events.store.redis import RedisEventStore
 from eformws.events.store.sqlite import SQLiteEventStore
 from eformws.sessions import ISessionAdmin, ISessionStore
+from eformws.sessions.cache import CachedSessions
 from eformws.sessions.redis import RedisSessionStore
 from eformws.sessions.sqlite import SQLiteSessionStore
 from eformws.transports.legacy import JsonFraming, LegacyProtocol
@@ -137,9 +138,14 @@ async def redis_session_store(parts):
     return parts.start(RedisSessionStore(parts.redis, parts.prefix, **REDIS_OPTIONS))
 
 
+async def cached_session_store(parts):
+    return CachedSessions(SQLiteSessionStore(parts.database()), 5.0)
+
+
 SESSION_STORES = {
     "sqlite": (SQLiteSessionStore, sqlite_session_store),
     "redis": (RedisSessionStore, redis_session_store),
+    "cached": (CachedSessions, cached_session_store),
 }
 
 

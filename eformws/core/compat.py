@@ -4,7 +4,11 @@ pinned by tests/test_compat.py, which fails loudly when a release of either chan
 from __future__ import annotations
 
 import struct
+import types
 
+from pprint import pformat
+
+from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.protocol import PreparedMessage
 from twisted.internet import tcp
 
@@ -42,6 +46,42 @@ def writes_frames_directly(protocol) -> bool:
     per-message compression negotiated and nothing queued in Autobahn's send queue (what
     `sendPreparedMessage` checks before it does the same)."""
     return protocol._perMessageCompress is None and not protocol.send_queue
+
+
+def protocol_with_options(factory) -> None:
+    """Autobahn copies each of its ~45 protocol options from the factory onto every protocol
+    instance as it connects (`WebSocketProtocol._connectionMade`, unless the instance has
+    the attribute already): give the factory a subclass of its protocol that holds them as
+    class attributes, so no connection carries a copy. Call after `setProtocolOptions`."""
+    base = factory.protocol
+    options = {name: _as_class_attribute(getattr(factory, name)) for name in base.CONFIG_ATTRS}
+    factory.protocol = type(base.__name__, (base,), {"__module__": base.__module__, **options})
+
+
+def _as_class_attribute(value):
+    """A function an option holds stays a plain function when read from an instance."""
+    return staticmethod(value) if isinstance(value, types.FunctionType) else value
+
+
+class _Deferred:
+    """`pformat(value)`, done only if the text is asked for (a debug line being written)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value):
+        self._value = value
+
+    def __format__(self, spec) -> str:
+        return format(pformat(self._value), spec)
+
+    __str__ = __repr__ = lambda self: pformat(self._value)
+
+
+def defer_autobahn_option_dump() -> None:
+    """`WebSocketProtocol._connectionMade` formats every option with `pformat` for a debug
+    line on each connection, logged or not (14 % of a connect's CPU): have it format only
+    when the line is written."""
+    autobahn_protocol.pformat = _Deferred
 
 
 class _Call:

@@ -187,6 +187,7 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[str, Any], Any]]] = {
     ("sessions", "path"): ("eformws.db", _string),
     ("sessions", "default_ttl"): (86400, _integer(1, MAX_TTL)),
     ("sessions", "recheck_interval"): (30.0, _number(0.05, 86400)),
+    ("sessions", "lookup_cache"): (5.0, _number(0, 3600)),
     ("events", "store"): ("auto", _choice("auto", "sqlite", "memory", "redis")),
     ("events", "path"): ("eformws.db", _string),
     ("events", "max_events"): (100_000, _integer(1, 100_000_000)),

@@ -33,6 +33,7 @@ from eformws.http.console import mounted as console_resources
 from eformws.http.site import build_site
 from eformws.runtime.listener import ListeningService, server_endpoint
 from eformws.runtime.tls import tls_options
+from eformws.sessions.cache import CachedSessions
 from eformws.sessions.redis import RedisSessionStore
 from eformws.sessions.sqlite import SQLiteSessionStore
 from eformws.sessions.watch import SessionWatch
@@ -84,13 +85,16 @@ class EformService(MultiService):
         self.ready = None  # fires once listening
         watch = SessionWatch(self.hub, self.sessions, config.get("sessions", "recheck_interval"))
         policy = Policy.from_config(config)  # who may do what: one for every transport and the API
-        self.api = Api(self.hub, self.sessions, config, policy, self.events, self.event_store, self.bus, self.nodes,
+        # Handshakes and the API see the store through a few seconds' memory of lookups; the
+        # recheck asks the store itself (a revoke made elsewhere closes within its interval).
+        handshakes = CachedSessions(self.sessions, config.get("sessions", "lookup_cache"))
+        self.api = Api(self.hub, handshakes, config, policy, self.events, self.event_store, self.bus, self.nodes,
                        recheck_sessions=watch.check)  # a revoke closes this process's connections at once
-        settings = WebSocketSettings.from_config(config, policy, self.hub, self.sessions, self.event_store)
+        settings = WebSocketSettings.from_config(config, policy, self.hub, handshakes, self.event_store)
         admission = Admission(config.get("server", "max_connections"))  # legacy namespaces and /wamp together
         self.registry = self._wamp_registry()
         self.retained = self._retained_store()
-        self.wamp = WampRouter.from_config(config, policy, self.hub, self.sessions, self.events, self.api.status, admission,
+        self.wamp = WampRouter.from_config(config, policy, self.hub, handshakes, self.events, self.api.status, admission,
                                            bus=self.bus, registry=self.registry, node=self.node_id,
                                            peers=self.nodes.others if self.nodes is not None else None,
                                            retained_store=self.retained)

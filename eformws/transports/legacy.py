@@ -17,7 +17,15 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from eformws.core import metrics, wire
-from eformws.core.compat import Frame, frame_bytes, use_exact_timers, write_now, writes_frames_directly
+from eformws.core.compat import (
+    Frame,
+    defer_autobahn_option_dump,
+    frame_bytes,
+    protocol_with_options,
+    use_exact_timers,
+    write_now,
+    writes_frames_directly,
+)
 from eformws.core.policy import Policy
 from eformws.core.slow_consumer import SlowConsumerGuard
 from eformws.core.wire import CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER
@@ -471,6 +479,8 @@ class NamespaceFactory(WebSocketServerFactory):
         self.settings = settings
         self.admission = admission
         self.setProtocolOptions(**options)
+        protocol_with_options(self)
+        defer_autobahn_option_dump()
 
 
 class NamespaceRoot(Resource):

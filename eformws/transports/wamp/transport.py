@@ -7,7 +7,16 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny
 from zope.interface import implementer
 
-from eformws.core.compat import Frame, frame_bytes, server_frame, use_exact_timers, write_now, writes_frames_directly
+from eformws.core.compat import (
+    Frame,
+    defer_autobahn_option_dump,
+    frame_bytes,
+    protocol_with_options,
+    server_frame,
+    use_exact_timers,
+    write_now,
+    writes_frames_directly,
+)
 from eformws.delivery.hub import IConnection
 from eformws.sessions.credentials import cookie_values
 from eformws.transports.gateway import GatewayProtocol
@@ -85,3 +94,5 @@ class WampFactory(WebSocketServerFactory):
         use_exact_timers(self)
         self.router = router
         self.setProtocolOptions(**options)
+        protocol_with_options(self)
+        defer_autobahn_option_dump()
