@@ -170,15 +170,16 @@ def spawning():
             pytest_twisted.blockon(process.ended())
 
 
-def write_config(directory: Path, text: str = "") -> Path:
-    """A TOML file putting sessions and events in `directory`, plus `text`."""
+def write_config(directory: Path, text: str = "", sessions: str = "") -> Path:
+    """A TOML file putting sessions and events in `directory`, plus `text` (and `sessions`,
+    lines of the [sessions] table)."""
     path = directory / "eformws.toml"
     path.write_text(
         "[server]\n"
         'host = "127.0.0.1"\n'
         "port = 0\n"
         "[sessions]\n"
-        f"path = {json.dumps(str(directory / 'sessions.db'))}\n"
+        f"path = {json.dumps(str(directory / 'sessions.db'))}\n" + sessions +
         "[events]\n"
         f"path = {json.dumps(str(directory / 'events.db'))}\n" + text
     )

@@ -53,7 +53,7 @@ async def test_echo_namespace_sends_nothing_first_and_echoes_text_and_binary_as_
     assert isinstance(echoed, bytes) and echoed == binary
     # The same protocol class as the real namespaces serves it.
     (connection,) = server.hub.connections()
-    assert type(connection) is LegacyProtocol and connection.namespace == "/ws/echo"
+    assert isinstance(connection, LegacyProtocol) and connection.namespace == "/ws/echo"
     await client.close()
 
 

@@ -399,3 +399,19 @@ async def test_pipelined_requests_whose_answers_are_not_read_are_dropped(start_s
         return received.count(b"HTTP/1.1 200 OK")
 
     assert await aio(scenario()) < 400
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upgraded_connection_keeps_neither_its_http_channel_nor_its_upgrade_request(server):
+    import gc
+
+    from eformws.http.site import DeadlineChannel
+
+    session_id = await server.session()
+    clients = [await server.join("/ws/lockers", session_id) for _ in range(3)]
+    gc.collect()
+    upgraded = [o for o in gc.get_objects()
+                if isinstance(o, DeadlineChannel) and o.site is server.service.site and o.transport is None]
+    assert upgraded == []  # each held its upgrade request, about 5 KiB a connection
+    for client in clients:
+        await client.close()

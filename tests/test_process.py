@@ -115,7 +115,9 @@ async def test_cli_session_is_accepted_by_running_twistd(tmp_path, spawn):
 
 @pytest_twisted.ensureDeferred
 async def test_cli_sessions_revoke_makes_running_twistd_refuse_the_session(tmp_path, spawn):
-    config = write_config(tmp_path)
+    # Without the few seconds' memory of lookups (sessions.lookup_cache), which would let a
+    # handshake in until the recheck closes it (tests/test_session_cache.py).
+    config = write_config(tmp_path, sessions="lookup_cache = 0\n")
     session_id = await create_session(tmp_path, config)
     gateway = await spawn(["--config", str(config)], tmp_path)
     client = await gateway.join("/ws/lockers", session_id)  # accepted before the revoke

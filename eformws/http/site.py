@@ -167,11 +167,16 @@ class DeadlineChannel(HTTPChannel):
     def allContentReceived(self):
         self._disarm()
         self._receiving = False
+        transport = self.transport
         super().allContentReceived()
         if self.transport is None:
             # WebSocketResource.render took the transport over (request.channel.transport =
-            # None): from now on the WebSocket admission counts the connection.
+            # None): from now on the WebSocket admission counts the connection. The transport
+            # must not keep this channel (and the upgrade request) as its producer for the
+            # WebSocket's life: about 5 KiB a connection.
             self._release()
+            if getattr(transport, "producer", None) is self:
+                transport.unregisterProducer()
 
     def refuse_large_body(self) -> None:
         """A body over `max_body_bytes` (declared or received): 413 now, nothing more read."""
