@@ -186,7 +186,9 @@ class RawSubscriber:
                 await asyncio.wait_for(ws.close(), 3.0)
             except (asyncio.TimeoutError, Exception):
                 ws.transport.abort()
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
+            # (A task this stop already cancelled is done: awaiting it again would raise
+            # CancelledError here, which the teardown's second stop did.)
             try:
                 await asyncio.wait_for(self._task, 8.0)
             except (asyncio.TimeoutError, Exception):
