@@ -56,7 +56,7 @@ HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "tra
 STATUSES = {
     ("/api/websocket/status", "get"): {"200", "400", "401", "403", "503"},
     ("/api/websocket/broadcast", "post"): {"200", "400", "401", "403", "404", "413", "503"},
-    ("/api/websocket/events", "post"): {"201", "400", "401", "403", "409", "413", "503"},
+    ("/api/websocket/events", "post"): {"200", "201", "400", "401", "403", "409", "413", "503"},
     ("/api/websocket/health", "get"): {"200", "401", "503"},
     ("/api/websocket/session", "get"): {"200", "401", "503"},
     ("/api/websocket/sessions", "get"): {"200", "401", "403", "503"},
@@ -155,14 +155,20 @@ def test_every_error_schema_is_the_common_error_shape(document):
 
 
 def test_event_request_schema_accepts_the_documented_examples_and_refuses_drift(document):
+    content = document["paths"]["/api/websocket/events"]["post"]["requestBody"]["content"]["application/json"]
+    body = validator(document, content["schema"])
+    for example in content["examples"].values():
+        assert body.is_valid(example["value"]), example
     events = validator(document, {"$ref": "#/components/schemas/EventRequest"})
-    examples = document["paths"]["/api/websocket/events"]["post"]["requestBody"]["content"]["application/json"]["examples"]
-    for example in examples.values():
-        assert events.is_valid(example["value"]), example
     good = {"type": "system_status", "data": {"component": "kiosk", "status": "online", "health_score": 99}}
     assert not events.is_valid({**good, "type": "unknown"})
     assert not events.is_valid({**good, "data": {**good["data"], "health_score": 101}})
     assert not events.is_valid({**good, "data": {**good["data"], "extra": 1}})
+    batch = validator(document, {"$ref": "#/components/schemas/EventBatch"})
+    assert batch.is_valid([good, {**good, "idempotency_key": "k-1"}])
+    assert not batch.is_valid([])
+    assert not batch.is_valid([{**good, "idempotency_key": ""}])
+    assert not batch.is_valid([{**good, "type": "unknown"}])
 
 
 # -- schemathesis against a real process ---------------------------------------------------

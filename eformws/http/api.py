@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import heapq
 import hmac
-import json
 import time
 from typing import Any, Callable
 
@@ -30,24 +29,14 @@ from eformws.delivery.broadcasts import BroadcastError, UnknownNamespace, check_
 from eformws.delivery.publisher import check_idempotency_key
 from eformws.events import ValidationError
 from eformws.events.store import IdempotencyConflict
-from eformws.events.store.redis import EmitTimeout, EmitUnconfirmed
+from eformws.http.bodies import REASONS, HTTPError, error_body, json_body, require, require_field, unavailable_message
+from eformws.http.batch import append_batch, check_batch
 from eformws.http.site import logged_path
 from eformws.sessions import SessionError, check_session_request, first_valid_session, issued
 from eformws.sessions.credentials import bearer_token, candidates, cookie_values
 from eformws.sessions.sqlite import as_reference
 from eformws.transports.origins import origin_allowed
 
-REASONS = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    413: "Payload Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
 
 
 RECENT_WINDOW = 30.0  # seconds of events /api/websocket/health returns ...
@@ -57,14 +46,6 @@ HEALTH_CHECK_TIMEOUT = 2.0  # seconds /healthz waits for a store's ping (they ru
 LAST_TIMESTAMP = 253402300799.999  # 9999-12-31T23:59:59.999Z, the last time a timestamp can show
 # How a refused session creation names the body's fields (the `field` of the 400, and its message).
 SESSION_FIELDS = {name: f"body/{name}" for name in ("user_id", "role", "kiosk_id", "ttl")}
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str, **extra):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.extra = extra
 
 
 def _json(request, status: int, body: Any) -> bytes:
@@ -86,51 +67,6 @@ def request_candidates(request, cookie_names) -> list[str]:
     """Session-id candidates of an HTTP request, as for a WebSocket handshake."""
     query = [v.decode("utf-8", "replace") for v in request.args.get(b"sessionId", [])]
     return candidates(_headers(request, b"cookie"), _headers(request, b"authorization"), query, cookie_names)
-
-
-def json_body(request, max_bytes: int) -> dict:
-    """The request body as a JSON object, or an HTTPError naming the first problem."""
-    if getattr(request, "body_too_large", False):
-        raise HTTPError(413, f"body must be at most {max_bytes} bytes")
-    raw = request.content.read() if request.content is not None else b""
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise HTTPError(400, "body must be valid JSON") from None
-    if not isinstance(body, dict):
-        raise HTTPError(400, "body must be object")
-    if wire.may_nest_deeper_than(raw) and wire.nested_deeper_than(body):
-        # Deeper bodies parse, then fail to encode (a 500 at delivery) near the recursion limit.
-        raise HTTPError(400, f"body must not nest arrays and objects more than {wire.MAX_DEPTH} levels deep")
-    return body
-
-
-def _printable(value: Any) -> Any:
-    """Error text that quotes the request (an unknown namespace, a field name) may hold a
-    lone surrogate, which UTF-8 cannot carry: such characters are written as `\\udXXX`."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    return value
-
-
-def require(body: dict, name: str, kind: type, kind_name: str, required: bool = True) -> Any:
-    if name not in body:
-        if required:
-            raise HTTPError(400, f"body must have required property '{name}'")
-        return None
-    value = body[name]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise HTTPError(400, f"body/{name} must be {kind_name}")
-    return value
-
-
-def require_field(body: dict, name: str, kind, kind_name: str, required: bool = True) -> Any:
-    """As `require`, its 400 naming the offending `field` (`body/<name>`)."""
-    try:
-        return require(body, name, kind, kind_name, required)
-    except HTTPError as e:
-        e.extra["field"] = f"body/{name}"
-        raise
 
 
 def _timestamp(at: float) -> str:
@@ -234,12 +170,7 @@ class Api:
     @app.handle_errors(HTTPError)
     def _http_error(self, request, failure):
         error = failure.value
-        extra = {name: _printable(value) for name, value in error.extra.items()}
-        return _json(
-            request,
-            error.status,
-            {"statusCode": error.status, "error": REASONS[error.status], "message": _printable(error.message), **extra},
-        )
+        return _json(request, error.status, error_body(error.status, error.message, **error.extra))
 
     @app.handle_errors(RedisUnavailable)
     def _redis_unavailable(self, request, failure):
@@ -248,8 +179,7 @@ class Api:
         error = failure.value
         self.log.warn("{path}: redis unavailable ({error})", path=logged_path(request.path.decode("latin-1")),
                       error=type(error).__name__)
-        message = str(error) if isinstance(error, (EmitTimeout, EmitUnconfirmed)) else "Redis is unreachable; try again"
-        return _json(request, 503, {"statusCode": 503, "error": REASONS[503], "message": message})
+        return _json(request, 503, error_body(503, unavailable_message(error)))
 
     @app.handle_errors
     def _unexpected(self, request, failure):
@@ -426,7 +356,14 @@ class Api:
             key = check_idempotency_key(keys[0]) if keys else None
         except ValueError as e:
             raise HTTPError(400, str(e)) from None
-        body = json_body(request, self.max_body_bytes)
+        body = json_body(request, self.max_body_bytes, arrays=True)
+        if isinstance(body, list):
+            if key is not None:
+                raise HTTPError(400, "Idempotency-Key applies to one event: give each item of a batch its own "
+                                     "idempotency_key")
+            check_batch(body)
+            answers = yield append_batch(self.events, body)
+            return _json(request, 200, {"results": answers})
         event_type = require(body, "type", str, "string")
         require(body, "data", dict, "object")
         try:
