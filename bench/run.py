@@ -50,6 +50,7 @@ FULL = {
     "emit_subscribers": 1000, "emit_rate": 5000, "emit_seconds": 10,
     "workers": 10000,
     "wamp_seconds": 10, "wamp_repeat": 3,
+    "emit_http_events": 100000,
 }
 QUICK = {
     "fanout": [200, 500, 1000], "fanout_repeat": 1,
@@ -59,6 +60,7 @@ QUICK = {
     "emit_subscribers": 100, "emit_rate": 1000, "emit_seconds": 3,
     "workers": 1000,
     "wamp_seconds": 3, "wamp_repeat": 1,
+    "emit_http_events": 5000,
 }
 
 
@@ -532,6 +534,48 @@ class Bench:
                    "store": "sqlite", "via": "python api (emit host)", "servers": results,
                    **self.compare(results, "emit", subscribers)})
 
+    # -- emit over HTTP -------------------------------------------------------------------
+
+    async def emit_http(self, subscribers: int, events: int, batches: list[int], connections: int) -> None:
+        """Events posted to `POST /api/websocket/events` by `bench.httpgen` (its own process),
+        one event a request and in batches, each event to one of `subscribers` kiosks: the
+        rate stored (201s / seconds from the first request to the last answer) and delivered."""
+        results = {}
+        log(f"emit-http: {events} events, batches {batches}, {connections} connections, {subscribers} subscribers")
+        for batch in batches:
+            server = await self.server("eformws", n=subscribers)
+            pool = await self.pool(subscribers)
+            try:
+                conn = await self.connected("eformws", server, pool, subscribers, rooms=subscribers, leave_default=True)
+                await asyncio.sleep(self.args.settle)
+                await pool.reset()
+                count = events // subscribers * subscribers  # every kiosk the same number
+                cpu0 = server.cpu()
+                generator = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "bench.httpgen", "--port", str(server.port), "--token", S.API_TOKEN,
+                    "--events", str(count), "--batch", str(batch), "--connections", str(connections),
+                    "--rooms", str(subscribers), stdout=asyncio.subprocess.PIPE,
+                    env=dict(os.environ, PYTHONPATH=str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")))
+                answer = json.loads((await generator.communicate())[0])
+                cpu = server.cpu() - cpu0
+                got = await pool.collect(count // subscribers, timeout=30.0)
+                results[f"batch-{batch}"] = {
+                    "batch": batch, "connections": connections, "subscribers": subscribers,
+                    "connected": conn["connected"], "events": count, "stored": answer["stored"],
+                    "statuses": answer["statuses"], "elapsed_s": round(answer["elapsed"], 3),
+                    "stored_per_s": round(answer["stored"] / answer["elapsed"], 1) if answer["elapsed"] else None,
+                    "request_p50_ms": answer["request_p50_ms"], "request_p99_ms": answer["request_p99_ms"],
+                    "expected": got["alive"] * (count // subscribers), "delivered": got["received"],
+                    "missing": got["missing"], "dups": got["dups"], "misrouted": got["misrouted"],
+                    **latency(got["samples"]),
+                    "server_cpu_us_per_event": round(cpu / count * 1e6, 1) if count else None,
+                }
+            finally:
+                await pool.close()
+                self.stop(server)
+        self.emit({"scenario": "emit-http", "subscribers": subscribers, "store": "sqlite",
+                   "via": "POST /api/websocket/events", "servers": {"eformws": results}})
+
     # -- workers ----------------------------------------------------------------------
 
     async def workers(self, n: int) -> None:
@@ -552,7 +596,7 @@ async def amain(args) -> int:
     sizes = QUICK if args.quick else FULL
     scenarios = args.scenarios
     if "all" in scenarios:
-        scenarios = ["fanout", "rooms", "connect", "idle", "emit", "workers", "wamp", "report"]
+        scenarios = ["fanout", "rooms", "connect", "idle", "emit", "emit-http", "workers", "wamp", "report"]
     bench = Bench(args)
     log(f"run directory {bench.workdir}; results to {args.out}")
     try:
@@ -573,6 +617,9 @@ async def amain(args) -> int:
                                           args.emit_seconds or sizes["emit_seconds"])
             elif scenario == "workers":
                 await bench.workers((args.n or [sizes["workers"]])[0])
+            elif scenario == "emit-http":
+                await bench.emit_http((args.n or [100])[0], args.emit_http_events or sizes["emit_http_events"],
+                                      args.emit_http_batches, args.emit_http_connections)
             elif scenario == "wamp":
                 from bench.report import render_wamp
                 from bench.wamp import run_wamp
@@ -599,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenarios", nargs="+",
-                        help="all | fanout | rooms | connect | idle | emit | workers | wamp | report")
+                        help="all | fanout | rooms | connect | idle | emit | emit-http | workers | wamp | report")
     parser.add_argument("--quick", action="store_true", help="small sizes, for checking the harness")
     parser.add_argument("--n", type=lambda s: [int(x) for x in s.split(",")],
                         help="client count(s), comma-separated (fanout takes several)")
@@ -618,6 +665,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="messages per room in `rooms`")
     parser.add_argument("--emit-rate", type=float, default=0)
     parser.add_argument("--emit-seconds", type=float, default=0)
+    parser.add_argument("--emit-http-events", type=int, default=0,
+                        help="emit-http: events posted in each run (default 100,000, --quick 5,000)")
+    parser.add_argument("--emit-http-batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 100],
+                        help="emit-http: events a request of each run, comma-separated (1: one event object)")
+    parser.add_argument("--emit-http-connections", type=int, default=8,
+                        help="emit-http: keep-alive connections posting at once")
     parser.add_argument("--wamp-callers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 50],
                         help="wamp: caller counts of the RPC runs, comma-separated")
     parser.add_argument("--wamp-subscribers", type=int, default=100, help="wamp: subscribers of the pub/sub run (0: none)")

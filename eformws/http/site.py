@@ -11,10 +11,8 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.http import HTTPChannel
-from twisted.web.iweb import IAccessLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
-from zope.interface import provider
 
 from eformws.core import wire
 from eformws.core.compat import drop_pipelined_requests, has_pipelined_requests
@@ -55,12 +53,8 @@ def logged_path(path: str) -> str:
     return path
 
 
-@provider(IAccessLogFormatter)
-def access_line(timestamp, request) -> str:
-    """Client, method, path without its query, status and size; no headers, no query."""
-    path = logged_path(request.path.decode("latin-1", "replace"))
-    method = request.method.decode("latin-1", "replace")
-    return f'{request.getClientAddress().host} "{method} {path}" {request.code} {request.sentLength}'
+ACCESS_LINE = '{client} "{method} {path}" {status} {size}'
+access_log = Logger(namespace="eformws.http.access")
 
 
 class BoundedRequest(Request):
@@ -273,8 +267,9 @@ class GatewaySite(Site):
     protocol = DeadlineChannel
 
     def __init__(self, resource, max_http_connections: int, head_timeout: float, min_body_rate: float,
-                 max_body_bytes: int, **kwargs):
+                 max_body_bytes: int, access: bool = True, **kwargs):
         super().__init__(resource, **kwargs)
+        self.access = access
         self.max_http_connections = max_http_connections
         self.head_timeout = head_timeout
         self.min_body_rate = min_body_rate
@@ -289,6 +284,18 @@ class GatewaySite(Site):
         self.busy_response = _error_response(503, "Service Unavailable", "Too many HTTP connections; try again")
         self.too_large_response = _error_response(413, "Payload Too Large", f"body must be at most {max_body_bytes} bytes")
 
+    def log(self, request) -> None:
+        """The access line of an answered request (`log.access`): an event with fields
+        (client, method, path without its query, status, size; never a header or the query),
+        formatted only by an observer that writes it. (An upgraded request never finishes,
+        so a WebSocket connection has no access line.)"""
+        if not self.access:
+            return
+        access_log.info(ACCESS_LINE, client=request.getClientAddress().host,
+                        method=request.method.decode("latin-1", "replace"),
+                        path=logged_path(request.path.decode("latin-1", "replace")), status=request.code,
+                        size=request.sentLength)
+
     def buildProtocol(self, addr):
         if self.http_connections >= self.max_http_connections:
             refusal = Refusal()
@@ -302,7 +309,7 @@ class GatewaySite(Site):
 
 def build_site(api_resource, namespaces_resource, max_body_bytes: int, wamp_resource=None, mounted=None,
                max_http_connections: int = 1024, head_timeout: float = 10.0, min_body_rate: float = 4096,
-               reactor=None) -> Site:
+               access: bool = True, reactor=None) -> Site:
     """`mounted`: {b"segment": resource} served beside the API (`/metrics`, the console);
     `reactor`: the clock of the connections' deadlines (the global reactor by default)."""
     class SiteRequest(BoundedRequest):
@@ -315,7 +322,7 @@ def build_site(api_resource, namespaces_resource, max_body_bytes: int, wamp_reso
         head_timeout,
         min_body_rate,
         max_body_bytes,
-        logFormatter=access_line,
+        access,
         parsePOSTFormSubmission=False,  # the API reads JSON bodies: no form parsing per POST
         timeout=IDLE_TIMEOUT,
         reactor=reactor,

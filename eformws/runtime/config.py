@@ -212,6 +212,7 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[str, Any], Any]]] = {
     ("server", "tls_private_key"): ("", _optional_string),
     ("metrics", "enabled"): (True, _boolean),
     ("log", "level"): ("info", _choice("debug", "info", "warn", "error")),
+    ("log", "access"): (True, _boolean),
 }
 
 # The namespaces every deployment serves; [[namespaces]] tables in the file add more.

@@ -118,6 +118,7 @@ class EformService(MultiService):
             max_http_connections=config.get("server", "max_http_connections"),
             head_timeout=config.get("server", "request_head_timeout"),
             min_body_rate=config.get("server", "min_body_rate"),
+            access=config.get("log", "access"),
             reactor=self.reactor,
         )
         self.listener = None  # a ListeningService once the event log's position is known
