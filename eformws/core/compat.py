@@ -24,15 +24,25 @@ class Frame(PreparedMessage):
         self.position = position
 
 
+def deflated_frame(payload: bytes, deflated: bytes, binary: bool, position=None) -> Frame:
+    """A Frame whose wire bytes carry `deflated` (the message's permessage-deflate data, RFC
+    7692 7.2.1: its trailing 00 00 FF FF removed) with RSV1 set; `payload` stays what it
+    was. Autobahn writes a PreparedMessage marked doNotCompress as its wire bytes, as we do."""
+    frame = Frame(payload, binary, position)
+    frame.payloadHybi = server_frame(deflated, binary, rsv1=True)
+    return frame
+
+
 def frame_bytes(frame: PreparedMessage) -> bytes:
     """The whole frame as it goes on the wire (header and payload)."""
     return frame.payloadHybi
 
 
-def server_frame(payload: bytes, binary: bool) -> bytes:
-    """One whole unmasked, uncompressed WebSocket frame (RFC 6455 5.2), as a server sends
-    it: what Autobahn's sendMessage writes for a message it does not fragment."""
-    opcode = 0x82 if binary else 0x81
+def server_frame(payload: bytes, binary: bool, rsv1: bool = False) -> bytes:
+    """One whole unmasked WebSocket frame (RFC 6455 5.2), as a server sends it: what
+    Autobahn's sendMessage writes for a message it does not fragment (`rsv1`: the payload
+    is compressed, RFC 7692)."""
+    opcode = (0x82 if binary else 0x81) | (0x40 if rsv1 else 0)
     size = len(payload)
     if size < 126:
         return bytes((opcode, size)) + payload
@@ -42,10 +52,26 @@ def server_frame(payload: bytes, binary: bool) -> bytes:
 
 
 def writes_frames_directly(protocol) -> bool:
-    """Whether a prepared frame may be written to the protocol's transport as it is: no
-    per-message compression negotiated and nothing queued in Autobahn's send queue (what
-    `sendPreparedMessage` checks before it does the same)."""
-    return protocol._perMessageCompress is None and not protocol.send_queue
+    """Whether a Frame (a PreparedMessage marked doNotCompress, its bytes final: plain, or
+    deflated by the connection's framing) may be written to the protocol's transport as it
+    is: nothing queued in Autobahn's send queue (`sendPreparedMessage` writes such a frame
+    as it is too, after what is queued)."""
+    return not protocol.send_queue
+
+
+def forget_inflater(protocol) -> None:
+    """Drop the permessage-deflate decompressor Autobahn keeps after a client's message
+    (about 40 KiB a connection) when the client agreed to no context takeover: Autobahn
+    makes a new one for each message anyway."""
+    deflate = protocol._perMessageCompress
+    if deflate is not None and deflate.client_no_context_takeover:
+        deflate._decompressor = None
+
+
+def server_window_bits(protocol) -> int | None:
+    """The server-to-client window size (bits) permessage-deflate negotiated, or None."""
+    deflate = protocol._perMessageCompress
+    return None if deflate is None else deflate.server_max_window_bits
 
 
 def protocol_with_options(factory) -> None:

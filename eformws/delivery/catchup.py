@@ -33,7 +33,7 @@ class PacedWriter:
         for envelope in envelopes:
             if not connection.writable:
                 return None
-            frame = self.frames.frame(envelope, connection.sees_sensitive)
+            frame = self.frames.frame(envelope, connection.sees_sensitive, connection.framing)
             if frame is None:
                 continue  # an event that cannot be sent (logged): left out
             connection.write_frame(frame)

@@ -87,10 +87,11 @@ class EventFrames:
         self._frames: OrderedDict = OrderedDict()
         self._bytes = 0
 
-    def frame(self, envelope: dict, sees_sensitive: bool) -> Frame | None:
-        """The frame of a stored event for one audience; None (logged) for one that cannot be
-        framed, so that one bad event never stops a catch-up."""
-        key = (envelope.get("id"), envelope.get("seq"), sees_sensitive)
+    def frame(self, envelope: dict, sees_sensitive: bool, framing=None) -> Frame | None:
+        """The frame of a stored event for one audience and framing (one with a
+        `frame(payload, binary, position)`, e.g. deflating; None: plain); None (logged) for
+        one that cannot be framed, so that one bad event never stops a catch-up."""
+        key = (envelope.get("id"), envelope.get("seq"), sees_sensitive, framing)
         frame = self._frames.get(key)
         if frame is None:
             view = envelope if sees_sensitive else self.redactor.redact(envelope)
@@ -99,7 +100,9 @@ class EventFrames:
             except (TypeError, ValueError, RecursionError):
                 log.warn("left out event {seq}: it cannot be framed", seq=envelope.get("seq"))
                 return None
-            frame = self._frames[key] = Frame(payload, False, log_position(envelope))
+            position = log_position(envelope)
+            frame = Frame(payload, False, position) if framing is None else framing.frame(payload, False, position)
+            self._frames[key] = frame
             self._bytes += len(frame_bytes(frame))
             while len(self._frames) > self.size or self._bytes > self.max_bytes:
                 self._bytes -= len(frame_bytes(self._frames.popitem(last=False)[1]))

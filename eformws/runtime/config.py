@@ -163,6 +163,7 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[str, Any], Any]]] = {
     ("websocket", "open_handshake_timeout"): (10.0, _number(0.1, 3600)),
     ("websocket", "close_handshake_timeout"): (5.0, _number(0.1, 3600)),
     ("websocket", "max_unsent_bytes"): (1_048_576, _integer(16_384, 1 << 30)),
+    ("websocket", "compression"): (False, _boolean),
     ("websocket", "max_rooms"): (100, _integer(1, 100_000)),
     ("websocket", "rate_limit"): (20.0, _number(0.1, 1_000_000)),
     ("websocket", "rate_burst"): (40, _integer(1, 1_000_000)),

@@ -10,6 +10,7 @@ from twisted.logger import Logger
 from eformws.core import metrics
 from eformws.core.slow_consumer import SLOW_CONSUMER, SlowConsumerGuard
 from eformws.core.wire import CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER
+from eformws.transports.deflate import accept_deflate, decline
 from eformws.transports.ratelimit import TokenBucket
 
 log = Logger(namespace="eformws.websocket")
@@ -48,7 +49,7 @@ def protocol_options(config) -> dict:
         # Only a pong answers a ping: a peer that sends but does not read is still closed.
         "autoPingRestartOnAnyTraffic": False,
         "allowNullOrigin": True,  # `Origin: null` (sandboxed frames, file: pages): the allow-list decides
-        "perMessageCompressionAccept": lambda offers: None,
+        "perMessageCompressionAccept": accept_deflate if config.get("websocket", "compression") else decline,
     }
 
 

@@ -20,8 +20,10 @@ from eformws.core import metrics, wire
 from eformws.core.compat import (
     Frame,
     defer_autobahn_option_dump,
+    forget_inflater,
     frame_bytes,
     protocol_with_options,
+    server_window_bits,
     use_exact_timers,
     write_now,
     writes_frames_directly,
@@ -36,6 +38,7 @@ from eformws.delivery.replay import EventFrames, RecentEvents
 from eformws.events.store import EventFilter, Position, Resumption, parse_cursor
 from eformws.sessions import first_valid_session
 from eformws.sessions.credentials import candidates
+from eformws.transports.deflate import deflate_framing
 from eformws.transports.gateway import Admission, GatewayProtocol
 from eformws.transports.origins import origin_allowed
 from eformws.transports.ratelimit import TokenBucket
@@ -54,6 +57,9 @@ class JsonFraming:
 
     def prepare(self, message):
         return Frame(message.payload, False, message.position)  # structured events have a position
+
+    def frame(self, payload: bytes, binary: bool = False, position=None) -> Frame:
+        return Frame(payload, binary, position)
 
 
 JSON_FRAMING = JsonFraming()
@@ -200,6 +206,9 @@ class LegacyProtocol(GatewayProtocol):
         settings = self.factory.settings
         hub = settings.hub
         self.id = str(uuid.uuid4())
+        window_bits = server_window_bits(self)
+        if window_bits is not None:  # permessage-deflate negotiated (websocket.compression)
+            self.framing = deflate_framing(window_bits)
         self.bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
         self.guard = SlowConsumerGuard(settings.max_unsent_bytes)
         self.sees_sensitive = settings.policy.sees_sensitive(self.session)
@@ -381,16 +390,17 @@ class LegacyProtocol(GatewayProtocol):
     def _send(self, envelope: dict) -> None:
         """A message of the connection's own (a reply, a notice), unless it may be sent nothing."""
         if self.writable:
-            self.sendMessage(wire.dumps(envelope), False)
+            self.write_frame(self.framing.frame(wire.dumps(envelope)))
 
     # -- client messages --------------------------------------------------------
 
     def onMessage(self, payload, isBinary):
+        forget_inflater(self)
         if not self._registered or not self.writable:
             return  # refused at the handshake, closing, or a slow consumer: nothing is answered
         RECEIVED.inc()
         if self.factory.namespace.echo:
-            self.sendMessage(payload, isBinary)
+            self.write_frame(self.framing.frame(payload, isBinary))
             return
         settings = self.factory.settings
         if not self.bucket.take():

@@ -11,6 +11,7 @@ from zope.interface import implementer
 
 from eformws.core.policy import Policy
 from eformws.delivery.hub import IEndpoint
+from eformws.transports.deflate import decline
 from eformws.transports.gateway import protocol_options
 from eformws.transports.wamp.broker import Broker
 from eformws.transports.wamp.codec import codecs
@@ -31,7 +32,8 @@ def wamp_protocol_options(config) -> dict:
     and answered (ERROR or ABORT) rather than closing the WebSocket 1009."""
     options = protocol_options(config)
     readable = 2 * config.get("wamp", "max_message_bytes")
-    options.update(maxFramePayloadSize=readable, maxMessagePayloadSize=readable)
+    # WAMP sessions are never compressed (their frames are written already serialized).
+    options.update(maxFramePayloadSize=readable, maxMessagePayloadSize=readable, perMessageCompressionAccept=decline)
     return options
 
 
