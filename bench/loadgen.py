@@ -32,6 +32,7 @@ import resource
 import struct
 import sys
 import time
+import zlib
 
 try:  # uvloop keeps each connection cheaper; plain asyncio works too (CI smoke run)
     import uvloop
@@ -73,7 +74,8 @@ class WsClient(asyncio.Protocol):
     checks the 101, parses the server's frames (answering pings) and hands each message to
     `on_message(payload, now)`; a refused upgrade or a close frame goes to `_fail(reason)`
     (a close frame first to `on_close_frame()`), a completed upgrade to `on_open()`.
-    Subclasses give `request`, `on_message` and `_fail`."""
+    Subclasses give `request`, `on_message` and `_fail`. A message with RSV1 set (permessage-
+    deflate, negotiated with no context takeover by a request that offers it) is inflated."""
 
     __slots__ = ("buf", "frag", "transport", "upgraded")
 
@@ -156,6 +158,8 @@ class WsClient(asyncio.Protocol):
             payload = bytes(view[pos + head:end])
             pos = end
             opcode = b0 & 0x0F
+            if b0 & 0x40:  # RSV1: deflated, each message on its own (a whole message: not fragmented here)
+                payload = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
             if opcode in (1, 2):
                 if b0 & 0x80:
                     self.on_message(payload, now)
@@ -222,6 +226,10 @@ class Conn(WsClient):
 
     def request(self) -> bytes:
         return self.gen.request
+
+    def data_received(self, data):
+        self.gen.wire_bytes += len(data)
+        super().data_received(data)
 
     def connection_lost(self, exc):
         was = self.state
@@ -357,6 +365,7 @@ class Generator:
         self.leave_default = False
         self.eio = False
         self.default_room = "locker_updates"
+        self.wire_bytes = 0  # bytes read from the servers since the last reset (frames as they came)
 
     def alive(self) -> list[Conn]:
         return [c for c in self.conns if c.state == READY]
@@ -378,9 +387,11 @@ class Generator:
         else:
             path = f"{ns}?sessionId={session}"
         key = base64.b64encode(os.urandom(16)).decode()
+        offer = ("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; "
+                 "client_no_context_takeover\r\n") if cmd.get("deflate") else ""
         self.request = (
             f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
         ).encode()
 
     async def _open(self, g: int, timeout: float) -> Conn | str:
@@ -471,9 +482,11 @@ class Generator:
             "alive": len(alive),
             "lost": self.lost,
             "closed_by_server": self.closed_by_server,
+            "wire_bytes": self.wire_bytes,
         }
 
     def reset(self) -> dict:
+        self.wire_bytes = 0
         self.samples = []
         self.per_index = collections.Counter()
         self.dups = self.misrouted = self.other = 0

@@ -93,14 +93,15 @@ class Pool:
         return await asyncio.gather(*(g.call(make(k)) for k, g in enumerate(self.generators)))
 
     async def connect(self, server, *, rate: float, concurrency: int, proto: str = "ws", rooms: int = 0,
-                      replay: int = 0, leave_default: bool = False, timeout: float = 60.0) -> dict:
+                      replay: int = 0, leave_default: bool = False, timeout: float = 60.0,
+                      deflate: bool = False) -> dict:
         count = len(self.generators)
         firsts = [sum(self.shares[:k]) for k in range(count)]
         results = await self.each(lambda k: {
             "cmd": "connect", "host": "127.0.0.1", "port": server.port, "proto": proto, "n": self.shares[k],
             "first": firsts[k], "rate": rate / count, "concurrency": max(1, concurrency // count),
             "rooms": rooms, "replay": replay, "leave_default": leave_default, "session": server.session,
-            "timeout": timeout,
+            "timeout": timeout, "deflate": deflate,
         })
         errors: dict = {}
         for r in results:
@@ -143,6 +144,7 @@ class Pool:
             "alive": sum(r["alive"] for r in results),
             "lost": sum(r["lost"] for r in results),
             "closed_by_server": sum(r["closed_by_server"] for r in results),
+            "wire_bytes": sum(r.get("wire_bytes", 0) for r in results),
         }
 
     async def stats(self) -> list[dict]:

@@ -106,7 +106,7 @@ def latency(ordered: list[float]) -> dict:
 SUMMED = ("broadcasts", "http_errors", "expected", "delivered", "missing", "dups", "lost_connections",
           "connect_failures")
 MEDIAN = ("p50_ms", "p95_ms", "p99_ms", "max_ms", "mean_ms", "server_cpu_s", "elapsed_s", "server_rss_mib",
-          "generators_cpu_s")
+          "generators_cpu_s", "wire_bytes_per_message")
 
 
 def merge_runs(runs: list[dict], summed=SUMMED, median=MEDIAN,
@@ -207,12 +207,12 @@ class Bench:
     # -- plumbing ---------------------------------------------------------------------
 
     async def server(self, kind: str, *, n: int, replay: int = 0, redis_url: str = "", workers: int = 1,
-                     emit_host: bool = False) -> S.Server:
+                     emit_host: bool = False, extra: tuple[str, ...] = ()) -> S.Server:
         backlog = self.args.backlog
         if kind == "eformws":
             server = await S.start_eformws(self.workdir, max_connections=n + 1000, replay_limit=replay,
                                            backlog=backlog, redis_url=redis_url, workers=workers,
-                                           emit_host=emit_host)
+                                           emit_host=emit_host, extra=extra)
         elif kind == "floor":
             server = await S.start_floor(self.workdir, replay=replay, backlog=backlog, redis_url=redis_url,
                                          workers=workers)
@@ -285,11 +285,14 @@ class Bench:
     # -- fanout -----------------------------------------------------------------------
 
     async def fanout_one(self, kind: str, n: int, broadcasts: int, *, workers: int = 1, redis_url: str = "",
-                         profile_name: str | None = None) -> dict:
-        server = await self.server(kind, n=n, workers=workers, redis_url=redis_url)
+                         profile_name: str | None = None, deflate: bool = False, body: dict | None = None) -> dict:
+        """`deflate`: eformws with `websocket.compression = true`, the clients offering it;
+        `body`: more data in each broadcast."""
+        extra = ("[websocket]", "compression = true") if deflate else ()
+        server = await self.server(kind, n=n, workers=workers, redis_url=redis_url, extra=extra)
         pool = await self.pool(n)
         try:
-            conn = await self.connected(kind, server, pool, n)
+            conn = await self.connected(kind, server, pool, n, deflate=deflate)
             await asyncio.sleep(self.args.settle)
             await pool.reset()
             http = Http(server.port, S.API_TOKEN)
@@ -301,7 +304,7 @@ class Bench:
             for i in range(broadcasts):
                 status, _ = await http.post("/api/websocket/broadcast", {
                     "namespace": NAMESPACE, "event": "bench",
-                    "data": {"t": time.time(), "i": i, "lockerId": "kiosk-1:12", "state": "open"}})
+                    "data": {"t": time.time(), "i": i, "lockerId": "kiosk-1:12", "state": "open", **(body or {})}})
                 statuses.append(status)
                 await pool.wait(i, timeout)
                 if self.args.gap:
@@ -319,6 +322,7 @@ class Bench:
                 **latency(got["samples"]), "server_cpu_s": round(cpu, 3), "elapsed_s": round(elapsed, 3),
                 "server_rss_mib": round(server.rss() / 2**20, 1), "generators": len(pool.generators),
                 "generators_cpu_s": round(generators_cpu, 3), "uvloop": pool.uvloop,
+                "wire_bytes_per_message": round(got["wire_bytes"] / got["received"], 1) if got["received"] else None,
             }
             if profile is not None:
                 result["profile"] = profile
@@ -534,6 +538,26 @@ class Bench:
                    "store": "sqlite", "via": "python api (emit host)", "servers": results,
                    **self.compare(results, "emit", subscribers)})
 
+    # -- compression --------------------------------------------------------------------
+
+    async def compression(self, n: int, repeat: int) -> None:
+        """eformws's fan-out to N clients without and with permessage-deflate (the clients offer
+        it), the broadcast carrying a kiosk's 24 lockers (about 1.5 KiB as JSON): latency, server
+        CPU, and the bytes each client read a message (its frame as on the wire)."""
+        body = {"lockers": [{"lockerId": f"kiosk-1:{k}", "state": "open" if k % 3 else "closed",
+                             "updatedAt": "2026-12-02T10:00:00.000Z", "battery": 80 + k % 20} for k in range(24)]}
+        runs: dict[str, list[dict]] = {}
+        for r in range(repeat):
+            for mode in ("plain", "deflate"):
+                log(f"compression N={n}: {mode} (run {r + 1} of {repeat})")
+                runs.setdefault(mode, []).append(await self.fanout_one(
+                    "eformws", n, self.args.broadcasts, deflate=mode == "deflate", body=body))
+        results = {mode: merge_runs(found) for mode, found in runs.items()}
+        plain, deflate = results["plain"], results["deflate"]
+        self.emit({"scenario": "compression", "n": n, "repeat": repeat, "servers": {"eformws": results},
+                   "deflate/plain": {k: ratio(deflate.get(k), plain.get(k))
+                                     for k in ("p50_ms", "p99_ms", "server_cpu_s", "wire_bytes_per_message")}})
+
     # -- emit over HTTP -------------------------------------------------------------------
 
     async def emit_http(self, subscribers: int, events: int, batches: list[int], connections: int) -> None:
@@ -596,7 +620,8 @@ async def amain(args) -> int:
     sizes = QUICK if args.quick else FULL
     scenarios = args.scenarios
     if "all" in scenarios:
-        scenarios = ["fanout", "rooms", "connect", "idle", "emit", "emit-http", "workers", "wamp", "report"]
+        scenarios = ["fanout", "rooms", "connect", "idle", "emit", "emit-http", "compression", "workers", "wamp",
+                     "report"]
     bench = Bench(args)
     log(f"run directory {bench.workdir}; results to {args.out}")
     try:
@@ -617,6 +642,8 @@ async def amain(args) -> int:
                                           args.emit_seconds or sizes["emit_seconds"])
             elif scenario == "workers":
                 await bench.workers((args.n or [sizes["workers"]])[0])
+            elif scenario == "compression":
+                await bench.compression((args.n or [1000])[0], args.repeat or sizes["fanout_repeat"])
             elif scenario == "emit-http":
                 await bench.emit_http((args.n or [100])[0], args.emit_http_events or sizes["emit_http_events"],
                                       args.emit_http_batches, args.emit_http_connections)
@@ -646,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenarios", nargs="+",
-                        help="all | fanout | rooms | connect | idle | emit | emit-http | workers | wamp | report")
+                        help="all | fanout | rooms | connect | idle | emit | emit-http | compression | workers | wamp | report")
     parser.add_argument("--quick", action="store_true", help="small sizes, for checking the harness")
     parser.add_argument("--n", type=lambda s: [int(x) for x in s.split(",")],
                         help="client count(s), comma-separated (fanout takes several)")
