@@ -167,6 +167,29 @@ def render(chosen: dict, preliminary: bool) -> str:
                      f"{l['offered_per_s']:g} events/s offered for {l['seconds']:g} s, {l['via']}\n\n"
                      + table(["server", "offered/s", "stored", "stored/s", "p50 ms", "p99 ms", "max ms",
                               "server CPU s", "delivered"], rows))
+    for l in (l for l in lines if l["scenario"] == "emit-http"):
+        rows = []
+        for name, s in l["servers"]["eformws"].items():
+            rows.append([s["batch"], s["connections"], s["events"], s["stored"], s["stored_per_s"],
+                         s["request_p50_ms"], s["request_p99_ms"], s["p50_ms"], s["p99_ms"],
+                         s["server_cpu_us_per_event"], f"{s['delivered']}/{s['expected']}"])
+        parts.append(f"### emit-http: `POST /api/websocket/events`, {l['subscribers']} subscribers (one kiosk room "
+                     f"each), SQLite store, eformws\n\n"
+                     + table(["events a request", "connections", "events", "stored", "stored/s", "request p50 ms",
+                              "request p99 ms", "delivery p50 ms", "delivery p99 ms", "server CPU us/event",
+                              "delivered"], rows))
+    for l in (l for l in lines if l["scenario"] == "compression"):
+        rows = []
+        for mode, s in l["servers"]["eformws"].items():
+            rows.append([mode, s["p50_ms"], s["p99_ms"], s["server_cpu_s"], s["generators_cpu_s"],
+                         s["wire_bytes_per_message"], f"{s['delivered']}/{s['expected']}"])
+        r = l.get("deflate/plain", {})
+        rows.append(["*deflate/plain*", r.get("p50_ms"), r.get("p99_ms"), r.get("server_cpu_s"), "",
+                     r.get("wire_bytes_per_message"), ""])
+        parts.append(f"### compression: eformws fan-out to {l['n']} clients, a kiosk's 24 lockers a broadcast, "
+                     f"without and with permessage-deflate (median of {l.get('repeat', 1)} runs)\n\n"
+                     + table(["", "p50 ms", "p99 ms", "server CPU s", "clients' CPU s", "bytes read a message",
+                              "delivered"], rows))
     for l in (l for l in lines if l["scenario"] == "workers"):
         parts.append(f"### workers: {l['n']} clients, {l['workers']} worker processes + Redis\n\n"
                      + table(["N", "server", "p50 ms", "p95 ms", "p99 ms", "max ms", "server CPU s", "delivered"],

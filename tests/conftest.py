@@ -116,13 +116,13 @@ class Server:
         d.addCallback(Client)
         return d
 
-    async def join(self, path: str, session_id: str | None = None, rooms=()) -> Client:
-        """Connect with `?sessionId=` (none without `session_id`), read `connection` and,
-        where the namespace has a default room, `room_joined`; then join each of `rooms`,
-        answered `room_joined` with nothing else. The client's `connection_id` is the one
-        `connection` gave."""
+    async def join(self, path: str, session_id: str | None = None, rooms=(), **kwargs) -> Client:
+        """Connect with `?sessionId=` (none without `session_id`; `kwargs` to `websockets`),
+        read `connection` and, where the namespace has a default room, `room_joined`; then
+        join each of `rooms`, answered `room_joined` with nothing else. The client's
+        `connection_id` is the one `connection` gave."""
         query = f"?sessionId={session_id}" if session_id else ""
-        client = await self.connect(path + query)
+        client = await self.connect(path + query, **kwargs)
         first = await client.recv()
         assert first["type"] == "connection", first
         client.connection_id = first["data"]["connectionId"]

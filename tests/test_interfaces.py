@@ -34,6 +34,7 @@ from eformws.sessions import ISessionAdmin, ISessionStore
 from eformws.sessions.cache import CachedSessions
 from eformws.sessions.redis import RedisSessionStore
 from eformws.sessions.sqlite import SQLiteSessionStore
+from eformws.transports.deflate import DeflateFraming
 from eformws.transports.legacy import JsonFraming, LegacyProtocol
 from eformws.transports.wamp.framing import EventFraming
 from eformws.transports.wamp.router import WampRouter
@@ -149,10 +150,11 @@ SESSION_STORES = {
 }
 
 
-async def legacy_connection(server, opened):
-    """The server's side of a legacy client joined to /ws/lockers with an admin session."""
+async def legacy_connection(server, opened, compression=None):
+    """The server's side of a legacy client joined to /ws/lockers with an admin session (not
+    offering compression unless asked)."""
     session_id = await server.session(role="admin")
-    opened.append(await server.join(LOCKERS, session_id))
+    opened.append(await server.join(LOCKERS, session_id, compression=compression))
     [connection] = server.hub.namespaces[LOCKERS].connections.values()
     return connection
 
@@ -181,8 +183,14 @@ async def rawsocket_connection(server, opened):
 
 CONNECTIONS = {"legacy": (LegacyProtocol, legacy_connection), "wamp": (WampProtocol, wamp_connection),
                "rawsocket": (RawSocketProtocol, rawsocket_connection)}
+async def deflate_connection(server, opened):
+    """The server's side of a legacy client that negotiated permessage-deflate (`websockets`
+    offers it; the server has `websocket.compression` on)."""
+    return await legacy_connection(server, opened, compression="deflate")
+
+
 FRAMINGS = {"legacy": (JsonFraming, legacy_connection), "wamp": (EventFraming, wamp_connection),
-            "rawsocket": (EventFraming, rawsocket_connection)}
+            "rawsocket": (EventFraming, rawsocket_connection), "deflate": (DeflateFraming, deflate_connection)}
 ENDPOINTS = {"/wamp": WampRouter}
 
 
@@ -202,8 +210,8 @@ def opened(start_server):
 
 @pytest_twisted.async_fixture
 async def server(start_server):
-    """A server with a RawSocket port too."""
-    return await start_server({"wamp.rawsocket_port": 0})
+    """A server with a RawSocket port and compression too."""
+    return await start_server({"wamp.rawsocket_port": 0, "websocket.compression": True})
 
 
 # -- buses and stores ------------------------------------------------------------------------
