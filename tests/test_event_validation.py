@@ -599,3 +599,15 @@ def test_python_only_values_are_refused():
     with pytest.raises(events.ValidationError) as failure:
         events.build("locker_state_changed", locker(metadata={"when": {1, 2}}))
     assert failure.value.field == "data.metadata.when"
+
+
+def test_event_ids_are_distinct_version_4_uuids():
+    import uuid
+
+    from eformws.core.ids import uuid4
+
+    made = [uuid4() for _ in range(5000)]  # more than one 4 KiB draw of random bytes
+    assert len(set(made)) == len(made)
+    for text in made[:300]:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Callable
 
-from eformws.core import wire
+from eformws.core import ids, wire
 from eformws.core.message import Target
 
 VERSION = "1.0.0"
@@ -111,19 +110,48 @@ def timestamp(path: str, value: Any) -> str:
     raise ValidationError(path, "an ISO 8601 timestamp with a time zone", value)
 
 
+def _where(parent: str | None, step) -> str:
+    """The path of an element: the root's own path, `parent.key` or `parent[index]`."""
+    if parent is None:
+        return step
+    return f"{parent}.{step}" if isinstance(step, str) else f"{parent}[{step}]"
+
+
 def json_value(path: str, value: Any) -> Any:
     """`value` as it will travel: JSON objects with string keys, arrays, strings of valid
     Unicode, finite numbers, booleans, null, arrays and objects at most `wire.MAX_DEPTH`
     levels inside one another. Anything else would be stored, then fail to be sent (and
-    poison every replay that includes it). The one check of every way in: HTTP, WAMP, Python."""
-    pending = [(path, value, 1)]
+    poison every replay that includes it). The one check of every way in: HTTP, WAMP, Python.
+    Walked without recursion; an element's path is only spelled out for an error or a
+    container's children."""
+    pending: list = [(None, path, value, 1)]
     while pending:
-        where, item, depth = pending.pop()
-        if item is None or isinstance(item, bool):
+        parent, step, item, depth = pending.pop()
+        kind = type(item)
+        if kind is str:  # the common leaves first, by exact type
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValidationError(_where(parent, step), "valid Unicode text", item) from None
             continue
+        if item is None or kind is bool:
+            continue
+        if kind is float:
+            if not math.isfinite(item):
+                raise ValidationError(_where(parent, step), "a finite number", item)
+            continue
+        if kind is int:
+            if abs(item) > wire.MAX_FINITE_INT:
+                raise ValidationError(_where(parent, step), "must be a finite number (this integer is beyond a double)",
+                                      present=False)
+            continue
+        where = _where(parent, step)
         if depth > wire.MAX_DEPTH and isinstance(item, (list, dict)):
             raise ValidationError(path, f"must not nest arrays and objects more than {wire.MAX_DEPTH} levels deep",
                                   present=False)
+        if isinstance(item, bool):
+            continue
         if isinstance(item, float):
             if not math.isfinite(item):
                 raise ValidationError(where, "a finite number", item)
@@ -136,13 +164,17 @@ def json_value(path: str, value: Any) -> Any:
             except UnicodeEncodeError:
                 raise ValidationError(where, "valid Unicode text", item) from None
         elif isinstance(item, list):
-            pending.extend((f"{where}[{index}]", element, depth + 1) for index, element in enumerate(item))
+            pending.extend((where, index, element, depth + 1) for index, element in enumerate(item))
         elif isinstance(item, dict):
             for key, element in item.items():
                 if not isinstance(key, str):
                     raise ValidationError(where, "an object with string keys", item)
-                json_value(where, key)
-                pending.append((f"{where}.{key}", element, depth + 1))
+                if not key.isascii():
+                    try:
+                        key.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise ValidationError(where, "valid Unicode text", key) from None
+                pending.append((where, key, element, depth + 1))
         else:
             raise ValidationError(where, "a JSON value", item)
     return value
@@ -351,7 +383,7 @@ def build(name: str, data: Any, now: float | None = None, max_bytes: int = MAX_D
     if size > max_bytes:
         raise ValidationError("data", f"must be at most {max_bytes} bytes as JSON (it is {size})", present=False)
     return {
-        "id": str(uuid.uuid4()),
+        "id": ids.uuid4(),
         "seq": None,
         "epoch": None,
         "type": name,

@@ -3,7 +3,6 @@ session auth, client-message dispatch and limits; one Autobahn factory per names
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 
 from autobahn.twisted.resource import WebSocketResource
@@ -16,7 +15,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from eformws.core import metrics, wire
+from eformws.core import ids, metrics, wire
 from eformws.core.compat import (
     Frame,
     defer_autobahn_option_dump,
@@ -205,7 +204,7 @@ class LegacyProtocol(GatewayProtocol):
             return
         settings = self.factory.settings
         hub = settings.hub
-        self.id = str(uuid.uuid4())
+        self.id = ids.uuid4()
         window_bits = server_window_bits(self)
         if window_bits is not None:  # permessage-deflate negotiated (websocket.compression)
             self.framing = deflate_framing(window_bits)

@@ -3,11 +3,10 @@ its own): the hub connection, its RouterSession and timers, messages weighed, de
 
 from __future__ import annotations
 
-import uuid
 
 from twisted.logger import Logger
 
-from eformws.core import metrics
+from eformws.core import ids, metrics
 from eformws.core.slow_consumer import SlowConsumerGuard
 from eformws.core.wire import CLOSE_NORMAL, CLOSE_POLICY
 from eformws.transports.ratelimit import TokenBucket
@@ -73,7 +72,7 @@ class WampConnection:
         for HELLO within the open handshake timeout (counted from the transport's opening
         when it started earlier)."""
         router = self.factory.router
-        self.id = self.id or str(uuid.uuid4())
+        self.id = self.id or ids.uuid4()
         self._codec = codec
         self.framing = router.framings[codec.subprotocol]
         # Room for the largest message it may be sent (a relayed CALL or PUBLISH of up to

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import math
 import socket
-import uuid
 
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from eformws.core import metrics
+from eformws.core import ids, metrics
 from eformws.core.wire import CLOSE_POLICY
 from eformws.delivery.hub import IConnection
 from eformws.transports.gateway import ClosedSignal
@@ -68,7 +67,7 @@ class RawSocketProtocol(WampConnection, ClosedSignal, Protocol):
     # -- opening ------------------------------------------------------------------------------
 
     def connectionMade(self):
-        self.id = str(uuid.uuid4())
+        self.id = ids.uuid4()
         if not self.admit():  # told at once (a client reads the reply after its handshake) and closed
             self._refuse(CONNECTION_LIMIT, "maximum connection count reached (server.max_connections)")
             return
