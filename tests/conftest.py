@@ -372,3 +372,16 @@ async def own_redis(tmp_path):
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def redis_admin(own_redis):
+    """An administrator's connection to `own_redis`, connected: to pause it, fill it, empty it
+    or cut every client's link (`CLIENT KILL`) while gateways use it."""
+    from eformws.backends.redis import RedisAddress, RedisConnection
+
+    admin = RedisConnection(RedisAddress.parse(own_redis.url), "test", 0.05, 0.2)
+    admin.startService()
+    await within(admin.when_connected())
+    yield admin
+    admin.stopService()

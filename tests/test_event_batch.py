@@ -161,21 +161,15 @@ async def test_an_item_whose_data_nests_too_deep_is_refused_alone(server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_items_redis_does_not_confirm_in_time_are_answered_503_and_the_invalid_one_400(start_server, own_redis,
-                                                                                           redis_prefix):
-    from eformws.backends.redis import RedisAddress, RedisConnection
-
+async def test_items_redis_does_not_confirm_in_time_are_answered_503_and_the_invalid_one_400(
+        start_server, own_redis, redis_admin, redis_prefix):
     server = await start_server({"auth.api_tokens": [TOKEN], "redis.url": own_redis.url,
                                  "redis.prefix": redis_prefix, "redis.emit_timeout": 0.3})
-    admin = RedisConnection(RedisAddress.parse(own_redis.url), "test", 0.05, 0.2)
-    admin.startService()
-    await within(admin.when_connected())
-    await admin.command("CLIENT", "PAUSE", 30_000, "WRITE")
+    await redis_admin.command("CLIENT", "PAUSE", 30_000, "WRITE")
     try:
         code, body = await within(defer.ensureDeferred(post(server, [item(1), {"type": "nope", "data": {}}, item(2)])), 10.0)
     finally:
-        await admin.command("CLIENT", "UNPAUSE")
-        admin.stopService()
+        await redis_admin.command("CLIENT", "UNPAUSE")
     assert code == 200
     assert [r["statusCode"] for r in body["results"]] == [503, 400, 503]
     assert body["results"][0]["message"] == ("redis did not confirm the write in time: it may have been stored "

@@ -649,44 +649,34 @@ async def test_a_connection_a_proxy_accepts_and_drops_while_redis_is_down_keeps_
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_handshake_is_not_held_behind_writes_that_redis_has_paused(start_server, own_redis, redis_prefix):
+async def test_a_handshake_is_not_held_behind_writes_that_redis_has_paused(start_server, own_redis, redis_admin,
+                                                                          redis_prefix):
     # A failover pauses writes (CLIENT PAUSE WRITE); the sessions' connection carries no write to wait behind.
-    from eformws.backends.redis import RedisAddress, RedisConnection
-
     server = await start_server({"redis.url": own_redis.url, "redis.prefix": redis_prefix})
     session_id = await server.session()
-    admin = RedisConnection(RedisAddress.parse(own_redis.url), "test", 0.05, 0.2)
-    admin.startService()
-    await within(admin.when_connected())
-    await admin.command("CLIENT", "PAUSE", 30_000, "WRITE")
+    await redis_admin.command("CLIENT", "PAUSE", 30_000, "WRITE")
     try:
         emitted = server.service.events.emit("locker_state_changed", locker())  # waits in Redis, on `writes`
         client = await within(defer.ensureDeferred(server.join(LOCKERS, session_id)), 5.0)
         assert client.connection_id and not emitted.called
     finally:
-        await admin.command("CLIENT", "UNPAUSE")
-        admin.stopService()
+        await redis_admin.command("CLIENT", "UNPAUSE")
     await within(emitted)
 
 
 @pytest_twisted.ensureDeferred
-async def test_status_is_not_held_behind_writes_that_redis_has_paused(start_server, own_redis, redis_prefix):
-    from eformws.backends.redis import RedisAddress, RedisConnection
-
+async def test_status_is_not_held_behind_writes_that_redis_has_paused(start_server, own_redis, redis_admin,
+                                                                     redis_prefix):
     server = await start_server({"redis.url": own_redis.url, "redis.prefix": redis_prefix,
                                  "auth.api_tokens": ["status-token"]})
-    admin = RedisConnection(RedisAddress.parse(own_redis.url), "test", 0.05, 0.2)
-    admin.startService()
-    await within(admin.when_connected())
-    await admin.command("CLIENT", "PAUSE", 30_000, "WRITE")
+    await redis_admin.command("CLIENT", "PAUSE", 30_000, "WRITE")
     try:
         server.service.nodes.heartbeat()  # a write waiting in Redis on `writes`
         response = await within(treq.get(server.http("/api/websocket/status"), persistent=False,
                                          headers={b"Authorization": [b"Bearer status-token"]}), 5.0)
         assert response.code == 200
     finally:
-        await admin.command("CLIENT", "UNPAUSE")
-        admin.stopService()
+        await redis_admin.command("CLIENT", "UNPAUSE")
 
 
 @pytest_twisted.ensureDeferred

@@ -265,62 +265,38 @@ async def test_a_process_started_after_an_event_was_retained_gives_it_to_a_new_s
 
 @pytest_twisted.ensureDeferred
 async def test_after_redis_lost_the_registry_each_process_claims_its_registrations_again_on_reconnect(
-        tmp_path, spawn, redis_prefix):
-    from eformws.backends.redis import RedisAddress, RedisConnection
-    from processes import RedisServer
-
-    redis = RedisServer(tmp_path)
-    await redis.start()
-    admin = RedisConnection(RedisAddress.parse(redis.url), "test", 0.05, 0.2)
-    admin.startService()
-    try:
-        a, b = await gateways(spawn, tmp_path, redis.url, redis_prefix)
-        caller, callee = await peer_on(a, tmp_path), await peer_on(b, tmp_path)
-        await within(callee.register(lambda: "still here", "app.kept"))
-        marks = a.process.mark, b.process.mark
-        # As after a failover to a replica that had not yet the records: gone, and every link new.
-        await within(admin.when_connected())
-        await admin.command("DEL", f"{redis_prefix}wamp:registrations", f"{redis_prefix}wamp:callee_nodes")
-        await admin.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
-        await b.process.line(r"wamp registry: 1 registrations of this process claimed again", after=marks[1])
-        await reconnected(a, marks[0])
-        await reconnected(b, marks[1])
-        assert await within(caller.call("app.kept")) == "still here"
-        error = await call_error(caller.register(lambda: "usurper", "app.kept"))
-        assert error.error == "wamp.error.procedure_already_exists"
-        await leave(caller, callee)
-    finally:
-        admin.stopService()
-        await redis.stop()
+        tmp_path, spawn, own_redis, redis_admin, redis_prefix):
+    a, b = await gateways(spawn, tmp_path, own_redis.url, redis_prefix)
+    caller, callee = await peer_on(a, tmp_path), await peer_on(b, tmp_path)
+    await within(callee.register(lambda: "still here", "app.kept"))
+    marks = a.process.mark, b.process.mark
+    # As after a failover to a replica that had not yet the records: gone, and every link new.
+    await redis_admin.command("DEL", f"{redis_prefix}wamp:registrations", f"{redis_prefix}wamp:callee_nodes")
+    await redis_admin.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    await b.process.line(r"wamp registry: 1 registrations of this process claimed again", after=marks[1])
+    await reconnected(a, marks[0])
+    await reconnected(b, marks[1])
+    assert await within(caller.call("app.kept")) == "still here"
+    error = await call_error(caller.register(lambda: "usurper", "app.kept"))
+    assert error.error == "wamp.error.procedure_already_exists"
+    await leave(caller, callee)
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_registration_taken_elsewhere_while_redis_had_lost_it_is_revoked_from_its_callee(
-        tmp_path, spawn, redis_prefix):
-    from eformws.backends.redis import RedisAddress, RedisConnection
-    from processes import RedisServer
-
-    redis = RedisServer(tmp_path)
-    await redis.start()
-    admin = RedisConnection(RedisAddress.parse(redis.url), "test", 0.05, 0.2)
-    admin.startService()
-    try:
-        a, b = await gateways(spawn, tmp_path, redis.url, redis_prefix)
-        usurper, callee = await peer_on(a, tmp_path), await peer_on(b, tmp_path)
-        await within(callee.register(lambda: "first", "app.kept"))
-        mark = b.process.mark
-        await within(admin.when_connected())
-        await admin.command("DEL", f"{redis_prefix}wamp:registrations", f"{redis_prefix}wamp:callee_nodes")
-        taken = await within(usurper.register(lambda: "usurper", "app.kept"))  # the registry knew no one
-        await admin.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
-        await b.process.line(r"wamp registration app\.kept was taken by another process", after=mark)
-        await reconnected(b, mark)
-        assert await within(callee.call("wamp.registration.list_callees", taken.id)) == [usurper.session_id]
-        assert await within(callee.call("app.kept")) == "usurper"  # the revoked callee's session goes on
-        await leave(usurper, callee)
-    finally:
-        admin.stopService()
-        await redis.stop()
+        tmp_path, spawn, own_redis, redis_admin, redis_prefix):
+    a, b = await gateways(spawn, tmp_path, own_redis.url, redis_prefix)
+    usurper, callee = await peer_on(a, tmp_path), await peer_on(b, tmp_path)
+    await within(callee.register(lambda: "first", "app.kept"))
+    mark = b.process.mark
+    await redis_admin.command("DEL", f"{redis_prefix}wamp:registrations", f"{redis_prefix}wamp:callee_nodes")
+    taken = await within(usurper.register(lambda: "usurper", "app.kept"))  # the registry knew no one
+    await redis_admin.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    await b.process.line(r"wamp registration app\.kept was taken by another process", after=mark)
+    await reconnected(b, mark)
+    assert await within(callee.call("wamp.registration.list_callees", taken.id)) == [usurper.session_id]
+    assert await within(callee.call("app.kept")) == "usurper"  # the revoked callee's session goes on
+    await leave(usurper, callee)
 
 
 async def stock_peers_across(child_argv, spawn, tmp_path, redis_url, redis_prefix, cwd=None) -> dict:
@@ -386,33 +362,21 @@ async def test_a_process_that_stalled_past_node_ttl_claims_its_registrations_aga
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_release_redis_refused_is_taken_once_redis_has_room_again(tmp_path, spawn, redis_prefix):
-    from eformws.backends.redis import RedisAddress, RedisConnection
-    from processes import RedisServer
-
-    redis = RedisServer(tmp_path)
-    await redis.start()
-    admin = RedisConnection(RedisAddress.parse(redis.url), "test", 0.05, 0.2)
-    admin.startService()
-    try:
-        a, b = await gateways(spawn, tmp_path, redis.url, redis_prefix)
-        caller, callee = await peer_on(a, tmp_path), await peer_on(b, tmp_path)
-        await within(callee.register(lambda: "old", "app.job"))
-        mark = b.process.mark
-        await within(admin.when_connected())
-        await admin.command("CONFIG", "SET", "maxmemory", "1")  # out of memory: scripts refused, no link lost
-        callee.leave()
-        await within(callee.gone)
-        await b.process.line(r"wamp registry did not take a release", after=mark)
-        await admin.command("CONFIG", "SET", "maxmemory", "0")
-        await b.process.line(r"wamp registry took a release it could not take before \(app\.job\)", after=mark)
-        successor = await peer_on(a, tmp_path)
-        await within(successor.register(lambda: "new", "app.job"))
-        assert await within(caller.call("app.job")) == "new"
-        await leave(caller, successor)
-    finally:
-        admin.stopService()
-        await redis.stop()
+async def test_a_release_redis_refused_is_taken_once_redis_has_room_again(tmp_path, spawn, own_redis, redis_admin, redis_prefix):
+    a, b = await gateways(spawn, tmp_path, own_redis.url, redis_prefix)
+    caller, callee = await peer_on(a, tmp_path), await peer_on(b, tmp_path)
+    await within(callee.register(lambda: "old", "app.job"))
+    mark = b.process.mark
+    await redis_admin.command("CONFIG", "SET", "maxmemory", "1")  # out of memory: scripts refused, no link lost
+    callee.leave()
+    await within(callee.gone)
+    await b.process.line(r"wamp registry did not take a release", after=mark)
+    await redis_admin.command("CONFIG", "SET", "maxmemory", "0")
+    await b.process.line(r"wamp registry took a release it could not take before \(app\.job\)", after=mark)
+    successor = await peer_on(a, tmp_path)
+    await within(successor.register(lambda: "new", "app.job"))
+    assert await within(caller.call("app.job")) == "new"
+    await leave(caller, successor)
 
 
 @pytest_twisted.ensureDeferred
