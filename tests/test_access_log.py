@@ -59,3 +59,32 @@ def test_an_unknown_access_setting_is_refused(value, tmp_path):
 
     with pytest.raises(Exception, match="log.access"):
         make_config(tmp_path, **{"log.access": value})
+
+
+@pytest.mark.parametrize("spelling", [
+    "/api/websocket/sessions/{id}", "/api/websocket/session%73/{id}", "/api/websocket/sessions%2F{id}",
+    "/api/websocket/%73essions/{id}", "/api%2Fwebsocket/sessions/{id}", "/API/websocket//sessions/{id}",
+    "/api/websocket/session%2573/{id}",
+])
+@pytest_twisted.ensureDeferred
+async def test_a_session_id_in_a_revoke_path_never_reaches_the_access_log_however_it_is_spelled(start_server,
+                                                                                               spelling):
+    server = await start_server({"auth.api_tokens": ["tok"]})
+    victim = await server.session("bob", "staff")
+    with LogCapture() as capture:
+        response = await treq.delete(server.http(spelling.format(id=victim)), persistent=False,
+                                     headers={b"Authorization": [b"Bearer tok"]})
+        await response.content()
+    (event,) = access_events(capture)
+    assert event["path"].endswith("/sessions/<not a reference>")
+    assert victim not in formatEvent(event) and victim not in repr(capture.events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_very_long_path_is_cut_in_the_access_log(start_server):
+    server = await start_server()
+    with LogCapture() as capture:
+        response = await treq.get(server.http("/x" * 2000), persistent=False)
+        await response.content()
+    (event,) = access_events(capture)
+    assert event["path"] == "/x" * 500 + "... (4000 characters)"

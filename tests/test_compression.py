@@ -216,3 +216,24 @@ def test_a_message_that_would_not_shrink_goes_plain():
     payload = os.urandom(4000)
     frame = DeflateFraming(15).frame(payload, True)
     assert frame.payloadHybi[0] == 0x82 and frame.payloadHybi.endswith(payload)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_offer_autobahn_cannot_parse_is_declined_and_the_next_offer_taken(start_server):
+    server = await start_server(ON)
+    session_id = await server.session()
+    offers = "permessage-deflate; server_max_window_bits=8, permessage-deflate; foo=1, permessage-deflate"
+    client = await raw(server, f"{LOCKERS}?sessionId={session_id}", offers)
+    assert client.headers["sec-websocket-extensions"] == "permessage-deflate; client_no_context_takeover"
+    client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unparsable_offer_with_compression_off_is_declined_not_refused(start_server):
+    server = await start_server()
+    session_id = await server.session()
+    client = await raw(server, f"{LOCKERS}?sessionId={session_id}", "permessage-deflate; client_no_context_takeover; "
+                                                                     "client_no_context_takeover")
+    assert "sec-websocket-extensions" not in client.headers
+    await greeted(client)
+    client.close()

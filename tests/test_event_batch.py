@@ -4,12 +4,15 @@ request, and what a store that cannot take an item answers for it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest_twisted
 import treq
 from twisted.internet import defer
-from conftest import locker, until_pong, within
+from twisted.logger import LogLevel
+from conftest import aio, locker, until_pong, within
+from logcheck import LogCapture
 
 from eformws.core.wire import MAX_DEPTH
 from eformws.http.batch import MAX_BATCH_ITEMS
@@ -174,3 +177,20 @@ async def test_items_redis_does_not_confirm_in_time_are_answered_503_and_the_inv
     assert [r["statusCode"] for r in body["results"]] == [503, 400, 503]
     assert body["results"][0]["message"] == ("redis did not confirm the write in time: it may have been stored "
                                              "(then it is delivered); retry with the same Idempotency-Key to know")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_whose_client_hangs_up_is_stored_and_delivered_whole_and_logs_no_error(server):
+    client = await client_of(server)
+    items = [item(n) for n in range(200)]
+    body = json.dumps(items).encode()
+    with LogCapture() as capture:
+        reader, writer = await aio(asyncio.open_connection("127.0.0.1", server.port))
+        writer.write(b"POST /api/websocket/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        await aio(writer.drain())
+        writer.close()  # gone before any answer
+        got = [await client.recv() for _ in items]
+    assert [m["data"]["lockerId"] for m in got] == [f"kiosk-1:{n}" for n in range(200)]
+    assert await stored_count(server) == 200
+    assert [e for e in capture.events if e.get("log_level") in (LogLevel.error, LogLevel.critical)] == []

@@ -9,6 +9,7 @@ import types
 from pprint import pformat
 
 from autobahn.websocket import protocol as autobahn_protocol
+from autobahn.websocket.compress import PERMESSAGE_COMPRESSION_EXTENSION
 from autobahn.websocket.protocol import PreparedMessage
 from twisted.internet import tcp
 
@@ -57,6 +58,23 @@ def writes_frames_directly(protocol) -> bool:
     is: nothing queued in Autobahn's send queue (`sendPreparedMessage` writes such a frame
     as it is too, after what is queued)."""
     return not protocol.send_queue
+
+
+def usable_offers(extensions: list) -> list:
+    """The (extension, params) pairs Autobahn parsed from a client's Sec-WebSocket-Extensions,
+    less the permessage-deflate offers its offer parser refuses (an unknown parameter,
+    `server_max_window_bits=8`, a repeated one): RFC 7692 has the server decline such an
+    offer and consider the next, where Autobahn would fail the whole handshake with 400."""
+    usable = []
+    for extension, params in extensions:
+        found = PERMESSAGE_COMPRESSION_EXTENSION.get(extension)
+        if found is not None:
+            try:
+                found["Offer"].parse(params)
+            except Exception:
+                continue
+        usable.append((extension, params))
+    return usable
 
 
 def forget_inflater(protocol) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.logger import Logger
 
 from eformws.backends.redis import RedisUnavailable
@@ -75,8 +75,12 @@ def _answers(pending: list, results) -> list[dict]:
 
 
 def _failed(failure) -> dict:
-    """What a single event's request would have answered for this append's failure."""
+    """What a single event's request would have answered for this append's failure. A
+    request its client gave up on (the connection gone) is cancelled: its appends go on
+    (they are shielded) and nobody reads the answer, so nothing is logged for them."""
     error = failure.value
+    if isinstance(error, CancelledError):
+        return error_body(503, "the request was given up before this item was answered")
     if isinstance(error, ValidationError):
         return error_body(400, str(error), field=error.field)
     if isinstance(error, IdempotencyConflict):

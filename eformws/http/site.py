@@ -5,6 +5,7 @@ string (it may hold a session id)."""
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol
@@ -43,13 +44,26 @@ SESSIONS_PATH = "/api/websocket/sessions/"
 HEX_REFERENCE = re.compile(r"[0-9A-Fa-f]{8,64}")
 
 
+MAX_LOGGED_PATH = 1000  # characters of a path a log line keeps
+
+
 def logged_path(path: str) -> str:
-    """The path as the access log writes it: under /api/websocket/sessions/ (in any case,
-    with any run of slashes), anything but a reference (a session id sent by mistake, say)
-    is written `<not a reference>`."""
-    folded = re.sub("/+", "/", path).lower()
-    if folded.startswith(SESSIONS_PATH) and not HEX_REFERENCE.fullmatch(folded[len(SESSIONS_PATH):]):
-        return SESSIONS_PATH + "<not a reference>"
+    """The path as the access log writes it. Anything after /api/websocket/sessions/ (found
+    anywhere in the path, in any case, with any run of slashes, percent-encoded or not, as
+    the router decodes it and more) that is not a reference (a session id sent by mistake,
+    say) is written `<not a reference>`; a path longer than MAX_LOGGED_PATH is cut there."""
+    decoded = path
+    for _ in range(3):  # %2573 is %73 once decoded: look through a few layers
+        once = unquote(decoded)
+        if once == decoded:
+            break
+        decoded = once
+    folded = re.sub("/+", "/", decoded).lower()
+    at = folded.find(SESSIONS_PATH)
+    if at >= 0 and not HEX_REFERENCE.fullmatch(folded[at + len(SESSIONS_PATH):]):
+        return folded[:at] + SESSIONS_PATH + "<not a reference>"
+    if len(path) > MAX_LOGGED_PATH:
+        return f"{path[:MAX_LOGGED_PATH]}... ({len(path)} characters)"
     return path
 
 

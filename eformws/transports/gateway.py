@@ -8,6 +8,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from eformws.core import metrics
+from eformws.core.compat import usable_offers
 from eformws.core.slow_consumer import SLOW_CONSUMER, SlowConsumerGuard
 from eformws.core.wire import CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER
 from eformws.transports.deflate import accept_deflate, decline
@@ -94,6 +95,11 @@ class GatewayProtocol(ClosedSignal, WebSocketServerProtocol):
         self.guard: SlowConsumerGuard | None = None  # set when the connection opens
         self.bucket: TokenBucket | None = None  # set when the connection opens
         self._closing_slow = False
+
+    def _parseExtensionsHeader(self, header, removeQuotes=True):
+        """A client's extension offers; a compression offer that cannot be parsed is left out
+        (declined), not a reason to refuse the handshake (`compat.usable_offers`)."""
+        return usable_offers(super()._parseExtensionsHeader(header, removeQuotes))
 
     # -- budgets ------------------------------------------------------------------------
 
